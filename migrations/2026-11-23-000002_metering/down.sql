@@ -1,0 +1,1 @@
+DROP TABLE meter_flushes; DROP TABLE usage_records; DROP TABLE apis;

@@ -1,0 +1,296 @@
+//! Typed configuration, read once from the environment (and an optional
+//! `.env`). Every variable is documented in the README; a bad value stops
+//! startup with one line naming the variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+
+/// A value that must never reach a log line or a `Debug` dump.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// May carry a password, hence a `Secret`.
+    pub database_url: Secret,
+    pub redis_url: Secret,
+    pub bind: SocketAddr,
+    pub db_pool_size: usize,
+    pub workers: usize,
+    /// How long a user's role and status are trusted from memory.
+    pub auth_cache_ttl: Duration,
+    pub jwt: JwtSettings,
+    pub billing_tz: Tz,
+    pub meter: MeterSettings,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub secret: Secret,
+    pub ttl: Duration,
+    pub issuer: String,
+    pub audience: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterMode {
+    /// In-memory counters flushed by a background task (the default).
+    Batched,
+    /// Each call's increment is committed before its response leaves.
+    Sync,
+    /// Authenticate but record nothing: for benchmarks only.
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeterSettings {
+    pub mode: MeterMode,
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Reads the process environment (after loading `.env` if present).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any name → value lookup, so tests can
+    /// configure an app without touching the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
+
+        let jwt_secret = var("JWT_SECRET").ok_or_else(|| ConfigError {
+            var: "JWT_SECRET",
+            message: "is required (at least 32 bytes of random data)".into(),
+        })?;
+        if jwt_secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError {
+                var: "JWT_SECRET",
+                message: format!(
+                    "is {} bytes long; at least {MIN_JWT_SECRET_BYTES} are required",
+                    jwt_secret.len()
+                ),
+            });
+        }
+
+        let default_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+
+        Ok(Self {
+            database_url: Secret::new(
+                var("DATABASE_URL")
+                    .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/payg".into()),
+            ),
+            redis_url: Secret::new(
+                var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            ),
+            bind: parse_or("PAYG_BIND", var("PAYG_BIND"), "127.0.0.1:8080".parse().ok())?,
+            db_pool_size: parse_or("PAYG_DB_POOL_SIZE", var("PAYG_DB_POOL_SIZE"), Some(16))?,
+            workers: parse_or("PAYG_WORKERS", var("PAYG_WORKERS"), Some(default_workers))?,
+            auth_cache_ttl: Duration::from_millis(parse_or(
+                "PAYG_AUTH_CACHE_MS",
+                var("PAYG_AUTH_CACHE_MS"),
+                Some(1000u64),
+            )?),
+            jwt: JwtSettings {
+                secret: Secret::new(jwt_secret),
+                ttl: duration_or("JWT_TTL", var("JWT_TTL"), Duration::from_secs(15 * 60))?,
+                issuer: var("JWT_ISSUER").unwrap_or_else(|| "payg".into()),
+                audience: var("JWT_AUDIENCE").unwrap_or_else(|| "payg-api".into()),
+            },
+            billing_tz: match var("PAYG_BILLING_TZ") {
+                None => Tz::UTC,
+                Some(name) => name.parse().map_err(|_| ConfigError {
+                    var: "PAYG_BILLING_TZ",
+                    message: format!(
+                        "{name:?} is not an IANA time zone name (e.g. UTC, Europe/Paris)"
+                    ),
+                })?,
+            },
+            meter: MeterSettings {
+                mode: match var("PAYG_METER_MODE").as_deref() {
+                    None | Some("batched") => MeterMode::Batched,
+                    Some("sync") => MeterMode::Sync,
+                    Some("off") => MeterMode::Off,
+                    Some(other) => {
+                        return Err(ConfigError {
+                            var: "PAYG_METER_MODE",
+                            message: format!("{other:?} is not one of batched, sync, off"),
+                        });
+                    }
+                },
+                flush_interval: Duration::from_millis(parse_or(
+                    "PAYG_METER_FLUSH_MS",
+                    var("PAYG_METER_FLUSH_MS"),
+                    Some(200u64),
+                )?)
+                .max(Duration::from_millis(1)),
+            },
+            log_format: match var("PAYG_LOG_FORMAT").as_deref() {
+                None | Some("pretty") => LogFormat::Pretty,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "PAYG_LOG_FORMAT",
+                        message: format!("{other:?} is not one of pretty, json"),
+                    });
+                }
+            },
+        })
+    }
+}
+
+fn parse_or<T: std::str::FromStr>(
+    name: &'static str,
+    value: Option<String>,
+    default: Option<T>,
+) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match value {
+        Some(v) => v.trim().parse().map_err(|e| ConfigError {
+            var: name,
+            message: format!("{v:?} is not valid: {e}"),
+        }),
+        None => default.ok_or_else(|| ConfigError {
+            var: name,
+            message: "is required".into(),
+        }),
+    }
+}
+
+/// Accepts `900`, `900s`, `15m` or `1h`; a bare number is seconds.
+fn duration_or(
+    name: &'static str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = value else { return Ok(default) };
+    let v = raw.trim();
+    let (digits, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| ConfigError {
+        var: name,
+        message: format!("{raw:?} is not a duration like 900, 900s, 15m or 1h"),
+    })?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    }
+    .filter(|&s| s > 0)
+    .ok_or_else(|| ConfigError {
+        var: name,
+        message: format!("{raw:?} is not a positive duration like 900, 900s, 15m or 1h"),
+    })?;
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    const SECRET: (&str, &str) = ("JWT_SECRET", "0123456789abcdef0123456789abcdef");
+
+    #[test]
+    fn defaults_apply_when_only_the_secret_is_set() {
+        let c = config(&[SECRET]).unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.jwt.ttl, Duration::from_secs(900));
+        assert_eq!(c.billing_tz, Tz::UTC);
+        assert_eq!(c.meter.mode, MeterMode::Batched);
+        assert_eq!(c.meter.flush_interval, Duration::from_millis(200));
+        assert_eq!(
+            c.database_url.expose(),
+            "postgres://postgres@127.0.0.1:5432/payg"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_short_secret_is_refused_by_name() {
+        assert_eq!(config(&[]).unwrap_err().var, "JWT_SECRET");
+        let err = config(&[("JWT_SECRET", "short")]).unwrap_err();
+        assert_eq!(err.var, "JWT_SECRET");
+        assert!(err.to_string().contains("32"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("PAYG_BIND", "nowhere"),
+            ("PAYG_BILLING_TZ", "Mars/Olympus"),
+            ("JWT_TTL", "soon"),
+            ("JWT_TTL", "0"),
+            ("PAYG_METER_MODE", "sometimes"),
+            ("PAYG_DB_POOL_SIZE", "-1"),
+        ] {
+            let err = config(&[SECRET, (var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+        }
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let c = config(&[
+            SECRET,
+            ("JWT_TTL", "2h"),
+            ("PAYG_BILLING_TZ", "Asia/Kolkata"),
+        ])
+        .unwrap();
+        assert_eq!(c.jwt.ttl, Duration::from_secs(7200));
+        assert_eq!(c.billing_tz, chrono_tz::Asia::Kolkata);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = config(&[SECRET]).unwrap();
+        assert!(!format!("{c:?}").contains(SECRET.1));
+    }
+}

@@ -1,0 +1,21 @@
+//! payg: a self-hosted usage-metering, pay-as-you-go API platform.
+//!
+//! Where things live:
+//! - calls are counted in [`metering`] (middleware, recorder, flusher);
+//! - periods and the clock in [`billing`];
+//! - who is calling in [`auth`];
+//! - every error status in [`error`];
+//! - the server and middleware order in [`startup`].
+
+pub mod app;
+pub mod auth;
+pub mod billing;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metering;
+pub mod models;
+pub mod routes;
+pub mod schema;
+pub mod startup;
+pub mod telemetry;

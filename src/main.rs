@@ -1,0 +1,193 @@
+//! The `payg` command: serve, migrate, and operator tasks.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use payg::auth::{self, password};
+use payg::billing::SystemClock;
+use payg::config::Config;
+use payg::db;
+use payg::models::user::{NewUser, Role, User, UserStatus};
+use payg::startup::{Application, shutdown_signal};
+
+#[derive(Parser)]
+#[command(
+    name = "payg",
+    version,
+    about = "Self-hosted usage-metering, pay-as-you-go API platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations, then serve HTTP (the default).
+    Serve {
+        /// Do not apply pending migrations at startup.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user. The password comes from PAYG_PASSWORD, or a prompt on a TTY.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "consumer")]
+        role: Role,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Change a user's role (consumer, finance, admin).
+    Role { email: String, role: Role },
+    /// Suspend or reactivate a user (active, suspended).
+    Status { email: String, status: UserStatus },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    payg::telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve { no_migrate: false }) {
+        Command::Serve { no_migrate } => {
+            if !no_migrate {
+                migrate(&config).await?;
+            }
+            let app = Application::build(config.clone(), Arc::new(SystemClock)).await?;
+            tracing::info!(bind = %config.bind, port = app.port(), meter = ?config.meter.mode, "payg listening");
+            let handle = app.handle();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutdown requested: draining in-flight calls");
+                handle.stop(true).await;
+            });
+            app.run_until_stopped().await
+        }
+        Command::Migrate => migrate(&config).await,
+        Command::User(cmd) => user_command(&config, cmd).await,
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let url = config.database_url.expose();
+    if db::ensure_database_exists(url).await? {
+        tracing::info!("created the database");
+    }
+    let applied = db::run_migrations(url).await?;
+    tracing::info!(applied, "migrations up to date");
+    Ok(())
+}
+
+async fn user_command(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
+    let pool = db::build_pool(config.database_url.expose(), 1)?;
+    let mut conn = pool.get().await?;
+    match cmd {
+        UserCommand::Create { email, role, name } => {
+            let email =
+                auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let password = read_password()?;
+            auth::validate_password(&password).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let hash =
+                tokio::task::spawn_blocking(move || password::hash_password(&password)).await??;
+            let name = name.unwrap_or_else(|| email.clone());
+            let user = User::insert(
+                &mut conn,
+                &NewUser {
+                    id: Uuid::new_v4(),
+                    email: &email,
+                    password_hash: &hash,
+                    role,
+                    name: &name,
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => {
+                    anyhow::anyhow!("a user with email {email} already exists")
+                }
+                other => other.into(),
+            })?;
+            println!("created {} {} ({})", user.role, user.email, user.id);
+        }
+        UserCommand::Role { email, role } => {
+            let email =
+                auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let user = User::set_role(&mut conn, &email, role)
+                .await
+                .map_err(|e| not_found_as(e, &email))?;
+            println!("{} is now {}", user.email, user.role);
+        }
+        UserCommand::Status { email, status } => {
+            let email =
+                auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let user = User::set_status(&mut conn, &email, status)
+                .await
+                .map_err(|e| not_found_as(e, &email))?;
+            println!("{} is now {}", user.email, user.status);
+        }
+    }
+    Ok(())
+}
+
+fn not_found_as(err: diesel::result::Error, email: &str) -> anyhow::Error {
+    match err {
+        diesel::result::Error::NotFound => anyhow::anyhow!("no user with email {email}"),
+        other => other.into(),
+    }
+}
+
+/// PAYG_PASSWORD, or a prompt when stdin is a terminal.
+fn read_password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("PAYG_PASSWORD") {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("set PAYG_PASSWORD (no terminal to prompt on)");
+    }
+    eprint!("password for the new user (input is shown): ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}

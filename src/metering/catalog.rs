@@ -1,0 +1,52 @@
+//! Route → API map, held in memory so the hot path never asks the database
+//! which API a call belongs to.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use actix_web::http::Method;
+
+use crate::models::Api;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub api_id: i32,
+}
+
+/// Keyed by the actix route pattern (`/api/v1/tools/random/{max}`), never
+/// the raw path, so `/random/7` and `/random/8` are one API.
+#[derive(Default)]
+pub struct Catalog {
+    by_route: RwLock<Arc<HashMap<String, Vec<(Method, CatalogEntry)>>>>,
+}
+
+impl Catalog {
+    pub fn new(apis: &[Api]) -> Self {
+        let catalog = Self::default();
+        catalog.replace(apis);
+        catalog
+    }
+
+    /// Swaps in a new catalog (after an admin changes it).
+    pub fn replace(&self, apis: &[Api]) {
+        let mut map: HashMap<String, Vec<(Method, CatalogEntry)>> = HashMap::new();
+        for api in apis.iter().filter(|a| a.active) {
+            let Ok(method) = Method::from_bytes(api.method.as_bytes()) else {
+                tracing::warn!(slug = %api.slug, method = %api.method, "catalog entry has an unknown method; skipped");
+                continue;
+            };
+            map.entry(api.route.clone())
+                .or_default()
+                .push((method, CatalogEntry { api_id: api.id }));
+        }
+        *self.by_route.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+    }
+
+    pub fn lookup(&self, method: &Method, route_pattern: &str) -> Option<CatalogEntry> {
+        let map = self.by_route.read().unwrap_or_else(|e| e.into_inner());
+        map.get(route_pattern)?
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, entry)| *entry)
+    }
+}

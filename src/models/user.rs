@@ -1,0 +1,230 @@
+use chrono::{DateTime, Utc};
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::pg::{Pg, PgValue};
+use diesel::prelude::*;
+use diesel::serialize::{self, IsNull, Output, ToSql};
+use diesel::sql_types::Text;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use uuid::Uuid;
+
+use crate::schema::users;
+
+/// Generates a text-backed SQL enum with its string forms in one place.
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AsExpression, FromSqlRow)]
+        #[diesel(sql_type = Text)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "{other:?} is not one of {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ToSql<Text, Pg> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+                out.write_all(self.as_str().as_bytes())?;
+                Ok(IsNull::No)
+            }
+        }
+
+        impl FromSql<Text, Pg> for $name {
+            fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+                let s = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+                s.parse().map_err(Into::into)
+            }
+        }
+    };
+}
+
+text_enum!(Role { Consumer => "consumer", Finance => "finance", Admin => "admin" });
+text_enum!(UserStatus { Active => "active", Suspended => "suspended" });
+
+impl Role {
+    /// Finance routes are open to finance staff and admins.
+    pub fn can_do_finance(self) -> bool {
+        matches!(self, Role::Finance | Role::Admin)
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable, Serialize)]
+#[diesel(table_name = users, check_for_backend(Pg))]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    #[serde(skip_serializing)]
+    pub password_hash: String,
+    pub role: Role,
+    pub status: UserStatus,
+    pub name: String,
+    pub company: Option<String>,
+    pub address_line1: Option<String>,
+    pub address_line2: Option<String>,
+    pub city: Option<String>,
+    pub postal_code: Option<String>,
+    pub country: Option<String>,
+    pub tax_id: Option<String>,
+    pub total_cost: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = users)]
+pub struct NewUser<'a> {
+    pub id: Uuid,
+    pub email: &'a str,
+    pub password_hash: &'a str,
+    pub role: Role,
+    pub name: &'a str,
+}
+
+/// A partial update of the billing profile: `None` leaves a field alone,
+/// `Some(None)` clears a nullable one.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct ProfileChanges {
+    pub name: Option<String>,
+    pub company: Option<Option<String>>,
+    pub address_line1: Option<Option<String>>,
+    pub address_line2: Option<Option<String>>,
+    pub city: Option<Option<String>>,
+    pub postal_code: Option<Option<String>>,
+    pub country: Option<Option<String>>,
+    pub tax_id: Option<Option<String>>,
+}
+
+impl ProfileChanges {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.company.is_none()
+            && self.address_line1.is_none()
+            && self.address_line2.is_none()
+            && self.city.is_none()
+            && self.postal_code.is_none()
+            && self.country.is_none()
+            && self.tax_id.is_none()
+    }
+}
+
+/// What authentication needs to know about a user on every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = users, check_for_backend(Pg))]
+pub struct Standing {
+    pub role: Role,
+    pub status: UserStatus,
+}
+
+impl User {
+    pub async fn insert(conn: &mut AsyncPgConnection, new: &NewUser<'_>) -> QueryResult<User> {
+        diesel::insert_into(users::table)
+            .values(new)
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await
+    }
+
+    pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<User>> {
+        users::table
+            .find(id)
+            .select(User::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// `email` must already be normalised (see `auth::normalize_email`).
+    pub async fn find_by_email(
+        conn: &mut AsyncPgConnection,
+        email: &str,
+    ) -> QueryResult<Option<User>> {
+        users::table
+            .filter(users::email.eq(email))
+            .select(User::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn standing(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Standing>> {
+        users::table
+            .find(id)
+            .select(Standing::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn update_profile(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+        changes: &ProfileChanges,
+    ) -> QueryResult<User> {
+        if changes.is_empty() {
+            return users::table
+                .find(id)
+                .select(User::as_select())
+                .first(conn)
+                .await;
+        }
+        diesel::update(users::table.find(id))
+            .set((changes, users::updated_at.eq(diesel::dsl::now)))
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await
+    }
+
+    pub async fn set_role(
+        conn: &mut AsyncPgConnection,
+        email: &str,
+        role: Role,
+    ) -> QueryResult<User> {
+        diesel::update(users::table.filter(users::email.eq(email)))
+            .set((users::role.eq(role), users::updated_at.eq(diesel::dsl::now)))
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await
+    }
+
+    pub async fn set_status(
+        conn: &mut AsyncPgConnection,
+        email: &str,
+        status: UserStatus,
+    ) -> QueryResult<User> {
+        diesel::update(users::table.filter(users::email.eq(email)))
+            .set((
+                users::status.eq(status),
+                users::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await
+    }
+}

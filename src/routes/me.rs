@@ -1,0 +1,105 @@
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Deserializer};
+
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::models::User;
+use crate::models::user::ProfileChanges;
+use crate::routes::auth::validate_name;
+use crate::routes::conn;
+
+pub async fn get_me(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
+    let mut conn = conn(&state.db).await?;
+    let me = User::find(&mut conn, user.id())
+        .await?
+        .ok_or_else(ApiError::invalid_token)?;
+    Ok(HttpResponse::Ok().json(me))
+}
+
+/// Absent → `None` (leave alone); `null` → `Some(None)` (clear).
+fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfile {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    company: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    address_line1: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    address_line2: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    city: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    postal_code: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    country: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    tax_id: Option<Option<String>>,
+}
+
+const MAX_FIELD_CHARS: usize = 200;
+
+/// Trims a billing field; an empty string clears it like `null` does.
+fn billing_field(
+    name: &str,
+    value: Option<Option<String>>,
+) -> Result<Option<Option<String>>, ApiError> {
+    let Some(value) = value else { return Ok(None) };
+    let Some(text) = value.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) else {
+        return Ok(Some(None));
+    };
+    if text.chars().count() > MAX_FIELD_CHARS {
+        return Err(ApiError::validation(format!(
+            "{name} must be at most {MAX_FIELD_CHARS} characters"
+        )));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::validation(format!(
+            "{name} must not contain control characters"
+        )));
+    }
+    Ok(Some(Some(text)))
+}
+
+impl UpdateProfile {
+    fn validate(self) -> Result<ProfileChanges, ApiError> {
+        let country = match billing_field("country", self.country)? {
+            Some(Some(c)) => {
+                let upper = c.to_ascii_uppercase();
+                if upper.len() != 2 || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(ApiError::validation(
+                        "country must be an ISO 3166-1 alpha-2 code such as GB or IN",
+                    ));
+                }
+                Some(Some(upper))
+            }
+            other => other,
+        };
+        Ok(ProfileChanges {
+            name: self.name.as_deref().map(validate_name).transpose()?,
+            company: billing_field("company", self.company)?,
+            address_line1: billing_field("address_line1", self.address_line1)?,
+            address_line2: billing_field("address_line2", self.address_line2)?,
+            city: billing_field("city", self.city)?,
+            postal_code: billing_field("postal_code", self.postal_code)?,
+            country,
+            tax_id: billing_field("tax_id", self.tax_id)?,
+        })
+    }
+}
+
+pub async fn update_me(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: web::Json<UpdateProfile>,
+) -> ApiResult<HttpResponse> {
+    let changes = body.into_inner().validate()?;
+    let mut conn = conn(&state.db).await?;
+    let me = User::update_profile(&mut conn, user.id(), &changes).await?;
+    Ok(HttpResponse::Ok().json(me))
+}

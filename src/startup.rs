@@ -1,0 +1,148 @@
+//! Builds the HTTP server: middleware order, routes, and graceful shutdown.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::{ErrorHandlers, Logger};
+use actix_web::{App, HttpServer, web};
+use tokio::sync::watch;
+
+use crate::app::AppState;
+use crate::billing::Clock;
+use crate::config::Config;
+use crate::error::{self, ApiError};
+use crate::metering::Metering;
+use crate::routes;
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long graceful shutdown waits for in-flight calls, then for the meter.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A bound, not yet running, payg server.
+pub struct Application {
+    server: Server,
+    port: u16,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Binds the listener first (port 0 picks a free port, for tests), then
+    /// builds the state and the server.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.bind)
+            .map_err(|e| anyhow::anyhow!("binding PAYG_BIND={}: {e}", config.bind))?;
+        let port = listener.local_addr()?.port();
+        let workers = config.workers.max(1);
+        let state = web::Data::new(AppState::build(config, clock).await?);
+
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            // actix runs the LAST .wrap() FIRST. Outside-in, a request meets:
+            //   1. Logger        — one line per request with status and latency
+            //   2. ErrorHandlers — gives actix's own 404/405/413 the JSON envelope
+            //   3. routing; the metered scope adds Metering (auth + counting)
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(MAX_BODY_BYTES)
+                        .error_handler(error::json_error),
+                )
+                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                .app_data(web::QueryConfig::default().error_handler(error::query_error))
+                .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .wrap(
+                    ErrorHandlers::new()
+                        .default_handler_client(error::envelope_framework_errors)
+                        .default_handler_server(error::envelope_framework_errors),
+                )
+                .wrap(Logger::new("%r %s %b %Dms").exclude("/healthz"))
+                .route("/healthz", web::get().to(routes::health::healthz))
+                .route("/readyz", web::get().to(routes::health::readyz))
+                .service(
+                    web::scope("/api/v1")
+                        .service(
+                            web::scope("/tools")
+                                .wrap(Metering::new(app_state.clone()))
+                                .configure(routes::tools::configure),
+                        )
+                        .configure(routes::configure_api),
+                )
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))
+                }))
+        })
+        .workers(workers)
+        // We handle signals ourselves so the meter is flushed after the
+        // server has drained (see `run_until_stopped`).
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .listen(listener)?
+        .run();
+
+        Ok(Self {
+            server,
+            port,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Stops the server gracefully when called: `stop(true)`.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped (by `handle().stop(true)` or a
+    /// signal), then: in-flight calls finish, the flusher stops, and every
+    /// pending metered call is flushed before this returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let meter = self.state.meter.clone();
+        let flusher = meter
+            .clone()
+            .spawn_flusher(self.state.config.meter.flush_interval, shutdown_rx);
+        let served = self.server.await;
+        let _ = shutdown_tx.send(true);
+        let _ = flusher.await;
+        let lost = meter.drain(SHUTDOWN_GRACE).await;
+        if lost == 0 {
+            tracing::info!("meter flushed; shut down cleanly");
+        }
+        served.map_err(Into::into)
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
