@@ -225,8 +225,10 @@ pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Err
     ApiError::validation(format!("invalid query string: {err}")).into()
 }
 
+/// A path whose parameters do not parse names no resource: 404, as actix
+/// itself would answer, but in the envelope.
 pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::validation(format!("invalid path parameter: {err}")).into()
+    ApiError::not_found(format!("no such resource: {err}")).into()
 }
 
 /// Fallback for responses actix produces itself (unknown route, wrong method,

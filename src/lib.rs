@@ -1,3 +1,5 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 //! payg: a self-hosted usage-metering, pay-as-you-go API platform.
 //!
 //! Where things live:

@@ -2,7 +2,7 @@
 //! which API a call belongs to.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use actix_web::http::Method;
 
@@ -15,9 +15,11 @@ pub struct CatalogEntry {
 
 /// Keyed by the actix route pattern (`/api/v1/tools/random/{max}`), never
 /// the raw path, so `/random/7` and `/random/8` are one API.
+type RouteMap = HashMap<String, Vec<(Method, CatalogEntry)>>;
+
 #[derive(Default)]
 pub struct Catalog {
-    by_route: RwLock<Arc<HashMap<String, Vec<(Method, CatalogEntry)>>>>,
+    by_route: RwLock<RouteMap>,
 }
 
 impl Catalog {
@@ -29,7 +31,7 @@ impl Catalog {
 
     /// Swaps in a new catalog (after an admin changes it).
     pub fn replace(&self, apis: &[Api]) {
-        let mut map: HashMap<String, Vec<(Method, CatalogEntry)>> = HashMap::new();
+        let mut map = RouteMap::new();
         for api in apis.iter().filter(|a| a.active) {
             let Ok(method) = Method::from_bytes(api.method.as_bytes()) else {
                 tracing::warn!(slug = %api.slug, method = %api.method, "catalog entry has an unknown method; skipped");
@@ -39,7 +41,7 @@ impl Catalog {
                 .or_default()
                 .push((method, CatalogEntry { api_id: api.id }));
         }
-        *self.by_route.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        *self.by_route.write().unwrap_or_else(|e| e.into_inner()) = map;
     }
 
     pub fn lookup(&self, method: &Method, route_pattern: &str) -> Option<CatalogEntry> {

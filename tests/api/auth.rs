@@ -1,0 +1,268 @@
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TEST_JWT_SECRET, TestApp, error_code};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_login_and_me_round_trip() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .register("  Ada.Lovelace@Example.COM ", "Ada Lovelace")
+        .await;
+    assert_eq!(res.status(), 201);
+    let text = res.text().await.unwrap();
+    assert!(
+        !text.contains("password") && !text.contains("argon2"),
+        "{text}"
+    );
+    let user: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(user["email"], "ada.lovelace@example.com");
+    assert_eq!(user["role"], "consumer");
+    assert_eq!(user["status"], "active");
+    assert_eq!(user["total_cost"], "0");
+
+    let res = app.login("ADA.lovelace@example.com", PASSWORD).await;
+    assert_eq!(res.status(), 200);
+    let login: Value = res.json().await.unwrap();
+    assert_eq!(login["token_type"], "Bearer");
+    assert_eq!(login["expires_in"], 900);
+    let token = login["access_token"].as_str().unwrap();
+
+    let me: Value = app
+        .get_auth("/api/v1/me", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["id"], user["id"]);
+    assert_eq!(me["email"], "ada.lovelace@example.com");
+
+    // Stored as an argon2id hash, never in clear.
+    let hash_ok = crate::helpers::scalar_i64(
+        &app.db,
+        "SELECT count(*) AS n FROM users WHERE password_hash LIKE '$argon2id$v=19$m=19456,t=2,p=1$%'",
+    )
+    .await;
+    assert_eq!(hash_ok, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_email_is_refused_whatever_its_case() {
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        app.register("grace@example.com", "Grace").await.status(),
+        201
+    );
+    for email in ["grace@example.com", "GRACE@Example.com"] {
+        let res = app.register(email, "Impostor").await;
+        assert_eq!(res.status(), 409);
+        assert_eq!(error_code(res).await, "email_taken");
+    }
+    assert_eq!(app.count_users().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_and_unknown_email_get_identical_answers() {
+    let app = TestApp::spawn().await;
+    app.new_user().await;
+    let known = app.new_user().await;
+    let wrong = app.login(&known.email, "not the password").await;
+    let unknown = app.login("nobody@example.com", PASSWORD).await;
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(unknown.status(), 401);
+    let (a, b) = (wrong.text().await.unwrap(), unknown.text().await.unwrap());
+    assert_eq!(a, b);
+    assert!(a.contains("invalid_credentials"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_validates_its_input_and_stores_nothing_on_failure() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        json!({"email": "not-an-email", "password": PASSWORD, "name": "X"}),
+        json!({"email": "a@example.com", "password": "short", "name": "X"}),
+        json!({"email": "a@example.com", "password": "x".repeat(129), "name": "X"}),
+        json!({"email": "a@example.com", "password": PASSWORD, "name": "   "}),
+        json!({"email": "a@example.com", "password": PASSWORD}),
+        json!({"email": "a@example.com", "password": 12345678, "name": "X"}),
+    ];
+    for body in cases {
+        let res = app.post_json("/api/v1/auth/register", &body).await;
+        assert_eq!(res.status(), 400, "{body}");
+        assert_eq!(error_code(res).await, "validation_failed", "{body}");
+    }
+    assert_eq!(app.count_users().await, 0);
+}
+
+fn claims(app: &TestApp, sub: &str, exp_offset: i64, iss: &str, aud: &str) -> Value {
+    let _ = app;
+    let now = chrono::Utc::now().timestamp();
+    json!({"sub": sub, "role": "admin", "iat": now, "exp": now + exp_offset, "iss": iss, "aud": aud,
+           "jti": uuid::Uuid::new_v4()})
+}
+
+fn sign(alg: Algorithm, secret: &str, claims: &Value) -> String {
+    encode(
+        &Header::new(alg),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_and_misdirected_tokens_are_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let sub = user.id.to_string();
+
+    let good = sign(
+        Algorithm::HS256,
+        TEST_JWT_SECRET,
+        &claims(&app, &sub, 600, "payg", "payg-api"),
+    );
+    assert_eq!(
+        app.get_auth("/api/v1/me", &good).await.status(),
+        200,
+        "control: a well-formed token works"
+    );
+
+    let tampered = {
+        let parts: Vec<&str> = user.token.split('.').collect();
+        let mut payload: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+        payload["role"] = json!("admin");
+        payload["sub"] = json!(uuid::Uuid::new_v4());
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(payload.to_string()),
+            parts[2]
+        )
+    };
+    let alg_none = {
+        let header = B64.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        let payload = B64.encode(claims(&app, &sub, 600, "payg", "payg-api").to_string());
+        format!("{header}.{payload}.")
+    };
+    let cases = [
+        (
+            "expired",
+            sign(
+                Algorithm::HS256,
+                TEST_JWT_SECRET,
+                &claims(&app, &sub, -3600, "payg", "payg-api"),
+            ),
+        ),
+        (
+            "other secret",
+            sign(
+                Algorithm::HS256,
+                "another-secret-0123456789abcdef012345",
+                &claims(&app, &sub, 600, "payg", "payg-api"),
+            ),
+        ),
+        (
+            "wrong audience",
+            sign(
+                Algorithm::HS256,
+                TEST_JWT_SECRET,
+                &claims(&app, &sub, 600, "payg", "someone-else"),
+            ),
+        ),
+        (
+            "wrong issuer",
+            sign(
+                Algorithm::HS256,
+                TEST_JWT_SECRET,
+                &claims(&app, &sub, 600, "evil", "payg-api"),
+            ),
+        ),
+        (
+            "HS512 with the right secret",
+            sign(
+                Algorithm::HS512,
+                TEST_JWT_SECRET,
+                &claims(&app, &sub, 600, "payg", "payg-api"),
+            ),
+        ),
+        ("alg none", alg_none),
+        ("tampered payload", tampered),
+        ("garbage", "not.a.token".to_owned()),
+    ];
+    for (what, token) in cases {
+        let res = app.get_auth("/api/v1/me", &token).await;
+        assert_eq!(res.status(), 401, "{what}");
+        let challenge = res.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(challenge.starts_with("Bearer"), "{what}: {challenge}");
+        assert_eq!(error_code(res).await, "unauthorized", "{what}");
+        // The metered routes apply the same checks.
+        let res = app.get_auth("/api/v1/tools/uuid", &token).await;
+        assert_eq!(res.status(), 401, "metered, {what}");
+    }
+
+    let res = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(
+        res.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_user_is_forbidden_everywhere_until_reactivated() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    app.sql(&format!(
+        "UPDATE users SET status = 'suspended' WHERE id = '{}'",
+        user.id
+    ))
+    .await;
+
+    for path in ["/api/v1/me", "/api/v1/usage", "/api/v1/tools/uuid"] {
+        let res = app.get_auth(path, &user.token).await;
+        assert_eq!(res.status(), 403, "{path}");
+        assert_eq!(error_code(res).await, "account_suspended");
+    }
+    let res = app.login(&user.email, crate::helpers::PASSWORD).await;
+    assert_eq!(res.status(), 403);
+
+    app.sql(&format!(
+        "UPDATE users SET status = 'active' WHERE id = '{}'",
+        user.id
+    ))
+    .await;
+    assert_eq!(app.get_auth("/api/v1/me", &user.token).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_change_applies_on_the_next_call() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    app.sql(&format!(
+        "UPDATE users SET role = 'finance' WHERE id = '{}'",
+        user.id
+    ))
+    .await;
+    let caller = app
+        .state
+        .authenticator
+        .authenticate(
+            &actix_web::test::TestRequest::default()
+                .insert_header(("authorization", format!("Bearer {}", user.token)))
+                .to_http_request(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        caller.role,
+        payg::models::Role::Finance,
+        "role comes from the database, not the token"
+    );
+}

@@ -1,0 +1,129 @@
+//! The `payg` binary itself: configuration errors, migrate, user management.
+
+use std::process::Command;
+
+use crate::helpers::{PASSWORD, PG_SERVER, TEST_JWT_SECRET, TestApp, TestDb, scalar_i64};
+
+fn payg(db_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payg"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db_url)
+        .env("JWT_SECRET", TEST_JWT_SECRET)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+#[test]
+fn bad_configuration_stops_with_one_line_naming_the_variable() {
+    let out = payg("postgres://postgres@127.0.0.1:5432/unused")
+        .env("JWT_SECRET", "too-short")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("JWT_SECRET"), "{stderr}");
+    assert!(
+        !stderr.contains("too-short"),
+        "the secret itself is not echoed"
+    );
+
+    let out = payg("postgres://postgres@127.0.0.1:5432/unused")
+        .env("PAYG_BILLING_TZ", "Mars/Olympus_Mons")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("PAYG_BILLING_TZ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_a_missing_database_and_is_idempotent() {
+    let name = format!("payg_test_cli_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{PG_SERVER}/{name}");
+    // Reuse TestDb's drop to clean up whatever the CLI creates.
+    let guard = TestDb {
+        name: name.clone(),
+        url: url.clone(),
+    };
+    for _ in 0..2 {
+        let out = payg(&url).arg("migrate").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let apis = scalar_i64(&guard, "SELECT count(*) AS n FROM apis").await;
+    assert!(apis >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_create_users_and_grant_roles_from_the_cli() {
+    let app = TestApp::spawn().await;
+    let out = payg(&app.db.url)
+        .args([
+            "user",
+            "create",
+            "--email",
+            "Finance@Example.com",
+            "--role",
+            "finance",
+        ])
+        .env("PAYG_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = app.token_for("finance@example.com").await;
+    let me: serde_json::Value = app
+        .get_auth("/api/v1/me", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "finance");
+
+    let out = payg(&app.db.url)
+        .args(["user", "role", "finance@example.com", "admin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let me: serde_json::Value = app
+        .get_auth("/api/v1/me", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "admin");
+
+    let out = payg(&app.db.url)
+        .args(["user", "role", "nobody@example.com", "admin"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // A short password or a duplicate is refused and stores nothing.
+    let out = payg(&app.db.url)
+        .args(["user", "create", "--email", "x@example.com"])
+        .env("PAYG_PASSWORD", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = payg(&app.db.url)
+        .args(["user", "create", "--email", "FINANCE@example.com"])
+        .env("PAYG_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(app.count_users().await, 1);
+}

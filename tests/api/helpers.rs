@@ -1,0 +1,399 @@
+//! `TestApp`: the real payg server on port 0, against its own fresh
+//! PostgreSQL database cloned from a migrated template, dropped afterwards.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use actix_web::web;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use payg::app::AppState;
+use payg::billing::{Clock, SystemClock};
+use payg::config::Config;
+use payg::db;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+pub const TEST_JWT_SECRET: &str = "test-secret-0123456789abcdef0123456789";
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A fresh database, dropped (with FORCE) when the last handle goes.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+/// Template name from a hash of the migrations, so a changed migration gets
+/// a new template and an unchanged one is reused across test runs.
+fn template_name() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut entries: Vec<_> = walk(&dir);
+    entries.sort();
+    let mut h = DefaultHasher::new();
+    for path in entries {
+        path.to_string_lossy().hash(&mut h);
+        std::fs::read(&path).unwrap_or_default().hash(&mut h);
+    }
+    format!("payg_test_tpl_{:016x}", h.finish())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+async fn maintenance() -> AsyncPgConnection {
+    AsyncPgConnection::establish(&format!("{PG_SERVER}/postgres"))
+        .await
+        .expect("PostgreSQL must run on 127.0.0.1:5432 (scripts/services.sh starts it)")
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    exists: bool,
+}
+
+async fn database_exists(conn: &mut AsyncPgConnection, name: &str) -> bool {
+    diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+        .bind::<Text, _>(name)
+        .get_result::<Exists>(conn)
+        .await
+        .expect("query pg_database")
+        .exists
+}
+
+impl TestDb {
+    pub async fn new() -> Arc<TestDb> {
+        let template = template_name();
+        let name = format!("payg_test_{}", Uuid::new_v4().simple());
+        let mut conn = maintenance().await;
+        // One lock for building the template and cloning it: CREATE DATABASE
+        // refuses a template that another session is connected to.
+        diesel::sql_query("SELECT pg_advisory_lock($1)")
+            .bind::<BigInt, _>(0x7061_7967_7465_7374)
+            .execute(&mut conn)
+            .await
+            .expect("advisory lock");
+        if !database_exists(&mut conn, &template).await {
+            let building = format!("{template}_building");
+            conn.batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                .await
+                .expect("drop stale template");
+            conn.batch_execute(&format!("CREATE DATABASE {building}"))
+                .await
+                .expect("create template");
+            db::run_migrations(&format!("{PG_SERVER}/{building}"))
+                .await
+                .expect("migrate template");
+            conn.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+                .await
+                .expect("rename template");
+        }
+        conn.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .await
+            .expect("clone template");
+        diesel::sql_query("SELECT pg_advisory_unlock($1)")
+            .bind::<BigInt, _>(0x7061_7967_7465_7374)
+            .execute(&mut conn)
+            .await
+            .expect("advisory unlock");
+        Arc::new(TestDb {
+            url: format!("{PG_SERVER}/{name}"),
+            name,
+        })
+    }
+
+    pub async fn conn(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside a runtime; do the async cleanup on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut conn = maintenance().await;
+                let _ = conn
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: Arc<TestDb>,
+    pub state: web::Data<AppState>,
+    handle: ServerHandle,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct TestAppBuilder {
+    vars: Vec<(String, String)>,
+    clock: Arc<dyn Clock>,
+    db: Option<Arc<TestDb>>,
+}
+
+impl TestAppBuilder {
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Share a database with another app (several instances, one database).
+    pub fn database(mut self, db: Arc<TestDb>) -> Self {
+        self.db = Some(db);
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let db = match self.db {
+            Some(db) => db,
+            None => TestDb::new().await,
+        };
+        let mut vars = self.vars;
+        vars.push(("DATABASE_URL".into(), db.url.clone()));
+        let config = Config::from_lookup(|name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .expect("test configuration");
+        let app = payg::startup::Application::build(config, self.clock)
+            .await
+            .expect("build app");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let state = app.state();
+        let handle = app.handle();
+        let running = tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("http client"),
+            db,
+            state,
+            handle,
+            running: Some(running),
+        }
+    }
+}
+
+pub struct Registered {
+    pub id: Uuid,
+    pub email: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            vars: vec![
+                ("JWT_SECRET".into(), TEST_JWT_SECRET.into()),
+                ("PAYG_BIND".into(), "127.0.0.1:0".into()),
+                ("PAYG_WORKERS".into(), "2".into()),
+                ("PAYG_DB_POOL_SIZE".into(), "8".into()),
+                ("PAYG_METER_FLUSH_MS".into(), "25".into()),
+                // Role and status re-read on every call unless a test opts in.
+                ("PAYG_AUTH_CACHE_MS".into(), "0".into()),
+            ],
+            clock: Arc::new(SystemClock),
+            db: None,
+        }
+    }
+
+    pub async fn spawn() -> TestApp {
+        Self::builder().spawn().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get_auth(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn register(&self, email: &str, name: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD, "name": name}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// Registers a fresh consumer and logs them in.
+    pub async fn new_user(&self) -> Registered {
+        let email = format!("user-{}@example.com", Uuid::new_v4().simple());
+        let res = self.register(&email, "Test User").await;
+        assert_eq!(
+            res.status(),
+            201,
+            "register: {}",
+            res.text().await.unwrap_or_default()
+        );
+        let user: Value = res.json().await.expect("json");
+        let id = user["id"].as_str().expect("id").parse().expect("uuid");
+        let token = self.token_for(&email).await;
+        Registered { id, email, token }
+    }
+
+    pub async fn token_for(&self, email: &str) -> String {
+        let res = self.login(email, PASSWORD).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.expect("json");
+        body["access_token"].as_str().expect("token").to_owned()
+    }
+
+    /// Flushes the meter until nothing is pending.
+    pub async fn flush_meter(&self) {
+        for _ in 0..100 {
+            let _ = self.state.meter.flush().await;
+            if self.state.meter.status().pending_calls == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("meter did not flush");
+    }
+
+    /// Graceful shutdown: stop accepting, finish in-flight calls, flush.
+    pub async fn shutdown(&mut self) {
+        self.handle.stop(true).await;
+        if let Some(running) = self.running.take() {
+            running.await.expect("server task").expect("server result");
+        }
+    }
+
+    /// Runs SQL on the app's database.
+    pub async fn sql(&self, sql: &str) {
+        self.db.conn().await.batch_execute(sql).await.expect("sql");
+    }
+
+    pub async fn count_users(&self) -> i64 {
+        scalar_i64(&self.db, "SELECT count(*) AS n FROM users").await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.abort();
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Runs a query returning one bigint column named `n`.
+pub async fn scalar_i64(db: &TestDb, sql: &str) -> i64 {
+    diesel::sql_query(sql)
+        .get_result::<N>(&mut db.conn().await)
+        .await
+        .expect("scalar query")
+        .n
+}
+
+/// `(calls, failed_calls)` for one user and API slug in one period (`YYYY-MM-01`).
+pub async fn usage_of(db: &TestDb, user: Uuid, slug: &str, period: &str) -> (i64, i64) {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        calls: i64,
+        #[diesel(sql_type = BigInt)]
+        failed_calls: i64,
+    }
+    let row: Option<Row> = diesel::sql_query(
+        "SELECT u.calls, u.failed_calls FROM usage_records u JOIN apis a ON a.id = u.api_id \
+         WHERE u.user_id = $1 AND a.slug = $2 AND u.period = $3::date",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(user)
+    .bind::<Text, _>(slug)
+    .bind::<Text, _>(period)
+    .get_result(&mut db.conn().await)
+    .await
+    .optional()
+    .expect("usage query");
+    row.map_or((0, 0), |r| (r.calls, r.failed_calls))
+}
+
+pub async fn total_calls(db: &TestDb) -> i64 {
+    scalar_i64(
+        db,
+        "SELECT coalesce(sum(calls), 0)::bigint AS n FROM usage_records",
+    )
+    .await
+}
+
+/// Asserts the `{"error": {"code", "message"}}` envelope and returns the code.
+pub async fn error_code(res: reqwest::Response) -> String {
+    let body: Value = res.json().await.expect("error body is JSON");
+    let code = body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_owned();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error.message: {body}"
+    );
+    code
+}

@@ -1,0 +1,10 @@
+//! One integration-test binary: every test drives the real server over HTTP
+//! against its own fresh PostgreSQL database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod cli;
+mod errors;
+mod helpers;
+mod metering;
+mod profile;
