@@ -35,9 +35,18 @@ impl AppState {
                 .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))?;
             Api::all(&mut conn).await?
         };
-        let authenticator =
-            Authenticator::new(JwtKeys::new(&config.jwt), db.clone(), config.auth_cache_ttl);
-        let meter = Arc::new(Meter::new(config.meter.mode, db.clone()));
+        let authenticator = Authenticator::new(
+            JwtKeys::new(&config.jwt),
+            db.clone(),
+            config.auth_cache_ttl,
+            clock.clone(),
+            config.billing.overdue_days,
+        );
+        let meter = Arc::new(Meter::new(
+            config.meter.mode,
+            config.billing.currency,
+            db.clone(),
+        ));
         Ok(Self {
             catalog: Catalog::new(&apis),
             authenticator,
@@ -56,6 +65,15 @@ impl AppState {
     /// The period calls arriving now belong to.
     pub fn current_period(&self) -> Period {
         Period::containing(self.clock.now(), self.config.billing_tz)
+    }
+
+    /// Re-reads the API catalog into memory (after an admin change here, and
+    /// periodically to pick up changes made through other instances).
+    pub async fn reload_catalog(&self) -> Result<(), crate::error::ApiError> {
+        let mut conn = self.db.get().await?;
+        let apis = Api::all(&mut conn).await?;
+        self.catalog.replace(&apis);
+        Ok(())
     }
 
     /// True when Redis answers PING within a second.

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
+use crate::billing::currency::Currency;
+
 /// A value that must never reach a log line or a `Debug` dump.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -48,7 +50,21 @@ pub struct Config {
     pub jwt: JwtSettings,
     pub billing_tz: Tz,
     pub meter: MeterSettings,
+    pub billing: BillingSettings,
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct BillingSettings {
+    /// The one currency prices and invoices are in.
+    pub currency: Currency,
+    /// How long after a period ends the scheduler closes it.
+    pub close_grace: Duration,
+    pub invoice_due_days: u32,
+    /// Days after `due_at` an unpaid invoice blocks metered calls (402).
+    pub overdue_days: u32,
+    /// HMAC key for payment-provider webhooks; webhooks are refused without it.
+    pub webhook_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +176,30 @@ impl Config {
                     Some(200u64),
                 )?)
                 .max(Duration::from_millis(1)),
+            },
+            billing: BillingSettings {
+                currency: match var("PAYG_CURRENCY") {
+                    None => Currency::USD,
+                    Some(code) => {
+                        code.parse()
+                            .map_err(|e: crate::billing::currency::UnknownCurrency| ConfigError {
+                                var: "PAYG_CURRENCY",
+                                message: e.to_string(),
+                            })?
+                    }
+                },
+                close_grace: duration_or(
+                    "PAYG_CLOSE_GRACE",
+                    var("PAYG_CLOSE_GRACE"),
+                    Duration::from_secs(600),
+                )?,
+                invoice_due_days: parse_or(
+                    "PAYG_INVOICE_DUE_DAYS",
+                    var("PAYG_INVOICE_DUE_DAYS"),
+                    Some(14),
+                )?,
+                overdue_days: parse_or("PAYG_OVERDUE_DAYS", var("PAYG_OVERDUE_DAYS"), Some(30))?,
+                webhook_secret: var("PAYG_WEBHOOK_SECRET").map(Secret::new),
             },
             log_format: match var("PAYG_LOG_FORMAT").as_deref() {
                 None | Some("pretty") => LogFormat::Pretty,

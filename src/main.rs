@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
 use payg::auth::{self, password};
-use payg::billing::SystemClock;
+use std::io::Write;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use payg::billing::export::{self, ExportFormat};
+use payg::billing::{Period, SystemClock, close};
 use payg::config::Config;
 use payg::db;
 use payg::models::user::{NewUser, Role, User, UserStatus};
@@ -38,6 +43,33 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Month close.
+    #[command(subcommand)]
+    Billing(BillingCommand),
+    /// Invoice export.
+    #[command(subcommand)]
+    Invoices(InvoicesCommand),
+}
+
+#[derive(Subcommand)]
+enum BillingCommand {
+    /// Close a past period: issue its invoices (idempotent).
+    Close {
+        /// The period, YYYY-MM.
+        #[arg(long)]
+        period: Period,
+    },
+}
+
+#[derive(Subcommand)]
+enum InvoicesCommand {
+    /// Write one row per invoice line of a period to stdout.
+    Export {
+        #[arg(long)]
+        period: Period,
+        #[arg(long, default_value = "csv")]
+        format: ExportFormat,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +136,43 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Migrate => migrate(&config).await,
         Command::User(cmd) => user_command(&config, cmd).await,
+        Command::Billing(BillingCommand::Close { period }) => {
+            let pool = db::build_pool(config.database_url.expose(), 1)?;
+            let mut conn = pool.get().await?;
+            let outcome = close::close_period(
+                &mut conn,
+                period,
+                Utc::now(),
+                config.billing_tz,
+                &config.billing,
+            )
+            .await?;
+            if outcome.already_closed {
+                println!(
+                    "{period} was already closed at {}; {} invoices",
+                    outcome.closed_at, outcome.invoices_issued
+                );
+            } else {
+                println!(
+                    "closed {period}: {} invoices issued",
+                    outcome.invoices_issued
+                );
+            }
+            Ok(())
+        }
+        Command::Invoices(InvoicesCommand::Export { period, format }) => {
+            let pool = db::build_pool(config.database_url.expose(), 1)?;
+            let mut chunks = std::pin::pin!(export::stream(pool, period, format));
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = chunks.next().await {
+                out.write_all(&chunk?)?;
+            }
+            if format == ExportFormat::Json {
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(())
+        }
     }
 }
 

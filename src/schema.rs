@@ -14,6 +14,100 @@ diesel::table! {
 }
 
 diesel::table! {
+    closed_periods (period) {
+        period -> Date,
+        closed_at -> Timestamptz,
+        invoices_issued -> Int4,
+    }
+}
+
+diesel::table! {
+    invoice_lines (invoice_id, position) {
+        invoice_id -> Uuid,
+        position -> Int4,
+        api_id -> Int4,
+        api_slug -> Text,
+        api_name -> Text,
+        calls -> Int8,
+        failed_calls -> Int8,
+        billable_calls -> Int8,
+        free_calls -> Int8,
+        charged_calls -> Int8,
+        unit_price -> Numeric,
+        amount -> Numeric,
+    }
+}
+
+diesel::table! {
+    invoice_sequences (year) {
+        year -> Int4,
+        last_number -> Int4,
+    }
+}
+
+diesel::table! {
+    invoices (id) {
+        id -> Uuid,
+        number -> Text,
+        user_id -> Uuid,
+        period -> Date,
+        currency -> Text,
+        subtotal -> Numeric,
+        total -> Numeric,
+        amount_paid -> Numeric,
+        status -> Text,
+        issued_at -> Timestamptz,
+        due_at -> Timestamptz,
+        paid_at -> Nullable<Timestamptz>,
+        voided_at -> Nullable<Timestamptz>,
+        billing_email -> Text,
+        billing_name -> Text,
+        billing_company -> Nullable<Text>,
+        billing_address_line1 -> Nullable<Text>,
+        billing_address_line2 -> Nullable<Text>,
+        billing_city -> Nullable<Text>,
+        billing_postal_code -> Nullable<Text>,
+        billing_country -> Nullable<Text>,
+        billing_tax_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    payments (id) {
+        id -> Uuid,
+        invoice_id -> Uuid,
+        amount -> Numeric,
+        currency -> Text,
+        reference -> Text,
+        method -> Text,
+        source -> Text,
+        recorded_by -> Nullable<Uuid>,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    price_tiers (price_id, position) {
+        price_id -> Int4,
+        position -> Int4,
+        up_to -> Nullable<Int8>,
+        unit_price -> Numeric,
+    }
+}
+
+diesel::table! {
+    prices (id) {
+        id -> Int4,
+        api_id -> Int4,
+        effective_from -> Date,
+        currency -> Text,
+        unit_price -> Numeric,
+        free_calls -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     meter_flushes (id) {
         id -> Uuid,
         instance_id -> Uuid,
@@ -55,7 +149,35 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_events (id) {
+        id -> Text,
+        event_type -> Text,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(invoice_lines -> apis (api_id));
+diesel::joinable!(invoice_lines -> invoices (invoice_id));
+diesel::joinable!(invoices -> users (user_id));
+diesel::joinable!(payments -> invoices (invoice_id));
+diesel::joinable!(payments -> users (recorded_by));
+diesel::joinable!(price_tiers -> prices (price_id));
+diesel::joinable!(prices -> apis (api_id));
 diesel::joinable!(usage_records -> apis (api_id));
 diesel::joinable!(usage_records -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(apis, meter_flushes, usage_records, users,);
+diesel::allow_tables_to_appear_in_same_query!(
+    apis,
+    closed_periods,
+    invoice_lines,
+    invoice_sequences,
+    invoices,
+    meter_flushes,
+    payments,
+    price_tiers,
+    prices,
+    usage_records,
+    users,
+    webhook_events,
+);

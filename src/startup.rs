@@ -112,16 +112,39 @@ impl Application {
         let meter = self.state.meter.clone();
         let flusher = meter
             .clone()
-            .spawn_flusher(self.state.config.meter.flush_interval, shutdown_rx);
+            .spawn_flusher(self.state.config.meter.flush_interval, shutdown_rx.clone());
+        let scheduler =
+            crate::billing::close::spawn_scheduler(self.state.clone(), shutdown_rx.clone());
+        let catalog_refresh = spawn_catalog_refresh(self.state.clone(), shutdown_rx.clone());
         let served = self.server.await;
         let _ = shutdown_tx.send(true);
         let _ = flusher.await;
+        let _ = scheduler.await;
+        let _ = catalog_refresh.await;
         let lost = meter.drain(SHUTDOWN_GRACE).await;
         if lost == 0 {
             tracing::info!("meter flushed; shut down cleanly");
         }
         served.map_err(Into::into)
     }
+}
+
+/// Picks up catalog changes made through other instances.
+fn spawn_catalog_refresh(
+    state: web::Data<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = state.reload_catalog().await {
+                tracing::warn!(error = %e, "catalog refresh failed");
+            }
+        }
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -11,7 +11,7 @@ pub mod password;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header;
@@ -19,10 +19,11 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::billing::Clock;
 use crate::db::DbPool;
 use crate::error::ApiError;
 use crate::models::user::Standing;
-use crate::models::{Role, User, UserStatus};
+use crate::models::{Invoice, Role, User, UserStatus};
 
 pub use jwt::JwtKeys;
 
@@ -31,6 +32,9 @@ pub use jwt::JwtKeys;
 pub struct Caller {
     pub user_id: Uuid,
     pub role: Role,
+    /// Has an invoice unpaid past its due date plus the overdue grace:
+    /// metered APIs refuse such a caller with 402 until it is paid.
+    pub overdue: bool,
 }
 
 /// Extractor for handlers that need an authenticated caller. Reuses the
@@ -101,14 +105,31 @@ pub struct Authenticator {
     jwt: JwtKeys,
     db: DbPool,
     standings: StandingCache,
+    clock: Arc<dyn Clock>,
+    overdue_after: chrono::Duration,
+}
+
+/// What is cached per user: role, status and whether they owe overdue money.
+#[derive(Debug, Clone, Copy)]
+struct CachedStanding {
+    standing: Standing,
+    overdue: bool,
 }
 
 impl Authenticator {
-    pub fn new(jwt: JwtKeys, db: DbPool, standing_ttl: Duration) -> Self {
+    pub fn new(
+        jwt: JwtKeys,
+        db: DbPool,
+        standing_ttl: Duration,
+        clock: Arc<dyn Clock>,
+        overdue_days: u32,
+    ) -> Self {
         Self {
             jwt,
             db,
             standings: StandingCache::new(standing_ttl),
+            clock,
+            overdue_after: chrono::Duration::days(i64::from(overdue_days)),
         }
     }
 
@@ -121,18 +142,21 @@ impl Authenticator {
     pub async fn authenticate(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
         let token = bearer_token(req).ok_or_else(ApiError::unauthenticated)?;
         let claims = self.jwt.verify(token).ok_or_else(ApiError::invalid_token)?;
-        let standing = match self.standings.get(claims.sub) {
+        let cached = match self.standings.get(claims.sub) {
             Some(s) => s,
             None => {
                 let mut conn = self.db.get().await?;
                 let standing = User::standing(&mut conn, claims.sub)
                     .await?
                     .ok_or_else(ApiError::invalid_token)?;
-                self.standings.put(claims.sub, standing);
-                standing
+                let cutoff = self.clock.now() - self.overdue_after;
+                let overdue = Invoice::has_overdue(&mut conn, claims.sub, cutoff).await?;
+                let cached = CachedStanding { standing, overdue };
+                self.standings.put(claims.sub, cached);
+                cached
             }
         };
-        if standing.status == UserStatus::Suspended {
+        if cached.standing.status == UserStatus::Suspended {
             return Err(ApiError::forbidden(
                 "account_suspended",
                 "this account is suspended",
@@ -142,7 +166,8 @@ impl Authenticator {
             user_id: claims.sub,
             // The role comes from the database, not the token, so a role
             // change applies on the next call rather than at token expiry.
-            role: standing.role,
+            role: cached.standing.role,
+            overdue: cached.overdue,
         })
     }
 
@@ -156,7 +181,7 @@ impl Authenticator {
 /// not each cost a database round trip.
 struct StandingCache {
     ttl: Duration,
-    entries: RwLock<HashMap<Uuid, (Standing, Instant)>>,
+    entries: RwLock<HashMap<Uuid, (CachedStanding, Instant)>>,
 }
 
 impl StandingCache {
@@ -167,7 +192,7 @@ impl StandingCache {
         }
     }
 
-    fn get(&self, user_id: Uuid) -> Option<Standing> {
+    fn get(&self, user_id: Uuid) -> Option<CachedStanding> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -178,7 +203,7 @@ impl StandingCache {
             .map(|(s, _)| *s)
     }
 
-    fn put(&self, user_id: Uuid, standing: Standing) {
+    fn put(&self, user_id: Uuid, standing: CachedStanding) {
         if self.ttl.is_zero() {
             return;
         }

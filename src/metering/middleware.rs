@@ -84,6 +84,14 @@ where
                 Ok(caller) => caller,
                 Err(err) => return Ok(req.error_response(err).map_into_right_body()),
             };
+            if caller.overdue {
+                let err = ApiError::new(
+                    actix_web::http::StatusCode::PAYMENT_REQUIRED,
+                    "payment_required",
+                    "an invoice is overdue; metered APIs are blocked until it is paid",
+                );
+                return Ok(req.error_response(err).map_into_right_body());
+            }
             req.extensions_mut().insert(caller);
 
             let result = service.call(req).await;

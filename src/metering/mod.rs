@@ -20,6 +20,7 @@ use chrono::Utc;
 use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
+use crate::billing::Currency;
 use crate::config::MeterMode;
 use crate::db::DbPool;
 use crate::models::usage::{BatchOutcome, FlushId, UsageDelta, UsageKey, UsageRecord};
@@ -53,6 +54,7 @@ pub struct MeterStatus {
 
 pub struct Meter {
     mode: MeterMode,
+    currency: Currency,
     db: DbPool,
     instance_id: Uuid,
     recorder: Recorder,
@@ -64,7 +66,7 @@ pub struct Meter {
 }
 
 impl Meter {
-    pub fn new(mode: MeterMode, db: DbPool) -> Self {
+    pub fn new(mode: MeterMode, currency: Currency, db: DbPool) -> Self {
         if mode == MeterMode::Off {
             tracing::warn!(
                 "PAYG_METER_MODE=off: calls are authenticated but NOT METERED; use only for benchmarks"
@@ -72,6 +74,7 @@ impl Meter {
         }
         Self {
             mode,
+            currency,
             db,
             instance_id: Uuid::new_v4(),
             recorder: Recorder::default(),
@@ -94,7 +97,7 @@ impl Meter {
     /// Sync mode: commit the increment now.
     pub async fn record_now(&self, key: UsageKey, delta: UsageDelta) -> anyhow::Result<()> {
         let mut conn = self.db.get().await?;
-        UsageRecord::add_batch(&mut conn, None, &[(key, delta)]).await?;
+        UsageRecord::add_batch(&mut conn, None, &[(key, delta)], self.currency).await?;
         Ok(())
     }
 
@@ -139,7 +142,10 @@ impl Meter {
         };
         let attempt = async {
             let mut conn = self.db.get().await?;
-            anyhow::Ok(UsageRecord::add_batch(&mut conn, Some(flush_id), &batch.rows).await?)
+            anyhow::Ok(
+                UsageRecord::add_batch(&mut conn, Some(flush_id), &batch.rows, self.currency)
+                    .await?,
+            )
         };
         match attempt.await {
             Ok(outcome) => {

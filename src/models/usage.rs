@@ -8,8 +8,10 @@ use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::billing::Period;
-use crate::schema::{apis, meter_flushes, usage_records};
+use crate::billing::pricing::price_line;
+use crate::billing::{Currency, Period};
+use crate::models::price::PriceBook;
+use crate::schema::{apis, meter_flushes, usage_records, users};
 
 /// Which counter row a call belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,6 +85,7 @@ const ROWS_PER_STATEMENT: usize = 10_000;
 pub struct UsageLine {
     pub api_id: i32,
     pub slug: String,
+    pub name: String,
     pub method: String,
     pub route: String,
     pub calls: i64,
@@ -93,13 +96,15 @@ pub struct UsageLine {
 pub struct UsageRecord;
 
 impl UsageRecord {
-    /// Adds `deltas` to their counter rows in one transaction. `deltas` must
-    /// have unique keys and be sorted by key: every writer locking rows in
-    /// the same order is what keeps concurrent flushes from deadlocking.
+    /// Adds `deltas` to their counter rows and the priced difference to each
+    /// user's `total_cost`, in one transaction. `deltas` must have unique keys
+    /// and be sorted by key: every writer locking rows in the same order is
+    /// what keeps concurrent flushes from deadlocking.
     pub async fn add_batch(
         conn: &mut AsyncPgConnection,
         flush: Option<FlushId>,
         deltas: &[(UsageKey, UsageDelta)],
+        currency: Currency,
     ) -> QueryResult<BatchOutcome> {
         debug_assert!(
             deltas.windows(2).all(|w| w[0].0 < w[1].0),
@@ -129,27 +134,37 @@ impl UsageRecord {
                         .execute(conn)
                         .await?;
                 }
+                let mut after: Vec<(Uuid, i32, NaiveDate, i64, i64)> =
+                    Vec::with_capacity(rows.len());
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    diesel::insert_into(usage_records::table)
-                        .values(chunk)
-                        .on_conflict((
-                            usage_records::user_id,
-                            usage_records::api_id,
-                            usage_records::period,
-                        ))
-                        .do_update()
-                        .set((
-                            usage_records::calls
-                                .eq(usage_records::calls + excluded(usage_records::calls)),
-                            usage_records::failed_calls
-                                .eq(usage_records::failed_calls
+                    let updated: Vec<(Uuid, i32, NaiveDate, i64, i64)> =
+                        diesel::insert_into(usage_records::table)
+                            .values(chunk)
+                            .on_conflict((
+                                usage_records::user_id,
+                                usage_records::api_id,
+                                usage_records::period,
+                            ))
+                            .do_update()
+                            .set((
+                                usage_records::calls
+                                    .eq(usage_records::calls + excluded(usage_records::calls)),
+                                usage_records::failed_calls.eq(usage_records::failed_calls
                                     + excluded(usage_records::failed_calls)),
-                            usage_records::updated_at.eq(diesel::dsl::now),
-                        ))
-                        .execute(conn)
-                        .await?;
+                                usage_records::updated_at.eq(diesel::dsl::now),
+                            ))
+                            .returning((
+                                usage_records::user_id,
+                                usage_records::api_id,
+                                usage_records::period,
+                                usage_records::calls,
+                                usage_records::failed_calls,
+                            ))
+                            .get_results(conn)
+                            .await?;
+                    after.extend(updated);
                 }
-                Ok(())
+                add_cost_deltas(conn, deltas, &after, currency).await
             })
             .await;
         match result {
@@ -177,6 +192,7 @@ impl UsageRecord {
             .select((
                 apis::id,
                 apis::slug,
+                apis::name,
                 apis::method,
                 apis::route,
                 usage_records::calls,
@@ -196,4 +212,70 @@ impl UsageRecord {
             .execute(conn)
             .await
     }
+}
+
+/// Keeps `users.total_cost` equal to the priced sum of the user's records:
+/// each touched record adds `price(after) − price(before)`, priced with the
+/// version in force for its period (prices are not linear, so the
+/// difference, not the delta's own price).
+async fn add_cost_deltas(
+    conn: &mut AsyncPgConnection,
+    deltas: &[(UsageKey, UsageDelta)],
+    after: &[(Uuid, i32, NaiveDate, i64, i64)],
+    currency: Currency,
+) -> QueryResult<()> {
+    let mut api_ids: Vec<i32> = deltas.iter().map(|(k, _)| k.api_id).collect();
+    api_ids.sort_unstable();
+    api_ids.dedup();
+    let book = PriceBook::load(conn, Some(&api_ids)).await?;
+    let mut per_user: std::collections::BTreeMap<Uuid, rust_decimal::Decimal> =
+        std::collections::BTreeMap::new();
+    for &(user_id, api_id, period, calls, failed_calls) in after {
+        let Some(period) = Period::from_first_day(period) else {
+            continue;
+        };
+        let key = UsageKey {
+            user_id,
+            api_id,
+            period,
+        };
+        let Ok(i) = deltas.binary_search_by(|(k, _)| k.cmp(&key)) else {
+            continue;
+        };
+        let delta = deltas[i].1;
+        let price = book.for_period_or_free(api_id, period, currency);
+        let now = price_line(calls, failed_calls, &price).amount;
+        let before = price_line(
+            calls - delta.calls,
+            failed_calls - delta.failed_calls,
+            &price,
+        )
+        .amount;
+        if now != before {
+            *per_user.entry(user_id).or_default() += now - before;
+        }
+    }
+    if per_user.is_empty() {
+        return Ok(());
+    }
+    // Lock the users in id order first, so two flushes never wait on each
+    // other's users in opposite orders.
+    let ids: Vec<Uuid> = per_user.keys().copied().collect();
+    users::table
+        .filter(users::id.eq_any(&ids))
+        .order(users::id)
+        .select(users::id)
+        .for_no_key_update()
+        .load::<Uuid>(conn)
+        .await?;
+    let amounts: Vec<rust_decimal::Decimal> = per_user.values().copied().collect();
+    diesel::sql_query(
+        "UPDATE users SET total_cost = users.total_cost + d.delta \
+         FROM unnest($1::uuid[], $2::numeric[]) AS d(id, delta) WHERE users.id = d.id",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Numeric>, _>(&amounts)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

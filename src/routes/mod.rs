@@ -1,12 +1,17 @@
 //! Thin HTTP handlers grouped by resource: parse, authorise, one model call,
 //! serialise.
 
+pub mod admin;
 pub mod apis;
 pub mod auth;
+pub mod billing;
+pub mod finance;
 pub mod health;
+pub mod invoices;
 pub mod me;
 pub mod tools;
 pub mod usage;
+pub mod webhooks;
 
 use actix_web::web;
 
@@ -27,5 +32,50 @@ pub fn configure_api(cfg: &mut web::ServiceConfig) {
                 .route(web::patch().to(me::update_me)),
         )
         .service(web::resource("/apis").route(web::get().to(apis::list_apis)))
-        .service(web::resource("/usage").route(web::get().to(usage::get_usage)));
+        .service(web::resource("/usage").route(web::get().to(usage::get_usage)))
+        // Consumers: their own cost and invoices.
+        .service(web::resource("/billing/current").route(web::get().to(billing::current_cost)))
+        .service(
+            web::resource("/billing/periods/{period}").route(web::get().to(billing::period_cost)),
+        )
+        .service(web::resource("/invoices").route(web::get().to(invoices::list_invoices)))
+        .service(web::resource("/invoices/{id}").route(web::get().to(invoices::get_invoice)))
+        // Finance (finance or admin role).
+        .service(
+            web::resource("/finance/periods/{period}/close")
+                .route(web::post().to(finance::close_period)),
+        )
+        .service(
+            web::resource("/finance/periods/{period}/reconciliation")
+                .route(web::get().to(finance::reconciliation)),
+        )
+        .service(web::resource("/finance/invoices").route(web::get().to(finance::list_invoices)))
+        // Registered before `/finance/invoices/{id}` so "export" is not taken for an id.
+        .service(
+            web::resource("/finance/invoices/export")
+                .route(web::get().to(finance::export_invoices)),
+        )
+        .service(web::resource("/finance/invoices/{id}").route(web::get().to(finance::get_invoice)))
+        .service(
+            web::resource("/finance/invoices/{id}/payments")
+                .route(web::post().to(finance::record_payment)),
+        )
+        .service(
+            web::resource("/finance/invoices/{id}/void")
+                .route(web::post().to(finance::void_invoice)),
+        )
+        // Admin: the catalog and prices.
+        .service(
+            web::resource("/admin/apis")
+                .route(web::get().to(admin::list_apis))
+                .route(web::post().to(admin::create_api)),
+        )
+        .service(web::resource("/admin/apis/{id}").route(web::patch().to(admin::update_api)))
+        .service(
+            web::resource("/admin/apis/{id}/prices").route(web::post().to(admin::create_price)),
+        )
+        // Payment provider callbacks (signed, no user).
+        .service(
+            web::resource("/webhooks/payments").route(web::post().to(webhooks::payment_webhook)),
+        );
 }

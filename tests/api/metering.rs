@@ -219,15 +219,25 @@ async fn a_retried_flush_whose_commit_already_landed_is_not_applied_twice() {
     let mut conn = db.conn().await;
     // First attempt commits; its acknowledgement is "lost" and it is retried.
     assert_eq!(
-        UsageRecord::add_batch(&mut conn, Some(flush), &deltas)
-            .await
-            .unwrap(),
+        UsageRecord::add_batch(
+            &mut conn,
+            Some(flush),
+            &deltas,
+            payg::billing::Currency::USD
+        )
+        .await
+        .unwrap(),
         BatchOutcome::Applied
     );
     assert_eq!(
-        UsageRecord::add_batch(&mut conn, Some(flush), &deltas)
-            .await
-            .unwrap(),
+        UsageRecord::add_batch(
+            &mut conn,
+            Some(flush),
+            &deltas,
+            payg::billing::Currency::USD
+        )
+        .await
+        .unwrap(),
         BatchOutcome::AlreadyApplied
     );
     assert_eq!(
@@ -239,9 +249,14 @@ async fn a_retried_flush_whose_commit_already_landed_is_not_applied_twice() {
         id: Uuid::new_v4(),
         ..flush
     };
-    UsageRecord::add_batch(&mut conn, Some(again), &deltas)
-        .await
-        .unwrap();
+    UsageRecord::add_batch(
+        &mut conn,
+        Some(again),
+        &deltas,
+        payg::billing::Currency::USD,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         usage_of(&db, user.id, "tools-uuid", &this_period()).await,
         (14, 4)

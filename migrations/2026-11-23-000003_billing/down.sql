@@ -1,0 +1,10 @@
+DROP TABLE webhook_events;
+DROP TABLE payments;
+DROP TABLE invoice_lines;
+DROP TABLE invoices;
+DROP FUNCTION refuse_invoice_amount_change();
+DROP FUNCTION refuse_invoice_line_change();
+DROP TABLE invoice_sequences;
+DROP TABLE closed_periods;
+DROP TABLE price_tiers;
+DROP TABLE prices;

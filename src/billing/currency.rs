@@ -1,0 +1,86 @@
+//! ISO 4217 currencies payg can bill in, with their minor units.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+/// (code, minor units). Only currencies listed here are accepted, so every
+/// amount has a known rounding scale.
+const CURRENCIES: &[(&str, u32)] = &[
+    ("USD", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("INR", 2),
+    ("CAD", 2),
+    ("AUD", 2),
+    ("NZD", 2),
+    ("CHF", 2),
+    ("SEK", 2),
+    ("NOK", 2),
+    ("DKK", 2),
+    ("PLN", 2),
+    ("CZK", 2),
+    ("BRL", 2),
+    ("MXN", 2),
+    ("SGD", 2),
+    ("HKD", 2),
+    ("CNY", 2),
+    ("ZAR", 2),
+    ("AED", 2),
+    ("ILS", 2),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("CLP", 0),
+    ("ISK", 0),
+    ("VND", 0),
+    ("KWD", 3),
+    ("BHD", 3),
+    ("OMR", 3),
+    ("JOD", 3),
+    ("TND", 3),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Currency(&'static str, u32);
+
+impl Currency {
+    pub const USD: Currency = Currency("USD", 2);
+
+    pub fn code(self) -> &'static str {
+        self.0
+    }
+
+    /// Digits after the decimal point of the smallest coin (cents: 2).
+    pub fn minor_units(self) -> u32 {
+        self.1
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a supported ISO 4217 currency code")]
+pub struct UnknownCurrency(pub String);
+
+impl FromStr for Currency {
+    type Err = UnknownCurrency;
+
+    fn from_str(s: &str) -> Result<Self, UnknownCurrency> {
+        CURRENCIES
+            .iter()
+            .find(|(code, _)| code.eq_ignore_ascii_case(s.trim()))
+            .map(|(code, minor)| Currency(code, *minor))
+            .ok_or_else(|| UnknownCurrency(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}

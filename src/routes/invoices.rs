@@ -1,0 +1,43 @@
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::models::Invoice;
+use crate::routes::conn;
+
+/// The caller's own invoices, newest first.
+pub async fn list_invoices(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
+    let mut conn = conn(&state.db).await?;
+    let invoices = Invoice::for_user(&mut conn, user.id()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "invoices": invoices })))
+}
+
+/// One of the caller's invoices with its lines and payments. Another
+/// user's invoice is "not found", never "forbidden": its existence is not
+/// confirmed.
+pub async fn get_invoice(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let mut conn = conn(&state.db).await?;
+    let invoice = Invoice::find_for_user(&mut conn, *id, user.id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("invoice not found"))?;
+    invoice_detail(&mut conn, invoice).await
+}
+
+pub(crate) async fn invoice_detail(
+    conn: &mut diesel_async::AsyncPgConnection,
+    invoice: Invoice,
+) -> ApiResult<HttpResponse> {
+    let lines = Invoice::lines(conn, invoice.id).await?;
+    let payments = Invoice::payments(conn, invoice.id).await?;
+    let mut body = serde_json::to_value(&invoice).map_err(ApiError::internal)?;
+    body["lines"] = serde_json::to_value(&lines).map_err(ApiError::internal)?;
+    body["payments"] = serde_json::to_value(&payments).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(body))
+}
