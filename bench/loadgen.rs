@@ -1,0 +1,378 @@
+//! `loadgen`: a closed-loop HTTP/1.1 load generator for the payg benchmark.
+//!
+//! This is a benchmark tool, not a test. It opens `--connections` keep-alive
+//! connections (one tokio task each, hyper 1 client directly over a
+//! `TcpStream`), mints one HS256 access token per user from `--users-file`
+//! itself (so no login and no argon2 cost), and sends `GET --path` as fast
+//! as each connection allows. Connection `i` cycles over the users
+//! `(i + k * connections) % n`, k = 0, 1, 2, …
+//!
+//! It counts its own successful (2xx) responses per user. Every 2xx counts
+//! for that exactness tally, warm-up included; only requests sent after the
+//! warm-up and answered before the end of the measured window count for
+//! throughput and latency.
+//!
+//! Prints one JSON line on stdout:
+//! `{requests_per_sec, p50_us, p99_us, ok, measured_ok, non_2xx, errors, …,
+//!   per_user_ok: {uuid: n}}` — with `--tally-file F`, `per_user_ok` is
+//! written to F (a JSON object) instead of stdout.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:18080 \
+//!     --users-file users.txt --jwt-secret "$JWT_SECRET" --duration-secs 10
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{AUTHORIZATION, HOST, HeaderValue};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    about = "Closed-loop load generator for the payg benchmark"
+)]
+struct Args {
+    /// Base URL of the server, e.g. http://127.0.0.1:18080 (plain HTTP only).
+    #[arg(long)]
+    url: String,
+    /// Path (and query) to request with GET.
+    #[arg(long, default_value = "/api/v1/tools/uuid")]
+    path: String,
+    /// Concurrent keep-alive connections, one task each.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Length of the measured window.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Load before the measured window (counted for exactness, not throughput).
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// One user id (uuid) per line.
+    #[arg(long)]
+    users_file: PathBuf,
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    #[arg(long, default_value = "payg")]
+    jwt_issuer: String,
+    #[arg(long, default_value = "payg-api")]
+    jwt_audience: String,
+    /// Write per_user_ok ({uuid: n}) to this file instead of stdout.
+    #[arg(long)]
+    tally_file: Option<PathBuf>,
+    /// Tokio worker threads for the generator (default: number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// The claims payg's `JwtKeys::verify` expects (see src/auth/jwt.rs).
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: Uuid,
+    role: &'static str,
+    iat: i64,
+    exp: i64,
+    iss: &'a str,
+    aud: &'a str,
+    jti: Uuid,
+}
+
+/// What one connection task saw.
+#[derive(Default)]
+struct TaskStats {
+    /// 2xx per user index, warm-up included.
+    per_user_ok: Vec<u64>,
+    /// 2xx sent after warm-up and answered inside the window.
+    measured_ok: u64,
+    /// Latencies (µs) of the measured requests, whatever their status.
+    latencies_us: Vec<u32>,
+    measured_requests: u64,
+    non_2xx: u64,
+    errors: u64,
+    reconnects: u64,
+    first_error: Option<String>,
+}
+
+struct Plan {
+    addr: SocketAddr,
+    host: HeaderValue,
+    path: String,
+    auth: Vec<HeaderValue>,
+    connections: usize,
+    measure_from: Instant,
+    end: Instant,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (addr, host) = parse_url(&args.url)?;
+
+    let users: Vec<Uuid> = std::fs::read_to_string(&args.users_file)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.users_file.display()))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.parse()
+                .map_err(|e| anyhow::anyhow!("bad user id {l:?}: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(
+        !users.is_empty(),
+        "{} holds no user ids",
+        args.users_file.display()
+    );
+    anyhow::ensure!(args.connections > 0, "--connections must be > 0");
+
+    let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
+    let iat = chrono::Utc::now().timestamp();
+    let auth = users
+        .iter()
+        .map(|&sub| {
+            let claims = Claims {
+                sub,
+                role: "consumer",
+                iat,
+                exp: iat + 3600,
+                iss: &args.jwt_issuer,
+                aud: &args.jwt_audience,
+                jti: Uuid::new_v4(),
+            };
+            let token = encode(&Header::new(Algorithm::HS256), &claims, &key)?;
+            Ok(HeaderValue::from_str(&format!("Bearer {token}"))?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+
+    let stats = runtime.block_on(async {
+        let start = Instant::now();
+        let measure_from = start + Duration::from_secs(args.warmup_secs);
+        let plan = Arc::new(Plan {
+            addr,
+            host,
+            path: args.path.clone(),
+            auth,
+            connections: args.connections,
+            measure_from,
+            end: measure_from + Duration::from_secs(args.duration_secs),
+        });
+        let tasks: Vec<_> = (0..args.connections)
+            .map(|i| tokio::spawn(run_connection(i, plan.clone())))
+            .collect();
+        let mut all = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            all.push(t.await?);
+        }
+        anyhow::Ok(all)
+    })?;
+
+    // Merge.
+    let mut per_user = vec![0u64; users.len()];
+    let mut latencies: Vec<u32> = Vec::new();
+    let (mut measured_ok, mut measured_requests, mut non_2xx, mut errors, mut reconnects) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut first_error = None;
+    for s in stats {
+        for (total, n) in per_user.iter_mut().zip(&s.per_user_ok) {
+            *total += n;
+        }
+        latencies.extend_from_slice(&s.latencies_us);
+        measured_ok += s.measured_ok;
+        measured_requests += s.measured_requests;
+        non_2xx += s.non_2xx;
+        errors += s.errors;
+        reconnects += s.reconnects;
+        if first_error.is_none() {
+            first_error = s.first_error;
+        }
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| -> u32 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let rank = ((p / 100.0) * latencies.len() as f64).ceil() as usize;
+        latencies[rank.clamp(1, latencies.len()) - 1]
+    };
+    let ok: u64 = per_user.iter().sum();
+    let secs = args.duration_secs.max(1) as f64;
+
+    let per_user_ok: BTreeMap<String, u64> = users
+        .iter()
+        .zip(&per_user)
+        .map(|(u, n)| (u.to_string(), *n))
+        .collect();
+    let mut out = serde_json::json!({
+        "requests_per_sec": (measured_ok as f64 / secs).round(),
+        "p50_us": pct(50.0),
+        "p99_us": pct(99.0),
+        "max_us": latencies.last().copied().unwrap_or(0),
+        "ok": ok,
+        "measured_ok": measured_ok,
+        "measured_requests": measured_requests,
+        "non_2xx": non_2xx,
+        "errors": errors,
+        "reconnects": reconnects,
+        "first_error": first_error,
+        "connections": args.connections,
+        "users": users.len(),
+        "duration_secs": args.duration_secs,
+        "warmup_secs": args.warmup_secs,
+        "threads": threads,
+    });
+    match &args.tally_file {
+        Some(path) => std::fs::write(path, serde_json::to_string(&per_user_ok)?)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?,
+        None => out["per_user_ok"] = serde_json::to_value(&per_user_ok)?,
+    }
+    println!("{out}");
+    Ok(())
+}
+
+/// `http://host:port[/…]` → socket address and Host header value.
+fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, HeaderValue)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("--url must start with http:// (got {url:?})"))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let with_port = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{authority} does not resolve"))?;
+    Ok((addr, HeaderValue::from_str(authority)?))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // Ends when the sender is dropped or the server closes the connection;
+        // request errors surface through `send_request`.
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn run_connection(i: usize, plan: Arc<Plan>) -> TaskStats {
+    let n = plan.auth.len();
+    let mut stats = TaskStats {
+        per_user_ok: vec![0; n],
+        ..TaskStats::default()
+    };
+    let mut user = i % n;
+    let step = plan.connections % n;
+    let mut sender: Option<Sender> = None;
+    let mut connected_once = false;
+
+    while Instant::now() < plan.end {
+        let s = match sender.as_mut() {
+            Some(s) => s,
+            None => match connect(plan.addr).await {
+                Ok(s) => {
+                    if connected_once {
+                        stats.reconnects += 1;
+                    }
+                    connected_once = true;
+                    sender.insert(s)
+                }
+                Err(e) => {
+                    note_error(&mut stats, format!("connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if s.ready().await.is_err() {
+            sender = None;
+            continue;
+        }
+        let req = match Request::builder()
+            .method(Method::GET)
+            .uri(plan.path.as_str())
+            .header(HOST, plan.host.clone())
+            .header(AUTHORIZATION, plan.auth[user].clone())
+            .body(Empty::<Bytes>::new())
+        {
+            Ok(r) => r,
+            Err(e) => {
+                note_error(&mut stats, format!("building the request: {e}"));
+                break;
+            }
+        };
+        let sent = Instant::now();
+        let outcome = async {
+            let res = s.send_request(req).await?;
+            let status = res.status();
+            // Read the whole body so the connection can be reused.
+            res.into_body().collect().await?;
+            anyhow::Ok(status)
+        }
+        .await;
+        let done = Instant::now();
+        let measured = sent >= plan.measure_from && done <= plan.end;
+        match outcome {
+            Ok(status) => {
+                if status.is_success() {
+                    stats.per_user_ok[user] += 1;
+                    if measured {
+                        stats.measured_ok += 1;
+                    }
+                } else {
+                    stats.non_2xx += 1;
+                    if stats.first_error.is_none() {
+                        stats.first_error = Some(format!("HTTP {status}"));
+                    }
+                }
+                if measured {
+                    stats.measured_requests += 1;
+                    let us = done.duration_since(sent).as_micros();
+                    stats
+                        .latencies_us
+                        .push(u32::try_from(us).unwrap_or(u32::MAX));
+                }
+            }
+            Err(e) => {
+                // The server may or may not have served (and metered) this
+                // call: the exactness check will tell. Reconnect and go on.
+                note_error(&mut stats, format!("request: {e}"));
+                sender = None;
+            }
+        }
+        user = (user + step) % n;
+    }
+    stats
+}
+
+fn note_error(stats: &mut TaskStats, message: String) {
+    stats.errors += 1;
+    if stats.first_error.is_none() {
+        stats.first_error = Some(message);
+    }
+}
