@@ -127,10 +127,12 @@ pub async fn login(
             "this account is suspended",
         ));
     }
+    // Token lifetimes follow the real clock (jsonwebtoken checks `exp`
+    // against it), not the billing clock tests may move.
     let issued = state
         .authenticator
         .jwt()
-        .issue(user.id, user.role, state.now())
+        .issue(user.id, user.role, chrono::Utc::now())
         .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok().json(TokenResponse {
         access_token: issued.token,

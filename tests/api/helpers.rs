@@ -259,6 +259,28 @@ impl TestApp {
             .expect("request")
     }
 
+    pub async fn post_auth(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// A fresh user with the given role (granted in the database, as an
+    /// operator would with `payg user role`).
+    pub async fn user_with_role(&self, role: &str) -> Registered {
+        let user = self.new_user().await;
+        self.sql(&format!(
+            "UPDATE users SET role = '{role}' WHERE id = '{}'",
+            user.id
+        ))
+        .await;
+        user
+    }
+
     pub async fn register(&self, email: &str, name: &str) -> reqwest::Response {
         self.post_json(
             "/api/v1/auth/register",

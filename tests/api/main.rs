@@ -3,8 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod billing;
 mod cli;
 mod errors;
+mod export;
 mod helpers;
 mod metering;
 mod profile;

@@ -1,0 +1,920 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use payg::billing::ManualClock;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::helpers::{Registered, TestApp, TestDb, error_code, scalar_i64};
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn dec(v: &Value) -> Decimal {
+    v.as_str()
+        .unwrap_or_else(|| panic!("decimal as string, got {v}"))
+        .parse()
+        .unwrap()
+}
+
+/// An app whose clock stands at `now`; the automatic close is pushed far
+/// out so only the test closes periods.
+async fn app_at(now: &str) -> (TestApp, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(at(now)));
+    let app = TestApp::builder()
+        .clock(clock.clone())
+        .env("PAYG_CLOSE_GRACE", "876000h")
+        .spawn()
+        .await;
+    (app, clock)
+}
+
+async fn call(app: &TestApp, user: &Registered, path: &str, times: usize) {
+    for _ in 0..times {
+        app.get_auth(path, &user.token).await;
+    }
+}
+
+async fn api_id(app: &TestApp, slug: &str) -> i64 {
+    scalar_i64(
+        &app.db,
+        &format!("SELECT id::bigint AS n FROM apis WHERE slug = '{slug}'"),
+    )
+    .await
+}
+
+async fn set_price(app: &TestApp, admin: &Registered, slug: &str, body: Value) -> Value {
+    let id = api_id(app, slug).await;
+    let res = app
+        .post_auth(
+            &format!("/api/v1/admin/apis/{id}/prices"),
+            &admin.token,
+            &body,
+        )
+        .await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    res.json().await.unwrap()
+}
+
+async fn close(app: &TestApp, finance: &Registered, period: &str) -> reqwest::Response {
+    app.post_auth(
+        &format!("/api/v1/finance/periods/{period}/close"),
+        &finance.token,
+        &json!({}),
+    )
+    .await
+}
+
+async fn total_cost(app: &TestApp, user: &Registered) -> Decimal {
+    let me: Value = app
+        .get_auth("/api/v1/me", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    dec(&me["total_cost"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_cost_prices_free_calls_tiers_and_failures() {
+    let (app, _clock) = app_at("2026-11-15T12:00:00Z").await;
+    let admin = app.user_with_role("admin").await;
+    let user = app.new_user().await;
+    set_price(
+        &app,
+        &admin,
+        "tools-uuid",
+        json!({"unit_price": "0.002", "free_calls": 3}),
+    )
+    .await;
+    set_price(
+        &app,
+        &admin,
+        "tools-random",
+        json!({"unit_price": "0.01", "tiers": [{"up_to": 2, "unit_price": "0.01"}, {"up_to": null, "unit_price": "0.005"}]}),
+    )
+    .await;
+    call(&app, &user, "/api/v1/tools/uuid", 10).await;
+    call(&app, &user, "/api/v1/tools/random?min=0&max=9", 5).await;
+    call(&app, &user, "/api/v1/tools/random?min=9&max=0", 2).await; // failed: never billed
+    app.flush_meter().await;
+
+    let bill: Value = app
+        .get_auth("/api/v1/billing/current", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bill["period"], "2026-11");
+    assert_eq!(bill["currency"], "USD");
+    let lines: HashMap<&str, &Value> = bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["slug"].as_str().unwrap(), l))
+        .collect();
+    let uuid = lines["tools-uuid"];
+    assert_eq!(
+        (
+            uuid["calls"].as_i64(),
+            uuid["billable_calls"].as_i64(),
+            uuid["free_calls"].as_i64()
+        ),
+        (Some(10), Some(10), Some(3))
+    );
+    assert_eq!(dec(&uuid["amount"]), Decimal::new(1, 2)); // 7 × 0.002 = 0.014 → 0.01
+    let random = lines["tools-random"];
+    assert_eq!(
+        (
+            random["calls"].as_i64(),
+            random["failed_calls"].as_i64(),
+            random["billable_calls"].as_i64()
+        ),
+        (Some(7), Some(2), Some(5))
+    );
+    assert_eq!(dec(&random["amount"]), Decimal::new(4, 2)); // 2 × 0.01 + 3 × 0.005 = 0.035 → 0.04
+    assert_eq!(dec(&bill["total"]), Decimal::new(5, 2));
+    assert_eq!(dec(&bill["subtotal"]), dec(&bill["total"]));
+    // total_cost moved in the same transactions as the counters.
+    assert_eq!(total_cost(&app, &user).await, Decimal::new(5, 2));
+
+    let res = app
+        .get_auth("/api/v1/billing/periods/2026-13", &user.token)
+        .await;
+    assert_eq!(res.status(), 400);
+    let other: Value = app
+        .get_auth("/api/v1/billing/periods/2026-10", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["lines"], json!([]));
+    assert_eq!(other["total"], "0");
+}
+
+/// Property: for random usage and random prices, what each user sees as the
+/// current cost equals the invoice issued when the month closes, and
+/// `users.total_cost` equals the priced sum of their records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices() {
+    let (app, clock) = app_at("2026-01-10T00:00:00Z").await;
+    let admin = app.user_with_role("admin").await;
+    let finance = app.user_with_role("finance").await;
+    let users = vec![
+        app.new_user().await,
+        app.new_user().await,
+        app.new_user().await,
+    ];
+    let mut rng = StdRng::seed_from_u64(0x9a7_2026);
+    let mut running_cost: HashMap<usize, Decimal> = HashMap::new();
+    for round in 0..4u32 {
+        let month = round + 1;
+        let period = format!("2026-{month:02}");
+        clock.set(at(&format!("2026-{month:02}-10T00:00:00Z")));
+        for slug in ["tools-uuid", "tools-time", "tools-random"] {
+            let unit = Decimal::new(rng.random_range(0..5000), rng.random_range(2..6));
+            let mut body =
+                json!({"unit_price": unit.to_string(), "free_calls": rng.random_range(0..4)});
+            if rng.random_range(0..2) == 1 {
+                let up_to = rng.random_range(1..6);
+                let second = Decimal::new(rng.random_range(0..5000), rng.random_range(2..6));
+                body["tiers"] = json!([{"up_to": up_to, "unit_price": unit.to_string()}, {"up_to": null, "unit_price": second.to_string()}]);
+            }
+            set_price(&app, &admin, slug, body).await;
+        }
+        for user in &users {
+            call(&app, user, "/api/v1/tools/uuid", rng.random_range(0..12)).await;
+            call(&app, user, "/api/v1/tools/time", rng.random_range(0..12)).await;
+            call(
+                &app,
+                user,
+                "/api/v1/tools/time?tz=Nowhere",
+                rng.random_range(0..4),
+            )
+            .await;
+            call(
+                &app,
+                user,
+                "/api/v1/tools/random?min=1&max=2",
+                rng.random_range(0..12),
+            )
+            .await;
+        }
+        app.flush_meter().await;
+        let mut seen = HashMap::new();
+        for (i, user) in users.iter().enumerate() {
+            let bill: Value = app
+                .get_auth("/api/v1/billing/current", &user.token)
+                .await
+                .json()
+                .await
+                .unwrap();
+            *running_cost.entry(i).or_default() += dec(&bill["total"]);
+            assert_eq!(
+                total_cost(&app, user).await,
+                running_cost[&i],
+                "round {round}, user {i}"
+            );
+            seen.insert(i, bill);
+        }
+        clock.set(at(&format!("2026-{:02}-01T00:10:00Z", month + 1)));
+        let res = close(&app, &finance, &period).await;
+        assert_eq!(res.status(), 200);
+        for (i, user) in users.iter().enumerate() {
+            let bill = &seen[&i];
+            let invoices: Value = app
+                .get_auth("/api/v1/invoices", &user.token)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let invoice = invoices["invoices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|inv| inv["period"] == period.as_str());
+            let charged: i64 = bill["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["charged_calls"].as_i64().unwrap())
+                .sum();
+            let Some(invoice) = invoice else {
+                assert_eq!(
+                    charged, 0,
+                    "round {round}, user {i}: no invoice only when nothing is charged"
+                );
+                continue;
+            };
+            assert_eq!(
+                dec(&invoice["total"]),
+                dec(&bill["total"]),
+                "round {round}, user {i}"
+            );
+            let id = invoice["id"].as_str().unwrap();
+            let detail: Value = app
+                .get_auth(&format!("/api/v1/invoices/{id}"), &user.token)
+                .await
+                .json()
+                .await
+                .unwrap();
+            let line_sum: Decimal = detail["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| dec(&l["amount"]))
+                .sum();
+            assert_eq!(line_sum, dec(&detail["total"]), "lines sum to the total");
+            for (line, seen_line) in detail["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(bill["lines"].as_array().unwrap())
+            {
+                for field in [
+                    "slug",
+                    "calls",
+                    "failed_calls",
+                    "billable_calls",
+                    "free_calls",
+                    "charged_calls",
+                    "amount",
+                ] {
+                    assert_eq!(
+                        line[field], seen_line[field],
+                        "round {round}, user {i}, {field}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_is_idempotent_concurrent_safe_and_numbers_are_gapless() {
+    let db = TestDb::new().await;
+    let clock = Arc::new(ManualClock::new(at("2026-03-05T00:00:00Z")));
+    let spawn = || {
+        TestApp::builder()
+            .clock(clock.clone())
+            .env("PAYG_CLOSE_GRACE", "876000h")
+            .database(db.clone())
+            .spawn()
+    };
+    let a = spawn().await;
+    let b = spawn().await;
+    let finance = a.user_with_role("finance").await;
+    let mut users = vec![];
+    for _ in 0..5 {
+        let u = a.new_user().await;
+        call(&a, &u, "/api/v1/tools/uuid", 3).await;
+        users.push(u);
+    }
+    a.flush_meter().await;
+    clock.set(at("2026-04-02T00:00:00Z"));
+
+    let res = close(&a, &finance, "2026-04").await;
+    assert_eq!(res.status(), 409, "the current period cannot be closed");
+    assert_eq!(error_code(res).await, "period_open");
+    assert_eq!(close(&a, &finance, "2026-09").await.status(), 409);
+    assert_eq!(close(&a, &finance, "2026-3").await.status(), 400);
+
+    let (ra, rb) = tokio::join!(
+        close(&a, &finance, "2026-03"),
+        close(&b, &finance, "2026-03")
+    );
+    let (ra, rb): (Value, Value) = (ra.json().await.unwrap(), rb.json().await.unwrap());
+    let issued = ra["invoices_issued"].as_i64().unwrap();
+    assert_eq!(issued, 5);
+    assert_eq!(rb["invoices_issued"].as_i64().unwrap(), 5);
+    assert_ne!(
+        ra["already_closed"], rb["already_closed"],
+        "exactly one of the two closes did the work"
+    );
+    let again: Value = close(&b, &finance, "2026-03").await.json().await.unwrap();
+    assert_eq!(again["already_closed"], true);
+    assert_eq!(
+        scalar_i64(&db, "SELECT count(*) AS n FROM invoices").await,
+        5
+    );
+
+    // A second period continues the same year's sequence.
+    clock.set(at("2026-04-10T00:00:00Z"));
+    call(&a, &users[0], "/api/v1/tools/uuid", 2).await;
+    a.flush_meter().await;
+    clock.set(at("2026-05-01T01:00:00Z"));
+    close(&a, &finance, "2026-04").await;
+    let numbers: Value = a
+        .get_auth("/api/v1/finance/invoices?per_page=100", &finance.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut got: Vec<String> = numbers["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["number"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let want: Vec<String> = (1..=6).map(|n| format!("INV-2026-{n:06}")).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_are_private_and_finance_routes_check_the_role() {
+    let (app, clock) = app_at("2026-06-10T00:00:00Z").await;
+    let finance = app.user_with_role("finance").await;
+    let alice = app.new_user().await;
+    let bob = app.new_user().await;
+    call(&app, &alice, "/api/v1/tools/uuid", 2).await;
+    app.flush_meter().await;
+    clock.set(at("2026-07-01T00:11:00Z"));
+    close(&app, &finance, "2026-06").await;
+    let list: Value = app
+        .get_auth("/api/v1/invoices", &alice.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = list["invoices"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.get_auth(&format!("/api/v1/invoices/{id}"), &alice.token)
+            .await
+            .status(),
+        200
+    );
+
+    let res = app
+        .get_auth(&format!("/api/v1/invoices/{id}"), &bob.token)
+        .await;
+    assert_eq!(
+        res.status(),
+        404,
+        "another user's invoice is not found, not forbidden"
+    );
+    let bobs: Value = app
+        .get_auth("/api/v1/invoices", &bob.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bobs["invoices"], json!([]));
+
+    for path in [
+        "/api/v1/finance/invoices".to_owned(),
+        format!("/api/v1/finance/invoices/{id}"),
+        "/api/v1/finance/invoices/export?period=2026-06".to_owned(),
+        "/api/v1/finance/periods/2026-06/reconciliation".to_owned(),
+        "/api/v1/admin/apis".to_owned(),
+    ] {
+        let res = app.get_auth(&path, &alice.token).await;
+        assert_eq!(res.status(), 403, "{path}");
+        assert_eq!(error_code(res).await, "forbidden");
+    }
+    for (path, body) in [
+        (
+            "/api/v1/finance/periods/2026-06/close".to_owned(),
+            json!({}),
+        ),
+        (
+            format!("/api/v1/finance/invoices/{id}/payments"),
+            json!({"amount": "0.01", "reference": "x", "method": "wire"}),
+        ),
+        (format!("/api/v1/finance/invoices/{id}/void"), json!({})),
+        (
+            "/api/v1/admin/apis/1/prices".to_owned(),
+            json!({"unit_price": "0"}),
+        ),
+    ] {
+        assert_eq!(
+            app.post_auth(&path, &alice.token, &body).await.status(),
+            403,
+            "{path}"
+        );
+    }
+    // Finance may not manage the catalog.
+    assert_eq!(
+        app.get_auth("/api/v1/admin/apis", &finance.token)
+            .await
+            .status(),
+        403
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_change_never_reprices_calls_already_made() {
+    let (app, clock) = app_at("2026-08-10T00:00:00Z").await;
+    let admin = app.user_with_role("admin").await;
+    let finance = app.user_with_role("finance").await;
+    let user = app.new_user().await;
+    call(&app, &user, "/api/v1/tools/uuid", 20).await;
+    app.flush_meter().await;
+    let before: Value = app
+        .get_auth("/api/v1/billing/current", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before["total"], "0.02");
+
+    // Calls exist under the old price this period: the new one waits for the next.
+    let set = set_price(&app, &admin, "tools-uuid", json!({"unit_price": "1.00"})).await;
+    assert_eq!(set["deferred"], true);
+    assert_eq!(set["price"]["effective_from"], "2026-09");
+    call(&app, &user, "/api/v1/tools/uuid", 5).await;
+    app.flush_meter().await;
+    let after: Value = app
+        .get_auth("/api/v1/billing/current", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["total"], "0.02",
+        "25 × 0.001 = 0.025 → 0.02 (half-even)"
+    );
+
+    clock.set(at("2026-09-01T00:11:00Z"));
+    close(&app, &finance, "2026-08").await;
+    call(&app, &user, "/api/v1/tools/uuid", 2).await;
+    app.flush_meter().await;
+    let sept: Value = app
+        .get_auth("/api/v1/billing/current", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sept["total"], "2.00");
+    let aug: Value = app
+        .get_auth("/api/v1/billing/periods/2026-08", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(aug["total"], "0.02");
+    assert_eq!(total_cost(&app, &user).await, Decimal::new(202, 2));
+
+    // Setting a price in the past is refused; the public catalog shows the current one.
+    let id = api_id(&app, "tools-uuid").await;
+    let res = app
+        .post_auth(
+            &format!("/api/v1/admin/apis/{id}/prices"),
+            &admin.token,
+            &json!({"unit_price": "5", "effective_from": "2026-08"}),
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let res = app
+        .post_auth(
+            &format!("/api/v1/admin/apis/{id}/prices"),
+            &admin.token,
+            &json!({"unit_price": "5", "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    let catalog: Value = app
+        .client
+        .get(app.url("/api/v1/apis"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let uuid = catalog["apis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["slug"] == "tools-uuid")
+        .unwrap();
+    assert_eq!(uuid["price"]["unit_price"], "1.00");
+
+    // The issued invoice is immutable, down to the database.
+    let res = app.db.conn().await;
+    let mut conn = res;
+    use diesel_async::SimpleAsyncConnection;
+    assert!(
+        conn.batch_execute("UPDATE invoice_lines SET amount = 0")
+            .await
+            .is_err()
+    );
+    assert!(
+        conn.batch_execute("UPDATE invoices SET total = 0")
+            .await
+            .is_err()
+    );
+    assert!(conn.batch_execute("DELETE FROM invoices").await.is_err());
+}
+
+async fn issued_invoice(
+    app: &TestApp,
+    clock: &ManualClock,
+    finance: &Registered,
+    user: &Registered,
+    calls: usize,
+) -> Value {
+    call(app, user, "/api/v1/tools/uuid", calls).await;
+    app.flush_meter().await;
+    let now = clock_now(clock);
+    let next = payg::billing::Period::containing(now, chrono_tz::Tz::UTC).next();
+    let this = next.previous();
+    clock.set(next.starts_at(chrono_tz::Tz::UTC) + chrono::Duration::minutes(11));
+    close(app, finance, &this.to_string()).await;
+    let list: Value = app
+        .get_auth("/api/v1/invoices", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    list["invoices"][0].clone()
+}
+
+fn clock_now(clock: &ManualClock) -> DateTime<Utc> {
+    use payg::billing::Clock;
+    clock.now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_are_idempotent_and_settle_the_invoice() {
+    let (app, clock) = app_at("2026-02-10T00:00:00Z").await;
+    let admin = app.user_with_role("admin").await;
+    let finance = app.user_with_role("finance").await;
+    let user = app.new_user().await;
+    set_price(&app, &admin, "tools-uuid", json!({"unit_price": "1.25"})).await;
+    let invoice = issued_invoice(&app, &clock, &finance, &user, 4).await;
+    assert_eq!(invoice["total"], "5.00");
+    assert_eq!(invoice["status"], "issued");
+    let id = invoice["id"].as_str().unwrap();
+    let path = format!("/api/v1/finance/invoices/{id}/payments");
+    let pay = |body: Value| {
+        let (app, path, token) = (&app, path.clone(), finance.token.clone());
+        async move { app.post_auth(&path, &token, &body).await }
+    };
+
+    let res = pay(json!({"amount": "2.00", "reference": "wire-1", "method": "wire"})).await;
+    assert_eq!(res.status(), 201);
+    let res = pay(json!({"amount": "2.00", "reference": "wire-1", "method": "wire"})).await;
+    assert_eq!(
+        res.status(),
+        200,
+        "the same reference again is the same payment"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["invoice"]["amount_paid"], "2.00");
+    assert_eq!(
+        pay(json!({"amount": "3.00", "reference": "wire-1", "method": "wire"}))
+            .await
+            .status(),
+        409
+    );
+
+    for (body, status, code) in [
+        (
+            json!({"amount": "3.01", "reference": "wire-2", "method": "wire"}),
+            422,
+            "overpayment",
+        ),
+        (
+            json!({"amount": "3.00", "reference": "wire-2", "method": "wire", "currency": "EUR"}),
+            422,
+            "currency_mismatch",
+        ),
+        (
+            json!({"amount": "-1", "reference": "wire-2", "method": "wire"}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"amount": "0.001", "reference": "wire-2", "method": "wire"}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"amount": 3.0, "reference": "wire-2", "method": "wire"}),
+            400,
+            "validation_failed",
+        ),
+    ] {
+        let res = pay(body.clone()).await;
+        assert_eq!(res.status(), status, "{body}");
+        assert_eq!(error_code(res).await, code, "{body}");
+    }
+    let res =
+        pay(json!({"amount": "3.00", "reference": "wire-2", "method": "wire", "currency": "usd"}))
+            .await;
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["invoice"]["status"], "paid");
+    assert_eq!(body["invoice"]["amount_paid"], "5.00");
+    assert_eq!(
+        pay(json!({"amount": "0.01", "reference": "wire-3", "method": "wire"}))
+            .await
+            .status(),
+        409
+    );
+    assert_eq!(
+        app.post_auth(
+            &format!("/api/v1/finance/invoices/{id}/void"),
+            &finance.token,
+            &json!({})
+        )
+        .await
+        .status(),
+        409,
+        "a paid invoice cannot be voided"
+    );
+    assert_eq!(
+        scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaid_issued_invoice_can_be_voided_and_then_not_paid() {
+    let (app, clock) = app_at("2026-02-10T00:00:00Z").await;
+    let finance = app.user_with_role("finance").await;
+    let user = app.new_user().await;
+    let invoice = issued_invoice(&app, &clock, &finance, &user, 30).await;
+    let id = invoice["id"].as_str().unwrap();
+    let res = app
+        .post_auth(
+            &format!("/api/v1/finance/invoices/{id}/void"),
+            &finance.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .post_auth(
+            &format!("/api/v1/finance/invoices/{id}/payments"),
+            &finance.token,
+            &json!({"amount": "0.03", "reference": "r", "method": "card"}),
+        )
+        .await;
+    assert_eq!(res.status(), 409);
+    let res = app
+        .post_auth(
+            &format!("/api/v1/finance/invoices/{id}/void"),
+            &finance.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 409);
+}
+
+fn signed(secret: &str, t: i64, body: &str) -> String {
+    format!(
+        "t={t},v1={}",
+        payg::billing::payments::sign(secret.as_bytes(), t, body.as_bytes())
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_payment_webhook_checks_signatures_and_applies_each_event_once() {
+    let clock = Arc::new(ManualClock::new(at("2026-02-10T00:00:00Z")));
+    let app = TestApp::builder()
+        .clock(clock.clone())
+        .env("PAYG_CLOSE_GRACE", "876000h")
+        .env("PAYG_WEBHOOK_SECRET", "whsec_test_0123456789")
+        .spawn()
+        .await;
+    let finance = app.user_with_role("finance").await;
+    let user = app.new_user().await;
+    let invoice = issued_invoice(&app, &clock, &finance, &user, 1500).await;
+    assert_eq!(invoice["total"], "1.50");
+    let number = invoice["number"].as_str().unwrap();
+    let event = json!({"id": "evt_1", "type": "payment.succeeded", "invoice_number": number,
+                       "amount": "1.50", "currency": "USD", "reference": "ch_1"})
+    .to_string();
+    let now = clock_now(&clock).timestamp();
+    let send = |sig: Option<String>, body: String| {
+        let mut req = app
+            .client
+            .post(app.url("/api/v1/webhooks/payments"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(sig) = sig {
+            req = req.header("Payg-Signature", sig);
+        }
+        req.send()
+    };
+    for (sig, code) in [
+        (None, "invalid_signature"),
+        (
+            Some(signed("wrong-secret", now, &event)),
+            "invalid_signature",
+        ),
+        (
+            Some(signed("whsec_test_0123456789", now - 301, &event)),
+            "stale_signature",
+        ),
+        (Some(format!("t={now},v1=zz")), "invalid_signature"),
+    ] {
+        let res = send(sig, event.clone()).await.unwrap();
+        assert_eq!(res.status(), 400);
+        assert_eq!(error_code(res).await, code);
+    }
+    // A body changed after signing does not verify.
+    let tampered = event.replace("1.50", "0.01");
+    let res = send(Some(signed("whsec_test_0123456789", now, &event)), tampered)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await,
+        0,
+        "nothing changed"
+    );
+
+    let res = send(
+        Some(signed("whsec_test_0123456789", now, &event)),
+        event.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["invoice"]["status"], "paid");
+    let res = send(
+        Some(signed("whsec_test_0123456789", now + 5, &event)),
+        event.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "duplicate");
+    assert_eq!(
+        scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await,
+        1
+    );
+
+    let other = json!({"id": "evt_2", "type": "customer.updated"}).to_string();
+    let res = send(Some(signed("whsec_test_0123456789", now, &other)), other)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_invoice_blocks_metered_calls_until_it_is_paid() {
+    let (app, clock) = app_at("2026-02-10T00:00:00Z").await;
+    let finance = app.user_with_role("finance").await;
+    let user = app.new_user().await;
+    let invoice = issued_invoice(&app, &clock, &finance, &user, 20).await;
+    let id = invoice["id"].as_str().unwrap();
+    // Due 14 days after issue, blocked 30 days after that.
+    clock.set(at("2026-04-14T00:00:00Z"));
+    assert_eq!(
+        app.get_auth("/api/v1/tools/uuid", &user.token)
+            .await
+            .status(),
+        200
+    );
+    clock.set(at("2026-04-16T00:00:00Z"));
+    let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
+    assert_eq!(res.status(), 402);
+    assert_eq!(error_code(res).await, "payment_required");
+    assert_eq!(
+        app.get_auth("/api/v1/me", &user.token).await.status(),
+        200,
+        "only metered APIs are blocked"
+    );
+    let res = app
+        .post_auth(
+            &format!("/api/v1/finance/invoices/{id}/payments"),
+            &finance.token,
+            &json!({"amount": "0.02", "reference": "late", "method": "card"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        app.get_auth("/api/v1/tools/uuid", &user.token)
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_that_lands_after_close_shows_in_reconciliation() {
+    let (app, clock) = app_at("2026-05-10T00:00:00Z").await;
+    let finance = app.user_with_role("finance").await;
+    let user = app.new_user().await;
+    call(&app, &user, "/api/v1/tools/uuid", 10).await;
+    app.flush_meter().await;
+    clock.set(at("2026-06-01T00:11:00Z"));
+    close(&app, &finance, "2026-05").await;
+    let clean: Value = app
+        .get_auth(
+            "/api/v1/finance/periods/2026-05/reconciliation",
+            &finance.token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(clean["discrepancies"], json!([]));
+    assert_eq!(clean["unbilled_total"], "0.00");
+
+    // Calls that arrived in May but were recorded after the close.
+    clock.set(at("2026-05-31T23:59:59Z"));
+    call(&app, &user, "/api/v1/tools/uuid", 15).await;
+    app.flush_meter().await;
+    let report: Value = app
+        .get_auth(
+            "/api/v1/finance/periods/2026-05/reconciliation",
+            &finance.token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["closed"], true);
+    let d = &report["discrepancies"][0];
+    assert_eq!(
+        (d["recorded_calls"].as_i64(), d["invoiced_calls"].as_i64()),
+        (Some(25), Some(10))
+    );
+    assert_eq!(d["unbilled_amount"], "0.01"); // 0.025 → 0.02 minus 0.01
+    assert_eq!(report["unbilled_total"], "0.01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_closes_the_previous_period_after_the_grace() {
+    let clock = Arc::new(ManualClock::new(at("2026-10-20T00:00:00Z")));
+    let first = TestApp::builder()
+        .clock(clock.clone())
+        .env("PAYG_CLOSE_GRACE", "876000h")
+        .spawn()
+        .await;
+    let user = first.new_user().await;
+    call(&first, &user, "/api/v1/tools/uuid", 10).await;
+    first.flush_meter().await;
+    // Another instance starts 11 minutes into November with the default 10 minute grace.
+    clock.set(at("2026-11-01T00:11:00Z"));
+    let second = TestApp::builder()
+        .clock(clock.clone())
+        .database(first.db.clone())
+        .spawn()
+        .await;
+    for _ in 0..100 {
+        if scalar_i64(&second.db, "SELECT count(*) AS n FROM closed_periods").await == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        scalar_i64(
+            &second.db,
+            "SELECT count(*) AS n FROM invoices WHERE period = '2026-10-01'"
+        )
+        .await,
+        1
+    );
+}
