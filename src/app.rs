@@ -2,21 +2,22 @@
 //! workers through `web::Data`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::auth::{Authenticator, JwtKeys};
+use crate::auth::tokens::TokenHasher;
+use crate::auth::{AuthSettings, Authenticator, JwtKeys};
 use crate::billing::{Clock, Period};
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::metering::{Catalog, Meter};
 use crate::models::Api;
+use crate::redis_store::RedisStore;
 
 pub struct AppState {
     pub config: Config,
     pub db: DbPool,
-    pub redis: redis::Client,
+    pub redis: Arc<RedisStore>,
     pub authenticator: Authenticator,
     pub catalog: Catalog,
     pub meter: Arc<Meter>,
@@ -26,8 +27,9 @@ pub struct AppState {
 impl AppState {
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let db = db::build_pool(config.database_url.expose(), config.db_pool_size)?;
-        let redis = redis::Client::open(config.redis_url.expose())
+        let client = redis::Client::open(config.redis_url.expose())
             .map_err(|e| anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {e}"))?;
+        let redis = Arc::new(RedisStore::new(client, config.redis_prefix.clone()));
         let apis = {
             let mut conn = db
                 .get()
@@ -38,15 +40,16 @@ impl AppState {
         let authenticator = Authenticator::new(
             JwtKeys::new(&config.jwt),
             db.clone(),
-            config.auth_cache_ttl,
+            redis.clone(),
+            TokenHasher::new(config.api_key_secret.expose().as_bytes()),
             clock.clone(),
-            config.billing.overdue_days,
+            AuthSettings {
+                standing_ttl: config.auth_cache_ttl,
+                overdue_days: config.billing.overdue_days,
+                rate_limit: config.rate_limit,
+            },
         );
-        let meter = Arc::new(Meter::new(
-            config.meter.mode,
-            config.billing.currency,
-            db.clone(),
-        ));
+        let meter = Arc::new(Meter::new(config.meter.mode, config.billing.currency, db.clone()));
         Ok(Self {
             catalog: Catalog::new(&apis),
             authenticator,
@@ -74,17 +77,5 @@ impl AppState {
         let apis = Api::all(&mut conn).await?;
         self.catalog.replace(&apis);
         Ok(())
-    }
-
-    /// True when Redis answers PING within a second.
-    pub async fn redis_ok(&self) -> bool {
-        let ping = async {
-            let mut conn = self.redis.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), ping).await,
-            Ok(Ok(_))
-        )
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 
 use crate::billing::currency::Currency;
+use crate::redis_store::RateLimit;
 
 /// A value that must never reach a log line or a `Debug` dump.
 #[derive(Clone)]
@@ -42,11 +43,19 @@ pub struct Config {
     /// May carry a password, hence a `Secret`.
     pub database_url: Secret,
     pub redis_url: Secret,
+    /// Prefix of every Redis key payg writes (several deployments, or test
+    /// runs, can share one Redis).
+    pub redis_prefix: String,
     pub bind: SocketAddr,
     pub db_pool_size: usize,
     pub workers: usize,
     /// How long a user's role and status are trusted from memory.
     pub auth_cache_ttl: Duration,
+    /// Per-user limit on metered calls; `None` when disabled (limit 0).
+    pub rate_limit: Option<RateLimit>,
+    /// Keys the hashes of API keys and refresh tokens.
+    pub api_key_secret: Secret,
+    pub refresh_ttl: Duration,
     pub jwt: JwtSettings,
     pub billing_tz: Tz,
     pub meter: MeterSettings,
@@ -129,12 +138,10 @@ impl Config {
 
         Ok(Self {
             database_url: Secret::new(
-                var("DATABASE_URL")
-                    .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/payg".into()),
+                var("DATABASE_URL").unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/payg".into()),
             ),
-            redis_url: Secret::new(
-                var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
-            ),
+            redis_url: Secret::new(var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into())),
+            redis_prefix: var("PAYG_REDIS_PREFIX").unwrap_or_else(|| "payg:".into()),
             bind: parse_or("PAYG_BIND", var("PAYG_BIND"), "127.0.0.1:8080".parse().ok())?,
             db_pool_size: parse_or("PAYG_DB_POOL_SIZE", var("PAYG_DB_POOL_SIZE"), Some(16))?,
             workers: parse_or("PAYG_WORKERS", var("PAYG_WORKERS"), Some(default_workers))?,
@@ -143,8 +150,28 @@ impl Config {
                 var("PAYG_AUTH_CACHE_MS"),
                 Some(1000u64),
             )?),
+            rate_limit: {
+                let per_minute: u32 = parse_or(
+                    "PAYG_RATE_LIMIT_PER_MINUTE",
+                    var("PAYG_RATE_LIMIT_PER_MINUTE"),
+                    Some(600),
+                )?;
+                let burst: u32 = parse_or("PAYG_RATE_LIMIT_BURST", var("PAYG_RATE_LIMIT_BURST"), Some(per_minute))?;
+                (per_minute > 0).then_some(RateLimit {
+                    per_minute,
+                    burst: burst.max(1),
+                })
+            },
+            api_key_secret: Secret::new(
+                var("PAYG_API_KEY_SECRET").unwrap_or_else(|| derived_secret(&jwt_secret, "payg api keys")),
+            ),
+            refresh_ttl: duration_or(
+                "PAYG_REFRESH_TTL",
+                var("PAYG_REFRESH_TTL"),
+                Duration::from_secs(30 * 86_400),
+            )?,
             jwt: JwtSettings {
-                secret: Secret::new(jwt_secret),
+                secret: Secret::new(jwt_secret.clone()),
                 ttl: duration_or("JWT_TTL", var("JWT_TTL"), Duration::from_secs(15 * 60))?,
                 issuer: var("JWT_ISSUER").unwrap_or_else(|| "payg".into()),
                 audience: var("JWT_AUDIENCE").unwrap_or_else(|| "payg-api".into()),
@@ -153,9 +180,7 @@ impl Config {
                 None => Tz::UTC,
                 Some(name) => name.parse().map_err(|_| ConfigError {
                     var: "PAYG_BILLING_TZ",
-                    message: format!(
-                        "{name:?} is not an IANA time zone name (e.g. UTC, Europe/Paris)"
-                    ),
+                    message: format!("{name:?} is not an IANA time zone name (e.g. UTC, Europe/Paris)"),
                 })?,
             },
             meter: MeterSettings {
@@ -180,24 +205,15 @@ impl Config {
             billing: BillingSettings {
                 currency: match var("PAYG_CURRENCY") {
                     None => Currency::USD,
-                    Some(code) => {
-                        code.parse()
-                            .map_err(|e: crate::billing::currency::UnknownCurrency| ConfigError {
-                                var: "PAYG_CURRENCY",
-                                message: e.to_string(),
-                            })?
-                    }
+                    Some(code) => code
+                        .parse()
+                        .map_err(|e: crate::billing::currency::UnknownCurrency| ConfigError {
+                            var: "PAYG_CURRENCY",
+                            message: e.to_string(),
+                        })?,
                 },
-                close_grace: duration_or(
-                    "PAYG_CLOSE_GRACE",
-                    var("PAYG_CLOSE_GRACE"),
-                    Duration::from_secs(600),
-                )?,
-                invoice_due_days: parse_or(
-                    "PAYG_INVOICE_DUE_DAYS",
-                    var("PAYG_INVOICE_DUE_DAYS"),
-                    Some(14),
-                )?,
+                close_grace: duration_or("PAYG_CLOSE_GRACE", var("PAYG_CLOSE_GRACE"), Duration::from_secs(600))?,
+                invoice_due_days: parse_or("PAYG_INVOICE_DUE_DAYS", var("PAYG_INVOICE_DUE_DAYS"), Some(14))?,
                 overdue_days: parse_or("PAYG_OVERDUE_DAYS", var("PAYG_OVERDUE_DAYS"), Some(30))?,
                 webhook_secret: var("PAYG_WEBHOOK_SECRET").map(Secret::new),
             },
@@ -212,6 +228,19 @@ impl Config {
                 }
             },
         })
+    }
+}
+
+/// A secret derived from another for a different purpose, so one secret
+/// suffices to run payg (set PAYG_API_KEY_SECRET to decouple them).
+fn derived_secret(master: &str, purpose: &str) -> String {
+    use hmac::{Hmac, Mac};
+    match Hmac::<sha2::Sha256>::new_from_slice(master.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(purpose.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        }
+        Err(_) => unreachable!("HMAC takes keys of any length"),
     }
 }
 
@@ -236,11 +265,7 @@ where
 }
 
 /// Accepts `900`, `900s`, `15m` or `1h`; a bare number is seconds.
-fn duration_or(
-    name: &'static str,
-    value: Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
+fn duration_or(name: &'static str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     let Some(raw) = value else { return Ok(default) };
     let v = raw.trim();
     let (digits, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
@@ -270,10 +295,7 @@ mod tests {
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
     }
 
@@ -287,10 +309,7 @@ mod tests {
         assert_eq!(c.billing_tz, Tz::UTC);
         assert_eq!(c.meter.mode, MeterMode::Batched);
         assert_eq!(c.meter.flush_interval, Duration::from_millis(200));
-        assert_eq!(
-            c.database_url.expose(),
-            "postgres://postgres@127.0.0.1:5432/payg"
-        );
+        assert_eq!(c.database_url.expose(), "postgres://postgres@127.0.0.1:5432/payg");
     }
 
     #[test]
@@ -318,12 +337,7 @@ mod tests {
 
     #[test]
     fn durations_take_units() {
-        let c = config(&[
-            SECRET,
-            ("JWT_TTL", "2h"),
-            ("PAYG_BILLING_TZ", "Asia/Kolkata"),
-        ])
-        .unwrap();
+        let c = config(&[SECRET, ("JWT_TTL", "2h"), ("PAYG_BILLING_TZ", "Asia/Kolkata")]).unwrap();
         assert_eq!(c.jwt.ttl, Duration::from_secs(7200));
         assert_eq!(c.billing_tz, chrono_tz::Asia::Kolkata);
     }

@@ -6,9 +6,7 @@ use anyhow::Context;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{
-    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
-};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
@@ -85,11 +83,10 @@ pub async fn ensure_database_exists(database_url: &str) -> anyhow::Result<bool> 
         #[diesel(sql_type = diesel::sql_types::Bool)]
         exists: bool,
     }
-    let found: Exists =
-        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-            .bind::<Text, _>(&name)
-            .get_result(&mut conn)
-            .await?;
+    let found: Exists = diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+        .bind::<Text, _>(&name)
+        .get_result(&mut conn)
+        .await?;
     if found.exists {
         return Ok(false);
     }
@@ -99,10 +96,7 @@ pub async fn ensure_database_exists(database_url: &str) -> anyhow::Result<bool> 
     {
         Ok(()) => Ok(true),
         // Another instance created it between our check and our CREATE.
-        Err(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        )) => Ok(false),
+        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
         Err(e) if e.to_string().contains("already exists") => Ok(false),
         Err(e) => Err(e).with_context(|| format!("creating database {name:?}")),
     }
@@ -140,10 +134,7 @@ pub async fn ping(pool: &DbPool) -> bool {
     let Ok(mut conn) = pool.get().await else {
         return false;
     };
-    diesel::sql_query("SELECT 1")
-        .execute(&mut conn)
-        .await
-        .is_ok()
+    diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
 }
 
 #[cfg(test)]

@@ -28,11 +28,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
             code,
@@ -54,11 +50,7 @@ impl ApiError {
 
     /// 401 with no credentials presented.
     pub fn unauthenticated() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "authentication required",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "authentication required")
     }
 
     /// 401 for credentials that were presented but are not valid. The message
@@ -171,10 +163,7 @@ impl From<DieselError> for ApiError {
             DieselError::NotFound => Self::not_found("not found"),
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
                 tracing::warn!(error = %err, "database connection lost");
-                Self::unavailable(
-                    "database_unavailable",
-                    "the database is unavailable, retry shortly",
-                )
+                Self::unavailable("database_unavailable", "the database is unavailable, retry shortly")
             }
             other => Self::internal(other),
         }
@@ -184,10 +173,7 @@ impl From<DieselError> for ApiError {
 impl From<crate::db::PoolError> for ApiError {
     fn from(err: crate::db::PoolError) -> Self {
         tracing::warn!(error = %err, "database pool could not hand out a connection");
-        Self::unavailable(
-            "database_unavailable",
-            "the database is unavailable, retry shortly",
-        )
+        Self::unavailable("database_unavailable", "the database is unavailable, retry shortly")
     }
 }
 
@@ -201,21 +187,17 @@ impl From<actix_web::error::BlockingError> for ApiError {
 /// oversized bodies get the envelope too.
 pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     let api = match &err {
-        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body exceeds 64 KiB",
-            )
-        }
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body exceeds 64 KiB",
+        ),
         JsonPayloadError::ContentType => ApiError::bad_request(
             "invalid_content_type",
             "expected a body with Content-Type: application/json",
         ),
         JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::validation(e.to_string()),
-        JsonPayloadError::Deserialize(e) => {
-            ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
-        }
+        JsonPayloadError::Deserialize(e) => ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")),
         other => ApiError::bad_request("invalid_body", other.to_string()),
     };
     api.into()
@@ -234,9 +216,7 @@ pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
 /// Fallback for responses actix produces itself (unknown route, wrong method,
 /// payload limits of non-JSON extractors): give them the envelope unless they
 /// already carry a JSON body.
-pub fn envelope_framework_errors<B>(
-    res: ServiceResponse<B>,
-) -> actix_web::Result<ErrorHandlerResponse<B>> {
+pub fn envelope_framework_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
     let is_json = res
         .response()
         .headers()
@@ -249,21 +229,13 @@ pub fn envelope_framework_errors<B>(
     let status = res.status();
     let api = match status {
         StatusCode::NOT_FOUND => ApiError::not_found("no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
-            status,
-            "method_not_allowed",
-            "method not allowed on this route",
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(status, "payload_too_large", "request body too large")
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ApiError::new(status, "method_not_allowed", "method not allowed on this route")
         }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, "payload_too_large", "request body too large"),
         StatusCode::UNAUTHORIZED => ApiError::unauthenticated(),
         s if s.is_server_error() => ApiError::new(s, "internal_error", "internal server error"),
-        s => ApiError::new(
-            s,
-            "bad_request",
-            s.canonical_reason().unwrap_or("bad request"),
-        ),
+        s => ApiError::new(s, "bad_request", s.canonical_reason().unwrap_or("bad request")),
     };
     let (req, original) = res.into_parts();
     let mut fresh = api.error_response();

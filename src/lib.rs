@@ -17,6 +17,7 @@ pub mod db;
 pub mod error;
 pub mod metering;
 pub mod models;
+pub mod redis_store;
 pub mod routes;
 pub mod schema;
 pub mod startup;

@@ -99,10 +99,7 @@ fn main() -> ExitCode {
         }
     };
     payg::telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -139,24 +136,15 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Billing(BillingCommand::Close { period }) => {
             let pool = db::build_pool(config.database_url.expose(), 1)?;
             let mut conn = pool.get().await?;
-            let outcome = close::close_period(
-                &mut conn,
-                period,
-                Utc::now(),
-                config.billing_tz,
-                &config.billing,
-            )
-            .await?;
+            let outcome =
+                close::close_period(&mut conn, period, Utc::now(), config.billing_tz, &config.billing).await?;
             if outcome.already_closed {
                 println!(
                     "{period} was already closed at {}; {} invoices",
                     outcome.closed_at, outcome.invoices_issued
                 );
             } else {
-                println!(
-                    "closed {period}: {} invoices issued",
-                    outcome.invoices_issued
-                );
+                println!("closed {period}: {} invoices issued", outcome.invoices_issued);
             }
             Ok(())
         }
@@ -191,12 +179,10 @@ async fn user_command(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
     match cmd {
         UserCommand::Create { email, role, name } => {
-            let email =
-                auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let email = auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             let password = read_password()?;
             auth::validate_password(&password).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-            let hash =
-                tokio::task::spawn_blocking(move || password::hash_password(&password)).await??;
+            let hash = tokio::task::spawn_blocking(move || password::hash_password(&password)).await??;
             let name = name.unwrap_or_else(|| email.clone());
             let user = User::insert(
                 &mut conn,
@@ -210,10 +196,7 @@ async fn user_command(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             )
             .await
             .map_err(|e| match e {
-                diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    _,
-                ) => {
+                diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
                     anyhow::anyhow!("a user with email {email} already exists")
                 }
                 other => other.into(),
@@ -221,23 +204,36 @@ async fn user_command(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             println!("created {} {} ({})", user.role, user.email, user.id);
         }
         UserCommand::Role { email, role } => {
-            let email =
-                auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let email = auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             let user = User::set_role(&mut conn, &email, role)
                 .await
                 .map_err(|e| not_found_as(e, &email))?;
+            tell_instances_user_changed(config, user.id).await;
             println!("{} is now {}", user.email, user.role);
         }
         UserCommand::Status { email, status } => {
-            let email =
-                auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let email = auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             let user = User::set_status(&mut conn, &email, status)
                 .await
                 .map_err(|e| not_found_as(e, &email))?;
+            tell_instances_user_changed(config, user.id).await;
             println!("{} is now {}", user.email, user.status);
         }
     }
     Ok(())
+}
+
+/// Running instances re-read the user's role and status on their next call
+/// (within PAYG_AUTH_CACHE_MS if Redis is unreachable).
+async fn tell_instances_user_changed(config: &Config, user_id: Uuid) {
+    let store = redis::Client::open(config.redis_url.expose())
+        .map(|client| payg::redis_store::RedisStore::new(client, config.redis_prefix.clone()));
+    if let Ok(store) = store
+        && store.bump_user_version(user_id).await
+    {
+        return;
+    }
+    eprintln!("note: Redis unreachable; running instances pick the change up within PAYG_AUTH_CACHE_MS");
 }
 
 fn not_found_as(err: diesel::result::Error, email: &str) -> anyhow::Error {

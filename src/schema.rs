@@ -1,6 +1,19 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        name -> Text,
+        prefix -> Text,
+        key_hash -> Text,
+        created_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     apis (id) {
         id -> Int4,
         slug -> Text,
@@ -118,6 +131,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    refresh_tokens (id) {
+        id -> Uuid,
+        family_id -> Uuid,
+        user_id -> Uuid,
+        token_hash -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        retired_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     usage_records (user_id, api_id, period) {
         user_id -> Uuid,
         api_id -> Int4,
@@ -157,6 +183,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(invoice_lines -> apis (api_id));
 diesel::joinable!(invoice_lines -> invoices (invoice_id));
 diesel::joinable!(invoices -> users (user_id));
@@ -164,10 +191,12 @@ diesel::joinable!(payments -> invoices (invoice_id));
 diesel::joinable!(payments -> users (recorded_by));
 diesel::joinable!(price_tiers -> prices (price_id));
 diesel::joinable!(prices -> apis (api_id));
+diesel::joinable!(refresh_tokens -> users (user_id));
 diesel::joinable!(usage_records -> apis (api_id));
 diesel::joinable!(usage_records -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
     apis,
     closed_periods,
     invoice_lines,
@@ -177,6 +206,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     payments,
     price_tiers,
     prices,
+    refresh_tokens,
     usage_records,
     users,
     webhook_events,

@@ -33,8 +33,8 @@ impl Application {
     /// Binds the listener first (port 0 picks a free port, for tests), then
     /// builds the state and the server.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.bind)
-            .map_err(|e| anyhow::anyhow!("binding PAYG_BIND={}: {e}", config.bind))?;
+        let listener =
+            TcpListener::bind(config.bind).map_err(|e| anyhow::anyhow!("binding PAYG_BIND={}: {e}", config.bind))?;
         let port = listener.local_addr()?.port();
         let workers = config.workers.max(1);
         let state = web::Data::new(AppState::build(config, clock).await?);
@@ -84,11 +84,7 @@ impl Application {
         .listen(listener)?
         .run();
 
-        Ok(Self {
-            server,
-            port,
-            state,
-        })
+        Ok(Self { server, port, state })
     }
 
     pub fn port(&self) -> u16 {
@@ -113,8 +109,7 @@ impl Application {
         let flusher = meter
             .clone()
             .spawn_flusher(self.state.config.meter.flush_interval, shutdown_rx.clone());
-        let scheduler =
-            crate::billing::close::spawn_scheduler(self.state.clone(), shutdown_rx.clone());
+        let scheduler = crate::billing::close::spawn_scheduler(self.state.clone(), shutdown_rx.clone());
         let catalog_refresh = spawn_catalog_refresh(self.state.clone(), shutdown_rx.clone());
         let served = self.server.await;
         let _ = shutdown_tx.send(true);
@@ -152,15 +147,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

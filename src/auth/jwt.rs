@@ -19,6 +19,10 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub jti: Uuid,
+    /// The login session (refresh-token family) the token belongs to, so
+    /// logout can end the session from the access token alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
 }
 
 pub struct JwtKeys {
@@ -61,6 +65,7 @@ impl JwtKeys {
         &self,
         user_id: Uuid,
         role: Role,
+        session: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<IssuedToken> {
         let ttl = self.ttl.as_secs();
@@ -73,6 +78,7 @@ impl JwtKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             jti: Uuid::new_v4(),
+            sid: session,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         Ok(IssuedToken {
@@ -108,7 +114,7 @@ mod tests {
     fn a_fresh_token_verifies_and_carries_its_claims() {
         let keys = JwtKeys::new(&settings("0123456789abcdef0123456789abcdef"));
         let user = Uuid::new_v4();
-        let issued = keys.issue(user, Role::Finance, Utc::now()).unwrap();
+        let issued = keys.issue(user, Role::Finance, None, Utc::now()).unwrap();
         let claims = keys.verify(&issued.token).unwrap();
         assert_eq!(claims, issued.claims);
         assert_eq!(claims.sub, user);
@@ -119,14 +125,13 @@ mod tests {
     fn a_token_from_another_secret_or_long_expired_is_refused() {
         let keys = JwtKeys::new(&settings("0123456789abcdef0123456789abcdef"));
         let other = JwtKeys::new(&settings("fedcba9876543210fedcba9876543210"));
-        let issued = other
-            .issue(Uuid::new_v4(), Role::Consumer, Utc::now())
-            .unwrap();
+        let issued = other.issue(Uuid::new_v4(), Role::Consumer, None, Utc::now()).unwrap();
         assert!(keys.verify(&issued.token).is_none());
         let old = keys
             .issue(
                 Uuid::new_v4(),
                 Role::Consumer,
+                None,
                 Utc::now() - chrono::Duration::hours(1),
             )
             .unwrap();

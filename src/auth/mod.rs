@@ -7,6 +7,8 @@
 
 pub mod jwt;
 pub mod password;
+pub mod sessions;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,10 +24,27 @@ use crate::app::AppState;
 use crate::billing::Clock;
 use crate::db::DbPool;
 use crate::error::ApiError;
+use crate::models::api_key::ApiKey;
 use crate::models::user::Standing;
 use crate::models::{Invoice, Role, User, UserStatus};
+use crate::redis_store::{RateLimit, RateOutcome, RedisStore};
+use tokens::TokenHasher;
 
 pub use jwt::JwtKeys;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A JWT access token: its id, its session (refresh family), its expiry.
+    AccessToken {
+        jti: Uuid,
+        session: Option<Uuid>,
+        expires_at: i64,
+    },
+    ApiKey {
+        key_id: Uuid,
+    },
+}
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +54,23 @@ pub struct Caller {
     /// Has an invoice unpaid past its due date plus the overdue grace:
     /// metered APIs refuse such a caller with 402 until it is paid.
     pub overdue: bool,
+    pub credential: Credential,
+}
+
+/// What authentication found out about a call.
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated {
+    pub caller: Caller,
+    /// The rate-limit step for metered calls; `None` when not limited or
+    /// when Redis is unreachable (rate limits fail open).
+    pub rate: Option<RateOutcome>,
+}
+
+/// Metered calls count against the caller's rate limit; others do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Plain,
+    Metered,
 }
 
 /// Extractor for handlers that need an authenticated caller. Reuses the
@@ -66,10 +102,7 @@ impl AuthUser {
         if self.0.role == Role::Admin {
             Ok(())
         } else {
-            Err(ApiError::forbidden(
-                "forbidden",
-                "this route requires the admin role",
-            ))
+            Err(ApiError::forbidden("forbidden", "this route requires the admin role"))
         }
     }
 }
@@ -87,49 +120,87 @@ impl FromRequest for AuthUser {
             let state = req
                 .app_data::<web::Data<AppState>>()
                 .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))?;
-            let caller = state.authenticator.authenticate(&req).await?;
-            req.extensions_mut().insert(caller);
-            Ok(AuthUser(caller))
+            let auth = state.authenticator.authenticate(&req, Purpose::Plain).await?;
+            req.extensions_mut().insert(auth.caller);
+            Ok(AuthUser(auth.caller))
         })
     }
 }
 
-/// The credential a request presents, borrowed from its headers.
-fn bearer_token(req: &HttpRequest) -> Option<&str> {
+/// API keys are recognisable by their prefix; anything else is a JWT.
+pub const API_KEY_PREFIX: &str = "payg_";
+
+enum Presented<'a> {
+    Jwt(&'a str),
+    ApiKey(&'a str),
+}
+
+/// The credential a request presents: `X-API-Key: <key>`, or
+/// `Authorization: Bearer <key or JWT>`.
+fn presented(req: &HttpRequest) -> Option<Presented<'_>> {
+    if let Some(key) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(Presented::ApiKey(key.trim()));
+    }
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    Some(if token.starts_with(API_KEY_PREFIX) {
+        Presented::ApiKey(token)
+    } else {
+        Presented::Jwt(token)
+    })
 }
 
 pub struct Authenticator {
     jwt: JwtKeys,
     db: DbPool,
+    redis: Arc<RedisStore>,
+    hasher: TokenHasher,
     standings: StandingCache,
+    keys: KeyCache,
     clock: Arc<dyn Clock>,
     overdue_after: chrono::Duration,
+    rate_limit: Option<RateLimit>,
 }
 
-/// What is cached per user: role, status and whether they owe overdue money.
+/// What is cached per user: role, status, whether they owe overdue money,
+/// and the Redis "user version" it was read at.
 #[derive(Debug, Clone, Copy)]
 struct CachedStanding {
     standing: Standing,
     overdue: bool,
+    version: Option<i64>,
+}
+
+pub struct AuthSettings {
+    pub standing_ttl: Duration,
+    pub overdue_days: u32,
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Authenticator {
     pub fn new(
         jwt: JwtKeys,
         db: DbPool,
-        standing_ttl: Duration,
+        redis: Arc<RedisStore>,
+        hasher: TokenHasher,
         clock: Arc<dyn Clock>,
-        overdue_days: u32,
+        settings: AuthSettings,
     ) -> Self {
         Self {
             jwt,
             db,
-            standings: StandingCache::new(standing_ttl),
+            redis,
+            hasher,
+            standings: StandingCache::new(settings.standing_ttl),
+            // A revoked key must stop working within a second everywhere.
+            keys: KeyCache::new(settings.standing_ttl.min(Duration::from_secs(1))),
             clock,
-            overdue_after: chrono::Duration::days(i64::from(overdue_days)),
+            overdue_after: chrono::Duration::days(i64::from(settings.overdue_days)),
+            rate_limit: settings.rate_limit,
         }
     }
 
@@ -137,48 +208,122 @@ impl Authenticator {
         &self.jwt
     }
 
-    /// Authenticates a request. Awaits the database only when the caller's
-    /// standing is not cached (at most once per user per cache TTL).
-    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
-        let token = bearer_token(req).ok_or_else(ApiError::unauthenticated)?;
-        let claims = self.jwt.verify(token).ok_or_else(ApiError::invalid_token)?;
-        let cached = match self.standings.get(claims.sub) {
-            Some(s) => s,
-            None => {
-                let mut conn = self.db.get().await?;
-                let standing = User::standing(&mut conn, claims.sub)
-                    .await?
-                    .ok_or_else(ApiError::invalid_token)?;
-                let cutoff = self.clock.now() - self.overdue_after;
-                let overdue = Invoice::has_overdue(&mut conn, claims.sub, cutoff).await?;
-                let cached = CachedStanding { standing, overdue };
-                self.standings.put(claims.sub, cached);
-                cached
+    pub fn hasher(&self) -> &TokenHasher {
+        &self.hasher
+    }
+
+    /// Authenticates a request. The database is awaited only on a cache
+    /// miss; Redis once per call (deny-list, user version and, for metered
+    /// calls, the rate limit, in one script).
+    pub async fn authenticate(&self, req: &HttpRequest, purpose: Purpose) -> Result<Authenticated, ApiError> {
+        let (user_id, credential) = match presented(req).ok_or_else(ApiError::unauthenticated)? {
+            Presented::Jwt(token) => {
+                let claims = self.jwt.verify(token).ok_or_else(ApiError::invalid_token)?;
+                let credential = Credential::AccessToken {
+                    jti: claims.jti,
+                    session: claims.sid,
+                    expires_at: claims.exp,
+                };
+                (claims.sub, credential)
+            }
+            Presented::ApiKey(key) => {
+                let (key_id, user_id) = self.resolve_api_key(key).await?;
+                (user_id, Credential::ApiKey { key_id })
             }
         };
-        if cached.standing.status == UserStatus::Suspended {
-            return Err(ApiError::forbidden(
-                "account_suspended",
-                "this account is suspended",
-            ));
+        let jti = match credential {
+            Credential::AccessToken { jti, .. } => Some(jti),
+            Credential::ApiKey { .. } => None,
+        };
+        let limit = if purpose == Purpose::Metered {
+            self.rate_limit
+        } else {
+            None
+        };
+        let verdict = self.redis.check_call(user_id, jti, limit).await;
+        if verdict.is_some_and(|v| v.denied) {
+            return Err(ApiError::invalid_token());
         }
-        Ok(Caller {
-            user_id: claims.sub,
-            // The role comes from the database, not the token, so a role
-            // change applies on the next call rather than at token expiry.
-            role: cached.standing.role,
-            overdue: cached.overdue,
+        let cached = self.standing(user_id, verdict.map(|v| v.user_version)).await?;
+        if cached.standing.status == UserStatus::Suspended {
+            return Err(ApiError::forbidden("account_suspended", "this account is suspended"));
+        }
+        Ok(Authenticated {
+            caller: Caller {
+                user_id,
+                // The role comes from the database, not the token, so a role
+                // change applies on the next call rather than at token expiry.
+                role: cached.standing.role,
+                overdue: cached.overdue,
+                credential,
+            },
+            rate: verdict.and_then(|v| v.rate),
         })
     }
 
-    /// Forget a user's cached standing (after a role or status change).
-    pub fn forget(&self, user_id: Uuid) {
+    async fn standing(&self, user_id: Uuid, version: Option<i64>) -> Result<CachedStanding, ApiError> {
+        if let Some(cached) = self.standings.get(user_id, version) {
+            return Ok(cached);
+        }
+        let mut conn = self.db.get().await?;
+        let standing = User::standing(&mut conn, user_id)
+            .await?
+            .ok_or_else(ApiError::invalid_token)?;
+        let cutoff = self.clock.now() - self.overdue_after;
+        let overdue = Invoice::has_overdue(&mut conn, user_id, cutoff).await?;
+        let cached = CachedStanding {
+            standing,
+            overdue,
+            version,
+        };
+        self.standings.put(user_id, cached);
+        Ok(cached)
+    }
+
+    async fn resolve_api_key(&self, key: &str) -> Result<(Uuid, Uuid), ApiError> {
+        if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
+            return Err(ApiError::invalid_token());
+        }
+        let hash = self.hasher.hash(key);
+        let found = match self.keys.get(&hash) {
+            Some(found) => found,
+            None => {
+                let mut conn = self.db.get().await?;
+                let found = ApiKey::find_active_by_hash(&mut conn, &hash).await?;
+                self.keys.put(hash, found);
+                found
+            }
+        };
+        let (key_id, user_id) = found.ok_or_else(ApiError::invalid_token)?;
+        if self.keys.should_touch(key_id) {
+            // last_used_at is informational: written at most once a minute
+            // per key, off the request path.
+            let db = self.db.clone();
+            let now = self.clock.now();
+            tokio::spawn(async move {
+                if let Ok(mut conn) = db.get().await {
+                    let _ = ApiKey::touch(&mut conn, key_id, now).await;
+                }
+            });
+        }
+        Ok((key_id, user_id))
+    }
+
+    /// Forget a user's cached standing on this instance, and tell the others.
+    pub async fn user_changed(&self, user_id: Uuid) {
         self.standings.remove(user_id);
+        self.redis.bump_user_version(user_id).await;
+    }
+
+    /// Forget a revoked key on this instance (others forget within a second).
+    pub fn forget_key(&self, key_hash: &str) {
+        self.keys.remove(key_hash);
     }
 }
 
-/// A short-lived cache of users' role and status so that metered calls do
-/// not each cost a database round trip.
+/// A short-lived cache of users' standing so that calls do not each cost a
+/// database round trip. An entry is reused while younger than the TTL and
+/// while Redis reports the same user version it was read at.
 struct StandingCache {
     ttl: Duration,
     entries: RwLock<HashMap<Uuid, (CachedStanding, Instant)>>,
@@ -192,15 +337,15 @@ impl StandingCache {
         }
     }
 
-    fn get(&self, user_id: Uuid) -> Option<CachedStanding> {
+    fn get(&self, user_id: Uuid, version: Option<i64>) -> Option<CachedStanding> {
         if self.ttl.is_zero() {
             return None;
         }
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .get(&user_id)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(s, _)| *s)
+            .filter(|(c, at)| at.elapsed() < self.ttl && (version.is_none() || c.version == version))
+            .map(|(c, _)| *c)
     }
 
     fn put(&self, user_id: Uuid, standing: CachedStanding) {
@@ -219,6 +364,64 @@ impl StandingCache {
     fn remove(&self, user_id: Uuid) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.remove(&user_id);
+    }
+}
+
+type KeyLookup = Option<(Uuid, Uuid)>;
+
+/// API key hash → (key id, user id), including "no such key", for at most
+/// a second.
+struct KeyCache {
+    ttl: Duration,
+    entries: RwLock<HashMap<String, (KeyLookup, Instant)>>,
+    touched: std::sync::Mutex<HashMap<Uuid, Instant>>,
+}
+
+impl KeyCache {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: RwLock::new(HashMap::new()),
+            touched: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<KeyLookup> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(v, _)| *v)
+    }
+
+    fn put(&self, hash: String, found: KeyLookup) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= 100_000 {
+            let ttl = self.ttl;
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        entries.insert(hash, (found, Instant::now()));
+    }
+
+    fn remove(&self, hash: &str) {
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(hash);
+    }
+
+    fn should_touch(&self, key_id: Uuid) -> bool {
+        let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        match touched.get(&key_id) {
+            Some(at) if at.elapsed() < Duration::from_secs(60) => false,
+            _ => {
+                if touched.len() >= 100_000 {
+                    touched.clear();
+                }
+                touched.insert(key_id, Instant::now());
+                true
+            }
+        }
     }
 }
 
@@ -266,10 +469,7 @@ mod tests {
 
     #[test]
     fn emails_are_lower_cased_and_checked() {
-        assert_eq!(
-            normalize_email(" Ada@Example.COM ").unwrap(),
-            "ada@example.com"
-        );
+        assert_eq!(normalize_email(" Ada@Example.COM ").unwrap(), "ada@example.com");
         for bad in [
             "",
             "ada",

@@ -22,9 +22,7 @@ use crate::models::User;
 use crate::models::invoice::{Invoice, InvoiceLine, InvoiceStatus};
 use crate::models::price::PriceBook;
 use crate::models::usage::UsageLine;
-use crate::schema::{
-    apis, closed_periods, invoice_lines, invoice_sequences, invoices, usage_records, users,
-};
+use crate::schema::{apis, closed_periods, invoice_lines, invoice_sequences, invoices, usage_records, users};
 
 /// Serialises closes across instances (held for the closing transaction).
 const CLOSE_LOCK_KEY: i64 = 0x7061_7967_636c_6f73; // "paygclos"
@@ -89,10 +87,8 @@ pub async fn close_period(
             }
 
             let statements = statements_for_period(conn, period, currency, now).await?;
-            let billed: Vec<(Uuid, Statement)> = statements
-                .into_iter()
-                .filter(|(_, s)| s.charged_calls() > 0)
-                .collect();
+            let billed: Vec<(Uuid, Statement)> =
+                statements.into_iter().filter(|(_, s)| s.charged_calls() > 0).collect();
             let user_ids: Vec<Uuid> = billed.iter().map(|(u, _)| *u).collect();
             let people: HashMap<Uuid, User> = users::table
                 .filter(users::id.eq_any(&user_ids))
@@ -161,10 +157,7 @@ pub async fn close_period(
             }
             // Multi-row inserts, chunked under PostgreSQL's 65,535 parameters.
             for chunk in new_invoices.chunks(1_000) {
-                diesel::insert_into(invoices::table)
-                    .values(chunk)
-                    .execute(conn)
-                    .await?;
+                diesel::insert_into(invoices::table).values(chunk).execute(conn).await?;
             }
             for chunk in new_lines.chunks(4_000) {
                 diesel::insert_into(invoice_lines::table)
@@ -248,21 +241,14 @@ pub async fn statements_for_period(
     }
     Ok(by_user
         .into_iter()
-        .map(|(user_id, lines)| {
-            (
-                user_id,
-                Statement::build(period, currency, as_of, &lines, &book),
-            )
-        })
+        .map(|(user_id, lines)| (user_id, Statement::build(period, currency, as_of, &lines, &book)))
         .collect())
 }
 
 pub async fn is_closed(conn: &mut AsyncPgConnection, period: Period) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::exists(
-        closed_periods::table.find(period.first_day()),
-    ))
-    .get_result(conn)
-    .await
+    diesel::select(diesel::dsl::exists(closed_periods::table.find(period.first_day())))
+        .get_result(conn)
+        .await
 }
 
 /// One (user, API) whose records no longer match what was invoiced.
@@ -319,11 +305,7 @@ pub async fn reconcile(
         .inner_join(invoice_lines::table)
         .filter(invoices::period.eq(period.first_day()))
         .filter(invoices::status.ne(InvoiceStatus::Void))
-        .select((
-            invoices::user_id,
-            invoices::number,
-            InvoiceLine::as_select(),
-        ))
+        .select((invoices::user_id, invoices::number, InvoiceLine::as_select()))
         .load(conn)
         .await?;
     let invoice_count = invoiced

@@ -231,11 +231,7 @@ struct ExportState {
 
 /// The whole export as a stream of chunks, one database page at a time;
 /// each page borrows a pooled connection only while it is read.
-pub fn stream(
-    pool: DbPool,
-    period: Period,
-    format: ExportFormat,
-) -> impl Stream<Item = anyhow::Result<Bytes>> {
+pub fn stream(pool: DbPool, period: Period, format: ExportFormat) -> impl Stream<Item = anyhow::Result<Bytes>> {
     let state = ExportState {
         pool,
         period,
@@ -264,9 +260,7 @@ pub fn stream(
         for (i, row) in rows.iter().enumerate() {
             match st.format {
                 ExportFormat::Csv => csv_row(row, &mut out),
-                ExportFormat::Json => {
-                    json_row(row, first_chunk && i == 0 && st.after.is_none(), &mut out)
-                }
+                ExportFormat::Json => json_row(row, first_chunk && i == 0 && st.after.is_none(), &mut out),
             }
         }
         match rows.last() {

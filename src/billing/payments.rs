@@ -76,9 +76,7 @@ pub async fn record_payment(
     now: DateTime<Utc>,
 ) -> Result<Recorded, PaymentError> {
     conn.transaction::<_, PaymentError, _>(async |conn| {
-        let invoice = Invoice::lock(conn, invoice_id)
-            .await?
-            .ok_or(PaymentError::NotFound)?;
+        let invoice = Invoice::lock(conn, invoice_id).await?.ok_or(PaymentError::NotFound)?;
         let existing: Option<Payment> = payments::table
             .filter(payments::reference.eq(&input.reference))
             .select(Payment::as_select())
@@ -101,9 +99,7 @@ pub async fn record_payment(
                 expected: currency.code().to_owned(),
             });
         }
-        if input.amount <= Decimal::ZERO
-            || input.amount.normalize().scale() > currency.minor_units()
-        {
+        if input.amount <= Decimal::ZERO || input.amount.normalize().scale() > currency.minor_units() {
             return Err(PaymentError::BadAmount(currency.minor_units()));
         }
         match invoice.status {
@@ -181,9 +177,7 @@ pub async fn void_invoice(
     now: DateTime<Utc>,
 ) -> Result<Invoice, VoidError> {
     conn.transaction::<_, VoidError, _>(async |conn| {
-        let invoice = Invoice::lock(conn, invoice_id)
-            .await?
-            .ok_or(VoidError::NotFound)?;
+        let invoice = Invoice::lock(conn, invoice_id).await?.ok_or(VoidError::NotFound)?;
         if invoice.status != InvoiceStatus::Issued || !invoice.amount_paid.is_zero() {
             let why = if invoice.amount_paid.is_zero() {
                 invoice.status.to_string()
@@ -205,16 +199,9 @@ pub async fn void_invoice(
 }
 
 /// Marks a webhook event as applied; false when it had been already.
-pub async fn claim_webhook_event(
-    conn: &mut AsyncPgConnection,
-    id: &str,
-    event_type: &str,
-) -> QueryResult<bool> {
+pub async fn claim_webhook_event(conn: &mut AsyncPgConnection, id: &str, event_type: &str) -> QueryResult<bool> {
     let inserted = diesel::insert_into(webhook_events::table)
-        .values((
-            webhook_events::id.eq(id),
-            webhook_events::event_type.eq(event_type),
-        ))
+        .values((webhook_events::id.eq(id), webhook_events::event_type.eq(event_type)))
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
@@ -267,12 +254,8 @@ pub fn verify_signature(
     let mut candidates = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", v)) => {
-                timestamp = Some(v.parse::<i64>().map_err(|_| SignatureError::Malformed)?)
-            }
-            Some(("v1", v)) => {
-                candidates.push(hex::decode(v).map_err(|_| SignatureError::Malformed)?)
-            }
+            Some(("t", v)) => timestamp = Some(v.parse::<i64>().map_err(|_| SignatureError::Malformed)?),
+            Some(("v1", v)) => candidates.push(hex::decode(v).map_err(|_| SignatureError::Malformed)?),
             Some(_) => {}
             None => return Err(SignatureError::Malformed),
         }
@@ -287,11 +270,7 @@ pub fn verify_signature(
     let ok = candidates
         .iter()
         .any(|sig| mac(secret, timestamp, body).verify_slice(sig).is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+    if ok { Ok(()) } else { Err(SignatureError::Mismatch) }
 }
 
 #[cfg(test)]
@@ -332,9 +311,6 @@ mod tests {
             Err(SignatureError::Malformed)
         );
         let rotated = format!("t={t},v1={},v1={sig}", sign(b"old", t, body));
-        assert_eq!(
-            verify_signature(Some(&rotated), body, b"whsec", now),
-            Ok(())
-        );
+        assert_eq!(verify_signature(Some(&rotated), body, b"whsec", now), Ok(()));
     }
 }

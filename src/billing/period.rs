@@ -74,13 +74,7 @@ impl FromStr for Period {
     /// Accepts exactly `YYYY-MM` with a month from 01 to 12.
     fn from_str(s: &str) -> Result<Self, BadPeriod> {
         let b = s.as_bytes();
-        if b.len() != 7
-            || b[4] != b'-'
-            || !b
-                .iter()
-                .enumerate()
-                .all(|(i, c)| i == 4 || c.is_ascii_digit())
-        {
+        if b.len() != 7 || b[4] != b'-' || !b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) {
             return Err(BadPeriod);
         }
         let year: i32 = s[..4].parse().map_err(|_| BadPeriod)?;

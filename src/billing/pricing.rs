@@ -51,10 +51,7 @@ pub struct PricedLine {
 }
 
 pub fn round_to_minor_unit(amount: Decimal, currency: Currency) -> Decimal {
-    amount.round_dp_with_strategy(
-        currency.minor_units(),
-        RoundingStrategy::MidpointNearestEven,
-    )
+    amount.round_dp_with_strategy(currency.minor_units(), RoundingStrategy::MidpointNearestEven)
 }
 
 /// Prices one usage record. Never panics: counters are clamped to be
@@ -144,23 +141,12 @@ mod tests {
             (1000, 100, dec!(0.001), 0, (900, 0, 900, dec!(0.90))),
             (1000, 100, dec!(0.001), 500, (900, 500, 400, dec!(0.40))),
             (100, 0, dec!(0.001), 500, (100, 100, 0, dec!(0.00))),
-            (
-                12345,
-                45,
-                dec!(0.0123),
-                300,
-                (12300, 300, 12000, dec!(147.60)),
-            ),
+            (12345, 45, dec!(0.0123), 300, (12300, 300, 12000, dec!(147.60))),
         ];
         for (calls, failed, unit, free, (billable, free_used, charged, amount)) in table {
             let line = price_line(calls, failed, &flat(unit, free));
             assert_eq!(
-                (
-                    line.billable_calls,
-                    line.free_calls,
-                    line.charged_calls,
-                    line.amount
-                ),
+                (line.billable_calls, line.free_calls, line.charged_calls, line.amount),
                 (billable, free_used, charged, amount),
                 "{calls} calls, {failed} failed, {unit} each, {free} free"
             );
@@ -179,11 +165,7 @@ mod tests {
             (1, dec!(0.0149999), dec!(0.01)),
         ];
         for (calls, unit, amount) in table {
-            assert_eq!(
-                price_line(calls, 0, &flat(unit, 0)).amount,
-                amount,
-                "{calls} x {unit}"
-            );
+            assert_eq!(price_line(calls, 0, &flat(unit, 0)).amount, amount, "{calls} x {unit}");
         }
         let yen = PriceVersion {
             currency: "JPY".parse().unwrap(),
@@ -239,10 +221,7 @@ mod tests {
     #[test]
     fn nonsense_counters_never_panic_or_go_negative() {
         let line = price_line(-5, 10, &flat(dec!(0.001), 0));
-        assert_eq!(
-            (line.calls, line.billable_calls, line.amount),
-            (0, 0, dec!(0.00))
-        );
+        assert_eq!((line.calls, line.billable_calls, line.amount), (0, 0, dec!(0.00)));
         let line = price_line(i64::MAX, 0, &flat(Decimal::MAX, 0));
         assert!(line.amount > Decimal::ZERO);
     }

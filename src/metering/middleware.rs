@@ -11,14 +11,18 @@ use std::rc::Rc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, web};
 use futures_util::future::LocalBoxFuture;
 
 use crate::app::AppState;
+use crate::auth::Purpose;
 use crate::billing::Period;
 use crate::config::MeterMode;
 use crate::error::ApiError;
 use crate::models::usage::{UsageDelta, UsageKey};
+use crate::redis_store::RateOutcome;
 
 pub struct Metering {
     state: web::Data<AppState>,
@@ -73,59 +77,97 @@ where
                 .match_pattern()
                 .and_then(|pattern| state.catalog.lookup(req.method(), &pattern));
             let Some(api) = api else {
-                return service
-                    .call(req)
-                    .await
-                    .map(ServiceResponse::map_into_left_body);
+                return service.call(req).await.map(ServiceResponse::map_into_left_body);
             };
             // The period is fixed when the call arrives, not when it is flushed.
             let period = Period::containing(state.clock.now(), state.config.billing_tz);
-            let caller = match state.authenticator.authenticate(req.request()).await {
-                Ok(caller) => caller,
+            let auth = match state.authenticator.authenticate(req.request(), Purpose::Metered).await {
+                Ok(auth) => auth,
                 Err(err) => return Ok(req.error_response(err).map_into_right_body()),
             };
+            let caller = auth.caller;
             if caller.overdue {
                 let err = ApiError::new(
-                    actix_web::http::StatusCode::PAYMENT_REQUIRED,
+                    StatusCode::PAYMENT_REQUIRED,
                     "payment_required",
                     "an invoice is overdue; metered APIs are blocked until it is paid",
                 );
                 return Ok(req.error_response(err).map_into_right_body());
             }
-            req.extensions_mut().insert(caller);
-
-            let result = service.call(req).await;
-            let status = match &result {
-                Ok(res) => res.status(),
-                Err(err) => err.as_response_error().status_code(),
-            };
             let key = UsageKey {
                 user_id: caller.user_id,
                 api_id: api.api_id,
                 period,
             };
-            let delta = UsageDelta::one(status.as_u16() >= 400);
-            match state.meter.mode() {
-                MeterMode::Batched => state.meter.record(key, delta),
-                MeterMode::Off => {}
-                MeterMode::Sync => {
-                    if let Err(e) = state.meter.record_now(key, delta).await {
-                        tracing::error!(error = %e, "sync metering failed; refusing to serve the call unbilled");
-                        let err = ApiError::unavailable(
-                            "metering_unavailable",
-                            "the call could not be metered; it was not billed, retry shortly",
-                        );
-                        return match result {
-                            Ok(res) => {
-                                let (http_req, _) = res.into_parts();
-                                Ok(ServiceResponse::from_err(err, http_req).map_into_right_body())
-                            }
-                            Err(_) => Err(err.into()),
-                        };
+            if let Some(rate) = auth.rate.filter(|r| !r.allowed) {
+                // Refused calls are counted as failed (never billed), so the
+                // caller can see them in their usage.
+                let _ = record(&state, key, UsageDelta::one(true)).await;
+                let err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("rate limit of {} calls per minute exceeded", rate.limit),
+                )
+                .with_retry_after(rate.retry_after_secs);
+                let mut res = req.error_response(err);
+                rate_limit_headers(res.headers_mut(), &rate);
+                return Ok(res.map_into_right_body());
+            }
+            req.extensions_mut().insert(caller);
+
+            let mut result = service.call(req).await;
+            let status = match &result {
+                Ok(res) => res.status(),
+                Err(err) => err.as_response_error().status_code(),
+            };
+            if record(&state, key, UsageDelta::one(status.as_u16() >= 400))
+                .await
+                .is_err()
+            {
+                let err = ApiError::unavailable(
+                    "metering_unavailable",
+                    "the call could not be metered; it was not billed, retry shortly",
+                );
+                return match result {
+                    Ok(res) => {
+                        let (http_req, _) = res.into_parts();
+                        Ok(ServiceResponse::from_err(err, http_req).map_into_right_body())
                     }
-                }
+                    Err(_) => Err(err.into()),
+                };
+            }
+            if let (Ok(res), Some(rate)) = (&mut result, auth.rate) {
+                rate_limit_headers(res.headers_mut(), &rate);
             }
             result.map(ServiceResponse::map_into_left_body)
         })
     }
+}
+
+/// Counts one call in the configured mode. Only `sync` can fail: its
+/// increment must commit before the response leaves.
+async fn record(state: &AppState, key: UsageKey, delta: UsageDelta) -> Result<(), ()> {
+    match state.meter.mode() {
+        MeterMode::Batched => state.meter.record(key, delta),
+        MeterMode::Off => {}
+        MeterMode::Sync => {
+            if let Err(e) = state.meter.record_now(key, delta).await {
+                tracing::error!(error = %e, "sync metering failed; refusing to serve the call unbilled");
+                return Err(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `RateLimit-*` headers (IETF draft) on every rate-limited response.
+fn rate_limit_headers(headers: &mut HeaderMap, rate: &RateOutcome) {
+    let mut put = |name: &'static str, value: u64| {
+        if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("ratelimit-limit", u64::from(rate.limit));
+    put("ratelimit-remaining", u64::from(rate.remaining));
+    put("ratelimit-reset", rate.reset_secs);
 }

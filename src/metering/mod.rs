@@ -68,9 +68,7 @@ pub struct Meter {
 impl Meter {
     pub fn new(mode: MeterMode, currency: Currency, db: DbPool) -> Self {
         if mode == MeterMode::Off {
-            tracing::warn!(
-                "PAYG_METER_MODE=off: calls are authenticated but NOT METERED; use only for benchmarks"
-            );
+            tracing::warn!("PAYG_METER_MODE=off: calls are authenticated but NOT METERED; use only for benchmarks");
         }
         Self {
             mode,
@@ -108,8 +106,7 @@ impl Meter {
                 MeterMode::Sync => "sync",
                 MeterMode::Off => "off",
             },
-            pending_calls: self.recorder.buffered_calls()
-                + self.in_flight_calls.load(Ordering::Relaxed),
+            pending_calls: self.recorder.buffered_calls() + self.in_flight_calls.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             flush_failures: self.flush_failures.load(Ordering::Relaxed),
         }
@@ -142,10 +139,7 @@ impl Meter {
         };
         let attempt = async {
             let mut conn = self.db.get().await?;
-            anyhow::Ok(
-                UsageRecord::add_batch(&mut conn, Some(flush_id), &batch.rows, self.currency)
-                    .await?,
-            )
+            anyhow::Ok(UsageRecord::add_batch(&mut conn, Some(flush_id), &batch.rows, self.currency).await?)
         };
         match attempt.await {
             Ok(outcome) => {
@@ -228,10 +222,7 @@ impl Meter {
                 return 0;
             }
             if Instant::now() >= until {
-                tracing::error!(
-                    pending_calls = pending,
-                    "shutting down with unflushed metered calls"
-                );
+                tracing::error!(pending_calls = pending, "shutting down with unflushed metered calls");
                 return pending;
             }
             if !ok {

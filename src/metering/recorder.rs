@@ -39,8 +39,7 @@ impl Recorder {
         let mut map = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         map.entry(key).or_default().add(delta);
         drop(map);
-        self.buffered_calls
-            .fetch_add(delta.calls, Ordering::Relaxed);
+        self.buffered_calls.fetch_add(delta.calls, Ordering::Relaxed);
     }
 
     /// Takes everything recorded so far, merged by key and sorted (the order
@@ -67,10 +66,7 @@ impl Recorder {
     /// Approximate while calls are being recorded (a drain can run between
     /// a record's insert and its count), exact when quiet.
     pub fn buffered_calls(&self) -> u64 {
-        self.buffered_calls
-            .load(Ordering::Relaxed)
-            .max(0)
-            .unsigned_abs()
+        self.buffered_calls.load(Ordering::Relaxed).max(0).unsigned_abs()
     }
 }
 

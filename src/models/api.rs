@@ -21,11 +21,7 @@ pub struct Api {
 
 impl Api {
     pub async fn all(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Api>> {
-        apis::table
-            .order(apis::id)
-            .select(Api::as_select())
-            .load(conn)
-            .await
+        apis::table.order(apis::id).select(Api::as_select()).load(conn).await
     }
 
     pub async fn active(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Api>> {

@@ -97,10 +97,7 @@ pub struct InvoiceFilter {
 }
 
 impl Invoice {
-    pub async fn for_user(
-        conn: &mut AsyncPgConnection,
-        user_id: Uuid,
-    ) -> QueryResult<Vec<Invoice>> {
+    pub async fn for_user(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Vec<Invoice>> {
         invoices::table
             .filter(invoices::user_id.eq(user_id))
             .order((invoices::period.desc(), invoices::number.desc()))
@@ -110,11 +107,7 @@ impl Invoice {
     }
 
     /// One of the user's own invoices; another user's id is simply not found.
-    pub async fn find_for_user(
-        conn: &mut AsyncPgConnection,
-        id: Uuid,
-        user_id: Uuid,
-    ) -> QueryResult<Option<Invoice>> {
+    pub async fn find_for_user(conn: &mut AsyncPgConnection, id: Uuid, user_id: Uuid) -> QueryResult<Option<Invoice>> {
         invoices::table
             .filter(invoices::id.eq(id))
             .filter(invoices::user_id.eq(user_id))
@@ -133,10 +126,7 @@ impl Invoice {
             .optional()
     }
 
-    pub async fn find_by_number(
-        conn: &mut AsyncPgConnection,
-        number: &str,
-    ) -> QueryResult<Option<Invoice>> {
+    pub async fn find_by_number(conn: &mut AsyncPgConnection, number: &str) -> QueryResult<Option<Invoice>> {
         invoices::table
             .filter(invoices::number.eq(number))
             .select(Invoice::as_select())
@@ -186,9 +176,7 @@ impl Invoice {
             q = q.filter(invoices::user_id.eq(u));
         }
         if let Some(e) = filter.user_email.clone() {
-            q = q.filter(
-                invoices::user_id.eq_any(users::table.filter(users::email.eq(e)).select(users::id)),
-            );
+            q = q.filter(invoices::user_id.eq_any(users::table.filter(users::email.eq(e)).select(users::id)));
         }
         q
     }
@@ -213,11 +201,7 @@ impl Invoice {
 
     /// Does the user have an issued invoice unpaid past `cutoff` (its due
     /// date plus the grace period)?
-    pub async fn has_overdue(
-        conn: &mut AsyncPgConnection,
-        user_id: Uuid,
-        cutoff: DateTime<Utc>,
-    ) -> QueryResult<bool> {
+    pub async fn has_overdue(conn: &mut AsyncPgConnection, user_id: Uuid, cutoff: DateTime<Utc>) -> QueryResult<bool> {
         diesel::select(diesel::dsl::exists(
             invoices::table
                 .filter(invoices::user_id.eq(user_id))

@@ -51,8 +51,10 @@ macro_rules! text_enum {
 }
 
 pub mod api;
+pub mod api_key;
 pub mod invoice;
 pub mod price;
+pub mod refresh_token;
 pub mod usage;
 pub mod user;
 

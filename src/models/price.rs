@@ -60,18 +60,12 @@ pub struct PriceBook {
 
 impl PriceBook {
     /// Loads the versions of `api_ids` (all APIs when `None`).
-    pub async fn load(
-        conn: &mut AsyncPgConnection,
-        api_ids: Option<&[i32]>,
-    ) -> QueryResult<PriceBook> {
+    pub async fn load(conn: &mut AsyncPgConnection, api_ids: Option<&[i32]>) -> QueryResult<PriceBook> {
         let mut query = prices::table.select(PriceRow::as_select()).into_boxed();
         if let Some(ids) = api_ids {
             query = query.filter(prices::api_id.eq_any(ids.to_vec()));
         }
-        let rows: Vec<PriceRow> = query
-            .order((prices::api_id, prices::effective_from))
-            .load(conn)
-            .await?;
+        let rows: Vec<PriceRow> = query.order((prices::api_id, prices::effective_from)).load(conn).await?;
         let ids: Vec<i32> = rows.iter().map(|r| r.id).collect();
         let tiers: Vec<TierRow> = price_tiers::table
             .filter(price_tiers::price_id.eq_any(ids))
@@ -88,12 +82,12 @@ impl PriceBook {
         }
         let mut book = PriceBook::default();
         for row in rows {
-            let currency: Currency =
-                row.currency
-                    .parse()
-                    .map_err(|e: crate::billing::currency::UnknownCurrency| {
-                        diesel::result::Error::DeserializationError(Box::new(e))
-                    })?;
+            let currency: Currency = row
+                .currency
+                .parse()
+                .map_err(|e: crate::billing::currency::UnknownCurrency| {
+                    diesel::result::Error::DeserializationError(Box::new(e))
+                })?;
             book.versions.entry(row.api_id).or_default().push((
                 row.effective_from,
                 PriceVersion {
@@ -116,30 +110,19 @@ impl PriceBook {
 
     /// Like [`for_period`](Self::for_period), with a zero price when an API
     /// has no version yet (an API is free until it is priced).
-    pub fn for_period_or_free(
-        &self,
-        api_id: i32,
-        period: Period,
-        currency: Currency,
-    ) -> PriceVersion {
-        self.for_period(api_id, period)
-            .cloned()
-            .unwrap_or(PriceVersion {
-                currency,
-                unit_price: Decimal::ZERO,
-                free_calls: 0,
-                tiers: Vec::new(),
-            })
+    pub fn for_period_or_free(&self, api_id: i32, period: Period, currency: Currency) -> PriceVersion {
+        self.for_period(api_id, period).cloned().unwrap_or(PriceVersion {
+            currency,
+            unit_price: Decimal::ZERO,
+            free_calls: 0,
+            tiers: Vec::new(),
+        })
     }
 }
 
 impl PriceRow {
     /// The version in force for `period`, if any.
-    pub async fn in_force(
-        conn: &mut AsyncPgConnection,
-        api_id: i32,
-        period: Period,
-    ) -> QueryResult<Option<PriceRow>> {
+    pub async fn in_force(conn: &mut AsyncPgConnection, api_id: i32, period: Period) -> QueryResult<Option<PriceRow>> {
         prices::table
             .filter(prices::api_id.eq(api_id))
             .filter(prices::effective_from.le(period.first_day()))

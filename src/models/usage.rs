@@ -134,34 +134,27 @@ impl UsageRecord {
                         .execute(conn)
                         .await?;
                 }
-                let mut after: Vec<(Uuid, i32, NaiveDate, i64, i64)> =
-                    Vec::with_capacity(rows.len());
+                let mut after: Vec<(Uuid, i32, NaiveDate, i64, i64)> = Vec::with_capacity(rows.len());
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    let updated: Vec<(Uuid, i32, NaiveDate, i64, i64)> =
-                        diesel::insert_into(usage_records::table)
-                            .values(chunk)
-                            .on_conflict((
-                                usage_records::user_id,
-                                usage_records::api_id,
-                                usage_records::period,
-                            ))
-                            .do_update()
-                            .set((
-                                usage_records::calls
-                                    .eq(usage_records::calls + excluded(usage_records::calls)),
-                                usage_records::failed_calls.eq(usage_records::failed_calls
-                                    + excluded(usage_records::failed_calls)),
-                                usage_records::updated_at.eq(diesel::dsl::now),
-                            ))
-                            .returning((
-                                usage_records::user_id,
-                                usage_records::api_id,
-                                usage_records::period,
-                                usage_records::calls,
-                                usage_records::failed_calls,
-                            ))
-                            .get_results(conn)
-                            .await?;
+                    let updated: Vec<(Uuid, i32, NaiveDate, i64, i64)> = diesel::insert_into(usage_records::table)
+                        .values(chunk)
+                        .on_conflict((usage_records::user_id, usage_records::api_id, usage_records::period))
+                        .do_update()
+                        .set((
+                            usage_records::calls.eq(usage_records::calls + excluded(usage_records::calls)),
+                            usage_records::failed_calls
+                                .eq(usage_records::failed_calls + excluded(usage_records::failed_calls)),
+                            usage_records::updated_at.eq(diesel::dsl::now),
+                        ))
+                        .returning((
+                            usage_records::user_id,
+                            usage_records::api_id,
+                            usage_records::period,
+                            usage_records::calls,
+                            usage_records::failed_calls,
+                        ))
+                        .get_results(conn)
+                        .await?;
                     after.extend(updated);
                 }
                 add_cost_deltas(conn, deltas, &after, currency).await
@@ -204,10 +197,7 @@ impl UsageRecord {
     }
 
     /// Forgets flush ids old enough that no retry can still be in flight.
-    pub async fn prune_flush_log(
-        conn: &mut AsyncPgConnection,
-        older_than: DateTime<Utc>,
-    ) -> QueryResult<usize> {
+    pub async fn prune_flush_log(conn: &mut AsyncPgConnection, older_than: DateTime<Utc>) -> QueryResult<usize> {
         diesel::delete(meter_flushes::table.filter(meter_flushes::applied_at.lt(older_than)))
             .execute(conn)
             .await
@@ -228,8 +218,7 @@ async fn add_cost_deltas(
     api_ids.sort_unstable();
     api_ids.dedup();
     let book = PriceBook::load(conn, Some(&api_ids)).await?;
-    let mut per_user: std::collections::BTreeMap<Uuid, rust_decimal::Decimal> =
-        std::collections::BTreeMap::new();
+    let mut per_user: std::collections::BTreeMap<Uuid, rust_decimal::Decimal> = std::collections::BTreeMap::new();
     for &(user_id, api_id, period, calls, failed_calls) in after {
         let Some(period) = Period::from_first_day(period) else {
             continue;
@@ -245,12 +234,7 @@ async fn add_cost_deltas(
         let delta = deltas[i].1;
         let price = book.for_period_or_free(api_id, period, currency);
         let now = price_line(calls, failed_calls, &price).amount;
-        let before = price_line(
-            calls - delta.calls,
-            failed_calls - delta.failed_calls,
-            &price,
-        )
-        .amount;
+        let before = price_line(calls - delta.calls, failed_calls - delta.failed_calls, &price).amount;
         if now != before {
             *per_user.entry(user_id).or_default() += now - before;
         }

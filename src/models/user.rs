@@ -105,10 +105,7 @@ impl User {
     }
 
     /// `email` must already be normalised (see `auth::normalize_email`).
-    pub async fn find_by_email(
-        conn: &mut AsyncPgConnection,
-        email: &str,
-    ) -> QueryResult<Option<User>> {
+    pub async fn find_by_email(conn: &mut AsyncPgConnection, email: &str) -> QueryResult<Option<User>> {
         users::table
             .filter(users::email.eq(email))
             .select(User::as_select())
@@ -126,17 +123,9 @@ impl User {
             .optional()
     }
 
-    pub async fn update_profile(
-        conn: &mut AsyncPgConnection,
-        id: Uuid,
-        changes: &ProfileChanges,
-    ) -> QueryResult<User> {
+    pub async fn update_profile(conn: &mut AsyncPgConnection, id: Uuid, changes: &ProfileChanges) -> QueryResult<User> {
         if changes.is_empty() {
-            return users::table
-                .find(id)
-                .select(User::as_select())
-                .first(conn)
-                .await;
+            return users::table.find(id).select(User::as_select()).first(conn).await;
         }
         diesel::update(users::table.find(id))
             .set((changes, users::updated_at.eq(diesel::dsl::now)))
@@ -145,11 +134,7 @@ impl User {
             .await
     }
 
-    pub async fn set_role(
-        conn: &mut AsyncPgConnection,
-        email: &str,
-        role: Role,
-    ) -> QueryResult<User> {
+    pub async fn set_role(conn: &mut AsyncPgConnection, email: &str, role: Role) -> QueryResult<User> {
         diesel::update(users::table.filter(users::email.eq(email)))
             .set((users::role.eq(role), users::updated_at.eq(diesel::dsl::now)))
             .returning(User::as_returning())
@@ -157,16 +142,9 @@ impl User {
             .await
     }
 
-    pub async fn set_status(
-        conn: &mut AsyncPgConnection,
-        email: &str,
-        status: UserStatus,
-    ) -> QueryResult<User> {
+    pub async fn set_status(conn: &mut AsyncPgConnection, email: &str, status: UserStatus) -> QueryResult<User> {
         diesel::update(users::table.filter(users::email.eq(email)))
-            .set((
-                users::status.eq(status),
-                users::updated_at.eq(diesel::dsl::now),
-            ))
+            .set((users::status.eq(status), users::updated_at.eq(diesel::dsl::now)))
             .returning(User::as_returning())
             .get_result(conn)
             .await

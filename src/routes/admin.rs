@@ -57,9 +57,7 @@ pub async fn list_apis(state: web::Data<AppState>, user: AuthUser) -> ApiResult<
     let apis: Vec<AdminApiView> = all
         .into_iter()
         .map(|api| AdminApiView {
-            current_price: book
-                .for_period(api.id, period)
-                .map(|v| PriceView::new(period, v)),
+            current_price: book.for_period(api.id, period).map(|v| PriceView::new(period, v)),
             api,
         })
         .collect();
@@ -87,9 +85,7 @@ fn validate_slug(slug: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::validation(
-            "slug must be 1–64 of a-z, 0-9 and '-'",
-        ))
+        Err(ApiError::validation("slug must be 1–64 of a-z, 0-9 and '-'"))
     }
 }
 
@@ -118,9 +114,7 @@ pub async fn create_api(
             "method must be one of GET, POST, PUT, PATCH, DELETE",
         ));
     }
-    if !b.route.starts_with('/')
-        || b.route.len() > 200
-        || b.route.chars().any(|c| c.is_whitespace() || c.is_control())
+    if !b.route.starts_with('/') || b.route.len() > 200 || b.route.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(ApiError::validation(
             "route must be an actix route pattern starting with '/'",
@@ -165,13 +159,12 @@ pub async fn create_api(
             state.reload_catalog().await?;
             Ok(HttpResponse::Created().json(api))
         }
-        Err(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        )) => Err(ApiError::conflict(
-            "api_exists",
-            "an API with this slug, or this method and route, already exists",
-        )),
+        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
+            Err(ApiError::conflict(
+                "api_exists",
+                "an API with this slug, or this method and route, already exists",
+            ))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -211,11 +204,7 @@ pub async fn update_api(
     }
     let mut conn = conn(&state.db).await?;
     let api: Api = if b.name.is_none() && b.description.is_none() && b.active.is_none() {
-        apis::table
-            .find(*id)
-            .select(Api::as_select())
-            .first(&mut conn)
-            .await?
+        apis::table.find(*id).select(Api::as_select()).first(&mut conn).await?
     } else {
         diesel::update(apis::table.find(*id))
             .set(ApiChanges {
@@ -268,9 +257,7 @@ pub async fn create_price(
         ));
     }
     if b.unit_price.is_sign_negative() || b.free_calls < 0 {
-        return Err(ApiError::validation(
-            "unit_price and free_calls must not be negative",
-        ));
+        return Err(ApiError::validation("unit_price and free_calls must not be negative"));
     }
     validate_tiers(&b.tiers).map_err(ApiError::validation)?;
     let current = state.current_period();
@@ -281,9 +268,7 @@ pub async fn create_price(
             .map_err(|e: crate::billing::period::BadPeriod| ApiError::validation(e.to_string()))?,
     };
     if requested < current {
-        return Err(ApiError::validation(
-            "a price cannot take effect in a past period",
-        ));
+        return Err(ApiError::validation("a price cannot take effect in a past period"));
     }
     let version = PriceVersion {
         currency,
@@ -295,11 +280,7 @@ pub async fn create_price(
     let mut conn = conn(&state.db).await?;
     let (row, effective) = conn
         .transaction::<_, ApiError, _>(async |conn| {
-            apis::table
-                .find(api_id)
-                .select(apis::id)
-                .first::<i32>(conn)
-                .await?;
+            apis::table.find(api_id).select(apis::id).first::<i32>(conn).await?;
             // Waits for in-flight meter flushes and holds new ones back until
             // commit, so "no calls recorded in this period" stays true while
             // the new version is written.

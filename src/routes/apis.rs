@@ -29,9 +29,7 @@ pub async fn list_apis(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let apis: Vec<ApiView> = active
         .into_iter()
         .map(|a| ApiView {
-            price: book
-                .for_period(a.id, period)
-                .map(|v| PriceView::new(period, v)),
+            price: book.for_period(a.id, period).map(|v| PriceView::new(period, v)),
             slug: a.slug,
             method: a.method,
             route: a.route,

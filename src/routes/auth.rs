@@ -3,7 +3,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::{self, password};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use chrono::Utc;
+
+use crate::auth::sessions::{self, IssuedSession, Rotation};
+use crate::auth::{self, AuthUser, Credential, password};
 use crate::error::{ApiError, ApiResult};
 use crate::models::user::{NewUser, Role, User};
 use crate::routes::conn;
@@ -26,22 +32,13 @@ pub(crate) fn validate_name(name: &str) -> Result<String, ApiError> {
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(ApiError::validation(
-            "name must not contain control characters",
-        ));
+        return Err(ApiError::validation("name must not contain control characters"));
     }
     Ok(name.to_owned())
 }
 
-pub async fn register(
-    state: web::Data<AppState>,
-    body: web::Json<RegisterRequest>,
-) -> ApiResult<HttpResponse> {
-    let RegisterRequest {
-        email,
-        password,
-        name,
-    } = body.into_inner();
+pub async fn register(state: web::Data<AppState>, body: web::Json<RegisterRequest>) -> ApiResult<HttpResponse> {
+    let RegisterRequest { email, password, name } = body.into_inner();
     let email = auth::normalize_email(&email)?;
     auth::validate_password(&password)?;
     let name = validate_name(&name)?;
@@ -62,13 +59,9 @@ pub async fn register(
             tracing::info!(user_id = %user.id, "user registered");
             Ok(HttpResponse::Created().json(user))
         }
-        Err(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        )) => Err(ApiError::conflict(
-            "email_taken",
-            "an account with this email already exists",
-        )),
+        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Err(
+            ApiError::conflict("email_taken", "an account with this email already exists"),
+        ),
         Err(e) => Err(e.into()),
     }
 }
@@ -84,20 +77,54 @@ pub struct TokenResponse {
     access_token: String,
     token_type: &'static str,
     expires_in: u64,
+    refresh_token: String,
 }
 
-pub async fn login(
-    state: web::Data<AppState>,
-    body: web::Json<LoginRequest>,
-) -> ApiResult<HttpResponse> {
+impl From<IssuedSession> for TokenResponse {
+    fn from(s: IssuedSession) -> Self {
+        Self {
+            access_token: s.access.token,
+            token_type: "Bearer",
+            expires_in: s.access.expires_in,
+            refresh_token: s.refresh_token,
+        }
+    }
+}
+
+fn issuer(state: &AppState) -> sessions::Issuer<'_> {
+    sessions::Issuer {
+        jwt: state.authenticator.jwt(),
+        hasher: state.authenticator.hasher(),
+        refresh_ttl: state.config.refresh_ttl,
+    }
+}
+
+/// Failed logins allowed per email per window before 429.
+pub const MAX_LOGIN_FAILURES: u32 = 10;
+pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+pub async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> ApiResult<HttpResponse> {
     let LoginRequest { email, password } = body.into_inner();
     let invalid = || {
         ApiError::new(
-            actix_web::http::StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
             "invalid_credentials",
             "invalid email or password",
         )
     };
+    // The lockout counts attempts per email string whether or not an account
+    // exists, so it reveals nothing about which emails are registered.
+    let lockout_key = email.trim().to_lowercase();
+    if let Some((failures, retry_after)) = state.redis.login_failures(&lockout_key).await
+        && failures >= MAX_LOGIN_FAILURES
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many failed logins for this email; try again later",
+        )
+        .with_retry_after(retry_after.max(1)));
+    }
     // A malformed email cannot belong to anyone: same answer as a wrong one.
     let user = match auth::normalize_email(&email) {
         Ok(email) => {
@@ -119,24 +146,90 @@ pub async fn login(
     .await?;
     let user = match user {
         Some(user) if verified => user,
-        _ => return Err(invalid()),
+        _ => {
+            state
+                .redis
+                .record_login_failure(&lockout_key, LOGIN_FAILURE_WINDOW)
+                .await;
+            return Err(invalid());
+        }
     };
+    state.redis.clear_login_failures(&lockout_key).await;
     if user.status == crate::models::UserStatus::Suspended {
-        return Err(ApiError::forbidden(
-            "account_suspended",
-            "this account is suspended",
-        ));
+        return Err(ApiError::forbidden("account_suspended", "this account is suspended"));
     }
+    let mut conn = conn(&state.db).await?;
     // Token lifetimes follow the real clock (jsonwebtoken checks `exp`
     // against it), not the billing clock tests may move.
-    let issued = state
-        .authenticator
-        .jwt()
-        .issue(user.id, user.role, chrono::Utc::now())
+    let session = sessions::start(&mut conn, issuer(&state), &user, Utc::now())
+        .await
         .map_err(ApiError::internal)?;
-    Ok(HttpResponse::Ok().json(TokenResponse {
-        access_token: issued.token,
-        token_type: "Bearer",
-        expires_in: issued.expires_in,
-    }))
+    Ok(HttpResponse::Ok().json(TokenResponse::from(session)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// Rotates a refresh token: a new access and refresh token, the old one
+/// retired. A retired token presented again revokes the whole session.
+pub async fn refresh(state: web::Data<AppState>, body: web::Json<RefreshRequest>) -> ApiResult<HttpResponse> {
+    let presented = body.into_inner().refresh_token;
+    if !presented.starts_with(sessions::REFRESH_TOKEN_PREFIX) || presented.len() > 128 {
+        return Err(ApiError::invalid_token());
+    }
+    let mut conn = conn(&state.db).await?;
+    let rotation = sessions::rotate(&mut conn, issuer(&state), &presented, Utc::now())
+        .await
+        .map_err(ApiError::internal)?;
+    match rotation {
+        Rotation::Rotated(session) => Ok(HttpResponse::Ok().json(TokenResponse::from(session))),
+        Rotation::Invalid | Rotation::Reused { .. } => Err(ApiError::invalid_token()),
+        Rotation::Suspended => Err(ApiError::forbidden("account_suspended", "this account is suspended")),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutRequest {
+    refresh_token: Option<String>,
+}
+
+/// Ends the session: the presented access token stops working at once on
+/// every instance (its `jti` is deny-listed in Redis until it would have
+/// expired) and the session's refresh tokens are revoked.
+pub async fn logout(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: Option<web::Json<LogoutRequest>>,
+) -> ApiResult<HttpResponse> {
+    let Credential::AccessToken {
+        jti,
+        session,
+        expires_at,
+    } = user.0.credential
+    else {
+        return Err(ApiError::validation(
+            "logout ends an access-token session; revoke API keys with DELETE /api/v1/api-keys/{id}",
+        ));
+    };
+    let now = Utc::now();
+    let ttl = Duration::from_secs(u64::try_from(expires_at - now.timestamp()).unwrap_or(0) + 1);
+    if !state.redis.deny_token(user.id(), jti, ttl).await {
+        // Redis is down: the token lapses at its expiry (minutes) instead.
+        tracing::warn!(user_id = %user.id(), "logout could not deny-list the access token (Redis unavailable)");
+    }
+    let mut conn = conn(&state.db).await?;
+    let mut families: Vec<Uuid> = session.into_iter().collect();
+    if let Some(token) = body.and_then(|b| b.into_inner().refresh_token)
+        && let Some(family) = sessions::family_of(&mut conn, state.authenticator.hasher(), &token, user.id()).await?
+    {
+        families.push(family);
+    }
+    for family in families {
+        sessions::revoke_family(&mut conn, family, user.id(), now).await?;
+    }
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -26,13 +26,7 @@ pub async fn period_cost(
 
 async fn statement(state: &AppState, user: AuthUser, period: Period) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
-    let statement = Statement::for_user(
-        &mut conn,
-        user.id(),
-        period,
-        state.config.billing.currency,
-        state.now(),
-    )
-    .await?;
+    let statement =
+        Statement::for_user(&mut conn, user.id(), period, state.config.billing.currency, state.now()).await?;
     Ok(HttpResponse::Ok().json(statement))
 }

@@ -12,9 +12,7 @@ use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::billing::close::{self, CloseError};
 use crate::billing::export::{self, ExportFormat};
-use crate::billing::payments::{
-    self, PaymentError, PaymentInput, PaymentSource, Recorded, VoidError,
-};
+use crate::billing::payments::{self, PaymentError, PaymentInput, PaymentSource, Recorded, VoidError};
 use crate::billing::{Currency, Period};
 use crate::error::{ApiError, ApiResult};
 use crate::models::Invoice;
@@ -61,13 +59,7 @@ pub async fn reconciliation(
     user.require_finance()?;
     let period = parse_period(&period)?;
     let mut conn = conn(&state.db).await?;
-    let report = close::reconcile(
-        &mut conn,
-        period,
-        state.config.billing.currency,
-        state.now(),
-    )
-    .await?;
+    let report = close::reconcile(&mut conn, period, state.config.billing.currency, state.now()).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -103,9 +95,7 @@ pub async fn list_invoices(
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(50);
     if page < 1 || !(1..=500).contains(&per_page) {
-        return Err(ApiError::validation(
-            "page must be ≥ 1 and per_page between 1 and 500",
-        ));
+        return Err(ApiError::validation("page must be ≥ 1 and per_page between 1 and 500"));
     }
     let mut conn = conn(&state.db).await?;
     let (invoices, total) = Invoice::search(&mut conn, &filter, page, per_page).await?;
@@ -114,11 +104,7 @@ pub async fn list_invoices(
     })))
 }
 
-pub async fn get_invoice(
-    state: web::Data<AppState>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
-) -> ApiResult<HttpResponse> {
+pub async fn get_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     user.require_finance()?;
     let mut conn = conn(&state.db).await?;
     let invoice = Invoice::find(&mut conn, *id)
@@ -147,11 +133,7 @@ pub async fn export_invoices(
         .unwrap_or("csv")
         .parse()
         .map_err(ApiError::validation)?;
-    let ext = if format == ExportFormat::Csv {
-        "csv"
-    } else {
-        "json"
-    };
+    let ext = if format == ExportFormat::Csv { "csv" } else { "json" };
     let body = export::stream(state.db.clone(), period, format);
     Ok(HttpResponse::Ok()
         .content_type(format.content_type())
@@ -181,19 +163,13 @@ pub(crate) fn payment_error(err: PaymentError) -> ApiError {
         e @ (PaymentError::Void(_) | PaymentError::AlreadyPaid(_)) => {
             ApiError::conflict("invoice_not_payable", e.to_string())
         }
-        e @ PaymentError::ReferenceReused(_) => {
-            ApiError::conflict("reference_reused", e.to_string())
+        e @ PaymentError::ReferenceReused(_) => ApiError::conflict("reference_reused", e.to_string()),
+        e @ PaymentError::Overpayment { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "overpayment", e.to_string())
         }
-        e @ PaymentError::Overpayment { .. } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "overpayment",
-            e.to_string(),
-        ),
-        e @ PaymentError::CurrencyMismatch { .. } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "currency_mismatch",
-            e.to_string(),
-        ),
+        e @ PaymentError::CurrencyMismatch { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch", e.to_string())
+        }
         e @ PaymentError::BadAmount(_) => ApiError::validation(e.to_string()),
         PaymentError::Database(e) => e.into(),
     }
@@ -201,13 +177,8 @@ pub(crate) fn payment_error(err: PaymentError) -> ApiError {
 
 pub(crate) fn parse_currency(raw: Option<&str>) -> Result<Option<Currency>, ApiError> {
     raw.map(|c| {
-        c.parse::<Currency>().map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "currency_mismatch",
-                e.to_string(),
-            )
-        })
+        c.parse::<Currency>()
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch", e.to_string()))
     })
     .transpose()
 }
@@ -239,37 +210,31 @@ pub async fn record_payment(
     let recorded = payments::record_payment(&mut conn, *id, input, state.now())
         .await
         .map_err(payment_error)?;
-    Ok(payment_response(&state, recorded))
+    Ok(payment_response(&state, recorded).await)
 }
 
-pub(crate) fn payment_response(state: &AppState, recorded: Recorded) -> HttpResponse {
+pub(crate) async fn payment_response(state: &AppState, recorded: Recorded) -> HttpResponse {
     let (status, payment, invoice) = match recorded {
         Recorded::Created { payment, invoice } => (StatusCode::CREATED, payment, invoice),
         Recorded::Duplicate { payment, invoice } => (StatusCode::OK, payment, invoice),
     };
     if invoice.status == InvoiceStatus::Paid {
-        // Lift an overdue block on this instance at once (others within the cache TTL).
-        state.authenticator.forget(invoice.user_id);
+        // Lift an overdue block at once, on every instance.
+        state.authenticator.user_changed(invoice.user_id).await;
     }
     HttpResponse::build(status).json(json!({ "payment": payment, "invoice": invoice }))
 }
 
-pub async fn void_invoice(
-    state: web::Data<AppState>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
-) -> ApiResult<HttpResponse> {
+pub async fn void_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     user.require_finance()?;
     let mut conn = conn(&state.db).await?;
     match payments::void_invoice(&mut conn, *id, state.now()).await {
         Ok(invoice) => {
-            state.authenticator.forget(invoice.user_id);
+            state.authenticator.user_changed(invoice.user_id).await;
             Ok(HttpResponse::Ok().json(invoice))
         }
         Err(VoidError::NotFound) => Err(ApiError::not_found("invoice not found")),
-        Err(e @ VoidError::NotVoidable(_)) => {
-            Err(ApiError::conflict("invoice_not_voidable", e.to_string()))
-        }
+        Err(e @ VoidError::NotVoidable(_)) => Err(ApiError::conflict("invoice_not_voidable", e.to_string())),
         Err(VoidError::Database(e)) => Err(e.into()),
     }
 }

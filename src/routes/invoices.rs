@@ -18,11 +18,7 @@ pub async fn list_invoices(state: web::Data<AppState>, user: AuthUser) -> ApiRes
 /// One of the caller's invoices with its lines and payments. Another
 /// user's invoice is "not found", never "forbidden": its existence is not
 /// confirmed.
-pub async fn get_invoice(
-    state: web::Data<AppState>,
-    user: AuthUser,
-    id: web::Path<Uuid>,
-) -> ApiResult<HttpResponse> {
+pub async fn get_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let invoice = Invoice::find_for_user(&mut conn, *id, user.id())
         .await?

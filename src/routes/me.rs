@@ -45,10 +45,7 @@ pub struct UpdateProfile {
 const MAX_FIELD_CHARS: usize = 200;
 
 /// Trims a billing field; an empty string clears it like `null` does.
-fn billing_field(
-    name: &str,
-    value: Option<Option<String>>,
-) -> Result<Option<Option<String>>, ApiError> {
+fn billing_field(name: &str, value: Option<Option<String>>) -> Result<Option<Option<String>>, ApiError> {
     let Some(value) = value else { return Ok(None) };
     let Some(text) = value.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) else {
         return Ok(Some(None));

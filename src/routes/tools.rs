@@ -87,11 +87,9 @@ pub async fn time(
     query: web::Query<TimeQuery>,
 ) -> ApiResult<HttpResponse> {
     let name = query.tz.as_deref().unwrap_or("UTC");
-    let tz: Tz = name.parse().map_err(|_| {
-        ApiError::validation(format!(
-            "{name:?} is not an IANA time zone name (e.g. Asia/Kolkata)"
-        ))
-    })?;
+    let tz: Tz = name
+        .parse()
+        .map_err(|_| ApiError::validation(format!("{name:?} is not an IANA time zone name (e.g. Asia/Kolkata)")))?;
     let now = state.now().with_timezone(&tz);
     Ok(HttpResponse::Ok().json(json!({
         "timezone": tz.name(),

@@ -35,19 +35,14 @@ pub async fn payment_webhook(
             "PAYG_WEBHOOK_SECRET is not configured",
         ));
     };
-    let header = req
-        .headers()
-        .get("Payg-Signature")
-        .and_then(|v| v.to_str().ok());
-    payments::verify_signature(header, &body, secret.expose().as_bytes(), state.now()).map_err(
-        |e| {
-            let code = match e {
-                SignatureError::Stale => "stale_signature",
-                _ => "invalid_signature",
-            };
-            ApiError::bad_request(code, e.to_string())
-        },
-    )?;
+    let header = req.headers().get("Payg-Signature").and_then(|v| v.to_str().ok());
+    payments::verify_signature(header, &body, secret.expose().as_bytes(), state.now()).map_err(|e| {
+        let code = match e {
+            SignatureError::Stale => "stale_signature",
+            _ => "invalid_signature",
+        };
+        ApiError::bad_request(code, e.to_string())
+    })?;
     let event: PaymentEvent = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed event: {e}")))?;
     if event.id.is_empty() || event.id.len() > 200 {
@@ -57,9 +52,7 @@ pub async fn payment_webhook(
         // Providers send many event types; acknowledging the rest stops retries.
         return Ok(HttpResponse::Ok().json(json!({"status": "ignored"})));
     }
-    let (Some(number), Some(amount), Some(reference)) =
-        (event.invoice_number, event.amount, event.reference)
-    else {
+    let (Some(number), Some(amount), Some(reference)) = (event.invoice_number, event.amount, event.reference) else {
         return Err(ApiError::validation(
             "payment.succeeded needs invoice_number, amount and reference",
         ));
@@ -72,27 +65,26 @@ pub async fn payment_webhook(
     // The event id is claimed in the same transaction as the payment, so an
     // event is applied exactly once however often it is delivered.
     let now = state.now();
-    let outcome =
-        diesel_async::AsyncConnection::transaction::<_, ApiError, _>(&mut *conn, async |conn| {
-            if !payments::claim_webhook_event(conn, &event.id, &event.kind).await? {
-                return Ok(None);
-            }
-            let input = PaymentInput {
-                amount,
-                currency,
-                reference,
-                method: "webhook".into(),
-                source: PaymentSource::Webhook,
-                recorded_by: None,
-            };
-            payments::record_payment(conn, invoice.id, input, now)
-                .await
-                .map(Some)
-                .map_err(payment_error)
-        })
-        .await?;
+    let outcome = diesel_async::AsyncConnection::transaction::<_, ApiError, _>(&mut *conn, async |conn| {
+        if !payments::claim_webhook_event(conn, &event.id, &event.kind).await? {
+            return Ok(None);
+        }
+        let input = PaymentInput {
+            amount,
+            currency,
+            reference,
+            method: "webhook".into(),
+            source: PaymentSource::Webhook,
+            recorded_by: None,
+        };
+        payments::record_payment(conn, invoice.id, input, now)
+            .await
+            .map(Some)
+            .map_err(payment_error)
+    })
+    .await?;
     match outcome {
         None => Ok(HttpResponse::Ok().json(json!({"status": "duplicate"}))),
-        Some(recorded) => Ok(payment_response(&state, recorded)),
+        Some(recorded) => Ok(payment_response(&state, recorded).await),
     }
 }

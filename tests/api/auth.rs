@@ -8,15 +8,10 @@ use crate::helpers::{PASSWORD, TEST_JWT_SECRET, TestApp, error_code};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_login_and_me_round_trip() {
     let app = TestApp::spawn().await;
-    let res = app
-        .register("  Ada.Lovelace@Example.COM ", "Ada Lovelace")
-        .await;
+    let res = app.register("  Ada.Lovelace@Example.COM ", "Ada Lovelace").await;
     assert_eq!(res.status(), 201);
     let text = res.text().await.unwrap();
-    assert!(
-        !text.contains("password") && !text.contains("argon2"),
-        "{text}"
-    );
+    assert!(!text.contains("password") && !text.contains("argon2"), "{text}");
     let user: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(user["email"], "ada.lovelace@example.com");
     assert_eq!(user["role"], "consumer");
@@ -30,12 +25,7 @@ async fn register_login_and_me_round_trip() {
     assert_eq!(login["expires_in"], 900);
     let token = login["access_token"].as_str().unwrap();
 
-    let me: Value = app
-        .get_auth("/api/v1/me", token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_auth("/api/v1/me", token).await.json().await.unwrap();
     assert_eq!(me["id"], user["id"]);
     assert_eq!(me["email"], "ada.lovelace@example.com");
 
@@ -51,10 +41,7 @@ async fn register_login_and_me_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_email_is_refused_whatever_its_case() {
     let app = TestApp::spawn().await;
-    assert_eq!(
-        app.register("grace@example.com", "Grace").await.status(),
-        201
-    );
+    assert_eq!(app.register("grace@example.com", "Grace").await.status(), 201);
     for email in ["grace@example.com", "GRACE@Example.com"] {
         let res = app.register(email, "Impostor").await;
         assert_eq!(res.status(), 409);
@@ -104,12 +91,7 @@ fn claims(app: &TestApp, sub: &str, exp_offset: i64, iss: &str, aud: &str) -> Va
 }
 
 fn sign(alg: Algorithm, secret: &str, claims: &Value) -> String {
-    encode(
-        &Header::new(alg),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,12 +116,7 @@ async fn forged_expired_and_misdirected_tokens_are_refused() {
         let mut payload: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
         payload["role"] = json!("admin");
         payload["sub"] = json!(uuid::Uuid::new_v4());
-        format!(
-            "{}.{}.{}",
-            parts[0],
-            B64.encode(payload.to_string()),
-            parts[2]
-        )
+        format!("{}.{}.{}", parts[0], B64.encode(payload.to_string()), parts[2])
     };
     let alg_none = {
         let header = B64.encode(r#"{"alg":"none","typ":"JWT"}"#);
@@ -194,10 +171,7 @@ async fn forged_expired_and_misdirected_tokens_are_refused() {
     for (what, token) in cases {
         let res = app.get_auth("/api/v1/me", &token).await;
         assert_eq!(res.status(), 401, "{what}");
-        let challenge = res.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let challenge = res.headers()["www-authenticate"].to_str().unwrap().to_owned();
         assert!(challenge.starts_with("Bearer"), "{what}: {challenge}");
         assert_eq!(error_code(res).await, "unauthorized", "{what}");
         // The metered routes apply the same checks.
@@ -233,11 +207,8 @@ async fn a_suspended_user_is_forbidden_everywhere_until_reactivated() {
     let res = app.login(&user.email, crate::helpers::PASSWORD).await;
     assert_eq!(res.status(), 403);
 
-    app.sql(&format!(
-        "UPDATE users SET status = 'active' WHERE id = '{}'",
-        user.id
-    ))
-    .await;
+    app.sql(&format!("UPDATE users SET status = 'active' WHERE id = '{}'", user.id))
+        .await;
     assert_eq!(app.get_auth("/api/v1/me", &user.token).await.status(), 200);
 }
 
@@ -245,11 +216,8 @@ async fn a_suspended_user_is_forbidden_everywhere_until_reactivated() {
 async fn a_role_change_applies_on_the_next_call() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
-    app.sql(&format!(
-        "UPDATE users SET role = 'finance' WHERE id = '{}'",
-        user.id
-    ))
-    .await;
+    app.sql(&format!("UPDATE users SET role = 'finance' WHERE id = '{}'", user.id))
+        .await;
     let caller = app
         .state
         .authenticator
@@ -257,11 +225,12 @@ async fn a_role_change_applies_on_the_next_call() {
             &actix_web::test::TestRequest::default()
                 .insert_header(("authorization", format!("Bearer {}", user.token)))
                 .to_http_request(),
+            payg::auth::Purpose::Plain,
         )
         .await
         .unwrap();
     assert_eq!(
-        caller.role,
+        caller.caller.role,
         payg::models::Role::Finance,
         "role comes from the database, not the token"
     );

@@ -50,11 +50,7 @@ async fn api_id(app: &TestApp, slug: &str) -> i64 {
 async fn set_price(app: &TestApp, admin: &Registered, slug: &str, body: Value) -> Value {
     let id = api_id(app, slug).await;
     let res = app
-        .post_auth(
-            &format!("/api/v1/admin/apis/{id}/prices"),
-            &admin.token,
-            &body,
-        )
+        .post_auth(&format!("/api/v1/admin/apis/{id}/prices"), &admin.token, &body)
         .await;
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
     res.json().await.unwrap()
@@ -70,12 +66,7 @@ async fn close(app: &TestApp, finance: &Registered, period: &str) -> reqwest::Re
 }
 
 async fn total_cost(app: &TestApp, user: &Registered) -> Decimal {
-    let me: Value = app
-        .get_auth("/api/v1/me", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_auth("/api/v1/me", &user.token).await.json().await.unwrap();
     dec(&me["total_cost"])
 }
 
@@ -142,9 +133,7 @@ async fn current_cost_prices_free_calls_tiers_and_failures() {
     // total_cost moved in the same transactions as the counters.
     assert_eq!(total_cost(&app, &user).await, Decimal::new(5, 2));
 
-    let res = app
-        .get_auth("/api/v1/billing/periods/2026-13", &user.token)
-        .await;
+    let res = app.get_auth("/api/v1/billing/periods/2026-13", &user.token).await;
     assert_eq!(res.status(), 400);
     let other: Value = app
         .get_auth("/api/v1/billing/periods/2026-10", &user.token)
@@ -164,11 +153,7 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
     let (app, clock) = app_at("2026-01-10T00:00:00Z").await;
     let admin = app.user_with_role("admin").await;
     let finance = app.user_with_role("finance").await;
-    let users = vec![
-        app.new_user().await,
-        app.new_user().await,
-        app.new_user().await,
-    ];
+    let users = vec![app.new_user().await, app.new_user().await, app.new_user().await];
     let mut rng = StdRng::seed_from_u64(0x9a7_2026);
     let mut running_cost: HashMap<usize, Decimal> = HashMap::new();
     for round in 0..4u32 {
@@ -177,8 +162,7 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
         clock.set(at(&format!("2026-{month:02}-10T00:00:00Z")));
         for slug in ["tools-uuid", "tools-time", "tools-random"] {
             let unit = Decimal::new(rng.random_range(0..5000), rng.random_range(2..6));
-            let mut body =
-                json!({"unit_price": unit.to_string(), "free_calls": rng.random_range(0..4)});
+            let mut body = json!({"unit_price": unit.to_string(), "free_calls": rng.random_range(0..4)});
             if rng.random_range(0..2) == 1 {
                 let up_to = rng.random_range(1..6);
                 let second = Decimal::new(rng.random_range(0..5000), rng.random_range(2..6));
@@ -189,20 +173,8 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
         for user in &users {
             call(&app, user, "/api/v1/tools/uuid", rng.random_range(0..12)).await;
             call(&app, user, "/api/v1/tools/time", rng.random_range(0..12)).await;
-            call(
-                &app,
-                user,
-                "/api/v1/tools/time?tz=Nowhere",
-                rng.random_range(0..4),
-            )
-            .await;
-            call(
-                &app,
-                user,
-                "/api/v1/tools/random?min=1&max=2",
-                rng.random_range(0..12),
-            )
-            .await;
+            call(&app, user, "/api/v1/tools/time?tz=Nowhere", rng.random_range(0..4)).await;
+            call(&app, user, "/api/v1/tools/random?min=1&max=2", rng.random_range(0..12)).await;
         }
         app.flush_meter().await;
         let mut seen = HashMap::new();
@@ -250,11 +222,7 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
                 );
                 continue;
             };
-            assert_eq!(
-                dec(&invoice["total"]),
-                dec(&bill["total"]),
-                "round {round}, user {i}"
-            );
+            assert_eq!(dec(&invoice["total"]), dec(&bill["total"]), "round {round}, user {i}");
             let id = invoice["id"].as_str().unwrap();
             let detail: Value = app
                 .get_auth(&format!("/api/v1/invoices/{id}"), &user.token)
@@ -284,10 +252,7 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
                     "charged_calls",
                     "amount",
                 ] {
-                    assert_eq!(
-                        line[field], seen_line[field],
-                        "round {round}, user {i}, {field}"
-                    );
+                    assert_eq!(line[field], seen_line[field], "round {round}, user {i}, {field}");
                 }
             }
         }
@@ -323,10 +288,7 @@ async fn closing_is_idempotent_concurrent_safe_and_numbers_are_gapless() {
     assert_eq!(close(&a, &finance, "2026-09").await.status(), 409);
     assert_eq!(close(&a, &finance, "2026-3").await.status(), 400);
 
-    let (ra, rb) = tokio::join!(
-        close(&a, &finance, "2026-03"),
-        close(&b, &finance, "2026-03")
-    );
+    let (ra, rb) = tokio::join!(close(&a, &finance, "2026-03"), close(&b, &finance, "2026-03"));
     let (ra, rb): (Value, Value) = (ra.json().await.unwrap(), rb.json().await.unwrap());
     let issued = ra["invoices_issued"].as_i64().unwrap();
     assert_eq!(issued, 5);
@@ -337,10 +299,7 @@ async fn closing_is_idempotent_concurrent_safe_and_numbers_are_gapless() {
     );
     let again: Value = close(&b, &finance, "2026-03").await.json().await.unwrap();
     assert_eq!(again["already_closed"], true);
-    assert_eq!(
-        scalar_i64(&db, "SELECT count(*) AS n FROM invoices").await,
-        5
-    );
+    assert_eq!(scalar_i64(&db, "SELECT count(*) AS n FROM invoices").await, 5);
 
     // A second period continues the same year's sequence.
     clock.set(at("2026-04-10T00:00:00Z"));
@@ -389,20 +348,9 @@ async fn invoices_are_private_and_finance_routes_check_the_role() {
         200
     );
 
-    let res = app
-        .get_auth(&format!("/api/v1/invoices/{id}"), &bob.token)
-        .await;
-    assert_eq!(
-        res.status(),
-        404,
-        "another user's invoice is not found, not forbidden"
-    );
-    let bobs: Value = app
-        .get_auth("/api/v1/invoices", &bob.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let res = app.get_auth(&format!("/api/v1/invoices/{id}"), &bob.token).await;
+    assert_eq!(res.status(), 404, "another user's invoice is not found, not forbidden");
+    let bobs: Value = app.get_auth("/api/v1/invoices", &bob.token).await.json().await.unwrap();
     assert_eq!(bobs["invoices"], json!([]));
 
     for path in [
@@ -417,33 +365,18 @@ async fn invoices_are_private_and_finance_routes_check_the_role() {
         assert_eq!(error_code(res).await, "forbidden");
     }
     for (path, body) in [
-        (
-            "/api/v1/finance/periods/2026-06/close".to_owned(),
-            json!({}),
-        ),
+        ("/api/v1/finance/periods/2026-06/close".to_owned(), json!({})),
         (
             format!("/api/v1/finance/invoices/{id}/payments"),
             json!({"amount": "0.01", "reference": "x", "method": "wire"}),
         ),
         (format!("/api/v1/finance/invoices/{id}/void"), json!({})),
-        (
-            "/api/v1/admin/apis/1/prices".to_owned(),
-            json!({"unit_price": "0"}),
-        ),
+        ("/api/v1/admin/apis/1/prices".to_owned(), json!({"unit_price": "0"})),
     ] {
-        assert_eq!(
-            app.post_auth(&path, &alice.token, &body).await.status(),
-            403,
-            "{path}"
-        );
+        assert_eq!(app.post_auth(&path, &alice.token, &body).await.status(), 403, "{path}");
     }
     // Finance may not manage the catalog.
-    assert_eq!(
-        app.get_auth("/api/v1/admin/apis", &finance.token)
-            .await
-            .status(),
-        403
-    );
+    assert_eq!(app.get_auth("/api/v1/admin/apis", &finance.token).await.status(), 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,10 +407,7 @@ async fn a_price_change_never_reprices_calls_already_made() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        after["total"], "0.02",
-        "25 × 0.001 = 0.025 → 0.02 (half-even)"
-    );
+    assert_eq!(after["total"], "0.02", "25 × 0.001 = 0.025 → 0.02 (half-even)");
 
     clock.set(at("2026-09-01T00:11:00Z"));
     close(&app, &finance, "2026-08").await;
@@ -538,16 +468,8 @@ async fn a_price_change_never_reprices_calls_already_made() {
     let res = app.db.conn().await;
     let mut conn = res;
     use diesel_async::SimpleAsyncConnection;
-    assert!(
-        conn.batch_execute("UPDATE invoice_lines SET amount = 0")
-            .await
-            .is_err()
-    );
-    assert!(
-        conn.batch_execute("UPDATE invoices SET total = 0")
-            .await
-            .is_err()
-    );
+    assert!(conn.batch_execute("UPDATE invoice_lines SET amount = 0").await.is_err());
+    assert!(conn.batch_execute("UPDATE invoices SET total = 0").await.is_err());
     assert!(conn.batch_execute("DELETE FROM invoices").await.is_err());
 }
 
@@ -599,11 +521,7 @@ async fn payments_are_idempotent_and_settle_the_invoice() {
     let res = pay(json!({"amount": "2.00", "reference": "wire-1", "method": "wire"})).await;
     assert_eq!(res.status(), 201);
     let res = pay(json!({"amount": "2.00", "reference": "wire-1", "method": "wire"})).await;
-    assert_eq!(
-        res.status(),
-        200,
-        "the same reference again is the same payment"
-    );
+    assert_eq!(res.status(), 200, "the same reference again is the same payment");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["invoice"]["amount_paid"], "2.00");
     assert_eq!(
@@ -644,9 +562,7 @@ async fn payments_are_idempotent_and_settle_the_invoice() {
         assert_eq!(res.status(), status, "{body}");
         assert_eq!(error_code(res).await, code, "{body}");
     }
-    let res =
-        pay(json!({"amount": "3.00", "reference": "wire-2", "method": "wire", "currency": "usd"}))
-            .await;
+    let res = pay(json!({"amount": "3.00", "reference": "wire-2", "method": "wire", "currency": "usd"})).await;
     assert_eq!(res.status(), 201);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["invoice"]["status"], "paid");
@@ -668,10 +584,7 @@ async fn payments_are_idempotent_and_settle_the_invoice() {
         409,
         "a paid invoice cannot be voided"
     );
-    assert_eq!(
-        scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await,
-        2
-    );
+    assert_eq!(scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -745,10 +658,7 @@ async fn the_payment_webhook_checks_signatures_and_applies_each_event_once() {
     };
     for (sig, code) in [
         (None, "invalid_signature"),
-        (
-            Some(signed("wrong-secret", now, &event)),
-            "invalid_signature",
-        ),
+        (Some(signed("wrong-secret", now, &event)), "invalid_signature"),
         (
             Some(signed("whsec_test_0123456789", now - 301, &event)),
             "stale_signature",
@@ -771,28 +681,19 @@ async fn the_payment_webhook_checks_signatures_and_applies_each_event_once() {
         "nothing changed"
     );
 
-    let res = send(
-        Some(signed("whsec_test_0123456789", now, &event)),
-        event.clone(),
-    )
-    .await
-    .unwrap();
+    let res = send(Some(signed("whsec_test_0123456789", now, &event)), event.clone())
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["invoice"]["status"], "paid");
-    let res = send(
-        Some(signed("whsec_test_0123456789", now + 5, &event)),
-        event.clone(),
-    )
-    .await
-    .unwrap();
+    let res = send(Some(signed("whsec_test_0123456789", now + 5, &event)), event.clone())
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], "duplicate");
-    assert_eq!(
-        scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await,
-        1
-    );
+    assert_eq!(scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await, 1);
 
     let other = json!({"id": "evt_2", "type": "customer.updated"}).to_string();
     let res = send(Some(signed("whsec_test_0123456789", now, &other)), other)
@@ -810,12 +711,7 @@ async fn an_overdue_invoice_blocks_metered_calls_until_it_is_paid() {
     let id = invoice["id"].as_str().unwrap();
     // Due 14 days after issue, blocked 30 days after that.
     clock.set(at("2026-04-14T00:00:00Z"));
-    assert_eq!(
-        app.get_auth("/api/v1/tools/uuid", &user.token)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
     clock.set(at("2026-04-16T00:00:00Z"));
     let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
     assert_eq!(res.status(), 402);
@@ -833,12 +729,7 @@ async fn an_overdue_invoice_blocks_metered_calls_until_it_is_paid() {
         )
         .await;
     assert_eq!(res.status(), 201);
-    assert_eq!(
-        app.get_auth("/api/v1/tools/uuid", &user.token)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -851,10 +742,7 @@ async fn usage_that_lands_after_close_shows_in_reconciliation() {
     clock.set(at("2026-06-01T00:11:00Z"));
     close(&app, &finance, "2026-05").await;
     let clean: Value = app
-        .get_auth(
-            "/api/v1/finance/periods/2026-05/reconciliation",
-            &finance.token,
-        )
+        .get_auth("/api/v1/finance/periods/2026-05/reconciliation", &finance.token)
         .await
         .json()
         .await
@@ -867,10 +755,7 @@ async fn usage_that_lands_after_close_shows_in_reconciliation() {
     call(&app, &user, "/api/v1/tools/uuid", 15).await;
     app.flush_meter().await;
     let report: Value = app
-        .get_auth(
-            "/api/v1/finance/periods/2026-05/reconciliation",
-            &finance.token,
-        )
+        .get_auth("/api/v1/finance/periods/2026-05/reconciliation", &finance.token)
         .await
         .json()
         .await

@@ -25,10 +25,7 @@ fn bad_configuration_stops_with_one_line_naming_the_variable() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("JWT_SECRET"), "{stderr}");
-    assert!(
-        !stderr.contains("too-short"),
-        "the secret itself is not echoed"
-    );
+    assert!(!stderr.contains("too-short"), "the secret itself is not echoed");
 
     let out = payg("postgres://postgres@127.0.0.1:5432/unused")
         .env("PAYG_BILLING_TZ", "Mars/Olympus_Mons")
@@ -36,11 +33,7 @@ fn bad_configuration_stops_with_one_line_naming_the_variable() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8(out.stderr)
-            .unwrap()
-            .contains("PAYG_BILLING_TZ")
-    );
+    assert!(String::from_utf8(out.stderr).unwrap().contains("PAYG_BILLING_TZ"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,11 +47,7 @@ async fn migrate_creates_a_missing_database_and_is_idempotent() {
     };
     for _ in 0..2 {
         let out = payg(&url).arg("migrate").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let apis = scalar_i64(&guard, "SELECT count(*) AS n FROM apis").await;
     assert!(apis >= 5);
@@ -68,29 +57,13 @@ async fn migrate_creates_a_missing_database_and_is_idempotent() {
 async fn operators_create_users_and_grant_roles_from_the_cli() {
     let app = TestApp::spawn().await;
     let out = payg(&app.db.url)
-        .args([
-            "user",
-            "create",
-            "--email",
-            "Finance@Example.com",
-            "--role",
-            "finance",
-        ])
+        .args(["user", "create", "--email", "Finance@Example.com", "--role", "finance"])
         .env("PAYG_PASSWORD", PASSWORD)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = app.token_for("finance@example.com").await;
-    let me: serde_json::Value = app
-        .get_auth("/api/v1/me", &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: serde_json::Value = app.get_auth("/api/v1/me", &token).await.json().await.unwrap();
     assert_eq!(me["role"], "finance");
 
     let out = payg(&app.db.url)
@@ -98,12 +71,7 @@ async fn operators_create_users_and_grant_roles_from_the_cli() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let me: serde_json::Value = app
-        .get_auth("/api/v1/me", &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: serde_json::Value = app.get_auth("/api/v1/me", &token).await.json().await.unwrap();
     assert_eq!(me["role"], "admin");
 
     let out = payg(&app.db.url)

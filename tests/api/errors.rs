@@ -14,12 +14,9 @@ async fn malformed_wrongly_typed_and_oversized_bodies_get_the_envelope_and_chang
             .send()
     };
 
-    let res = send(
-        br#"{"email": "a@example.com", "pass"#.to_vec(),
-        "application/json",
-    )
-    .await
-    .unwrap();
+    let res = send(br#"{"email": "a@example.com", "pass"#.to_vec(), "application/json")
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400);
     assert_eq!(error_code(res).await, "invalid_json");
 
@@ -32,11 +29,8 @@ async fn malformed_wrongly_typed_and_oversized_bodies_get_the_envelope_and_chang
     assert_eq!(res.status(), 400);
     assert_eq!(error_code(res).await, "invalid_content_type");
 
-    let big =
-        json!({"email": "a@example.com", "password": "12345678", "name": "x".repeat(70 * 1024)});
-    let res = send(big.to_string().into_bytes(), "application/json")
-        .await
-        .unwrap();
+    let big = json!({"email": "a@example.com", "password": "12345678", "name": "x".repeat(70 * 1024)});
+    let res = send(big.to_string().into_bytes(), "application/json").await.unwrap();
     assert_eq!(res.status(), 413);
     assert_eq!(error_code(res).await, "payload_too_large");
 
@@ -46,40 +40,20 @@ async fn malformed_wrongly_typed_and_oversized_bodies_get_the_envelope_and_chang
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_wrong_methods_get_the_envelope() {
     let app = TestApp::spawn().await;
-    let res = app
-        .client
-        .get(app.url("/api/v1/nope"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.client.get(app.url("/api/v1/nope")).send().await.unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(error_code(res).await, "not_found");
 
-    let res = app
-        .client
-        .get(app.url("/definitely/not/here"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.client.get(app.url("/definitely/not/here")).send().await.unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(error_code(res).await, "not_found");
 
-    let res = app
-        .client
-        .delete(app.url("/api/v1/me"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.client.delete(app.url("/api/v1/me")).send().await.unwrap();
     assert_eq!(res.status(), 405);
     assert!(res.headers().get("allow").is_some());
     assert_eq!(error_code(res).await, "method_not_allowed");
 
-    let res = app
-        .client
-        .get(app.url("/api/v1/auth/login"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.client.get(app.url("/api/v1/auth/login")).send().await.unwrap();
     assert_eq!(res.status(), 405);
 }
 
@@ -93,15 +67,40 @@ async fn health_and_readiness_report_their_dependencies() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["checks"], json!({"postgres": "ok", "redis": "ok"}));
 
-    // Redis pointed at a closed port: not ready, and the answer says which.
-    let app = TestApp::builder()
-        .env("REDIS_URL", "redis://127.0.0.1:1")
-        .spawn()
-        .await;
+    // Redis pointed at a closed port: payg still serves, and says it is degraded.
+    let app = TestApp::builder().env("REDIS_URL", "redis://127.0.0.1:1").spawn().await;
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["redis"], "down");
+    assert_eq!(body["checks"]["postgres"], "ok");
+
+    // The database refusing connections: not ready, and the answer says which.
+    let app = TestApp::spawn().await;
+    let name = app.db.name.clone();
+    let admin = || async {
+        diesel_async::AsyncPgConnection::establish(&format!("{}/postgres", crate::helpers::PG_SERVER))
+            .await
+            .unwrap()
+    };
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    admin()
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+        ))
+        .await
+        .unwrap();
     let res = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(res.status(), 503);
     let body: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(body["checks"]["redis"], "down");
-    assert_eq!(body["checks"]["postgres"], "ok");
-    assert!(body["error"]["message"].as_str().unwrap().contains("redis"));
+    assert_eq!(body["checks"]["postgres"], "down");
+    assert!(body["error"]["message"].as_str().unwrap().contains("postgres"));
+    admin()
+        .await
+        .batch_execute(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
 }

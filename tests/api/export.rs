@@ -41,11 +41,7 @@ async fn closed_period_with_many_invoices() -> (TestApp, String) {
     ))
     .await;
     let res = app
-        .post_auth(
-            "/api/v1/finance/periods/2026-03/close",
-            &finance.token,
-            &json!({}),
-        )
+        .post_auth("/api/v1/finance/periods/2026-03/close", &finance.token, &json!({}))
         .await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
@@ -110,31 +106,15 @@ fn neutralised(s: &str) -> String {
 async fn exporting_ten_thousand_invoices_streams_csv_that_parses_back_cell_by_cell() {
     let (app, token) = closed_period_with_many_invoices().await;
     let res = app
-        .get_auth(
-            "/api/v1/finance/invoices/export?period=2026-03&format=csv",
-            &token,
-        )
+        .get_auth("/api/v1/finance/invoices/export?period=2026-03&format=csv", &token)
         .await;
     assert_eq!(res.status(), 200);
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/csv")
-    );
-    assert!(
-        res.headers().get("content-length").is_none(),
-        "streamed, not buffered"
-    );
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(res.headers().get("content-length").is_none(), "streamed, not buffered");
     let body = res.bytes().await.unwrap();
 
     let mut reader = csv::ReaderBuilder::new().from_reader(&body[..]);
-    let headers: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_owned)
-        .collect();
+    let headers: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
     assert_eq!(
         headers,
         payg::billing::export::CSV_HEADER
@@ -142,11 +122,7 @@ async fn exporting_ten_thousand_invoices_streams_csv_that_parses_back_cell_by_ce
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
     );
-    let col: HashMap<&str, usize> = headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.as_str(), i))
-        .collect();
+    let col: HashMap<&str, usize> = headers.iter().enumerate().map(|(i, h)| (h.as_str(), i)).collect();
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
     let expected = expected_rows(&app).await;
     assert_eq!(rows.len(), expected.len());
@@ -164,11 +140,7 @@ async fn exporting_ten_thousand_invoices_streams_csv_that_parses_back_cell_by_ce
         assert_eq!(cell("billing_name"), neutralised(&want.billing_name));
         assert_eq!(cell("billing_company"), neutralised(&want.billing_company));
         assert_eq!(cell("billing_country"), "GB");
-        assert_eq!(
-            cell("billing_tax_id"),
-            "'-42",
-            "formula-looking cells are neutralised"
-        );
+        assert_eq!(cell("billing_tax_id"), "'-42", "formula-looking cells are neutralised");
         assert_eq!(cell("period"), "2026-03");
         assert_eq!(cell("status"), "issued");
         assert_eq!(cell("api_slug"), want.api_slug);
@@ -187,10 +159,7 @@ async fn exporting_ten_thousand_invoices_streams_csv_that_parses_back_cell_by_ce
         .iter()
         .find(|r| r[col["user_email"]] == *"user1@example.com")
         .unwrap();
-    assert_eq!(
-        &evil[col["billing_name"]],
-        "'=HYPERLINK(\"http://evil\",\"click\")"
-    );
+    assert_eq!(&evil[col["billing_name"]], "'=HYPERLINK(\"http://evil\",\"click\")");
     let quoted = rows
         .iter()
         .find(|r| r[col["user_email"]] == *"user2@example.com")
@@ -207,10 +176,7 @@ async fn exporting_ten_thousand_invoices_streams_csv_that_parses_back_cell_by_ce
 async fn json_export_and_the_cli_export_carry_the_same_rows() {
     let (app, token) = closed_period_with_many_invoices().await;
     let res = app
-        .get_auth(
-            "/api/v1/finance/invoices/export?period=2026-03&format=json",
-            &token,
-        )
+        .get_auth("/api/v1/finance/invoices/export?period=2026-03&format=json", &token)
         .await;
     assert_eq!(res.status(), 200);
     let rows: Vec<Value> = res.json().await.unwrap();
@@ -224,46 +190,28 @@ async fn json_export_and_the_cli_export_carry_the_same_rows() {
         assert_eq!(row["period"], "2026-03");
     }
     let http_csv = app
-        .get_auth(
-            "/api/v1/finance/invoices/export?period=2026-03&format=csv",
-            &token,
-        )
+        .get_auth("/api/v1/finance/invoices/export?period=2026-03&format=csv", &token)
         .await
         .bytes()
         .await
         .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_payg"))
-        .args([
-            "invoices", "export", "--period", "2026-03", "--format", "csv",
-        ])
+        .args(["invoices", "export", "--period", "2026-03", "--format", "csv"])
         .env("DATABASE_URL", &app.db.url)
         .env("JWT_SECRET", TEST_JWT_SECRET)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout, http_csv.to_vec());
 
     let bad = app
-        .get_auth(
-            "/api/v1/finance/invoices/export?period=2026-03&format=xml",
-            &token,
-        )
+        .get_auth("/api/v1/finance/invoices/export?period=2026-03&format=xml", &token)
         .await;
     assert_eq!(bad.status(), 400);
     let empty = app
-        .get_auth(
-            "/api/v1/finance/invoices/export?period=2025-01&format=json",
-            &token,
-        )
+        .get_auth("/api/v1/finance/invoices/export?period=2025-01&format=json", &token)
         .await;
     assert_eq!(empty.json::<Vec<Value>>().await.unwrap().len(), 0);
-    assert_eq!(
-        scalar_i64(&app.db, "SELECT count(*) AS n FROM closed_periods").await,
-        1
-    );
+    assert_eq!(scalar_i64(&app.db, "SELECT count(*) AS n FROM closed_periods").await, 1);
 }

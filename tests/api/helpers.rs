@@ -185,10 +185,8 @@ impl TestAppBuilder {
         };
         let mut vars = self.vars;
         vars.push(("DATABASE_URL".into(), db.url.clone()));
-        let config = Config::from_lookup(|name| {
-            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        })
-        .expect("test configuration");
+        let config = Config::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .expect("test configuration");
         let app = payg::startup::Application::build(config, self.clock)
             .await
             .expect("build app");
@@ -227,6 +225,12 @@ impl TestApp {
                 ("PAYG_METER_FLUSH_MS".into(), "25".into()),
                 // Role and status re-read on every call unless a test opts in.
                 ("PAYG_AUTH_CACHE_MS".into(), "0".into()),
+                // Rate limits off unless a test sets one.
+                ("PAYG_RATE_LIMIT_PER_MINUTE".into(), "0".into()),
+                (
+                    "PAYG_REDIS_PREFIX".into(),
+                    format!("payg-test-{}:", Uuid::new_v4().simple()),
+                ),
             ],
             clock: Arc::new(SystemClock),
             db: None,
@@ -273,11 +277,8 @@ impl TestApp {
     /// operator would with `payg user role`).
     pub async fn user_with_role(&self, role: &str) -> Registered {
         let user = self.new_user().await;
-        self.sql(&format!(
-            "UPDATE users SET role = '{role}' WHERE id = '{}'",
-            user.id
-        ))
-        .await;
+        self.sql(&format!("UPDATE users SET role = '{role}' WHERE id = '{}'", user.id))
+            .await;
         user
     }
 
@@ -290,23 +291,15 @@ impl TestApp {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
-        self.post_json(
-            "/api/v1/auth/login",
-            &json!({"email": email, "password": password}),
-        )
-        .await
+        self.post_json("/api/v1/auth/login", &json!({"email": email, "password": password}))
+            .await
     }
 
     /// Registers a fresh consumer and logs them in.
     pub async fn new_user(&self) -> Registered {
         let email = format!("user-{}@example.com", Uuid::new_v4().simple());
         let res = self.register(&email, "Test User").await;
-        assert_eq!(
-            res.status(),
-            201,
-            "register: {}",
-            res.text().await.unwrap_or_default()
-        );
+        assert_eq!(res.status(), 201, "register: {}", res.text().await.unwrap_or_default());
         let user: Value = res.json().await.expect("json");
         let id = user["id"].as_str().expect("id").parse().expect("uuid");
         let token = self.token_for(&email).await;
@@ -355,6 +348,24 @@ impl Drop for TestApp {
         if let Some(running) = self.running.take() {
             running.abort();
         }
+        // Remove this test's Redis keys (those without a TTL would linger).
+        let prefix = self.state.config.redis_prefix.clone();
+        if prefix.starts_with("payg-test-") {
+            let _ = std::thread::spawn(move || {
+                let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
+                    return;
+                };
+                let Ok(mut conn) = client.get_connection() else { return };
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}*"))
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+                }
+            })
+            .join();
+        }
     }
 }
 
@@ -397,24 +408,15 @@ pub async fn usage_of(db: &TestDb, user: Uuid, slug: &str, period: &str) -> (i64
 }
 
 pub async fn total_calls(db: &TestDb) -> i64 {
-    scalar_i64(
-        db,
-        "SELECT coalesce(sum(calls), 0)::bigint AS n FROM usage_records",
-    )
-    .await
+    scalar_i64(db, "SELECT coalesce(sum(calls), 0)::bigint AS n FROM usage_records").await
 }
 
 /// Asserts the `{"error": {"code", "message"}}` envelope and returns the code.
 pub async fn error_code(res: reqwest::Response) -> String {
     let body: Value = res.json().await.expect("error body is JSON");
-    let code = body["error"]["code"]
-        .as_str()
-        .expect("error.code")
-        .to_owned();
+    let code = body["error"]["code"].as_str().expect("error.code").to_owned();
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
         "error.message: {body}"
     );
     code

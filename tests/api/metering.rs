@@ -68,11 +68,7 @@ fn slug_of(path: &str) -> &'static str {
     }
 }
 
-async fn assert_records_match(
-    db: &TestDb,
-    users: &[Registered],
-    tally: &HashMap<(usize, &'static str), i64>,
-) {
+async fn assert_records_match(db: &TestDb, users: &[Registered], tally: &HashMap<(usize, &'static str), i64>) {
     let period = this_period();
     for ((user, path), ok) in tally {
         let (calls, failed) = usage_of(db, users[*user].id, slug_of(path), &period).await;
@@ -91,21 +87,13 @@ async fn exact_counts_under_concurrency(mode: &str) {
         .env("PAYG_DB_POOL_SIZE", "16")
         .spawn()
         .await;
-    let users = vec![
-        app.new_user().await,
-        app.new_user().await,
-        app.new_user().await,
-    ];
+    let users = vec![app.new_user().await, app.new_user().await, app.new_user().await];
     let targets: Vec<_> = (0..3)
         .flat_map(|u| PATHS.iter().map(move |p| (u, *p)))
         .map(|(u, p)| (app.address.clone(), u, p))
         .collect();
     let tally = hammer(&app.client, &users, &targets, 32, 400).await;
-    assert_eq!(
-        tally.values().sum::<i64>(),
-        32 * 400,
-        "every call succeeded"
-    );
+    assert_eq!(tally.values().sum::<i64>(), 32 * 400, "every call succeeded");
     app.flush_meter().await;
     assert_records_match(&app.db, &users, &tally).await;
 }
@@ -122,10 +110,7 @@ async fn sync_counts_are_exact_under_concurrency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_database_count_exactly() {
-    let first = TestApp::builder()
-        .env("PAYG_AUTH_CACHE_MS", "1000")
-        .spawn()
-        .await;
+    let first = TestApp::builder().env("PAYG_AUTH_CACHE_MS", "1000").spawn().await;
     let mut apps = vec![];
     for _ in 0..2 {
         apps.push(
@@ -219,64 +204,35 @@ async fn a_retried_flush_whose_commit_already_landed_is_not_applied_twice() {
     let mut conn = db.conn().await;
     // First attempt commits; its acknowledgement is "lost" and it is retried.
     assert_eq!(
-        UsageRecord::add_batch(
-            &mut conn,
-            Some(flush),
-            &deltas,
-            payg::billing::Currency::USD
-        )
-        .await
-        .unwrap(),
+        UsageRecord::add_batch(&mut conn, Some(flush), &deltas, payg::billing::Currency::USD)
+            .await
+            .unwrap(),
         BatchOutcome::Applied
     );
     assert_eq!(
-        UsageRecord::add_batch(
-            &mut conn,
-            Some(flush),
-            &deltas,
-            payg::billing::Currency::USD
-        )
-        .await
-        .unwrap(),
+        UsageRecord::add_batch(&mut conn, Some(flush), &deltas, payg::billing::Currency::USD)
+            .await
+            .unwrap(),
         BatchOutcome::AlreadyApplied
     );
-    assert_eq!(
-        usage_of(&db, user.id, "tools-uuid", &this_period()).await,
-        (7, 2)
-    );
+    assert_eq!(usage_of(&db, user.id, "tools-uuid", &this_period()).await, (7, 2));
     // A new flush id adds again.
     let again = FlushId {
         id: Uuid::new_v4(),
         ..flush
     };
-    UsageRecord::add_batch(
-        &mut conn,
-        Some(again),
-        &deltas,
-        payg::billing::Currency::USD,
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        usage_of(&db, user.id, "tools-uuid", &this_period()).await,
-        (14, 4)
-    );
+    UsageRecord::add_batch(&mut conn, Some(again), &deltas, payg::billing::Currency::USD)
+        .await
+        .unwrap();
+    assert_eq!(usage_of(&db, user.id, "tools-uuid", &this_period()).await, (14, 4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_that_fails_is_kept_and_retried_until_the_database_takes_it() {
-    let app = TestApp::builder()
-        .env("PAYG_METER_FLUSH_MS", "3600000")
-        .spawn()
-        .await;
+    let app = TestApp::builder().env("PAYG_METER_FLUSH_MS", "3600000").spawn().await;
     let user = app.new_user().await;
     for _ in 0..5 {
-        assert_eq!(
-            app.get_auth("/api/v1/tools/uuid", &user.token)
-                .await
-                .status(),
-            200
-        );
+        assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
     }
     // Make the write fail: the usage table is locked away from payg.
     app.sql(
@@ -289,36 +245,21 @@ async fn a_flush_that_fails_is_kept_and_retried_until_the_database_takes_it() {
     assert_eq!(app.state.meter.status().pending_calls, 5);
     assert_eq!(app.state.meter.status().flush_failures, 2);
     // Calls keep being served and counted while the database refuses.
-    assert_eq!(
-        app.get_auth("/api/v1/tools/uuid", &user.token)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
     app.sql("DROP TRIGGER refuse ON meter_flushes").await;
     app.flush_meter().await;
-    assert_eq!(
-        usage_of(&app.db, user.id, "tools-uuid", &this_period()).await,
-        (6, 0)
-    );
+    assert_eq!(usage_of(&app.db, user.id, "tools-uuid", &this_period()).await, (6, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_flushes_everything_pending() {
     // A flush interval of an hour: only the shutdown can write these.
-    let mut app = TestApp::builder()
-        .env("PAYG_METER_FLUSH_MS", "3600000")
-        .spawn()
-        .await;
+    let mut app = TestApp::builder().env("PAYG_METER_FLUSH_MS", "3600000").spawn().await;
     let user = app.new_user().await;
     let users = vec![user];
     let targets = vec![(app.address.clone(), 0, "/api/v1/tools/uuid")];
     let tally = hammer(&app.client, &users, &targets, 8, 50).await;
-    assert_eq!(
-        total_calls(&app.db).await,
-        0,
-        "nothing flushed before shutdown"
-    );
+    assert_eq!(total_calls(&app.db).await, 0, "nothing flushed before shutdown");
     app.shutdown().await;
     assert_records_match(&app.db, &users, &tally).await;
 }
@@ -344,25 +285,11 @@ async fn a_call_belongs_to_the_month_it_arrived_in_the_billing_time_zone() {
     clock.set(at("2026-11-30T18:30:00Z"));
     app.get_auth("/api/v1/tools/uuid", &user.token).await;
     app.flush_meter().await;
-    assert_eq!(
-        usage_of(&app.db, user.id, "tools-uuid", "2026-11-01").await,
-        (2, 0)
-    );
-    assert_eq!(
-        usage_of(&app.db, user.id, "tools-uuid", "2026-12-01").await,
-        (1, 0)
-    );
+    assert_eq!(usage_of(&app.db, user.id, "tools-uuid", "2026-11-01").await, (2, 0));
+    assert_eq!(usage_of(&app.db, user.id, "tools-uuid", "2026-12-01").await, (1, 0));
 
-    let usage: Value = app
-        .get_auth("/api/v1/usage", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        usage["period"], "2026-12",
-        "the default period is the clock's"
-    );
+    let usage: Value = app.get_auth("/api/v1/usage", &user.token).await.json().await.unwrap();
+    assert_eq!(usage["period"], "2026-12", "the default period is the clock's");
     assert_eq!(usage["apis"][0]["calls"], 1);
     let usage: Value = app
         .get_auth("/api/v1/usage?period=2026-11", &user.token)
@@ -380,20 +307,10 @@ async fn only_authenticated_catalog_calls_are_counted_once_per_route_pattern() {
     let period = this_period();
 
     // Unauthenticated: refused and not recorded.
-    let res = app
-        .client
-        .get(app.url("/api/v1/tools/uuid"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.client.get(app.url("/api/v1/tools/uuid")).send().await.unwrap();
     assert_eq!(res.status(), 401);
     // Outside the catalog: not recorded.
-    assert_eq!(
-        app.get_auth("/api/v1/tools/nope", &user.token)
-            .await
-            .status(),
-        404
-    );
+    assert_eq!(app.get_auth("/api/v1/tools/nope", &user.token).await.status(), 404);
     assert_eq!(app.get_auth("/api/v1/me", &user.token).await.status(), 200);
     // Different raw paths, one route pattern: one API.
     for max in [1, 22, 333, 4444] {
@@ -405,10 +322,7 @@ async fn only_authenticated_catalog_calls_are_counted_once_per_route_pattern() {
         );
     }
     app.flush_meter().await;
-    assert_eq!(
-        usage_of(&app.db, user.id, "tools-random-max", &period).await,
-        (4, 0)
-    );
+    assert_eq!(usage_of(&app.db, user.id, "tools-random-max", &period).await, (4, 0));
     assert_eq!(total_calls(&app.db).await, 4);
     assert_eq!(
         crate::helpers::scalar_i64(&app.db, "SELECT count(*) AS n FROM usage_records").await,
@@ -421,15 +335,11 @@ async fn failed_calls_are_counted_as_failed() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
     let period = this_period();
-    let res = app
-        .get_auth("/api/v1/tools/random?min=10&max=1", &user.token)
-        .await;
+    let res = app.get_auth("/api/v1/tools/random?min=10&max=1", &user.token).await;
     assert_eq!(res.status(), 400);
     assert_eq!(error_code(res).await, "validation_failed");
     assert_eq!(
-        app.get_auth("/api/v1/tools/random?min=x", &user.token)
-            .await
-            .status(),
+        app.get_auth("/api/v1/tools/random?min=x", &user.token).await.status(),
         400
     );
     assert_eq!(
@@ -439,27 +349,14 @@ async fn failed_calls_are_counted_as_failed() {
         200
     );
     // A path parameter that does not parse names no resource: 404 inside the scope.
-    let res = app
-        .get_auth("/api/v1/tools/random/not-a-number", &user.token)
-        .await;
+    let res = app.get_auth("/api/v1/tools/random/not-a-number", &user.token).await;
     assert_eq!(res.status(), 404);
-    let res = app
-        .get_auth("/api/v1/tools/time?tz=Mars/Olympus", &user.token)
-        .await;
+    let res = app.get_auth("/api/v1/tools/time?tz=Mars/Olympus", &user.token).await;
     assert_eq!(res.status(), 400);
     app.flush_meter().await;
-    assert_eq!(
-        usage_of(&app.db, user.id, "tools-random", &period).await,
-        (3, 2)
-    );
-    assert_eq!(
-        usage_of(&app.db, user.id, "tools-random-max", &period).await,
-        (1, 1)
-    );
-    assert_eq!(
-        usage_of(&app.db, user.id, "tools-time", &period).await,
-        (1, 1)
-    );
+    assert_eq!(usage_of(&app.db, user.id, "tools-random", &period).await, (3, 2));
+    assert_eq!(usage_of(&app.db, user.id, "tools-random-max", &period).await, (1, 1));
+    assert_eq!(usage_of(&app.db, user.id, "tools-time", &period).await, (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,19 +364,9 @@ async fn the_demo_tools_do_what_they_say() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
     let t = &user.token;
-    let v: Value = app
-        .get_auth("/api/v1/tools/uuid", t)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_auth("/api/v1/tools/uuid", t).await.json().await.unwrap();
     assert_eq!(
-        v["uuid"]
-            .as_str()
-            .unwrap()
-            .parse::<Uuid>()
-            .unwrap()
-            .get_version_num(),
+        v["uuid"].as_str().unwrap().parse::<Uuid>().unwrap().get_version_num(),
         4
     );
     let v: Value = app
@@ -496,13 +383,7 @@ async fn the_demo_tools_do_what_they_say() {
         .await
         .unwrap();
     assert_eq!(v["utc_offset"], "+05:30");
-    let post = |path: &str, body: Value| {
-        app.client
-            .post(app.url(path))
-            .bearer_auth(t)
-            .json(&body)
-            .send()
-    };
+    let post = |path: &str, body: Value| app.client.post(app.url(path)).bearer_auth(t).json(&body).send();
     let v: Value = post("/api/v1/tools/hash", json!({"data": "abc"}))
         .await
         .unwrap()
@@ -513,27 +394,16 @@ async fn the_demo_tools_do_what_they_say() {
         v["digest"],
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
-    let v: Value = post(
-        "/api/v1/tools/hash",
-        json!({"data": "abc", "algorithm": "sha512"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    assert!(
-        v["digest"]
-            .as_str()
-            .unwrap()
-            .starts_with("ddaf35a193617aba")
-    );
-    let res = post(
-        "/api/v1/tools/hash",
-        json!({"data": "abc", "algorithm": "md5"}),
-    )
-    .await
-    .unwrap();
+    let v: Value = post("/api/v1/tools/hash", json!({"data": "abc", "algorithm": "sha512"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["digest"].as_str().unwrap().starts_with("ddaf35a193617aba"));
+    let res = post("/api/v1/tools/hash", json!({"data": "abc", "algorithm": "md5"}))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400);
     let body = json!({"nested": {"list": [1, "two", null]}, "emoji": "🦀"});
     let v: Value = post("/api/v1/tools/echo", body.clone())
@@ -559,13 +429,7 @@ async fn the_demo_tools_do_what_they_say() {
         .iter()
         .map(|a| a["slug"].as_str().unwrap())
         .collect();
-    for slug in [
-        "tools-echo",
-        "tools-hash",
-        "tools-random",
-        "tools-time",
-        "tools-uuid",
-    ] {
+    for slug in ["tools-echo", "tools-hash", "tools-random", "tools-time", "tools-uuid"] {
         assert!(slugs.contains(&slug), "{slug}");
     }
 }
@@ -580,29 +444,17 @@ async fn usage_shows_only_the_callers_own_counts() {
     }
     app.get_auth("/api/v1/tools/time", &bob.token).await;
     app.flush_meter().await;
-    let usage: Value = app
-        .get_auth("/api/v1/usage", &alice.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = app.get_auth("/api/v1/usage", &alice.token).await.json().await.unwrap();
     assert_eq!(usage["apis"].as_array().unwrap().len(), 1);
     assert_eq!(usage["apis"][0]["slug"], "tools-uuid");
     assert_eq!(usage["apis"][0]["calls"], 3);
     assert_eq!(usage["apis"][0]["route"], "/api/v1/tools/uuid");
 
     for bad in ["2026-13", "2026-1", "yesterday", "2026-11-01"] {
-        let res = app
-            .get_auth(&format!("/api/v1/usage?period={bad}"), &alice.token)
-            .await;
+        let res = app.get_auth(&format!("/api/v1/usage?period={bad}"), &alice.token).await;
         assert_eq!(res.status(), 400, "{bad}");
         assert_eq!(error_code(res).await, "validation_failed");
     }
-    let res = app
-        .client
-        .get(app.url("/api/v1/usage"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.client.get(app.url("/api/v1/usage")).send().await.unwrap();
     assert_eq!(res.status(), 401);
 }

@@ -28,15 +28,11 @@ async fn billing_details_are_updated_partially_and_cleared_with_null() {
     assert_eq!(me["country"], "GB");
     assert_eq!(me["company"], "Analytical Engines Ltd");
 
-    let me: Value = patch_me(
-        &app,
-        &user.token,
-        &json!({"company": null, "city": "Paris"}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let me: Value = patch_me(&app, &user.token, &json!({"company": null, "city": "Paris"}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["company"], Value::Null);
     assert_eq!(me["city"], "Paris");
     assert_eq!(me["name"], "Ada Lovelace", "untouched fields stay");
@@ -46,12 +42,7 @@ async fn billing_details_are_updated_partially_and_cleared_with_null() {
 async fn invalid_profile_updates_change_nothing() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
-    let before: Value = app
-        .get_auth("/api/v1/me", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let before: Value = app.get_auth("/api/v1/me", &user.token).await.json().await.unwrap();
     for body in [
         json!({"country": "Great Britain"}),
         json!({"name": ""}),
@@ -64,12 +55,7 @@ async fn invalid_profile_updates_change_nothing() {
         assert_eq!(res.status(), 400, "{body}");
         assert_eq!(error_code(res).await, "validation_failed");
     }
-    let after: Value = app
-        .get_auth("/api/v1/me", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let after: Value = app.get_auth("/api/v1/me", &user.token).await.json().await.unwrap();
     assert_eq!(before, after);
 }
 
@@ -99,26 +85,12 @@ async fn a_user_can_neither_read_nor_change_another_user() {
     let alice = app.new_user().await;
     let bob = app.new_user().await;
     let res = patch_me(&app, &alice.token, &json!({"name": "Alice", "id": bob.id})).await;
-    assert_eq!(
-        res.status(),
-        400,
-        "an id in the body is refused, not obeyed"
-    );
+    assert_eq!(res.status(), 400, "an id in the body is refused, not obeyed");
     patch_me(&app, &alice.token, &json!({"name": "Alice"})).await;
 
-    let bob_me: Value = app
-        .get_auth("/api/v1/me", &bob.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let bob_me: Value = app.get_auth("/api/v1/me", &bob.token).await.json().await.unwrap();
     assert_eq!(bob_me["id"], bob.id.to_string());
     assert_eq!(bob_me["name"], "Test User");
-    let alice_me: Value = app
-        .get_auth("/api/v1/me", &alice.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let alice_me: Value = app.get_auth("/api/v1/me", &alice.token).await.json().await.unwrap();
     assert_eq!(alice_me["name"], "Alice");
 }

@@ -1,0 +1,153 @@
+//! Login sessions: a short-lived JWT access token plus an opaque refresh
+//! token, rotated on every use. Tokens of one session form a family;
+//! presenting a retired refresh token again is taken as theft and revokes
+//! the whole family.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::result::Error as DieselError;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use uuid::Uuid;
+
+use crate::auth::jwt::{IssuedToken, JwtKeys};
+use crate::auth::tokens::{self, TokenHasher};
+use crate::models::refresh_token::RefreshToken;
+use crate::models::{Role, User, UserStatus};
+
+pub const REFRESH_TOKEN_PREFIX: &str = "payg_rt_";
+
+pub struct IssuedSession {
+    pub access: IssuedToken,
+    pub refresh_token: String,
+}
+
+/// What issuing tokens needs: the signing keys, the hash key, the refresh lifetime.
+#[derive(Clone, Copy)]
+pub struct Issuer<'a> {
+    pub jwt: &'a JwtKeys,
+    pub hasher: &'a TokenHasher,
+    pub refresh_ttl: Duration,
+}
+
+/// Adds a refresh token to `family` and issues the matching access token.
+async fn issue(
+    conn: &mut AsyncPgConnection,
+    issuer: Issuer<'_>,
+    user_id: Uuid,
+    role: Role,
+    family_id: Uuid,
+    now: DateTime<Utc>,
+) -> anyhow::Result<IssuedSession> {
+    let Issuer {
+        jwt,
+        hasher,
+        refresh_ttl,
+    } = issuer;
+    let refresh_token = tokens::generate(REFRESH_TOKEN_PREFIX);
+    RefreshToken::insert(
+        conn,
+        &RefreshToken {
+            id: Uuid::new_v4(),
+            family_id,
+            user_id,
+            token_hash: hasher.hash(&refresh_token),
+            created_at: now,
+            expires_at: now + chrono::Duration::from_std(refresh_ttl)?,
+            retired_at: None,
+            revoked_at: None,
+        },
+    )
+    .await?;
+    let access = jwt.issue(user_id, role, Some(family_id), now)?;
+    Ok(IssuedSession { access, refresh_token })
+}
+
+/// A new session for a user who just proved their password.
+pub async fn start(
+    conn: &mut AsyncPgConnection,
+    issuer: Issuer<'_>,
+    user: &User,
+    now: DateTime<Utc>,
+) -> anyhow::Result<IssuedSession> {
+    issue(conn, issuer, user.id, user.role, Uuid::new_v4(), now).await
+}
+
+#[derive(Debug)]
+pub enum Rotation {
+    Rotated(IssuedSession),
+    /// Unknown, expired or revoked token.
+    Invalid,
+    /// A retired token came back: the family has been revoked.
+    Reused {
+        user_id: Uuid,
+    },
+    Suspended,
+}
+
+impl std::fmt::Debug for IssuedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IssuedSession(***)")
+    }
+}
+
+/// Exchanges a refresh token for a new pair, retiring the old one — under a
+/// row lock, so two concurrent uses of one token cannot both succeed.
+pub async fn rotate(
+    conn: &mut AsyncPgConnection,
+    issuer: Issuer<'_>,
+    presented: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Rotation> {
+    let hash = issuer.hasher.hash(presented);
+    let outcome = conn
+        .transaction::<_, anyhow::Error, _>(async |conn| {
+            let Some(token) = RefreshToken::lock_by_hash(conn, &hash).await? else {
+                return Ok(Rotation::Invalid);
+            };
+            if token.revoked_at.is_some() || token.expires_at <= now {
+                return Ok(Rotation::Invalid);
+            }
+            if token.retired_at.is_some() {
+                RefreshToken::revoke_family(conn, token.family_id, token.user_id, now).await?;
+                return Ok(Rotation::Reused { user_id: token.user_id });
+            }
+            let Some(user) = User::find(conn, token.user_id).await? else {
+                return Ok(Rotation::Invalid);
+            };
+            if user.status == UserStatus::Suspended {
+                return Ok(Rotation::Suspended);
+            }
+            RefreshToken::retire(conn, token.id, now).await?;
+            let session = issue(conn, issuer, user.id, user.role, token.family_id, now).await?;
+            Ok(Rotation::Rotated(session))
+        })
+        .await?;
+    if let Rotation::Reused { user_id } = &outcome {
+        tracing::warn!(user_id = %user_id, "a retired refresh token was presented again; its session was revoked");
+    }
+    Ok(outcome)
+}
+
+/// Ends a session: every refresh token of the family stops working.
+pub async fn revoke_family(
+    conn: &mut AsyncPgConnection,
+    family_id: Uuid,
+    user_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<usize, DieselError> {
+    RefreshToken::revoke_family(conn, family_id, user_id, now).await
+}
+
+/// The family of a refresh token, if it is the user's.
+pub async fn family_of(
+    conn: &mut AsyncPgConnection,
+    hasher: &TokenHasher,
+    presented: &str,
+    user_id: Uuid,
+) -> Result<Option<Uuid>, DieselError> {
+    Ok(RefreshToken::lock_by_hash(conn, &hasher.hash(presented))
+        .await?
+        .filter(|t| t.user_id == user_id)
+        .map(|t| t.family_id))
+}

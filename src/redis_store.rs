@@ -1,0 +1,333 @@
+//! Redis: the store shared by all instances for the access-token deny-list,
+//! per-user rate limits, "user changed" versions and login lockouts.
+//!
+//! Redis is never required to serve: every operation returns `None` when
+//! Redis is unreachable and callers fail open. After a failure the store
+//! does not try Redis again for a second (a circuit breaker), so an outage
+//! costs no latency per call; the outage is logged once when it starts and
+//! once when it ends.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use uuid::Uuid;
+
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_millis(250);
+
+/// One round trip per metered call: deny-list check, user version, and a
+/// GCRA rate-limit step, atomically. All keys share the user's hash tag so
+/// the script also runs on Redis Cluster.
+///
+/// KEYS: rate, deny (for the token's jti), version.
+/// ARGV: emission interval µs, burst tolerance µs, 1 = apply the limit.
+/// Returns {denied, version, allowed, remaining, retry_after_µs, reset_µs}.
+const CHECK_CALL_LUA: &str = r"
+local denied = redis.call('EXISTS', KEYS[2])
+local version = tonumber(redis.call('GET', KEYS[3]) or '0')
+if denied == 1 or ARGV[3] ~= '1' then
+  return {denied, version, 1, -1, 0, 0}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > tolerance then
+  return {0, version, 0, 0, new_tat - tolerance - now, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1)
+return {0, version, 1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
+";
+
+/// A per-user limit: `per_minute` calls sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// What Redis said about one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallVerdict {
+    /// The access token was logged out.
+    pub denied: bool,
+    /// Bumped whenever the user's role, status or dues change.
+    pub user_version: i64,
+    pub rate: Option<RateOutcome>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateOutcome {
+    pub limit: u32,
+    pub allowed: bool,
+    pub remaining: u32,
+    /// Seconds until the allowance is full again.
+    pub reset_secs: u64,
+    /// Seconds to wait before retrying (refused calls only).
+    pub retry_after_secs: u64,
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    prefix: String,
+    manager: RwLock<Option<ConnectionManager>>,
+    connecting: tokio::sync::Mutex<()>,
+    script: redis::Script,
+    down_since: Mutex<Option<Instant>>,
+    last_failure: Mutex<Option<Instant>>,
+    in_outage: AtomicBool,
+    errors: AtomicU64,
+}
+
+impl RedisStore {
+    pub fn new(client: redis::Client, prefix: String) -> Self {
+        Self {
+            client,
+            prefix,
+            manager: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            script: redis::Script::new(CHECK_CALL_LUA),
+            down_since: Mutex::new(None),
+            last_failure: Mutex::new(None),
+            in_outage: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Redis errors since start (for metrics).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.in_outage.load(Ordering::Relaxed)
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn user_key(&self, user: Uuid, rest: &str) -> String {
+        // `{…}` is the Redis Cluster hash tag: all of a user's keys in one slot.
+        format!("{}{{{user}}}:{rest}", self.prefix)
+    }
+
+    async fn connection(&self) -> Option<ConnectionManager> {
+        if let Some(m) = self.manager.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Some(m.clone());
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(m) = self.manager.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Some(m.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1);
+        match tokio::time::timeout(TIMEOUT * 2, self.client.get_connection_manager_with_config(config)).await {
+            Ok(Ok(m)) => {
+                *self.manager.write().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+                Some(m)
+            }
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed("connection timed out");
+                None
+            }
+        }
+    }
+
+    fn circuit_open(&self) -> bool {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE)
+    }
+
+    fn failed(&self, error: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        if !self.in_outage.swap(true, Ordering::Relaxed) {
+            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            tracing::error!(
+                error,
+                "Redis unreachable: rate limits and logout checks fail open until it returns"
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.in_outage.swap(false, Ordering::Relaxed) {
+            let down_for = self
+                .down_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .map(|at| at.elapsed().as_secs_f64());
+            tracing::warn!(down_for_secs = down_for, "Redis reachable again");
+        }
+    }
+
+    /// Runs one Redis operation with the breaker and a timeout; `None` on failure.
+    async fn run<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if self.circuit_open() {
+            return None;
+        }
+        let conn = self.connection().await?;
+        match tokio::time::timeout(TIMEOUT, op(conn)).await {
+            Ok(Ok(v)) => {
+                self.succeeded();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed("command timed out");
+                None
+            }
+        }
+    }
+
+    pub async fn ping(&self) -> bool {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .is_some()
+    }
+
+    /// The per-call check. `jti` is the access token's id (None for API keys).
+    pub async fn check_call(&self, user: Uuid, jti: Option<Uuid>, limit: Option<RateLimit>) -> Option<CallVerdict> {
+        let rate_key = self.user_key(user, "rate");
+        let deny_key = match jti {
+            Some(j) => self.user_key(user, &format!("deny:{j}")),
+            None => self.user_key(user, "deny:-"),
+        };
+        let version_key = self.user_key(user, "version");
+        let (interval_us, tolerance_us, apply) = match limit {
+            Some(l) if l.per_minute > 0 => {
+                let interval = 60_000_000 / u64::from(l.per_minute);
+                (interval, interval * u64::from(l.burst.max(1)), "1")
+            }
+            _ => (1, 1, "0"),
+        };
+        let script = &self.script;
+        let raw: Vec<i64> = self
+            .run(|mut c| async move {
+                script
+                    .key(&rate_key)
+                    .key(&deny_key)
+                    .key(&version_key)
+                    .arg(interval_us)
+                    .arg(tolerance_us)
+                    .arg(apply)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let [denied, version, allowed, remaining, retry_us, reset_us] = raw.as_slice() else {
+            return None;
+        };
+        let micros_to_secs = |us: i64| u64::try_from(us).unwrap_or(0).div_ceil(1_000_000);
+        Some(CallVerdict {
+            denied: *denied == 1,
+            user_version: *version,
+            rate: match (limit, apply) {
+                (Some(l), "1") => Some(RateOutcome {
+                    limit: l.per_minute,
+                    allowed: *allowed == 1,
+                    remaining: u32::try_from(*remaining).unwrap_or(0),
+                    reset_secs: micros_to_secs(*reset_us),
+                    retry_after_secs: micros_to_secs(*retry_us).max(u64::from(*allowed != 1)),
+                }),
+                _ => None,
+            },
+        })
+    }
+
+    /// Puts an access token on the deny-list until it would have expired.
+    pub async fn deny_token(&self, user: Uuid, jti: Uuid, ttl: Duration) -> bool {
+        let key = self.user_key(user, &format!("deny:{jti}"));
+        let secs = ttl.as_secs().max(1);
+        self.run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("EX")
+                .arg(secs)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+        .is_some()
+    }
+
+    /// Tells every instance to re-read the user's role, status and dues.
+    pub async fn bump_user_version(&self, user: Uuid) -> bool {
+        let key = self.user_key(user, "version");
+        self.run(|mut c| async move { redis::cmd("INCR").arg(&key).query_async::<i64>(&mut c).await })
+            .await
+            .is_some()
+    }
+
+    fn login_key(&self, email: &str) -> String {
+        use sha2::Digest;
+        // Hashed so Redis never holds email addresses.
+        self.key(&format!(
+            "login-failures:{}",
+            hex::encode(sha2::Sha256::digest(email.as_bytes()))
+        ))
+    }
+
+    /// Failed logins for this email in the current window, and the seconds
+    /// until the window ends.
+    pub async fn login_failures(&self, email: &str) -> Option<(u32, u64)> {
+        let key = self.login_key(email);
+        self.run(|mut c| async move {
+            let (count, ttl): (Option<u32>, i64) = redis::pipe()
+                .cmd("GET")
+                .arg(&key)
+                .cmd("TTL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await?;
+            Ok((count.unwrap_or(0), u64::try_from(ttl).unwrap_or(0)))
+        })
+        .await
+    }
+
+    pub async fn record_login_failure(&self, email: &str, window: Duration) {
+        let key = self.login_key(email);
+        let secs = window.as_secs();
+        self.run(|mut c| async move {
+            redis::pipe()
+                .cmd("INCR")
+                .arg(&key)
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(secs)
+                .arg("NX")
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await;
+    }
+
+    pub async fn clear_login_failures(&self, email: &str) {
+        let key = self.login_key(email);
+        self.run(|mut c| async move { redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await })
+            .await;
+    }
+}

@@ -1,0 +1,85 @@
+use actix_web::{HttpResponse, web};
+use chrono::Utc;
+use diesel_async::AsyncConnection;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::{API_KEY_PREFIX, AuthUser, tokens};
+use crate::error::{ApiError, ApiResult};
+use crate::models::api_key::{ApiKey, MAX_ACTIVE_KEYS};
+use crate::routes::conn;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyRequest {
+    name: String,
+}
+
+/// Creates a key. The full key is in this response only; payg keeps a keyed
+/// hash and the prefix (for display).
+pub async fn create_api_key(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    body: web::Json<NewKeyRequest>,
+) -> ApiResult<HttpResponse> {
+    let name = body.into_inner().name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::validation("name must be 1 to 100 characters"));
+    }
+    let key = tokens::generate(API_KEY_PREFIX);
+    let row = ApiKey {
+        id: Uuid::new_v4(),
+        user_id: user.id(),
+        name,
+        prefix: key.chars().take(API_KEY_PREFIX.len() + 8).collect(),
+        key_hash: state.authenticator.hasher().hash(&key),
+        created_at: Utc::now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let mut conn = conn(&state.db).await?;
+    let created = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            if ApiKey::lock_and_count_active(conn, user.id()).await? >= MAX_ACTIVE_KEYS {
+                return Err(ApiError::conflict(
+                    "too_many_keys",
+                    format!("at most {MAX_ACTIVE_KEYS} active API keys per user; revoke one first"),
+                ));
+            }
+            ApiKey::insert(conn, &row).await?;
+            Ok(())
+        })
+        .await;
+    created?;
+    Ok(HttpResponse::Created().json(json!({
+        "id": row.id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "key": key,
+        "created_at": row.created_at,
+    })))
+}
+
+/// The caller's active keys (never the keys themselves).
+pub async fn list_api_keys(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
+    let mut conn = conn(&state.db).await?;
+    let keys = ApiKey::active_for_user(&mut conn, user.id()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "api_keys": keys })))
+}
+
+/// Revokes one of the caller's keys: refused at once on this instance and
+/// within a second on every other.
+pub async fn revoke_api_key(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let mut conn = conn(&state.db).await?;
+    let hash = ApiKey::revoke(&mut conn, *id, user.id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key not found"))?;
+    state.authenticator.forget_key(&hash);
+    Ok(HttpResponse::NoContent().finish())
+}
