@@ -8,5 +8,6 @@ mod cli;
 mod errors;
 mod export;
 mod helpers;
+mod keys;
 mod metering;
 mod profile;

@@ -1,0 +1,481 @@
+//! API keys, refresh tokens, logout, rate limits and Redis outages.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{PASSWORD, Registered, TEST_JWT_SECRET, TestApp, TestDb, error_code, scalar_i64, usage_of};
+
+async fn create_key(app: &TestApp, user: &Registered, name: &str) -> Value {
+    let res = app
+        .post_auth("/api/v1/api-keys", &user.token, &json!({"name": name}))
+        .await;
+    assert_eq!(res.status(), 201);
+    res.json().await.unwrap()
+}
+
+fn this_period() -> String {
+    payg::billing::Period::containing(chrono::Utc::now(), chrono_tz::Tz::UTC)
+        .first_day()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_is_shown_once_stored_hashed_and_meters_like_a_token() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let created = create_key(&app, &user, "ci robot").await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("payg_") && key.len() == 48);
+    assert!(key.starts_with(created["prefix"].as_str().unwrap()));
+
+    let list: Value = app
+        .get_auth("/api/v1/api-keys", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["api_keys"].as_array().unwrap().len(), 1);
+    let listed = list["api_keys"][0].to_string();
+    assert!(!listed.contains(&key) && !listed.contains("hash"), "{listed}");
+    assert_eq!(list["api_keys"][0]["name"], "ci robot");
+
+    // At rest: only a keyed hash, nothing that contains the key.
+    let stored = scalar_i64(
+        &app.db,
+        &format!(
+            "SELECT count(*) AS n FROM api_keys WHERE key_hash = '{key}' OR key_hash LIKE '%{}%'",
+            &key[5..]
+        ),
+    )
+    .await;
+    assert_eq!(stored, 0);
+    let hashed = payg::auth::tokens::TokenHasher::new(app.state.config.api_key_secret.expose().as_bytes()).hash(&key);
+    assert_eq!(
+        scalar_i64(
+            &app.db,
+            &format!("SELECT count(*) AS n FROM api_keys WHERE key_hash = '{hashed}'")
+        )
+        .await,
+        1
+    );
+
+    // Both header forms authenticate, and calls are metered under the key's user.
+    let bearer = app
+        .client
+        .get(app.url("/api/v1/tools/uuid"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    let header = app
+        .client
+        .get(app.url("/api/v1/tools/uuid"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header.status(), 200);
+    let me: Value = app
+        .client
+        .get(app.url("/api/v1/me"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["id"], user.id.to_string());
+    let wrong = app
+        .client
+        .get(app.url("/api/v1/tools/uuid"))
+        .header("x-api-key", "payg_not-a-real-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    app.flush_meter().await;
+    assert_eq!(usage_of(&app.db, user.id, "tools-uuid", &this_period()).await, (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_on_another_instance_within_a_second() {
+    let db = TestDb::new().await;
+    let a = TestApp::builder()
+        .database(db.clone())
+        .env("PAYG_AUTH_CACHE_MS", "60000")
+        .spawn()
+        .await;
+    let b = TestApp::builder()
+        .database(db.clone())
+        .env("PAYG_AUTH_CACHE_MS", "60000")
+        .spawn()
+        .await;
+    let user = a.new_user().await;
+    let created = create_key(&a, &user, "k").await;
+    let key = created["key"].as_str().unwrap();
+    let id = created["id"].as_str().unwrap();
+    let call_b = || {
+        b.client
+            .get(b.url("/api/v1/tools/uuid"))
+            .header("x-api-key", key)
+            .send()
+    };
+    assert_eq!(
+        call_b().await.unwrap().status(),
+        200,
+        "instance B now has the key cached"
+    );
+
+    let res = a
+        .client
+        .delete(a.url(&format!("/api/v1/api-keys/{id}")))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let on_a = a
+        .client
+        .get(a.url("/api/v1/tools/uuid"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_a.status(), 401, "refused at once where it was revoked");
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    assert_eq!(
+        call_b().await.unwrap().status(),
+        401,
+        "and within a second on every other instance"
+    );
+    let list: Value = a.get_auth("/api/v1/api-keys", &user.token).await.json().await.unwrap();
+    assert_eq!(list["api_keys"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_key_is_not_found_and_keys_are_limited_to_25() {
+    let app = TestApp::spawn().await;
+    let alice = app.new_user().await;
+    let bob = app.new_user().await;
+    let created = create_key(&app, &alice, "mine").await;
+    let id = created["id"].as_str().unwrap();
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/v1/api-keys/{id}")))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let bobs: Value = app.get_auth("/api/v1/api-keys", &bob.token).await.json().await.unwrap();
+    assert_eq!(bobs["api_keys"], json!([]));
+    for i in 1..25 {
+        create_key(&app, &alice, &format!("k{i}")).await;
+    }
+    let res = app
+        .post_auth("/api/v1/api-keys", &alice.token, &json!({"name": "one too many"}))
+        .await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(error_code(res).await, "too_many_keys");
+    let res = app
+        .post_auth("/api/v1/api-keys", &bob.token, &json!({"name": ""}))
+        .await;
+    assert_eq!(res.status(), 400);
+}
+
+async fn login_pair(app: &TestApp, email: &str) -> (String, String) {
+    let body: Value = app.login(email, PASSWORD).await.json().await.unwrap();
+    (
+        body["access_token"].as_str().unwrap().to_owned(),
+        body["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let (_, first) = login_pair(&app, &user.email).await;
+    let res = app
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": first}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let rotated: Value = res.json().await.unwrap();
+    let second = rotated["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    let access = rotated["access_token"].as_str().unwrap();
+    assert_eq!(app.get_auth("/api/v1/me", access).await.status(), 200);
+
+    // The retired token comes back (stolen?): refused, and the whole family dies.
+    let res = app
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": first}))
+        .await;
+    assert_eq!(res.status(), 401);
+    let res = app
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": second}))
+        .await;
+    assert_eq!(res.status(), 401, "the rotated token was revoked with its family");
+    // Stored hashed.
+    assert_eq!(
+        scalar_i64(
+            &app.db,
+            &format!("SELECT count(*) AS n FROM refresh_tokens WHERE token_hash = '{second}'")
+        )
+        .await,
+        0
+    );
+    for bad in [json!({"refresh_token": "payg_rt_nope"}), json!({"refresh_token": ""})] {
+        assert_eq!(app.post_json("/api/v1/auth/refresh", &bad).await.status(), 401);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_kills_the_access_token_at_once_on_every_instance() {
+    let db = TestDb::new().await;
+    let prefix = format!("payg-test-{}:", Uuid::new_v4().simple());
+    let a = TestApp::builder()
+        .database(db.clone())
+        .env("PAYG_REDIS_PREFIX", &prefix)
+        .spawn()
+        .await;
+    let b = TestApp::builder()
+        .database(db.clone())
+        .env("PAYG_REDIS_PREFIX", &prefix)
+        .spawn()
+        .await;
+    let user = a.new_user().await;
+    let (access, refresh) = login_pair(&a, &user.email).await;
+    assert_eq!(b.get_auth("/api/v1/me", &access).await.status(), 200);
+    let res = a
+        .client
+        .post(a.url("/api/v1/auth/logout"))
+        .bearer_auth(&access)
+        .json(&json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    for app in [&a, &b] {
+        assert_eq!(app.get_auth("/api/v1/me", &access).await.status(), 401);
+        assert_eq!(app.get_auth("/api/v1/tools/uuid", &access).await.status(), 401);
+    }
+    let res = b
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(res.status(), 401, "the session's refresh token is revoked too");
+    // Other sessions of the same user are untouched.
+    assert_eq!(b.get_auth("/api/v1/me", &user.token).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_applies_on_the_next_call_even_with_a_long_cache() {
+    let app = TestApp::builder().env("PAYG_AUTH_CACHE_MS", "600000").spawn().await;
+    let user = app.new_user().await;
+    assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
+    let out = Command::new(env!("CARGO_BIN_EXE_payg"))
+        .args(["user", "status", &user.email, "suspended"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("JWT_SECRET", TEST_JWT_SECRET)
+        .env("PAYG_REDIS_PREFIX", &app.state.config.redis_prefix)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_is_exact_at_the_boundary_across_instances() {
+    let db = TestDb::new().await;
+    let prefix = format!("payg-test-{}:", Uuid::new_v4().simple());
+    let spawn = || {
+        TestApp::builder()
+            .database(db.clone())
+            .env("PAYG_REDIS_PREFIX", &prefix)
+            .env("PAYG_RATE_LIMIT_PER_MINUTE", "5")
+            .env("PAYG_RATE_LIMIT_BURST", "5")
+            .spawn()
+    };
+    let (a, b) = (spawn().await, spawn().await);
+    let user = a.new_user().await;
+    for i in 0..5u32 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
+        assert_eq!(res.status(), 200, "call {}", i + 1);
+        assert_eq!(res.headers()["ratelimit-limit"], "5");
+        assert_eq!(
+            res.headers()["ratelimit-remaining"].to_str().unwrap(),
+            (4 - i).to_string()
+        );
+        assert!(
+            res.headers()["ratelimit-reset"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                <= 60
+        );
+    }
+    let res = b.get_auth("/api/v1/tools/uuid", &user.token).await;
+    assert_eq!(res.status(), 429, "call 6");
+    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=12).contains(&retry), "one call frees up every 12 s: {retry}");
+    assert_eq!(res.headers()["ratelimit-remaining"], "0");
+    assert_eq!(error_code(res).await, "rate_limited");
+    // Other users have their own allowance; unmetered routes are not limited.
+    let other = a.new_user().await;
+    assert_eq!(a.get_auth("/api/v1/tools/uuid", &other.token).await.status(), 200);
+    assert_eq!(a.get_auth("/api/v1/me", &user.token).await.status(), 200);
+
+    a.flush_meter().await;
+    b.flush_meter().await;
+    assert_eq!(
+        usage_of(&db, user.id, "tools-uuid", &this_period()).await,
+        (6, 1),
+        "the refusal is a failed call"
+    );
+    let bill: Value = a
+        .get_auth("/api/v1/billing/current", &user.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bill["lines"][0]["billable_calls"], 5, "and never billed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_locked_after_ten_failures_per_email_without_revealing_accounts() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    for _ in 0..10 {
+        assert_eq!(app.login(&user.email, "wrong password").await.status(), 401);
+        assert_eq!(app.login("ghost@example.com", "wrong password").await.status(), 401);
+    }
+    let locked = app.login(&user.email, PASSWORD).await;
+    assert_eq!(locked.status(), 429, "even the right password waits");
+    assert!(locked.headers().get("retry-after").is_some());
+    let ghost = app.login("ghost@example.com", PASSWORD).await;
+    assert_eq!(ghost.status(), 429, "an unknown email is locked the same way");
+    assert_eq!(error_code(locked).await, error_code(ghost).await);
+    let other = app.new_user().await;
+    assert_eq!(
+        app.login(&other.email, PASSWORD).await.status(),
+        200,
+        "other emails are unaffected"
+    );
+}
+
+/// A Redis server of the test's own, so it can be stopped and started.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/services.sh installs it)");
+        std::thread::sleep(Duration::from_millis(300));
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_calls_are_still_served_and_everything_resumes_when_it_returns() {
+    let mut redis = OwnRedis::start(free_port());
+    let app = TestApp::builder()
+        .env("REDIS_URL", &format!("redis://127.0.0.1:{}", redis.port))
+        .env("PAYG_RATE_LIMIT_PER_MINUTE", "100000")
+        .spawn()
+        .await;
+    let user = app.new_user().await;
+    let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("ratelimit-limit").is_some());
+
+    redis.stop();
+    for _ in 0..5 {
+        let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
+        assert_eq!(res.status(), 200, "rate limiting fails open");
+        assert!(res.headers().get("ratelimit-limit").is_none());
+    }
+    let (_, refresh) = login_pair(&app, &user.email).await;
+    assert!(!refresh.is_empty(), "login works without Redis");
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["checks"]["redis"], "down");
+
+    let _redis = OwnRedis::start(redis.port);
+    let mut recovered = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
+        if res.headers().get("ratelimit-limit").is_some() {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "rate limiting resumes without a restart");
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    app.flush_meter().await;
+    let (calls, _) = usage_of(&app.db, user.id, "tools-uuid", &this_period()).await;
+    assert!(calls >= 7, "every served call was counted: {calls}");
+}
