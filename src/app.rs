@@ -13,6 +13,7 @@ use crate::db::{self, DbPool};
 use crate::metering::{Catalog, Meter};
 use crate::models::Api;
 use crate::redis_store::RedisStore;
+use crate::telemetry::Metrics;
 
 pub struct AppState {
     pub config: Config,
@@ -22,10 +23,12 @@ pub struct AppState {
     pub catalog: Catalog,
     pub meter: Arc<Meter>,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new()?);
         let db = db::build_pool(config.database_url.expose(), config.db_pool_size)?;
         let client = redis::Client::open(config.redis_url.expose())
             .map_err(|e| anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {e}"))?;
@@ -49,9 +52,15 @@ impl AppState {
                 rate_limit: config.rate_limit,
             },
         );
-        let meter = Arc::new(Meter::new(config.meter.mode, config.billing.currency, db.clone()));
+        let meter = Arc::new(Meter::new(
+            config.meter.mode,
+            config.billing.currency,
+            db.clone(),
+            metrics.clone(),
+        ));
         Ok(Self {
-            catalog: Catalog::new(&apis),
+            catalog: Catalog::new(&apis, &metrics.metered_calls),
+            metrics,
             authenticator,
             meter,
             db,
@@ -70,12 +79,56 @@ impl AppState {
         Period::containing(self.clock.now(), self.config.billing_tz)
     }
 
+    /// Closes a period (see `billing::close`) and counts what it issued.
+    pub async fn close_period(
+        &self,
+        period: Period,
+    ) -> Result<crate::billing::close::CloseOutcome, crate::billing::close::CloseError> {
+        let mut conn = self.db.get().await.map_err(|e| {
+            crate::billing::close::CloseError::Database(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::ClosedConnection,
+                Box::new(e.to_string()),
+            ))
+        })?;
+        let outcome = crate::billing::close::close_period(
+            &mut conn,
+            period,
+            self.now(),
+            self.config.billing_tz,
+            &self.config.billing,
+        )
+        .await?;
+        if !outcome.already_closed {
+            self.metrics
+                .invoices_issued
+                .inc_by(u64::try_from(outcome.invoices_issued).unwrap_or(0));
+        }
+        Ok(outcome)
+    }
+
+    /// Refreshes the gauges that are read rather than counted.
+    pub fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        let pool = self.db.status();
+        m.db_pool_size.set(i64::try_from(pool.size).unwrap_or(i64::MAX));
+        m.db_pool_available
+            .set(i64::try_from(pool.available).unwrap_or(i64::MAX));
+        m.db_pool_waiting.set(i64::try_from(pool.waiting).unwrap_or(i64::MAX));
+        m.meter_pending_calls
+            .set(i64::try_from(self.meter.status().pending_calls).unwrap_or(i64::MAX));
+        let redis_errors = self.redis.errors();
+        let counted = m.redis_errors.get();
+        if redis_errors > counted {
+            m.redis_errors.inc_by(redis_errors - counted);
+        }
+    }
+
     /// Re-reads the API catalog into memory (after an admin change here, and
     /// periodically to pick up changes made through other instances).
     pub async fn reload_catalog(&self) -> Result<(), crate::error::ApiError> {
         let mut conn = self.db.get().await?;
         let apis = Api::all(&mut conn).await?;
-        self.catalog.replace(&apis);
+        self.catalog.replace(&apis, &self.metrics.metered_calls);
         Ok(())
     }
 }

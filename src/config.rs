@@ -47,6 +47,8 @@ pub struct Config {
     /// runs, can share one Redis).
     pub redis_prefix: String,
     pub bind: SocketAddr,
+    /// The Prometheus `/metrics` listener, kept off the public API.
+    pub metrics_bind: SocketAddr,
     pub db_pool_size: usize,
     pub workers: usize,
     /// How long a user's role and status are trusted from memory.
@@ -143,6 +145,11 @@ impl Config {
             redis_url: Secret::new(var("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into())),
             redis_prefix: var("PAYG_REDIS_PREFIX").unwrap_or_else(|| "payg:".into()),
             bind: parse_or("PAYG_BIND", var("PAYG_BIND"), "127.0.0.1:8080".parse().ok())?,
+            metrics_bind: parse_or(
+                "PAYG_METRICS_BIND",
+                var("PAYG_METRICS_BIND"),
+                "127.0.0.1:9100".parse().ok(),
+            )?,
             db_pool_size: parse_or("PAYG_DB_POOL_SIZE", var("PAYG_DB_POOL_SIZE"), Some(16))?,
             workers: parse_or("PAYG_WORKERS", var("PAYG_WORKERS"), Some(default_workers))?,
             auth_cache_ttl: Duration::from_millis(parse_or(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::{ErrorHandlers, Logger};
+use actix_web::middleware::ErrorHandlers;
 use actix_web::{App, HttpServer, web};
 use tokio::sync::watch;
 
@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::{self, ApiError};
 use crate::metering::Metering;
 use crate::routes;
+use crate::telemetry::RequestTelemetry;
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -22,10 +23,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How long graceful shutdown waits for in-flight calls, then for the meter.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// A bound, not yet running, payg server.
+/// A bound, not yet running, payg server (and its metrics listener).
 pub struct Application {
     server: Server,
+    metrics_server: Server,
     port: u16,
+    metrics_port: u16,
     state: web::Data<AppState>,
 }
 
@@ -36,15 +39,18 @@ impl Application {
         let listener =
             TcpListener::bind(config.bind).map_err(|e| anyhow::anyhow!("binding PAYG_BIND={}: {e}", config.bind))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = TcpListener::bind(config.metrics_bind)
+            .map_err(|e| anyhow::anyhow!("binding PAYG_METRICS_BIND={}: {e}", config.metrics_bind))?;
+        let metrics_port = metrics_listener.local_addr()?.port();
         let workers = config.workers.max(1);
         let state = web::Data::new(AppState::build(config, clock).await?);
 
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             // actix runs the LAST .wrap() FIRST. Outside-in, a request meets:
-            //   1. Logger        — one line per request with status and latency
-            //   2. ErrorHandlers — gives actix's own 404/405/413 the JSON envelope
-            //   3. routing; the metered scope adds Metering (auth + counting)
+            //   1. RequestTelemetry — request id, one log line, HTTP metrics
+            //   2. ErrorHandlers    — gives actix's own 404/405/413 the JSON envelope
+            //   3. routing; the metered scope adds Metering (auth, limits, counting)
             App::new()
                 .app_data(app_state.clone())
                 .app_data(
@@ -60,7 +66,7 @@ impl Application {
                         .default_handler_client(error::envelope_framework_errors)
                         .default_handler_server(error::envelope_framework_errors),
                 )
-                .wrap(Logger::new("%r %s %b %Dms").exclude("/healthz"))
+                .wrap(RequestTelemetry::new(app_state.clone()))
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))
                 .service(
@@ -84,7 +90,28 @@ impl Application {
         .listen(listener)?
         .run();
 
-        Ok(Self { server, port, state })
+        let metrics_state = state.clone();
+        let metrics_server = HttpServer::new(move || {
+            App::new()
+                .app_data(metrics_state.clone())
+                .route("/metrics", web::get().to(serve_metrics))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(metrics_listener)?
+        .run();
+
+        Ok(Self {
+            server,
+            metrics_server,
+            port,
+            metrics_port,
+            state,
+        })
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
     }
 
     pub fn port(&self) -> u16 {
@@ -111,7 +138,11 @@ impl Application {
             .spawn_flusher(self.state.config.meter.flush_interval, shutdown_rx.clone());
         let scheduler = crate::billing::close::spawn_scheduler(self.state.clone(), shutdown_rx.clone());
         let catalog_refresh = spawn_catalog_refresh(self.state.clone(), shutdown_rx.clone());
+        let metrics_handle = self.metrics_server.handle();
+        let metrics_server = tokio::spawn(self.metrics_server);
         let served = self.server.await;
+        metrics_handle.stop(true).await;
+        let _ = metrics_server.await;
         let _ = shutdown_tx.send(true);
         let _ = flusher.await;
         let _ = scheduler.await;
@@ -122,6 +153,14 @@ impl Application {
         }
         served.map_err(Into::into)
     }
+}
+
+/// `GET /metrics` in the Prometheus text format.
+async fn serve_metrics(state: web::Data<AppState>) -> actix_web::HttpResponse {
+    state.refresh_gauges();
+    actix_web::HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.encode())
 }
 
 /// Picks up catalog changes made through other instances.

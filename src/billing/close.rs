@@ -416,13 +416,19 @@ pub fn spawn_scheduler(
 }
 
 pub async fn close_due_periods(state: &AppState) -> anyhow::Result<Vec<CloseOutcome>> {
-    let now = state.now();
-    let tz = state.config.billing_tz;
-    let mut conn = state.db.get().await?;
-    let due = periods_due_for_close(&mut conn, now, tz, state.config.billing.close_grace).await?;
+    let due = {
+        let mut conn = state.db.get().await?;
+        periods_due_for_close(
+            &mut conn,
+            state.now(),
+            state.config.billing_tz,
+            state.config.billing.close_grace,
+        )
+        .await?
+    };
     let mut outcomes = Vec::new();
     for period in due {
-        outcomes.push(close_period(&mut conn, period, now, tz, &state.config.billing).await?);
+        outcomes.push(state.close_period(period).await?);
     }
     Ok(outcomes)
 }

@@ -8,9 +8,12 @@ use actix_web::http::Method;
 
 use crate::models::Api;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CatalogEntry {
     pub api_id: i32,
+    /// `payg_metered_calls_total{api="<slug>"}`, resolved once here so the
+    /// hot path only does an atomic add.
+    pub calls: prometheus::IntCounter,
 }
 
 /// Keyed by the actix route pattern (`/api/v1/tools/random/{max}`), never
@@ -23,23 +26,27 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(apis: &[Api]) -> Self {
+    pub fn new(apis: &[Api], calls: &prometheus::IntCounterVec) -> Self {
         let catalog = Self::default();
-        catalog.replace(apis);
+        catalog.replace(apis, calls);
         catalog
     }
 
     /// Swaps in a new catalog (after an admin changes it).
-    pub fn replace(&self, apis: &[Api]) {
+    pub fn replace(&self, apis: &[Api], calls: &prometheus::IntCounterVec) {
         let mut map = RouteMap::new();
         for api in apis.iter().filter(|a| a.active) {
             let Ok(method) = Method::from_bytes(api.method.as_bytes()) else {
                 tracing::warn!(slug = %api.slug, method = %api.method, "catalog entry has an unknown method; skipped");
                 continue;
             };
-            map.entry(api.route.clone())
-                .or_default()
-                .push((method, CatalogEntry { api_id: api.id }));
+            map.entry(api.route.clone()).or_default().push((
+                method,
+                CatalogEntry {
+                    api_id: api.id,
+                    calls: calls.with_label_values(&[&api.slug]),
+                },
+            ));
         }
         *self.by_route.write().unwrap_or_else(|e| e.into_inner()) = map;
     }
@@ -49,6 +56,6 @@ impl Catalog {
         map.get(route_pattern)?
             .iter()
             .find(|(m, _)| m == method)
-            .map(|(_, entry)| *entry)
+            .map(|(_, entry)| entry.clone())
     }
 }

@@ -103,6 +103,8 @@ where
                 // Refused calls are counted as failed (never billed), so the
                 // caller can see them in their usage.
                 let _ = record(&state, key, UsageDelta::one(true)).await;
+                api.calls.inc();
+                state.metrics.rate_limit_refusals.inc();
                 let err = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
@@ -120,6 +122,7 @@ where
                 Ok(res) => res.status(),
                 Err(err) => err.as_response_error().status_code(),
             };
+            api.calls.inc();
             if record(&state, key, UsageDelta::one(status.as_u16() >= 400))
                 .await
                 .is_err()

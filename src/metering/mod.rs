@@ -24,6 +24,7 @@ use crate::billing::Currency;
 use crate::config::MeterMode;
 use crate::db::DbPool;
 use crate::models::usage::{BatchOutcome, FlushId, UsageDelta, UsageKey, UsageRecord};
+use crate::telemetry::Metrics;
 
 pub use catalog::Catalog;
 pub use middleware::Metering;
@@ -63,10 +64,11 @@ pub struct Meter {
     in_flight_calls: AtomicU64,
     flushes: AtomicU64,
     flush_failures: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Meter {
-    pub fn new(mode: MeterMode, currency: Currency, db: DbPool) -> Self {
+    pub fn new(mode: MeterMode, currency: Currency, db: DbPool, metrics: Arc<Metrics>) -> Self {
         if mode == MeterMode::Off {
             tracing::warn!("PAYG_METER_MODE=off: calls are authenticated but NOT METERED; use only for benchmarks");
         }
@@ -80,6 +82,7 @@ impl Meter {
             in_flight_calls: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             flush_failures: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -141,7 +144,10 @@ impl Meter {
             let mut conn = self.db.get().await?;
             anyhow::Ok(UsageRecord::add_batch(&mut conn, Some(flush_id), &batch.rows, self.currency).await?)
         };
-        match attempt.await {
+        let timer = self.metrics.meter_flush_duration.start_timer();
+        let result = attempt.await;
+        timer.observe_duration();
+        match result {
             Ok(outcome) => {
                 if outcome == BatchOutcome::AlreadyApplied {
                     tracing::info!(flush_id = %batch.id, "flush had already committed; not applied again");
@@ -153,10 +159,12 @@ impl Meter {
                 *in_flight = None;
                 self.in_flight_calls.store(0, Ordering::Relaxed);
                 self.flushes.fetch_add(1, Ordering::Relaxed);
+                self.metrics.meter_flushes.inc();
                 Ok(result)
             }
             Err(e) => {
                 self.flush_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.meter_flush_failures.inc();
                 tracing::warn!(
                     flush_id = %batch.id,
                     rows = batch.rows.len(),

@@ -147,6 +147,8 @@ impl Drop for TestDb {
 
 pub struct TestApp {
     pub address: String,
+    /// Where `/metrics` is served (its own listener).
+    pub metrics_address: String,
     pub client: reqwest::Client,
     pub db: Arc<TestDb>,
     pub state: web::Data<AppState>,
@@ -191,11 +193,13 @@ impl TestAppBuilder {
             .await
             .expect("build app");
         let address = format!("http://127.0.0.1:{}", app.port());
+        let metrics_address = format!("http://127.0.0.1:{}", app.metrics_port());
         let state = app.state();
         let handle = app.handle();
         let running = tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
+            metrics_address,
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()
@@ -220,6 +224,7 @@ impl TestApp {
             vars: vec![
                 ("JWT_SECRET".into(), TEST_JWT_SECRET.into()),
                 ("PAYG_BIND".into(), "127.0.0.1:0".into()),
+                ("PAYG_METRICS_BIND".into(), "127.0.0.1:0".into()),
                 ("PAYG_WORKERS".into(), "2".into()),
                 ("PAYG_DB_POOL_SIZE".into(), "8".into()),
                 ("PAYG_METER_FLUSH_MS".into(), "25".into()),

@@ -10,4 +10,5 @@ mod export;
 mod helpers;
 mod keys;
 mod metering;
+mod operations;
 mod profile;
