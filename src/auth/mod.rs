@@ -9,12 +9,12 @@ pub mod jwt;
 pub mod password;
 pub mod sessions;
 pub mod tokens;
+pub mod ttl_cache;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
@@ -29,6 +29,9 @@ use crate::models::user::Standing;
 use crate::models::{Invoice, Role, User, UserStatus};
 use crate::redis_store::{RateLimit, RateOutcome, RedisStore};
 use tokens::TokenHasher;
+use ttl_cache::TtlCache;
+
+type KeyLookup = Option<(Uuid, Uuid)>;
 
 pub use jwt::JwtKeys;
 
@@ -159,8 +162,13 @@ pub struct Authenticator {
     db: DbPool,
     redis: Arc<RedisStore>,
     hasher: TokenHasher,
-    standings: StandingCache,
-    keys: KeyCache,
+    /// User → standing, reused while fresh and while Redis reports the
+    /// same user version it was read at.
+    standings: TtlCache<Uuid, CachedStanding>,
+    /// API key hash → (key id, user id), including "no such key".
+    keys: TtlCache<String, KeyLookup>,
+    /// Keys whose `last_used_at` was written in the last minute.
+    recently_touched: TtlCache<Uuid, ()>,
     clock: Arc<dyn Clock>,
     overdue_after: chrono::Duration,
     rate_limit: Option<RateLimit>,
@@ -195,9 +203,10 @@ impl Authenticator {
             db,
             redis,
             hasher,
-            standings: StandingCache::new(settings.standing_ttl),
+            standings: TtlCache::new(settings.standing_ttl),
             // A revoked key must stop working within a second everywhere.
-            keys: KeyCache::new(settings.standing_ttl.min(Duration::from_secs(1))),
+            keys: TtlCache::new(settings.standing_ttl.min(Duration::from_secs(1))),
+            recently_touched: TtlCache::new(Duration::from_secs(60)),
             clock,
             overdue_after: chrono::Duration::days(i64::from(settings.overdue_days)),
             rate_limit: settings.rate_limit,
@@ -262,7 +271,11 @@ impl Authenticator {
     }
 
     async fn standing(&self, user_id: Uuid, version: Option<i64>) -> Result<CachedStanding, ApiError> {
-        if let Some(cached) = self.standings.get(user_id, version) {
+        let fresh = self
+            .standings
+            .get(&user_id)
+            .filter(|c| version.is_none() || c.version == version);
+        if let Some(cached) = fresh {
             return Ok(cached);
         }
         let mut conn = self.db.get().await?;
@@ -295,7 +308,8 @@ impl Authenticator {
             }
         };
         let (key_id, user_id) = found.ok_or_else(ApiError::invalid_token)?;
-        if self.keys.should_touch(key_id) {
+        if self.recently_touched.get(&key_id).is_none() {
+            self.recently_touched.put(key_id, ());
             // last_used_at is informational: written at most once a minute
             // per key, off the request path.
             let db = self.db.clone();
@@ -311,117 +325,13 @@ impl Authenticator {
 
     /// Forget a user's cached standing on this instance, and tell the others.
     pub async fn user_changed(&self, user_id: Uuid) {
-        self.standings.remove(user_id);
+        self.standings.remove(&user_id);
         self.redis.bump_user_version(user_id).await;
     }
 
     /// Forget a revoked key on this instance (others forget within a second).
     pub fn forget_key(&self, key_hash: &str) {
         self.keys.remove(key_hash);
-    }
-}
-
-/// A short-lived cache of users' standing so that calls do not each cost a
-/// database round trip. An entry is reused while younger than the TTL and
-/// while Redis reports the same user version it was read at.
-struct StandingCache {
-    ttl: Duration,
-    entries: RwLock<HashMap<Uuid, (CachedStanding, Instant)>>,
-}
-
-impl StandingCache {
-    fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            entries: RwLock::new(HashMap::new()),
-        }
-    }
-
-    fn get(&self, user_id: Uuid, version: Option<i64>) -> Option<CachedStanding> {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(&user_id)
-            .filter(|(c, at)| at.elapsed() < self.ttl && (version.is_none() || c.version == version))
-            .map(|(c, _)| *c)
-    }
-
-    fn put(&self, user_id: Uuid, standing: CachedStanding) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        // Bound memory: expired entries are dropped whenever the map grows large.
-        if entries.len() >= 100_000 {
-            let ttl = self.ttl;
-            entries.retain(|_, (_, at)| at.elapsed() < ttl);
-        }
-        entries.insert(user_id, (standing, Instant::now()));
-    }
-
-    fn remove(&self, user_id: Uuid) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        entries.remove(&user_id);
-    }
-}
-
-type KeyLookup = Option<(Uuid, Uuid)>;
-
-/// API key hash → (key id, user id), including "no such key", for at most
-/// a second.
-struct KeyCache {
-    ttl: Duration,
-    entries: RwLock<HashMap<String, (KeyLookup, Instant)>>,
-    touched: std::sync::Mutex<HashMap<Uuid, Instant>>,
-}
-
-impl KeyCache {
-    fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            entries: RwLock::new(HashMap::new()),
-            touched: std::sync::Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn get(&self, hash: &str) -> Option<KeyLookup> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(hash)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(v, _)| *v)
-    }
-
-    fn put(&self, hash: String, found: KeyLookup) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= 100_000 {
-            let ttl = self.ttl;
-            entries.retain(|_, (_, at)| at.elapsed() < ttl);
-        }
-        entries.insert(hash, (found, Instant::now()));
-    }
-
-    fn remove(&self, hash: &str) {
-        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(hash);
-    }
-
-    fn should_touch(&self, key_id: Uuid) -> bool {
-        let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
-        match touched.get(&key_id) {
-            Some(at) if at.elapsed() < Duration::from_secs(60) => false,
-            _ => {
-                if touched.len() >= 100_000 {
-                    touched.clear();
-                }
-                touched.insert(key_id, Instant::now());
-                true
-            }
-        }
     }
 }
 
