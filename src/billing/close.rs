@@ -21,8 +21,8 @@ use crate::config::BillingSettings;
 use crate::models::User;
 use crate::models::invoice::{Invoice, InvoiceLine, InvoiceStatus};
 use crate::models::price::PriceBook;
-use crate::models::usage::UsageLine;
-use crate::schema::{apis, closed_periods, invoice_lines, invoice_sequences, invoices, usage_records, users};
+use crate::models::usage::{UsageLine, UsageRecord};
+use crate::schema::{closed_periods, invoice_lines, invoice_sequences, invoices, usage_records, users};
 
 /// Serialises closes across instances (held for the closing transaction).
 const CLOSE_LOCK_KEY: i64 = 0x7061_7967_636c_6f73; // "paygclos"
@@ -215,25 +215,7 @@ pub async fn statements_for_period(
     currency: Currency,
     as_of: DateTime<Utc>,
 ) -> QueryResult<BTreeMap<Uuid, Statement>> {
-    let rows: Vec<(Uuid, UsageLine)> = usage_records::table
-        .inner_join(apis::table)
-        .filter(usage_records::period.eq(period.first_day()))
-        .order((usage_records::user_id, apis::slug))
-        .select((
-            usage_records::user_id,
-            (
-                apis::id,
-                apis::slug,
-                apis::name,
-                apis::method,
-                apis::route,
-                usage_records::calls,
-                usage_records::failed_calls,
-                usage_records::updated_at,
-            ),
-        ))
-        .load(conn)
-        .await?;
+    let rows = UsageRecord::lines_for_period(conn, period).await?;
     let book = PriceBook::load(conn, None).await?;
     let mut by_user: BTreeMap<Uuid, Vec<UsageLine>> = BTreeMap::new();
     for (user_id, line) in rows {

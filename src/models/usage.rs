@@ -93,6 +93,28 @@ pub struct UsageLine {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The columns a [`UsageLine`] is read from.
+type LineColumns = (
+    apis::id,
+    apis::slug,
+    apis::name,
+    apis::method,
+    apis::route,
+    usage_records::calls,
+    usage_records::failed_calls,
+    usage_records::updated_at,
+);
+const LINE_COLUMNS: LineColumns = (
+    apis::id,
+    apis::slug,
+    apis::name,
+    apis::method,
+    apis::route,
+    usage_records::calls,
+    usage_records::failed_calls,
+    usage_records::updated_at,
+);
+
 pub struct UsageRecord;
 
 impl UsageRecord {
@@ -182,16 +204,18 @@ impl UsageRecord {
             .filter(usage_records::user_id.eq(user_id))
             .filter(usage_records::period.eq(period.first_day()))
             .order(apis::slug)
-            .select((
-                apis::id,
-                apis::slug,
-                apis::name,
-                apis::method,
-                apis::route,
-                usage_records::calls,
-                usage_records::failed_calls,
-                usage_records::updated_at,
-            ))
+            .select(LINE_COLUMNS)
+            .load(conn)
+            .await
+    }
+
+    /// Every user's usage for one period: (user, line), by user then API.
+    pub async fn lines_for_period(conn: &mut AsyncPgConnection, period: Period) -> QueryResult<Vec<(Uuid, UsageLine)>> {
+        usage_records::table
+            .inner_join(apis::table)
+            .filter(usage_records::period.eq(period.first_day()))
+            .order((usage_records::user_id, apis::slug))
+            .select((usage_records::user_id, LINE_COLUMNS))
             .load(conn)
             .await
     }
