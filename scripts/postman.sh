@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Run the Postman collection against a running payg server with newman.
-#   scripts/postman.sh [BASE_URL]       (default http://127.0.0.1:8080)
+#   scripts/postman.sh [BASE_URL [NEWMAN_ARGS...]]   (default http://127.0.0.1:8080)
+# Arguments after BASE_URL go to `newman run` as they are, e.g. the billing
+# folders' credentials: --env-var adminPassword=... (see .ci/run).
 # newman is installed on first use into $PAYG_NEWMAN_DIR
 # (default ~/.cache/payg-newman), outside the repository.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BASE_URL=${1:-http://127.0.0.1:8080}
+if [ "$#" -gt 0 ]; then shift; fi
 NEWMAN_VERSION=6
 NEWMAN_DIR=${PAYG_NEWMAN_DIR:-${HOME:-/tmp}/.cache/payg-newman}
 
@@ -40,4 +43,5 @@ exec "$newman_bin" run postman/payg.postman_collection.json \
   --bail \
   --color off \
   --disable-unicode \
-  --timeout-request 30000
+  --timeout-request 30000 \
+  "$@"
