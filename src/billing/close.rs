@@ -27,7 +27,7 @@ use crate::schema::{closed_periods, invoice_lines, invoice_sequences, invoices, 
 /// Serialises closes across instances (held for the closing transaction).
 const CLOSE_LOCK_KEY: i64 = 0x7061_7967_636c_6f73; // "paygclos"
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CloseOutcome {
     pub period: Period,
     /// True when the period had been closed before: nothing new was issued.
@@ -234,7 +234,7 @@ pub async fn is_closed(conn: &mut AsyncPgConnection, period: Period) -> QueryRes
 }
 
 /// One (user, API) whose records no longer match what was invoiced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Discrepancy {
     pub user_id: Uuid,
     pub email: String,
@@ -252,7 +252,7 @@ pub struct Discrepancy {
     pub unbilled_amount: Decimal,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Reconciliation {
     pub period: Period,
     pub closed: bool,

@@ -41,7 +41,7 @@ impl ExportFormat {
 }
 
 /// One exported row: an invoice line with its invoice's facts.
-#[derive(Debug, Clone, Queryable, Serialize)]
+#[derive(Debug, Clone, Queryable, Serialize, utoipa::ToSchema)]
 pub struct ExportRow {
     pub invoice_number: String,
     pub user_email: String,

@@ -20,7 +20,7 @@ use crate::billing::currency::Currency;
 
 /// One graduated tier: calls up to `up_to` (cumulative, counted after the
 /// free allowance) at `unit_price`; `None` = no upper bound.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tier {
     pub up_to: Option<i64>,
     #[serde(with = "rust_decimal::serde::str")]
@@ -37,7 +37,7 @@ pub struct PriceVersion {
     pub tiers: Vec<Tier>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PricedLine {
     pub calls: i64,
     pub failed_calls: i64,

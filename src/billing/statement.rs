@@ -14,7 +14,7 @@ use crate::billing::{Currency, Period};
 use crate::models::price::PriceBook;
 use crate::models::usage::{UsageLine, UsageRecord};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatementLine {
     #[serde(skip)]
     pub api_id: i32,
@@ -25,7 +25,7 @@ pub struct StatementLine {
     pub priced: PricedLine,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Statement {
     pub period: Period,
     pub currency: Currency,

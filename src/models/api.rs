@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::schema::apis;
 
 /// A catalog entry: one metered endpoint (method + actix route pattern).
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = apis, check_for_backend(diesel::pg::Pg))]
 pub struct Api {
     pub id: i32,

@@ -6,13 +6,14 @@ use uuid::Uuid;
 
 use crate::schema::api_keys;
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
 pub struct ApiKey {
     pub id: Uuid,
     #[serde(skip)]
     pub user_id: Uuid,
     pub name: String,
+    /// The key's first characters, for recognising it; never the key.
     pub prefix: String,
     #[serde(skip)]
     pub key_hash: String,

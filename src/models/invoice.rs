@@ -13,13 +13,14 @@ use crate::schema::{invoice_lines, invoices, payments, users};
 
 text_enum!(InvoiceStatus { Issued => "issued", Paid => "paid", Void => "void" });
 
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable, Insertable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = invoices, check_for_backend(diesel::pg::Pg))]
 pub struct Invoice {
     pub id: Uuid,
     pub number: String,
     pub user_id: Uuid,
     #[serde(serialize_with = "serialize_period")]
+    #[schema(value_type = crate::billing::Period)]
     pub period: NaiveDate,
     pub currency: String,
     #[serde(with = "rust_decimal::serde::str")]
@@ -48,7 +49,7 @@ fn serialize_period<S: serde::Serializer>(date: &NaiveDate, s: S) -> Result<S::O
     s.collect_str(&date.format("%Y-%m"))
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = invoice_lines, check_for_backend(diesel::pg::Pg))]
 pub struct InvoiceLine {
     #[serde(skip)]
@@ -71,7 +72,7 @@ pub struct InvoiceLine {
     pub amount: Decimal,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = payments, check_for_backend(diesel::pg::Pg))]
 pub struct Payment {
     pub id: Uuid,

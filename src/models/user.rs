@@ -18,7 +18,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = users, check_for_backend(Pg))]
 pub struct User {
     pub id: Uuid,
@@ -35,6 +35,8 @@ pub struct User {
     pub postal_code: Option<String>,
     pub country: Option<String>,
     pub tax_id: Option<String>,
+    /// Everything this user's usage has cost so far, all periods.
+    #[schema(example = "0.42")]
     pub total_cost: Decimal,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -6,6 +6,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
@@ -16,16 +17,23 @@ use crate::models::Api;
 use crate::models::price::{PriceBook, PriceRow};
 use crate::routes::conn;
 use crate::routes::finance::parse_currency;
+use crate::routes::openapi::ErrorBody;
 use crate::schema::{apis, usage_records};
 
 /// A price as shown to clients.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PriceView {
+    /// The period from which this price applies (`YYYY-MM`).
+    #[schema(value_type = Period)]
     pub effective_from: String,
     pub currency: Currency,
+    /// Per call, before any tiers.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(example = "0.001")]
     pub unit_price: Decimal,
+    /// Calls free each period.
     pub free_calls: i64,
+    /// Graduated tiers; empty for the flat `unit_price`.
     pub tiers: Vec<Tier>,
 }
 
@@ -41,13 +49,30 @@ impl PriceView {
     }
 }
 
-#[derive(Serialize)]
-struct AdminApiView {
+#[derive(Serialize, ToSchema)]
+pub struct AdminApiView {
     #[serde(flatten)]
     api: Api,
     current_price: Option<PriceView>,
 }
 
+#[derive(ToSchema)]
+pub struct AdminApiList {
+    pub apis: Vec<AdminApiView>,
+}
+
+/// Every catalog entry, active or not, with its current price.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/apis",
+    tag = "admin",
+    operation_id = "admin_list_apis",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The catalog, by id", body = AdminApiList),
+        (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
+    )
+)]
 pub async fn list_apis(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
     user.require_admin()?;
     let mut conn = conn(&state.db).await?;
@@ -64,13 +89,21 @@ pub async fn list_apis(state: web::Data<AppState>, user: AuthUser) -> ApiResult<
     Ok(HttpResponse::Ok().json(json!({ "apis": apis })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiRequest {
+    /// 1–64 of `a-z`, `0-9` and `-`, starting with a letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$", example = "tools-uuid")]
     slug: String,
+    /// GET, POST, PUT, PATCH or DELETE (any case).
+    #[schema(example = "GET")]
     method: String,
+    /// The actix route pattern, e.g. `/api/v1/tools/random/{max}`.
+    #[schema(example = "/api/v1/tools/uuid")]
     route: String,
+    /// 1–200 characters.
     name: String,
+    /// At most 2000 characters.
     #[serde(default)]
     description: String,
 }
@@ -100,6 +133,19 @@ fn validate_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
 
 /// Adds a catalog entry. It is metered once a route with that method and
 /// pattern is served; it starts at the default price (0.001 per call).
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/apis",
+    tag = "admin",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 201, description = "The new catalog entry", body = Api),
+        (status = 400, description = "`validation_failed`: a bad slug, method, route, name or description",
+            body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
+        (status = 409, description = "`api_exists`: the slug, or the method and route, is taken", body = ErrorBody),
+    )
+)]
 pub async fn create_api(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -169,7 +215,8 @@ pub async fn create_api(
     }
 }
 
-#[derive(Deserialize)]
+/// A partial update: absent fields are left alone.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApiRequest {
     name: Option<String>,
@@ -185,6 +232,21 @@ struct ApiChanges {
     active: Option<bool>,
 }
 
+/// Renames, re-describes, or (de)activates a catalog entry.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/admin/apis/{id}",
+    tag = "admin",
+    params(("id" = i32, Path, description = "The catalog entry's id")),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The updated entry", body = Api),
+        (status = 400, description = "`validation_failed`: an empty or too long name, or a too long description",
+            body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such API, or `id` is not an integer", body = ErrorBody),
+    )
+)]
 pub async fn update_api(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -221,24 +283,56 @@ pub async fn update_api(
     Ok(HttpResponse::Ok().json(api))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPriceRequest {
+    /// Per call, not negative, as a decimal string.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(example = "0.002")]
     unit_price: Decimal,
+    /// Must be the billing currency when given.
+    #[schema(value_type = Option<Currency>)]
     currency: Option<String>,
+    /// Calls free each period (default 0).
     #[serde(default)]
+    #[schema(minimum = 0)]
     free_calls: i64,
+    /// Graduated tiers (default none: flat `unit_price`).
     #[serde(default)]
     tiers: Vec<Tier>,
     /// `YYYY-MM`; default: the current period.
+    #[schema(value_type = Option<Period>)]
     effective_from: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct CreatedPrice {
+    pub api_id: i32,
+    pub price: PriceView,
+    /// True when calls were already recorded in the requested period, so
+    /// the price takes effect from the next one.
+    pub deferred: bool,
 }
 
 /// Sets a new price. It takes effect from the requested period's start (the
 /// current period by default) only if no call to this API has been recorded
 /// in that period yet; otherwise from the next period — a price change never
 /// re-prices calls already made.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/apis/{id}/prices",
+    tag = "admin",
+    params(("id" = i32, Path, description = "The catalog entry's id")),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 201, description = "The new price version", body = CreatedPrice),
+        (status = 400, description = "`validation_failed`: a negative price or allowance, bad tiers, \
+            or a bad or past `effective_from`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such API, or `id` is not an integer", body = ErrorBody),
+        (status = 422, description = "`currency_mismatch`: not the billing currency", body = ErrorBody),
+    )
+)]
 pub async fn create_price(
     state: web::Data<AppState>,
     user: AuthUser,

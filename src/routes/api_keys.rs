@@ -3,6 +3,7 @@ use chrono::Utc;
 use diesel_async::AsyncConnection;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -10,15 +11,46 @@ use crate::auth::{API_KEY_PREFIX, AuthUser, tokens};
 use crate::error::{ApiError, ApiResult};
 use crate::models::api_key::{ApiKey, MAX_ACTIVE_KEYS};
 use crate::routes::conn;
+use crate::routes::openapi::ErrorBody;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyRequest {
+    /// 1 to 100 characters, for telling keys apart.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+}
+
+#[derive(ToSchema)]
+pub struct CreatedApiKey {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    /// The full key: shown in this response only.
+    #[schema(example = "payg_…")]
+    pub key: String,
+    pub created_at: chrono::DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKey>,
 }
 
 /// Creates a key. The full key is in this response only; payg keeps a keyed
 /// hash and the prefix (for display).
+#[utoipa::path(
+    post,
+    path = "/api/v1/api-keys",
+    tag = "keys",
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 201, description = "The new key, in full this once", body = CreatedApiKey),
+        (status = 400, description = "`validation_failed`: a bad name", body = ErrorBody),
+        (status = 409, description = "`too_many_keys`: the user already has the maximum of active keys",
+            body = ErrorBody),
+    )
+)]
 pub async fn create_api_key(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -63,6 +95,13 @@ pub async fn create_api_key(
 }
 
 /// The caller's active keys (never the keys themselves).
+#[utoipa::path(
+    get,
+    path = "/api/v1/api-keys",
+    tag = "keys",
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses((status = 200, description = "Active keys, newest first", body = ApiKeyList))
+)]
 pub async fn list_api_keys(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let keys = ApiKey::active_for_user(&mut conn, user.id()).await?;
@@ -71,6 +110,18 @@ pub async fn list_api_keys(state: web::Data<AppState>, user: AuthUser) -> ApiRes
 
 /// Revokes one of the caller's keys: refused at once on this instance and
 /// within a second on every other.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/api-keys/{id}",
+    tag = "keys",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "`not_found`: no such active key of the caller's, or `id` is not a UUID",
+            body = ErrorBody),
+    )
+)]
 pub async fn revoke_api_key(
     state: web::Data<AppState>,
     user: AuthUser,

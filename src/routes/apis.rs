@@ -1,5 +1,6 @@
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::error::ApiResult;
@@ -8,18 +9,30 @@ use crate::models::price::PriceBook;
 use crate::routes::admin::PriceView;
 use crate::routes::conn;
 
-#[derive(Serialize)]
-struct ApiView {
+#[derive(Serialize, ToSchema)]
+pub struct ApiView {
     slug: String,
     method: String,
     route: String,
     name: String,
     description: String,
+    /// The price in force this period.
     price: Option<PriceView>,
+}
+
+#[derive(ToSchema)]
+pub struct ApiList {
+    pub apis: Vec<ApiView>,
 }
 
 /// The active metered APIs with their current prices (public: a
 /// prospective consumer may browse it).
+#[utoipa::path(
+    get,
+    path = "/api/v1/apis",
+    tag = "catalog",
+    responses((status = 200, description = "Active APIs by slug", body = ApiList))
+)]
 pub async fn list_apis(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let active = Api::active(&mut conn).await?;

@@ -1,5 +1,6 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -13,12 +14,19 @@ use crate::auth::{self, AuthUser, Credential, password};
 use crate::error::{ApiError, ApiResult};
 use crate::models::user::{NewUser, Role, User};
 use crate::routes::conn;
+use crate::routes::openapi::ErrorBody;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    /// Unique, case-insensitive.
+    #[schema(example = "ada@example.com")]
     email: String,
+    /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
+    /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
 }
 
@@ -37,6 +45,18 @@ pub(crate) fn validate_name(name: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
+/// Creates a consumer account.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register",
+    tag = "auth",
+    responses(
+        (status = 201, description = "The new account", body = User),
+        (status = 400, description = "`validation_failed`: a malformed email, a password of the wrong length, \
+            or a bad name", body = ErrorBody),
+        (status = 409, description = "`email_taken`: an account with this email already exists", body = ErrorBody),
+    )
+)]
 pub async fn register(state: web::Data<AppState>, body: web::Json<RegisterRequest>) -> ApiResult<HttpResponse> {
     let RegisterRequest { email, password, name } = body.into_inner();
     let email = auth::normalize_email(&email)?;
@@ -66,17 +86,21 @@ pub async fn register(state: web::Data<AppState>, body: web::Json<RegisterReques
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     email: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
+    /// A JWT for `Authorization: Bearer`.
     access_token: String,
+    #[schema(value_type = String, example = "Bearer")]
     token_type: &'static str,
+    /// Seconds until the access token expires.
     expires_in: u64,
+    /// Single use: exchange it at /auth/refresh for a new pair.
     refresh_token: String,
 }
 
@@ -103,6 +127,19 @@ fn issuer(state: &AppState) -> sessions::Issuer<'_> {
 pub const MAX_LOGIN_FAILURES: u32 = 10;
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
+/// Logs in with email and password: an access token and a refresh token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    responses(
+        (status = 200, description = "A new session", body = TokenResponse),
+        (status = 401, description = "`invalid_credentials`: unknown email or wrong password", body = ErrorBody),
+        (status = 403, description = "`account_suspended`: the account is suspended", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: too many failed logins for this email", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until another attempt is allowed"))),
+    )
+)]
 pub async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> ApiResult<HttpResponse> {
     let LoginRequest { email, password } = body.into_inner();
     let invalid = || {
@@ -167,7 +204,7 @@ pub async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) ->
     Ok(HttpResponse::Ok().json(TokenResponse::from(session)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     refresh_token: String,
@@ -175,6 +212,17 @@ pub struct RefreshRequest {
 
 /// Rotates a refresh token: a new access and refresh token, the old one
 /// retired. A retired token presented again revokes the whole session.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "auth",
+    responses(
+        (status = 200, description = "A new access and refresh token", body = TokenResponse),
+        (status = 401, description = "`unauthorized`: an unknown, expired, revoked or reused refresh token",
+            body = ErrorBody),
+        (status = 403, description = "`account_suspended`: the account is suspended", body = ErrorBody),
+    )
+)]
 pub async fn refresh(state: web::Data<AppState>, body: web::Json<RefreshRequest>) -> ApiResult<HttpResponse> {
     let presented = body.into_inner().refresh_token;
     if !presented.starts_with(sessions::REFRESH_TOKEN_PREFIX) || presented.len() > 128 {
@@ -191,15 +239,28 @@ pub async fn refresh(state: web::Data<AppState>, body: web::Json<RefreshRequest>
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutRequest {
+    /// Also revoke this refresh token's session.
     refresh_token: Option<String>,
 }
 
 /// Ends the session: the presented access token stops working at once on
 /// every instance (its `jti` is deny-listed in Redis until it would have
 /// expired) and the session's refresh tokens are revoked.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    request_body(content = Option<LogoutRequest>, description = "Optional"),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 400, description = "`validation_failed`: the credential is an API key, not an access token",
+            body = ErrorBody),
+    )
+)]
 pub async fn logout(
     state: web::Data<AppState>,
     user: AuthUser,

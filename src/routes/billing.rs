@@ -6,13 +6,32 @@ use crate::billing::Period;
 use crate::billing::statement::Statement;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::conn;
+use crate::routes::openapi::ErrorBody;
 
 /// What the caller owes so far this period, per API.
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/current",
+    tag = "billing",
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses((status = 200, description = "This period's cost so far", body = Statement))
+)]
 pub async fn current_cost(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
     statement(&state, user, state.current_period()).await
 }
 
 /// The same for any period (`YYYY-MM`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing/periods/{period}",
+    tag = "billing",
+    params(("period" = Period, Path, description = "`YYYY-MM`")),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "That period's cost", body = Statement),
+        (status = 400, description = "`validation_failed`: `period` is not `YYYY-MM`", body = ErrorBody),
+    )
+)]
 pub async fn period_cost(
     state: web::Data<AppState>,
     user: AuthUser,

@@ -4,27 +4,46 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::billing::close::{self, CloseError};
-use crate::billing::export::{self, ExportFormat};
+use crate::billing::close::{self, CloseError, CloseOutcome, Reconciliation};
+use crate::billing::export::{self, ExportFormat, ExportRow};
 use crate::billing::payments::{self, PaymentError, PaymentInput, PaymentSource, Recorded, VoidError};
 use crate::billing::{Currency, Period};
 use crate::error::{ApiError, ApiResult};
 use crate::models::Invoice;
+use crate::models::invoice::Payment;
 use crate::models::invoice::{InvoiceFilter, InvoiceStatus};
 use crate::routes::conn;
-use crate::routes::invoices::invoice_detail;
+use crate::routes::invoices::{InvoiceDetail, invoice_detail};
+use crate::routes::openapi::ErrorBody;
 
 fn parse_period(raw: &str) -> Result<Period, ApiError> {
     raw.parse()
         .map_err(|e: crate::billing::period::BadPeriod| ApiError::validation(e.to_string()))
 }
 
+/// Closes a past period: issues one invoice per user with usage, numbered
+/// without gaps. Closing a closed period again issues nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/finance/periods/{period}/close",
+    tag = "finance",
+    params(("period" = Period, Path, description = "`YYYY-MM`")),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "Closed (now or before: see `already_closed`)", body = CloseOutcome),
+        (status = 400, description = "`validation_failed`: `period` is not `YYYY-MM`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller has neither the finance nor the admin role",
+            body = ErrorBody),
+        (status = 409, description = "`period_open`: the period has not ended yet", body = ErrorBody),
+    )
+)]
 pub async fn close_period(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -51,6 +70,20 @@ pub async fn close_period(
     }
 }
 
+/// Compares a period's usage records, priced now, with what was invoiced.
+#[utoipa::path(
+    get,
+    path = "/api/v1/finance/periods/{period}/reconciliation",
+    tag = "finance",
+    params(("period" = Period, Path, description = "`YYYY-MM`")),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "Totals and any discrepancies", body = Reconciliation),
+        (status = 400, description = "`validation_failed`: `period` is not `YYYY-MM`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller has neither the finance nor the admin role",
+            body = ErrorBody),
+    )
+)]
 pub async fn reconciliation(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -63,15 +96,48 @@ pub async fn reconciliation(
     Ok(HttpResponse::Ok().json(report))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct ListQuery {
+    /// `YYYY-MM`.
+    #[param(value_type = Option<Period>)]
     period: Option<String>,
+    /// `issued`, `paid` or `void`.
+    #[param(value_type = Option<InvoiceStatus>)]
     status: Option<String>,
+    /// A user id, or an email (case-insensitive).
     user: Option<String>,
+    /// From 1 (default 1).
+    #[param(minimum = 1)]
     page: Option<i64>,
+    /// 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     per_page: Option<i64>,
 }
 
+#[derive(ToSchema)]
+pub struct InvoicePage {
+    pub invoices: Vec<Invoice>,
+    pub page: i64,
+    pub per_page: i64,
+    /// Invoices matching the filters, on all pages.
+    pub total: i64,
+}
+
+/// Every user's invoices, filtered and paged, newest period first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/finance/invoices",
+    tag = "finance",
+    operation_id = "finance_list_invoices",
+    params(ListQuery),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "One page of invoices", body = InvoicePage),
+        (status = 400, description = "`validation_failed`: a bad period, status, page or per_page", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller has neither the finance nor the admin role",
+            body = ErrorBody),
+    )
+)]
 pub async fn list_invoices(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -104,6 +170,21 @@ pub async fn list_invoices(
     })))
 }
 
+/// Any user's invoice with its lines and payments.
+#[utoipa::path(
+    get,
+    path = "/api/v1/finance/invoices/{id}",
+    tag = "finance",
+    operation_id = "finance_get_invoice",
+    params(("id" = Uuid, Path, description = "The invoice's id")),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The invoice", body = InvoiceDetail),
+        (status = 403, description = "`forbidden`: the caller has neither the finance nor the admin role",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such invoice, or `id` is not a UUID", body = ErrorBody),
+    )
+)]
 pub async fn get_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     user.require_finance()?;
     let mut conn = conn(&state.db).await?;
@@ -113,13 +194,52 @@ pub async fn get_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Pa
     invoice_detail(&mut conn, invoice).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct ExportQuery {
+    /// `YYYY-MM`.
+    #[param(value_type = Period)]
     period: String,
+    /// `csv` (default) or `json`.
+    #[param(value_type = Option<ExportFormatName>)]
     format: Option<String>,
 }
 
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ExportFormatName {
+    Csv,
+    Json,
+}
+
+/// One row of the JSON export: an invoice line with its invoice's facts.
+/// The CSV export has the same columns, in `billing::export::CSV_HEADER` order.
+#[derive(Serialize, ToSchema)]
+pub struct ExportJsonRow {
+    pub period: Period,
+    #[serde(flatten)]
+    pub row: ExportRow,
+}
+
 /// Streams one row per invoice line; memory stays flat however large.
+#[utoipa::path(
+    get,
+    path = "/api/v1/finance/invoices/export",
+    tag = "finance",
+    params(ExportQuery),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "An attachment: CSV (RFC 4180, with a header row) or a JSON array",
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"invoices-YYYY-MM.csv\"`")),
+            content(
+                (String = "text/csv"),
+                (Vec<ExportJsonRow> = "application/json"),
+            )),
+        (status = 400, description = "`validation_failed`: `period` missing or not `YYYY-MM`, or an unknown format",
+            body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller has neither the finance nor the admin role",
+            body = ErrorBody),
+    )
+)]
 pub async fn export_invoices(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -147,14 +267,30 @@ pub async fn export_invoices(
         })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
+    /// A decimal string in the invoice's currency, e.g. `"12.50"`.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(example = "12.50")]
     amount: Decimal,
+    /// The payment provider's reference: 1–200 characters; recording the
+    /// same reference again for the same amount is a no-op (200).
+    #[schema(min_length = 1, max_length = 200)]
     reference: String,
+    /// e.g. `bank_transfer`: 1–50 characters.
+    #[schema(min_length = 1, max_length = 50)]
     method: String,
+    /// Must be the invoice's currency when given.
+    #[schema(value_type = Option<Currency>)]
     currency: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PaymentRecorded {
+    pub payment: Payment,
+    /// The invoice after the payment (`paid` once fully paid).
+    pub invoice: Invoice,
 }
 
 pub(crate) fn payment_error(err: PaymentError) -> ApiError {
@@ -183,6 +319,27 @@ pub(crate) fn parse_currency(raw: Option<&str>) -> Result<Option<Currency>, ApiE
     .transpose()
 }
 
+/// Records money received against an invoice; idempotent on `reference`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/finance/invoices/{id}/payments",
+    tag = "finance",
+    params(("id" = Uuid, Path, description = "The invoice's id")),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 201, description = "Recorded", body = PaymentRecorded),
+        (status = 200, description = "Already recorded with this reference and amount: nothing changed",
+            body = PaymentRecorded),
+        (status = 400, description = "`validation_failed`: a bad amount, reference or method", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller has neither the finance nor the admin role",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such invoice, or `id` is not a UUID", body = ErrorBody),
+        (status = 409, description = "`invoice_not_payable`: the invoice is void or already paid; \
+            `reference_reused`: the reference was used for a different payment", body = ErrorBody),
+        (status = 422, description = "`overpayment`: more than is outstanding; \
+            `currency_mismatch`: not the invoice's currency, or not a supported currency", body = ErrorBody),
+    )
+)]
 pub async fn record_payment(
     state: web::Data<AppState>,
     user: AuthUser,
@@ -225,6 +382,21 @@ pub(crate) async fn payment_response(state: &AppState, recorded: Recorded) -> Ht
     HttpResponse::build(status).json(json!({ "payment": payment, "invoice": invoice }))
 }
 
+/// Voids an issued, unpaid invoice.
+#[utoipa::path(
+    post,
+    path = "/api/v1/finance/invoices/{id}/void",
+    tag = "finance",
+    params(("id" = Uuid, Path, description = "The invoice's id")),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The voided invoice", body = Invoice),
+        (status = 403, description = "`forbidden`: the caller has neither the finance nor the admin role",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such invoice, or `id` is not a UUID", body = ErrorBody),
+        (status = 409, description = "`invoice_not_voidable`: the invoice is paid, partly paid or already void", body = ErrorBody),
+    )
+)]
 pub async fn void_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     user.require_finance()?;
     let mut conn = conn(&state.db).await?;

@@ -1,14 +1,41 @@
 use actix_web::{HttpResponse, web};
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::models::Invoice;
+use crate::models::invoice::{InvoiceLine, Payment};
 use crate::routes::conn;
+use crate::routes::openapi::ErrorBody;
+
+#[derive(ToSchema)]
+pub struct InvoiceList {
+    pub invoices: Vec<Invoice>,
+}
+
+/// An invoice with its lines and payments, as `invoice_detail` builds it.
+#[derive(Serialize, ToSchema)]
+pub struct InvoiceDetail {
+    #[serde(flatten)]
+    pub invoice: Invoice,
+    /// One per API, in order; they sum to the subtotal.
+    pub lines: Vec<InvoiceLine>,
+    /// Oldest first.
+    pub payments: Vec<Payment>,
+}
 
 /// The caller's own invoices, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/invoices",
+    tag = "billing",
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses((status = 200, description = "The caller's invoices", body = InvoiceList))
+)]
 pub async fn list_invoices(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let invoices = Invoice::for_user(&mut conn, user.id()).await?;
@@ -18,6 +45,18 @@ pub async fn list_invoices(state: web::Data<AppState>, user: AuthUser) -> ApiRes
 /// One of the caller's invoices with its lines and payments. Another
 /// user's invoice is "not found", never "forbidden": its existence is not
 /// confirmed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/invoices/{id}",
+    tag = "billing",
+    params(("id" = Uuid, Path, description = "The invoice's id")),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "The invoice", body = InvoiceDetail),
+        (status = 404, description = "`not_found`: no such invoice of the caller's, or `id` is not a UUID",
+            body = ErrorBody),
+    )
+)]
 pub async fn get_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let invoice = Invoice::find_for_user(&mut conn, *id, user.id())

@@ -1,5 +1,6 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Deserializer};
+use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
@@ -8,7 +9,16 @@ use crate::models::User;
 use crate::models::user::ProfileChanges;
 use crate::routes::auth::validate_name;
 use crate::routes::conn;
+use crate::routes::openapi::ErrorBody;
 
+/// The caller's account and billing details.
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "profile",
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses((status = 200, description = "The caller", body = User))
+)]
 pub async fn get_me(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let me = User::find(&mut conn, user.id())
@@ -22,23 +32,34 @@ fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D
     Option::<String>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+/// A partial update: an absent field is left alone; `null` or `""` clears
+/// a billing field. Each is at most 200 characters.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfile {
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     company: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     address_line1: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     address_line2: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     city: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     postal_code: Option<Option<String>>,
+    /// ISO 3166-1 alpha-2, any case (stored upper-case).
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, example = "GB")]
     country: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     tax_id: Option<Option<String>>,
 }
 
@@ -90,6 +111,18 @@ impl UpdateProfile {
     }
 }
 
+/// Updates the caller's name and billing details.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/me",
+    tag = "profile",
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "The updated account", body = User),
+        (status = 400, description = "`validation_failed`: a field too long, with control characters, \
+            an unknown field, or a country that is not two letters", body = ErrorBody),
+    )
+)]
 pub async fn update_me(
     state: web::Data<AppState>,
     user: AuthUser,

@@ -1,5 +1,49 @@
 //! Thin HTTP handlers grouped by resource: parse, authorise, one model call,
 //! serialise.
+//!
+//! Every route is declared once, in a `route_table!` below (or in
+//! [`tools`]): the same list registers the actix resources and becomes a
+//! `(method, path)` table that the OpenAPI completeness test reads. Each
+//! handler's `#[utoipa::path]` describes it for [`openapi`].
+
+/// Declares a route table once. It expands to
+/// - `pub fn $configure(cfg)`, registering each path as ONE actix resource
+///   with all its methods, so a wrong method on a known path stays a 405;
+/// - `pub const $table: &[(&str, &str)]`, the same (method, path) pairs,
+///   methods upper-case, paths relative to where `$configure` is mounted.
+///
+/// ```text
+/// route_table! {
+///     /// docs for the configure function
+///     fn configure_api, API_ROUTES;
+///     "/api-keys" => get: api_keys::list_api_keys, post: api_keys::create_api_key;
+/// }
+/// ```
+macro_rules! route_table {
+    (@method get) => { "GET" };
+    (@method post) => { "POST" };
+    (@method put) => { "PUT" };
+    (@method patch) => { "PATCH" };
+    (@method delete) => { "DELETE" };
+    (
+        $(#[$meta:meta])*
+        fn $configure:ident, $table:ident;
+        $( $path:literal => $( $method:ident : $handler:path ),+ ; )*
+    ) => {
+        #[doc = concat!("`(method, path)` of every route [`", stringify!($configure), "`] registers.")]
+        pub const $table: &[(&str, &str)] = &[ $( $( (route_table!(@method $method), $path), )+ )* ];
+
+        $(#[$meta])*
+        pub fn $configure(cfg: &mut ::actix_web::web::ServiceConfig) {
+            $(
+                cfg.service(
+                    ::actix_web::web::resource($path)
+                        $( .route(::actix_web::web::$method().to($handler)) )+
+                );
+            )*
+        }
+    };
+}
 
 pub mod admin;
 pub mod api_keys;
@@ -10,11 +54,10 @@ pub mod finance;
 pub mod health;
 pub mod invoices;
 pub mod me;
+pub mod openapi;
 pub mod tools;
 pub mod usage;
 pub mod webhooks;
-
-use actix_web::web;
 
 use crate::error::ApiError;
 
@@ -23,49 +66,50 @@ pub(crate) async fn conn(pool: &crate::db::DbPool) -> Result<crate::db::DbConn, 
     Ok(pool.get().await?)
 }
 
-/// Routes under `/api/v1` that are not metered.
-pub fn configure_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/auth/register").route(web::post().to(auth::register)))
-        .service(web::resource("/auth/login").route(web::post().to(auth::login)))
-        .service(web::resource("/auth/refresh").route(web::post().to(auth::refresh)))
-        .service(web::resource("/auth/logout").route(web::post().to(auth::logout)))
-        .service(
-            web::resource("/api-keys")
-                .route(web::get().to(api_keys::list_api_keys))
-                .route(web::post().to(api_keys::create_api_key)),
-        )
-        .service(web::resource("/api-keys/{id}").route(web::delete().to(api_keys::revoke_api_key)))
-        .service(
-            web::resource("/me")
-                .route(web::get().to(me::get_me))
-                .route(web::patch().to(me::update_me)),
-        )
-        .service(web::resource("/apis").route(web::get().to(apis::list_apis)))
-        .service(web::resource("/usage").route(web::get().to(usage::get_usage)))
-        // Consumers: their own cost and invoices.
-        .service(web::resource("/billing/current").route(web::get().to(billing::current_cost)))
-        .service(web::resource("/billing/periods/{period}").route(web::get().to(billing::period_cost)))
-        .service(web::resource("/invoices").route(web::get().to(invoices::list_invoices)))
-        .service(web::resource("/invoices/{id}").route(web::get().to(invoices::get_invoice)))
-        // Finance (finance or admin role).
-        .service(web::resource("/finance/periods/{period}/close").route(web::post().to(finance::close_period)))
-        .service(
-            web::resource("/finance/periods/{period}/reconciliation").route(web::get().to(finance::reconciliation)),
-        )
-        .service(web::resource("/finance/invoices").route(web::get().to(finance::list_invoices)))
-        // Registered before `/finance/invoices/{id}` so "export" is not taken for an id.
-        .service(web::resource("/finance/invoices/export").route(web::get().to(finance::export_invoices)))
-        .service(web::resource("/finance/invoices/{id}").route(web::get().to(finance::get_invoice)))
-        .service(web::resource("/finance/invoices/{id}/payments").route(web::post().to(finance::record_payment)))
-        .service(web::resource("/finance/invoices/{id}/void").route(web::post().to(finance::void_invoice)))
-        // Admin: the catalog and prices.
-        .service(
-            web::resource("/admin/apis")
-                .route(web::get().to(admin::list_apis))
-                .route(web::post().to(admin::create_api)),
-        )
-        .service(web::resource("/admin/apis/{id}").route(web::patch().to(admin::update_api)))
-        .service(web::resource("/admin/apis/{id}/prices").route(web::post().to(admin::create_price)))
-        // Payment provider callbacks (signed, no user).
-        .service(web::resource("/webhooks/payments").route(web::post().to(webhooks::payment_webhook)));
+/// Where each table is mounted: `ROOT_ROUTES` at the root, `API_ROUTES`
+/// under this prefix, and `tools::TOOL_ROUTES` under [`TOOLS_PREFIX`].
+pub const API_PREFIX: &str = "/api/v1";
+pub const TOOLS_PREFIX: &str = "/api/v1/tools";
+
+route_table! {
+    /// Probes at the root, outside `/api/v1` (startup mounts these two).
+    fn configure_root, ROOT_ROUTES;
+    "/healthz" => get: health::healthz;
+    "/readyz" => get: health::readyz;
+}
+
+route_table! {
+    /// Routes under `/api/v1` that are not metered.
+    fn configure_api, API_ROUTES;
+    "/auth/register" => post: auth::register;
+    "/auth/login" => post: auth::login;
+    "/auth/refresh" => post: auth::refresh;
+    "/auth/logout" => post: auth::logout;
+    "/api-keys" => get: api_keys::list_api_keys, post: api_keys::create_api_key;
+    "/api-keys/{id}" => delete: api_keys::revoke_api_key;
+    "/me" => get: me::get_me, patch: me::update_me;
+    "/apis" => get: apis::list_apis;
+    "/usage" => get: usage::get_usage;
+    // Consumers: their own cost and invoices.
+    "/billing/current" => get: billing::current_cost;
+    "/billing/periods/{period}" => get: billing::period_cost;
+    "/invoices" => get: invoices::list_invoices;
+    "/invoices/{id}" => get: invoices::get_invoice;
+    // Finance (finance or admin role).
+    "/finance/periods/{period}/close" => post: finance::close_period;
+    "/finance/periods/{period}/reconciliation" => get: finance::reconciliation;
+    "/finance/invoices" => get: finance::list_invoices;
+    // Registered before `/finance/invoices/{id}` so "export" is not taken for an id.
+    "/finance/invoices/export" => get: finance::export_invoices;
+    "/finance/invoices/{id}" => get: finance::get_invoice;
+    "/finance/invoices/{id}/payments" => post: finance::record_payment;
+    "/finance/invoices/{id}/void" => post: finance::void_invoice;
+    // Admin: the catalog and prices.
+    "/admin/apis" => get: admin::list_apis, post: admin::create_api;
+    "/admin/apis/{id}" => patch: admin::update_api;
+    "/admin/apis/{id}/prices" => post: admin::create_price;
+    // Payment provider callbacks (signed, no user).
+    "/webhooks/payments" => post: webhooks::payment_webhook;
+    // This API's own description (public, not metered).
+    "/openapi.json" => get: openapi::openapi_spec;
 }

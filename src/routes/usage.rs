@@ -1,5 +1,6 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
@@ -7,19 +8,30 @@ use crate::billing::Period;
 use crate::error::{ApiError, ApiResult};
 use crate::models::usage::UsageRecord;
 use crate::routes::conn;
+use crate::routes::openapi::ErrorBody;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct UsageQuery {
+    /// `YYYY-MM`; default: the current period.
+    #[param(value_type = Option<Period>)]
     period: Option<String>,
 }
 
-#[derive(Serialize)]
-struct UsageLineView {
+#[derive(Serialize, ToSchema)]
+pub struct UsageLineView {
     slug: String,
     method: String,
     route: String,
     calls: i64,
+    /// Calls answered with a 4xx/5xx (never billed).
     failed_calls: i64,
+}
+
+#[derive(ToSchema)]
+pub struct UsageReport {
+    pub period: Period,
+    /// One line per API called in the period.
+    pub apis: Vec<UsageLineView>,
 }
 
 /// Parses an optional `YYYY-MM`, defaulting to the current period.
@@ -34,6 +46,17 @@ pub(crate) fn period_or_current(state: &AppState, raw: Option<&str>) -> Result<P
 
 /// The caller's own per-API counts for one period. Counts reach the
 /// database within one flush interval (`PAYG_METER_FLUSH_MS`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage",
+    tag = "usage",
+    params(UsageQuery),
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "The caller's counts per API", body = UsageReport),
+        (status = 400, description = "`validation_failed`: `period` is not `YYYY-MM`", body = ErrorBody),
+    )
+)]
 pub async fn get_usage(
     state: web::Data<AppState>,
     user: AuthUser,

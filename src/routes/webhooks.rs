@@ -2,28 +2,86 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::billing::payments::{self, PaymentInput, PaymentSource, SignatureError};
 use crate::error::{ApiError, ApiResult};
 use crate::models::Invoice;
 use crate::routes::conn;
-use crate::routes::finance::{parse_currency, payment_error, payment_response};
+use crate::routes::finance::{PaymentRecorded, parse_currency, payment_error, payment_response};
+use crate::routes::openapi::ErrorBody;
 
-#[derive(Deserialize)]
+/// A payment provider's event. Only `payment.succeeded` is acted on; other
+/// types are acknowledged and ignored.
+#[derive(Deserialize, ToSchema)]
 pub struct PaymentEvent {
+    /// The provider's event id (1–200 characters): each is applied once.
+    #[schema(min_length = 1, max_length = 200)]
     id: String,
     #[serde(rename = "type")]
+    #[schema(example = "payment.succeeded")]
     kind: String,
+    /// Required for `payment.succeeded`.
     invoice_number: Option<String>,
+    /// Required for `payment.succeeded`: a decimal string.
     #[serde(default, with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>, example = "12.50")]
     amount: Option<Decimal>,
+    #[schema(value_type = Option<crate::billing::Currency>)]
     currency: Option<String>,
+    /// Required for `payment.succeeded`: the provider's payment reference.
     reference: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookStatus {
+    /// Not a `payment.succeeded` event.
+    Ignored,
+    /// This event id was applied before.
+    Duplicate,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookAck {
+    pub status: WebhookStatus,
+}
+
+/// A 200 answer: an acknowledgement, or the payment this event recorded
+/// before.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum WebhookOutcome {
+    Ack(WebhookAck),
+    Recorded(Box<PaymentRecorded>),
+}
+
+/// Receives a signed payment event: `Payg-Signature: t=<unix>,v1=<hex
+/// HMAC-SHA256 of "t.body">` with the shared `PAYG_WEBHOOK_SECRET`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/payments",
+    tag = "webhooks",
+    request_body(content = PaymentEvent, content_type = "application/json"),
+    params(("Payg-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">`")),
+    responses(
+        (status = 201, description = "The payment was recorded", body = PaymentRecorded),
+        (status = 200, description = "Acknowledged: ignored, a duplicate event, or a payment already recorded",
+            body = WebhookOutcome),
+        (status = 400, description = "`invalid_signature` or `stale_signature`: the signature is missing, wrong or \
+            too old; `invalid_json`: the event does not parse; `validation_failed`: a bad id or missing fields",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no invoice with that number", body = ErrorBody),
+        (status = 409, description = "`invoice_not_payable`: the invoice is void or already paid; \
+            `reference_reused`: the reference was used for a different payment", body = ErrorBody),
+        (status = 422, description = "`overpayment`: more than is outstanding; \
+            `currency_mismatch`: not the invoice's currency", body = ErrorBody),
+        (status = 503, description = "`webhooks_disabled`: `PAYG_WEBHOOK_SECRET` is not set", body = ErrorBody),
+    )
+)]
 pub async fn payment_webhook(
     state: web::Data<AppState>,
     req: HttpRequest,

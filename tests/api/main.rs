@@ -10,5 +10,6 @@ mod export;
 mod helpers;
 mod keys;
 mod metering;
+mod openapi;
 mod operations;
 mod profile;
