@@ -84,12 +84,7 @@ impl AppState {
         &self,
         period: Period,
     ) -> Result<crate::billing::close::CloseOutcome, crate::billing::close::CloseError> {
-        let mut conn = self.db.get().await.map_err(|e| {
-            crate::billing::close::CloseError::Database(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::ClosedConnection,
-                Box::new(e.to_string()),
-            ))
-        })?;
+        let mut conn = self.db.get().await?;
         let outcome = crate::billing::close::close_period(
             &mut conn,
             period,

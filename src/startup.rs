@@ -67,8 +67,7 @@ impl Application {
                         .default_handler_server(error::envelope_framework_errors),
                 )
                 .wrap(RequestTelemetry::new(app_state.clone()))
-                .route("/healthz", web::get().to(routes::health::healthz))
-                .route("/readyz", web::get().to(routes::health::readyz))
+                .configure(routes::configure_root)
                 .service(
                     web::scope("/api/v1")
                         .service(

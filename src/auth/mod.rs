@@ -90,7 +90,20 @@ impl AuthUser {
         self.0.role
     }
 
+    /// Finance and admin routes take a signed-in session, not an API key: a
+    /// leaked key of a finance user must not be able to move money.
+    fn require_access_token(&self) -> Result<(), ApiError> {
+        match self.0.credential {
+            Credential::AccessToken { .. } => Ok(()),
+            Credential::ApiKey { .. } => Err(ApiError::forbidden(
+                "access_token_required",
+                "finance and admin routes need an access token from /auth/login, not an API key",
+            )),
+        }
+    }
+
     pub fn require_finance(&self) -> Result<(), ApiError> {
+        self.require_access_token()?;
         if self.0.role.can_do_finance() {
             Ok(())
         } else {
@@ -102,6 +115,7 @@ impl AuthUser {
     }
 
     pub fn require_admin(&self) -> Result<(), ApiError> {
+        self.require_access_token()?;
         if self.0.role == Role::Admin {
             Ok(())
         } else {

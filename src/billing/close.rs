@@ -42,6 +42,8 @@ pub enum CloseError {
     PeriodOpen(Period),
     #[error(transparent)]
     Database(#[from] DieselError),
+    #[error("no database connection: {0}")]
+    Unavailable(#[from] crate::db::PoolError),
 }
 
 /// A formatted invoice number: `INV-2026-000001`.

@@ -87,6 +87,7 @@ pub async fn register(state: web::Data<AppState>, body: web::Json<RegisterReques
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     email: String,
     password: String,

@@ -51,22 +51,14 @@ pub async fn close_period(
 ) -> ApiResult<HttpResponse> {
     user.require_finance()?;
     let period = parse_period(&period)?;
-    let mut conn = conn(&state.db).await?;
-    match close::close_period(
-        &mut conn,
-        period,
-        state.now(),
-        state.config.billing_tz,
-        &state.config.billing,
-    )
-    .await
-    {
+    match state.close_period(period).await {
         Ok(outcome) => Ok(HttpResponse::Ok().json(outcome)),
         Err(CloseError::PeriodOpen(p)) => Err(ApiError::conflict(
             "period_open",
             format!("period {p} has not ended yet; only past periods can be closed"),
         )),
         Err(CloseError::Database(e)) => Err(e.into()),
+        Err(CloseError::Unavailable(e)) => Err(e.into()),
     }
 }
 
@@ -375,6 +367,9 @@ pub(crate) async fn payment_response(state: &AppState, recorded: Recorded) -> Ht
         Recorded::Created { payment, invoice } => (StatusCode::CREATED, payment, invoice),
         Recorded::Duplicate { payment, invoice } => (StatusCode::OK, payment, invoice),
     };
+    if status == StatusCode::CREATED {
+        state.metrics.payments_recorded.inc();
+    }
     if invoice.status == InvoiceStatus::Paid {
         // Lift an overdue block at once, on every instance.
         state.authenticator.user_changed(invoice.user_id).await;

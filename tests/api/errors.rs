@@ -93,7 +93,15 @@ async fn health_and_readiness_report_their_dependencies() {
         ))
         .await
         .unwrap();
-    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    // pg_terminate_backend only signals; give the backends a moment to go.
+    let mut res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    for _ in 0..20 {
+        if res.status() == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    }
     assert_eq!(res.status(), 503);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["checks"]["postgres"], "down");

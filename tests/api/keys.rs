@@ -100,6 +100,23 @@ async fn an_api_key_is_shown_once_stored_hashed_and_meters_like_a_token() {
     assert_eq!(wrong.status(), 401);
     app.flush_meter().await;
     assert_eq!(usage_of(&app.db, user.id, "tools-uuid", &this_period()).await, (2, 0));
+
+    // A key of a finance user cannot reach finance routes: those need a session.
+    app.sql(&format!("UPDATE users SET role = 'finance' WHERE id = '{}'", user.id))
+        .await;
+    let res = app
+        .client
+        .get(app.url("/api/v1/finance/invoices"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(error_code(res).await, "access_token_required");
+    assert_eq!(
+        app.get_auth("/api/v1/finance/invoices", &user.token).await.status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
