@@ -40,10 +40,7 @@ use tokio::net::TcpStream;
 use uuid::Uuid;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "loadgen",
-    about = "Closed-loop load generator for the payg benchmark"
-)]
+#[command(name = "loadgen", about = "Closed-loop load generator for the payg benchmark")]
 struct Args {
     /// Base URL of the server, e.g. http://127.0.0.1:18080 (plain HTTP only).
     #[arg(long)]
@@ -124,16 +121,9 @@ fn main() -> anyhow::Result<()> {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .map(|l| {
-            l.parse()
-                .map_err(|e| anyhow::anyhow!("bad user id {l:?}: {e}"))
-        })
+        .map(|l| l.parse().map_err(|e| anyhow::anyhow!("bad user id {l:?}: {e}")))
         .collect::<anyhow::Result<_>>()?;
-    anyhow::ensure!(
-        !users.is_empty(),
-        "{} holds no user ids",
-        args.users_file.display()
-    );
+    anyhow::ensure!(!users.is_empty(), "{} holds no user ids", args.users_file.display());
     anyhow::ensure!(args.connections > 0, "--connections must be > 0");
 
     let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
@@ -217,11 +207,7 @@ fn main() -> anyhow::Result<()> {
     let ok: u64 = per_user.iter().sum();
     let secs = args.duration_secs.max(1) as f64;
 
-    let per_user_ok: BTreeMap<String, u64> = users
-        .iter()
-        .zip(&per_user)
-        .map(|(u, n)| (u.to_string(), *n))
-        .collect();
+    let per_user_ok: BTreeMap<String, u64> = users.iter().zip(&per_user).map(|(u, n)| (u.to_string(), *n)).collect();
     let mut out = serde_json::json!({
         "requests_per_sec": (measured_ok as f64 / secs).round(),
         "p50_us": pct(50.0),
@@ -353,9 +339,7 @@ async fn run_connection(i: usize, plan: Arc<Plan>) -> TaskStats {
                 if measured {
                     stats.measured_requests += 1;
                     let us = done.duration_since(sent).as_micros();
-                    stats
-                        .latencies_us
-                        .push(u32::try_from(us).unwrap_or(u32::MAX));
+                    stats.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
                 }
             }
             Err(e) => {

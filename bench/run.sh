@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# payg metering benchmark (a benchmark, not a test).
+#
+#   bench/run.sh                      # defaults: DURATION=10 CONNECTIONS=64
+#   DURATION=3 bench/run.sh           # quick run
+#
+# For each scenario (hot: 1 user; spread: 1,000 users) it runs the same
+# metered endpoint (GET /api/v1/tools/uuid) with PAYG_METER_MODE=off, batched
+# and sync, interleaved (off, batched, sync, off, …) so machine drift hits
+# every mode alike. Each run gets a fresh database, its users inserted
+# straight in SQL, a fresh `payg serve`, and bench/loadgen.rs as the client
+# (it mints its own JWTs and counts its own 2xx responses per user). The
+# server is then stopped with SIGTERM (graceful shutdown flushes the meter)
+# and usage_records is compared with the load generator's tally: no rows at
+# all for off; every user's calls equal to its 2xx count for batched and sync.
+#
+# Prints a markdown table, the batched/off and sync/off throughput ratios,
+# the machine and the settings. Exits non-zero if any count is not exact.
+#
+# Optional environment:
+#   DURATION=10         measured seconds per run
+#   CONNECTIONS=64      keep-alive connections of the load generator
+#   WARMUP=2            warm-up seconds before each measured window
+#   SCENARIOS="hot spread"  which scenarios to run
+#   ROUNDS=3            rounds of off, batched, sync per scenario; the table and
+#                       the ratios use the median req/s (p50, p99) over rounds
+#   WORKERS=2           PAYG_WORKERS (actix worker threads), same for every mode
+#   LOADGEN_THREADS=2   tokio threads of the load generator
+#   FLUSH_MS=200        PAYG_METER_FLUSH_MS (batched flush interval)
+#   AUTH_CACHE_MS=1000  PAYG_AUTH_CACHE_MS (how long a user's standing is cached)
+#   BENCH_PORT=18089    port the server under test binds on 127.0.0.1
+#   PG_URL=postgres://postgres@127.0.0.1:5432   server (trust auth) for the bench databases
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
+WORKERS=${WORKERS:-2}
+LOADGEN_THREADS=${LOADGEN_THREADS:-2}
+FLUSH_MS=${FLUSH_MS:-200}
+BENCH_PORT=${BENCH_PORT:-18089}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+POOL_SIZE=16          # PAYG_DB_POOL_SIZE (the default), stated for the record
+AUTH_CACHE_MS=${AUTH_CACHE_MS:-1000}  # PAYG_AUTH_CACHE_MS (1000 is payg's default)
+# The per-user rate limit (default 600/min) would answer the hot user with 429
+# after its burst: off for the benchmark. Every call still makes payg's one
+# Redis round trip (deny-list and user version), in every mode alike.
+RATE_LIMIT=0          # PAYG_RATE_LIMIT_PER_MINUTE
+ENDPOINT=/api/v1/tools/uuid
+# SCENARIOS="hot" or "spread" runs just one (for debugging); default both.
+read -r -a SCENARIOS <<<"${SCENARIOS:-hot spread}"
+for i in "${!SCENARIOS[@]}"; do
+  case ${SCENARIOS[$i]} in
+    hot) SCENARIOS[i]=hot:1 ;;
+    spread) SCENARIOS[i]=spread:1000 ;;
+    *) echo "bench: error: unknown scenario ${SCENARIOS[$i]@Q} (hot, spread)" >&2; exit 1 ;;
+  esac
+done
+MODES=(off batched sync)
+
+log() { echo "bench: $*" >&2; }
+die() { echo "bench: error: $*" >&2; exit 1; }
+
+for v in DURATION CONNECTIONS WARMUP ROUNDS WORKERS LOADGEN_THREADS FLUSH_MS AUTH_CACHE_MS BENCH_PORT; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got ${!v@Q})"
+  [ "$v" = WARMUP ] || [ "${!v}" -gt 0 ] || die "$v must be positive"
+done
+command -v psql >/dev/null 2>&1 || die "psql is required"
+command -v curl >/dev/null 2>&1 || die "curl is required"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/payg-bench.XXXXXX")
+SERVER_PID=""
+CREATED_DBS=()
+KEEP_WORK=0
+
+psql_on() { # database, psql args…
+  local db=$1
+  shift
+  PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -d "$PG_URL/$db" "$@"
+}
+
+stop_server() { # Sends SIGTERM, waits (≤ 60 s, then SIGKILL); returns the exit status.
+  local pid=$SERVER_PID rc=0 i
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 600; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "server $pid did not exit within 60 s of SIGTERM; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
+  SERVER_PID=""
+  return "$rc"
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  if [ -n "${LOADGEN_PID:-}" ]; then
+    kill -TERM "$LOADGEN_PID" 2>/dev/null
+    wait "$LOADGEN_PID" 2>/dev/null
+  fi
+  if [ -n "$SERVER_PID" ]; then
+    stop_server >/dev/null 2>&1
+  fi
+  local db
+  for db in ${CREATED_DBS[@]+"${CREATED_DBS[@]}"}; do
+    psql_on postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
+      echo "bench: could not drop database $db" >&2
+  done
+  if [ "$rc" -ne 0 ] || [ "$KEEP_WORK" -eq 1 ]; then
+    echo "bench: server logs and load generator output kept in $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ setup
+
+./scripts/services.sh >&2
+log "building (cargo build --release --example loadgen --bin payg)"
+cargo build --release --example loadgen --bin payg >&2
+PAYG="$ROOT/target/release/payg"
+LOADGEN="$ROOT/target/release/examples/loadgen"
+{ [ -x "$PAYG" ] && [ -x "$LOADGEN" ]; } || die "build outputs missing"
+
+if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$BENCH_PORT/"; then
+  die "something already listens on 127.0.0.1:$BENCH_PORT; set BENCH_PORT"
+fi
+
+LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+
+# One secret for the whole run (64 hex characters ≥ the 32 bytes payg requires).
+JWT_SECRET_BENCH=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+
+# ------------------------------------------------------------------ one run
+
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+NCPU=$(nproc)
+LOADGEN_PID=""
+# user+nice+system+irq+softirq ticks of the whole machine
+machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# The benchmark's own processes: server, load generator, Redis, and the
+# PostgreSQL processes not serving another database (backends of $1 and
+# the shared background workers).
+bench_pids() {
+  local others p
+  others=" $(psql_on postgres -tAc "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity
+    WHERE datname IS NOT NULL AND datname <> '$1'") "
+  echo "$SERVER_PID $LOADGEN_PID $(pgrep -x redis-server || true)"
+  for p in $(pgrep -x postgres || true); do
+    [[ $others == *" $p "* ]] || echo "$p"
+  done
+}
+
+declare -A RPS P50 P99 OK EXACT OTHER
+FAILED=0
+
+run_one() { # scenario, users, mode, round
+  local scenario=$1 users=$2 mode=$3 round=$4
+  local db="payg_bench_${mode}_${scenario}"
+  local url="$PG_URL/$db"
+  local tag="$scenario/$mode#$round"
+  local dir="$WORK/${scenario}_${mode}_$round"
+  mkdir -p "$dir"
+
+  psql_on postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+  CREATED_DBS+=("$db")
+  (cd "$dir" && DATABASE_URL="$url" JWT_SECRET="$JWT_SECRET_BENCH" RUST_LOG=warn \
+    "$PAYG" migrate) >"$dir/migrate.log" 2>&1 || {
+    cat "$dir/migrate.log" >&2
+    die "$tag: payg migrate failed"
+  }
+  psql_on "$db" -tA >"$dir/users.txt" <<SQL
+INSERT INTO users (id, email, password_hash, name)
+SELECT gen_random_uuid(), 'bench-' || g || '@bench.invalid',
+       '\$argon2id\$v=19\$m=19456,t=2,p=1\$bench\$not-a-real-hash', 'bench user ' || g
+FROM generate_series(1, $users) AS g
+RETURNING id;
+SQL
+  [ "$(grep -c . "$dir/users.txt")" -eq "$users" ] || die "$tag: expected $users user ids"
+
+  # Run from $dir so no developer .env is picked up.
+  (cd "$dir" && exec env DATABASE_URL="$url" JWT_SECRET="$JWT_SECRET_BENCH" RUST_LOG=warn \
+    PAYG_METER_MODE="$mode" PAYG_METER_FLUSH_MS="$FLUSH_MS" PAYG_WORKERS="$WORKERS" \
+    PAYG_BIND="127.0.0.1:$BENCH_PORT" PAYG_DB_POOL_SIZE="$POOL_SIZE" \
+    PAYG_AUTH_CACHE_MS="$AUTH_CACHE_MS" PAYG_RATE_LIMIT_PER_MINUTE="$RATE_LIMIT" \
+    PAYG_METRICS_BIND=127.0.0.1:0 PAYG_REDIS_PREFIX="payg-bench:$db:" \
+    PAYG_BILLING_TZ=UTC PAYG_LOG_FORMAT=pretty \
+    "$PAYG" serve --no-migrate) >"$dir/server.log" 2>&1 &
+  SERVER_PID=$!
+  local i
+  for ((i = 0; ; i++)); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      wait "$SERVER_PID" || true
+      SERVER_PID=""
+      cat "$dir/server.log" >&2
+      die "$tag: the server exited during startup"
+    fi
+    curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$BENCH_PORT/healthz" && break
+    [ "$i" -lt 300 ] || die "$tag: /healthz did not answer within 30 s"
+    sleep 0.1
+  done
+
+  log "$tag: ${DURATION}s (+${WARMUP}s warm-up), $CONNECTIONS connections, $users user(s)"
+  JWT_SECRET="$JWT_SECRET_BENCH" "$LOADGEN" \
+    --url "http://127.0.0.1:$BENCH_PORT" --path "$ENDPOINT" \
+    --connections "$CONNECTIONS" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
+    --threads "$LOADGEN_THREADS" --users-file "$dir/users.txt" \
+    --tally-file "$dir/tally.json" >"$dir/loadgen.json" &
+  LOADGEN_PID=$!
+  # CPU taken by processes outside the benchmark, sampled over the middle
+  # of the measured window (from 10% to 90% of it, while the load runs).
+  sleep "$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print w + d * 0.1 }')"
+  local -A t0=()
+  local b0 n0 p
+  b0=$(machine_busy) n0=$(date +%s%N)
+  for p in $(bench_pids "$db"); do t0[$p]=$(cpu_ticks "$p"); done
+  sleep "$(awk -v d="$DURATION" 'BEGIN { print d * 0.8 }')"
+  local b1 n1 ours=0 pids
+  pids=$(bench_pids "$db")
+  for p in $pids; do ours=$((ours + $(cpu_ticks "$p") - ${t0[$p]:-0})); done
+  b1=$(machine_busy) n1=$(date +%s%N)
+  local other
+  other=$(awk -v busy=$((b1 - b0)) -v ours="$ours" -v hz="$CLK_TCK" -v n="$NCPU" -v ns=$((n1 - n0)) \
+    'BEGIN { o = (busy - ours) / (hz * n * ns / 1e9) * 100; if (o < 0) o = 0; printf "%d", o + 0.5 }')
+  wait "$LOADGEN_PID" || { LOADGEN_PID=""; die "$tag: the load generator failed"; }
+  LOADGEN_PID=""
+
+  local server_rc=0
+  stop_server || server_rc=$?
+
+  # Parse the load generator's line and compare the records with its tally,
+  # both in PostgreSQL (no jq needed).
+  local summary
+  summary=$(psql_on "$db" -tA -v result="$(cat "$dir/loadgen.json")" \
+    -v tally="$(cat "$dir/tally.json")" <<'SQL'
+WITH r AS (SELECT :'result'::json AS j),
+     t AS (SELECT key::uuid AS user_id, value::bigint AS n
+           FROM json_each_text(:'tally'::json) WHERE value::bigint > 0),
+     d AS (SELECT user_id, sum(calls)::bigint AS n FROM usage_records GROUP BY user_id),
+     cmp AS (SELECT count(d.user_id) AS db_rows,
+                    coalesce(sum(d.n), 0) AS db_calls,
+                    coalesce(sum(t.n), 0) AS tally_calls,
+                    count(*) FILTER (WHERE coalesce(t.n, 0) <> coalesce(d.n, 0)) AS mismatched
+             FROM t FULL JOIN d USING (user_id))
+SELECT concat_ws('|', j->>'requests_per_sec', j->>'p50_us', j->>'p99_us', j->>'ok',
+                 j->>'non_2xx', j->>'errors', db_rows, db_calls, tally_calls, mismatched)
+FROM r, cmp;
+SQL
+  )
+  local rps p50 p99 ok non2xx errors db_rows db_calls tally_calls mismatched
+  IFS='|' read -r rps p50 p99 ok non2xx errors db_rows db_calls tally_calls mismatched <<<"$summary"
+  [ -n "${mismatched:-}" ] || die "$tag: could not read the results ($summary)"
+  rps=${rps%.*}
+
+  local exact
+  if [ "$mode" = off ]; then
+    if [ "$db_rows" -eq 0 ]; then exact="yes (0 rows)"; else exact="NO: $db_rows rows in off mode"; fi
+  elif [ "$mismatched" -eq 0 ] && [ "$db_calls" -eq "$ok" ] && [ "$ok" -gt 0 ]; then
+    exact="yes ($db_rows users)"
+  else
+    exact="NO: $mismatched of the users differ (db $db_calls, loadgen $tally_calls)"
+  fi
+  [ "$server_rc" -eq 0 ] || exact="$exact; server exit $server_rc"
+  [ "$non2xx" -eq 0 ] && [ "$errors" -eq 0 ] || exact="$exact; non-2xx $non2xx, errors $errors"
+  if [[ $exact != yes* ]] || [ "$server_rc" -ne 0 ]; then
+    FAILED=1
+    KEEP_WORK=1
+  fi
+
+  local key="$scenario,$mode,$round"
+  RPS[$key]=$rps P50[$key]=$p50 P99[$key]=$p99 OK[$key]=$ok EXACT[$key]=$exact OTHER[$key]=$other
+  log "$tag: $rps req/s, p50 ${p50}µs, p99 ${p99}µs, ok $ok, exact: $exact, other processes ${other}% CPU"
+}
+
+for entry in "${SCENARIOS[@]}"; do
+  scenario=${entry%%:*}
+  users=${entry#*:}
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for mode in "${MODES[@]}"; do
+      run_one "$scenario" "$users" "$mode" "$round"
+    done
+  done
+done
+
+# ------------------------------------------------------------------ report
+
+us() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2f ms", u / 1000; else printf "%d µs", u }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 }
+  END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%d\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+label_of() { echo "$1 ($2 user$([ "$2" -eq 1 ] || echo s))"; }
+
+# One row per scenario and mode: median req/s, p50 and p99 over the rounds,
+# ok summed, exact only if every round was.
+declare -A MED_RPS
+echo
+echo "| scenario | mode | req/s | p50 | p99 | ok | exact? |"
+echo "|---|---|---:|---:|---:|---:|---|"
+for entry in "${SCENARIOS[@]}"; do
+  scenario=${entry%%:*}
+  users=${entry#*:}
+  for mode in "${MODES[@]}"; do
+    rps=() p50=() p99=() ok=0 exact=""
+    for ((round = 1; round <= ROUNDS; round++)); do
+      key="$scenario,$mode,$round"
+      rps+=("${RPS[$key]}") p50+=("${P50[$key]}") p99+=("${P99[$key]}")
+      ok=$((ok + OK[$key]))
+      if [[ ${EXACT[$key]} != yes* ]]; then exact="$exact${exact:+; }#$round ${EXACT[$key]}"; fi
+    done
+    if [ -z "$exact" ]; then
+      exact=${EXACT[$scenario,$mode,1]}
+      [ "$ROUNDS" -eq 1 ] || exact="$exact, all $ROUNDS rounds"
+    fi
+    MED_RPS[$scenario,$mode]=$(median "${rps[@]}")
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$(label_of "$scenario" "$users")" "$mode" \
+      "${MED_RPS[$scenario,$mode]}" "$(us "$(median "${p50[@]}")")" "$(us "$(median "${p99[@]}")")" \
+      "$ok" "$exact"
+  done
+done
+echo
+for entry in "${SCENARIOS[@]}"; do
+  scenario=${entry%%:*}
+  for mode in batched sync; do
+    line="$scenario: $mode/off = $(ratio "${MED_RPS[$scenario,$mode]}" "${MED_RPS[$scenario,off]}")"
+    if [ "$ROUNDS" -gt 1 ]; then
+      per=""
+      for ((round = 1; round <= ROUNDS; round++)); do
+        per="$per $(ratio "${RPS[$scenario,$mode,$round]}" "${RPS[$scenario,off,$round]}")"
+      done
+      line="$line (per round:$per)"
+    fi
+    echo "$line"
+  done
+done
+max_other=0 max_at=""
+for key in "${!OTHER[@]}"; do
+  if [ "${OTHER[$key]}" -gt "$max_other" ]; then max_other=${OTHER[$key]} max_at=${key//,/\/}; fi
+done
+echo
+echo "other processes (not the server, load generator, PostgreSQL or Redis; includes kernel softirq time) took at most" \
+  "${max_other}% of the CPUs during a measured window${max_at:+ ($max_at)}$(
+    [ "$max_other" -le 15 ] || echo "; figures from a busy machine are noisy: rerun when it is idle")"
+if [ "$ROUNDS" -gt 1 ]; then
+  echo
+  echo "Every run, in the order run:"
+  echo
+  echo "| scenario | round | mode | req/s | p50 | p99 | ok | exact? | other CPU |"
+  echo "|---|---:|---|---:|---:|---:|---:|---|---:|"
+  for entry in "${SCENARIOS[@]}"; do
+    scenario=${entry%%:*}
+    users=${entry#*:}
+    for ((round = 1; round <= ROUNDS; round++)); do
+      for mode in "${MODES[@]}"; do
+        key="$scenario,$mode,$round"
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s%% |\n' "$(label_of "$scenario" "$users")" \
+          "$round" "$mode" "${RPS[$key]}" "$(us "${P50[$key]}")" "$(us "${P99[$key]}")" "${OK[$key]}" \
+          "${EXACT[$key]}" "${OTHER[$key]}"
+      done
+    done
+  done
+fi
+echo
+cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+echo "machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $(uname -sr); load average before/after: $LOADAVG_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
+echo "settings: GET $ENDPOINT, $CONNECTIONS connections, ${DURATION}s measured after ${WARMUP}s warm-up," \
+  "ROUNDS=$ROUNDS (medians over rounds of off, batched, sync run back to back); server PAYG_WORKERS=$WORKERS," \
+  "PAYG_DB_POOL_SIZE=$POOL_SIZE, PAYG_AUTH_CACHE_MS=$AUTH_CACHE_MS, PAYG_RATE_LIMIT_PER_MINUTE=$RATE_LIMIT (off), PAYG_METER_FLUSH_MS=$FLUSH_MS, RUST_LOG=warn;" \
+  "loadgen $LOADGEN_THREADS threads on the same machine; $(psql_on postgres -tAc 'SHOW server_version' | head -1 | sed 's/^/PostgreSQL /')"
+echo "ok = every 2xx the load generator counted (warm-up included), compared per user with usage_records after SIGTERM"
+
+if [ "$FAILED" -ne 0 ]; then
+  echo "bench: FAILED: some counts were not exact (or a server did not exit cleanly)" >&2
+  exit 1
+fi
