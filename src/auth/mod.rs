@@ -26,7 +26,7 @@ use crate::db::DbPool;
 use crate::error::ApiError;
 use crate::models::api_key::ApiKey;
 use crate::models::user::Standing;
-use crate::models::{Invoice, Role, User, UserStatus};
+use crate::models::{Role, User, UserStatus};
 use crate::redis_store::{RateLimit, RateOutcome, RedisStore};
 use tokens::TokenHasher;
 use ttl_cache::TtlCache;
@@ -293,11 +293,10 @@ impl Authenticator {
             return Ok(cached);
         }
         let mut conn = self.db.get().await?;
-        let standing = User::standing(&mut conn, user_id)
+        let cutoff = self.clock.now() - self.overdue_after;
+        let (standing, overdue) = User::standing(&mut conn, user_id, cutoff)
             .await?
             .ok_or_else(ApiError::invalid_token)?;
-        let cutoff = self.clock.now() - self.overdue_after;
-        let overdue = Invoice::has_overdue(&mut conn, user_id, cutoff).await?;
         let cached = CachedStanding {
             standing,
             overdue,

@@ -12,6 +12,9 @@ const SWEEP_ABOVE: usize = 100_000;
 
 pub struct TtlCache<K, V> {
     ttl: Duration,
+    /// Value and expiry. Expiries are spread over the last 20% of the TTL so entries
+    /// cached together do not all miss in the same instant (a stampede on
+    /// the database).
     entries: RwLock<HashMap<K, (V, Instant)>>,
 }
 
@@ -32,7 +35,7 @@ impl<K: Hash + Eq, V: Copy> TtlCache<K, V> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .get(key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .filter(|(_, expires)| Instant::now() < *expires)
             .map(|(v, _)| *v)
     }
 
@@ -41,11 +44,15 @@ impl<K: Hash + Eq, V: Copy> TtlCache<K, V> {
             return;
         }
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
         if entries.len() >= SWEEP_ABOVE {
-            let ttl = self.ttl;
-            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            entries.retain(|_, (_, expires)| now < *expires);
         }
-        entries.insert(key, (value, Instant::now()));
+        let spread = self
+            .ttl
+            .mul_f64(rand::random_range(0.8..1.2))
+            .min(self.ttl.mul_f64(1.2));
+        entries.insert(key, (value, now + spread));
     }
 
     pub fn remove<Q>(&self, key: &Q)

@@ -199,17 +199,4 @@ impl Invoice {
             .await?;
         Ok((rows, total))
     }
-
-    /// Does the user have an issued invoice unpaid past `cutoff` (its due
-    /// date plus the grace period)?
-    pub async fn has_overdue(conn: &mut AsyncPgConnection, user_id: Uuid, cutoff: DateTime<Utc>) -> QueryResult<bool> {
-        diesel::select(diesel::dsl::exists(
-            invoices::table
-                .filter(invoices::user_id.eq(user_id))
-                .filter(invoices::status.eq(InvoiceStatus::Issued))
-                .filter(invoices::due_at.lt(cutoff)),
-        ))
-        .get_result(conn)
-        .await
-    }
 }

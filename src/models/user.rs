@@ -116,10 +116,26 @@ impl User {
             .optional()
     }
 
-    pub async fn standing(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Standing>> {
+    /// Role, status, and whether an issued invoice was due before
+    /// `overdue_cutoff` — one round trip, as authentication needs it.
+    pub async fn standing(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+        overdue_cutoff: DateTime<Utc>,
+    ) -> QueryResult<Option<(Standing, bool)>> {
+        use crate::models::invoice::InvoiceStatus;
+        use crate::schema::invoices;
         users::table
             .find(id)
-            .select(Standing::as_select())
+            .select((
+                Standing::as_select(),
+                diesel::dsl::exists(
+                    invoices::table
+                        .filter(invoices::user_id.eq(users::id))
+                        .filter(invoices::status.eq(InvoiceStatus::Issued))
+                        .filter(invoices::due_at.lt(overdue_cutoff)),
+                ),
+            ))
             .first(conn)
             .await
             .optional()
