@@ -4,7 +4,6 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -42,8 +41,21 @@ impl UsageDelta {
     }
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = usage_records)]
+/// A counter row as the upsert left it.
+#[derive(QueryableByName)]
+struct UpsertedRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    user_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    api_id: i32,
+    #[diesel(sql_type = diesel::sql_types::Date)]
+    period: NaiveDate,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    calls: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    failed_calls: i64,
+}
+
 struct NewUsage {
     user_id: Uuid,
     api_id: i32,
@@ -76,9 +88,6 @@ pub enum BatchOutcome {
     /// The flush id was already recorded: an earlier attempt committed.
     AlreadyApplied,
 }
-
-/// Postgres allows 65,535 bind parameters per statement; 5 per row.
-const ROWS_PER_STATEMENT: usize = 10_000;
 
 /// One row of a user's usage for one period, with the API it counts.
 #[derive(Debug, Clone, Queryable)]
@@ -156,29 +165,30 @@ impl UsageRecord {
                         .execute(conn)
                         .await?;
                 }
-                let mut after: Vec<(Uuid, i32, NaiveDate, i64, i64)> = Vec::with_capacity(rows.len());
-                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    let updated: Vec<(Uuid, i32, NaiveDate, i64, i64)> = diesel::insert_into(usage_records::table)
-                        .values(chunk)
-                        .on_conflict((usage_records::user_id, usage_records::api_id, usage_records::period))
-                        .do_update()
-                        .set((
-                            usage_records::calls.eq(usage_records::calls + excluded(usage_records::calls)),
-                            usage_records::failed_calls
-                                .eq(usage_records::failed_calls + excluded(usage_records::failed_calls)),
-                            usage_records::updated_at.eq(diesel::dsl::now),
-                        ))
-                        .returning((
-                            usage_records::user_id,
-                            usage_records::api_id,
-                            usage_records::period,
-                            usage_records::calls,
-                            usage_records::failed_calls,
-                        ))
-                        .get_results(conn)
-                        .await?;
-                    after.extend(updated);
-                }
+                // Five array parameters whatever the batch size: the statement
+                // text never changes, so PostgreSQL does not re-plan a
+                // thousands-of-parameters VALUES list on every flush. unnest
+                // keeps the (sorted) input order, which is the lock order.
+                use diesel::sql_types::{Array, BigInt, Date, Integer};
+                let after: Vec<(Uuid, i32, NaiveDate, i64, i64)> = diesel::sql_query(
+                    "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
+                     SELECT * FROM unnest($1::uuid[], $2::int4[], $3::date[], $4::int8[], $5::int8[]) \
+                     ON CONFLICT (user_id, api_id, period) DO UPDATE SET \
+                       calls = usage_records.calls + EXCLUDED.calls, \
+                       failed_calls = usage_records.failed_calls + EXCLUDED.failed_calls, \
+                       updated_at = now() \
+                     RETURNING user_id, api_id, period, calls, failed_calls",
+                )
+                .bind::<Array<diesel::sql_types::Uuid>, _>(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
+                .bind::<Array<Integer>, _>(rows.iter().map(|r| r.api_id).collect::<Vec<_>>())
+                .bind::<Array<Date>, _>(rows.iter().map(|r| r.period).collect::<Vec<_>>())
+                .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.calls).collect::<Vec<_>>())
+                .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.failed_calls).collect::<Vec<_>>())
+                .load::<UpsertedRow>(conn)
+                .await?
+                .into_iter()
+                .map(|r| (r.user_id, r.api_id, r.period, r.calls, r.failed_calls))
+                .collect();
                 add_cost_deltas(conn, deltas, &after, currency).await
             })
             .await;
