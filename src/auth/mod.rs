@@ -33,6 +33,11 @@ use ttl_cache::TtlCache;
 
 type KeyLookup = Option<(Uuid, Uuid)>;
 
+/// How long an API key lookup is trusted. Kept well under the one-second
+/// promise for revocations, leaving room for a lookup in flight and for
+/// scheduling delays on a loaded instance.
+const KEY_CACHE_TTL: Duration = Duration::from_millis(750);
+
 pub use jwt::JwtKeys;
 
 /// How the caller proved who they are.
@@ -219,7 +224,7 @@ impl Authenticator {
             hasher,
             standings: TtlCache::new(settings.standing_ttl),
             // A revoked key must stop working within a second everywhere.
-            keys: TtlCache::new(settings.standing_ttl.min(Duration::from_secs(1))),
+            keys: TtlCache::new(settings.standing_ttl.min(KEY_CACHE_TTL)),
             recently_touched: TtlCache::new(Duration::from_secs(60)),
             clock,
             overdue_after: chrono::Duration::days(i64::from(settings.overdue_days)),
