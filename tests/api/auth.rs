@@ -25,7 +25,7 @@ async fn register_login_and_me_round_trip() {
     assert_eq!(login["expires_in"], 900);
     let token = login["access_token"].as_str().unwrap();
 
-    let me: Value = app.get_auth("/api/v1/me", token).await.json().await.unwrap();
+    let me: Value = app.get_json("/api/v1/me", token).await;
     assert_eq!(me["id"], user["id"]);
     assert_eq!(me["email"], "ada.lovelace@example.com");
 

@@ -66,7 +66,7 @@ async fn close(app: &TestApp, finance: &Registered, period: &str) -> reqwest::Re
 }
 
 async fn total_cost(app: &TestApp, user: &Registered) -> Decimal {
-    let me: Value = app.get_auth("/api/v1/me", &user.token).await.json().await.unwrap();
+    let me: Value = app.get_json("/api/v1/me", &user.token).await;
     dec(&me["total_cost"])
 }
 
@@ -94,12 +94,7 @@ async fn current_cost_prices_free_calls_tiers_and_failures() {
     call(&app, &user, "/api/v1/tools/random?min=9&max=0", 2).await; // failed: never billed
     app.flush_meter().await;
 
-    let bill: Value = app
-        .get_auth("/api/v1/billing/current", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let bill: Value = app.get_json("/api/v1/billing/current", &user.token).await;
     assert_eq!(bill["period"], "2026-11");
     assert_eq!(bill["currency"], "USD");
     let lines: HashMap<&str, &Value> = bill["lines"]
@@ -135,12 +130,7 @@ async fn current_cost_prices_free_calls_tiers_and_failures() {
 
     let res = app.get_auth("/api/v1/billing/periods/2026-13", &user.token).await;
     assert_eq!(res.status(), 400);
-    let other: Value = app
-        .get_auth("/api/v1/billing/periods/2026-10", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let other: Value = app.get_json("/api/v1/billing/periods/2026-10", &user.token).await;
     assert_eq!(other["lines"], json!([]));
     assert_eq!(other["total"], "0");
 }
@@ -179,12 +169,7 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
         app.flush_meter().await;
         let mut seen = HashMap::new();
         for (i, user) in users.iter().enumerate() {
-            let bill: Value = app
-                .get_auth("/api/v1/billing/current", &user.token)
-                .await
-                .json()
-                .await
-                .unwrap();
+            let bill: Value = app.get_json("/api/v1/billing/current", &user.token).await;
             *running_cost.entry(i).or_default() += dec(&bill["total"]);
             assert_eq!(
                 total_cost(&app, user).await,
@@ -198,12 +183,7 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
         assert_eq!(res.status(), 200);
         for (i, user) in users.iter().enumerate() {
             let bill = &seen[&i];
-            let invoices: Value = app
-                .get_auth("/api/v1/invoices", &user.token)
-                .await
-                .json()
-                .await
-                .unwrap();
+            let invoices: Value = app.get_json("/api/v1/invoices", &user.token).await;
             let invoice = invoices["invoices"]
                 .as_array()
                 .unwrap()
@@ -224,12 +204,7 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
             };
             assert_eq!(dec(&invoice["total"]), dec(&bill["total"]), "round {round}, user {i}");
             let id = invoice["id"].as_str().unwrap();
-            let detail: Value = app
-                .get_auth(&format!("/api/v1/invoices/{id}"), &user.token)
-                .await
-                .json()
-                .await
-                .unwrap();
+            let detail: Value = app.get_json(&format!("/api/v1/invoices/{id}"), &user.token).await;
             let line_sum: Decimal = detail["lines"]
                 .as_array()
                 .unwrap()
@@ -308,11 +283,8 @@ async fn closing_is_idempotent_concurrent_safe_and_numbers_are_gapless() {
     clock.set(at("2026-05-01T01:00:00Z"));
     close(&a, &finance, "2026-04").await;
     let numbers: Value = a
-        .get_auth("/api/v1/finance/invoices?per_page=100", &finance.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/finance/invoices?per_page=100", &finance.token)
+        .await;
     let mut got: Vec<String> = numbers["invoices"]
         .as_array()
         .unwrap()
@@ -334,12 +306,7 @@ async fn invoices_are_private_and_finance_routes_check_the_role() {
     app.flush_meter().await;
     clock.set(at("2026-07-01T00:11:00Z"));
     close(&app, &finance, "2026-06").await;
-    let list: Value = app
-        .get_auth("/api/v1/invoices", &alice.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/api/v1/invoices", &alice.token).await;
     let id = list["invoices"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(
         app.get_auth(&format!("/api/v1/invoices/{id}"), &alice.token)
@@ -350,7 +317,7 @@ async fn invoices_are_private_and_finance_routes_check_the_role() {
 
     let res = app.get_auth(&format!("/api/v1/invoices/{id}"), &bob.token).await;
     assert_eq!(res.status(), 404, "another user's invoice is not found, not forbidden");
-    let bobs: Value = app.get_auth("/api/v1/invoices", &bob.token).await.json().await.unwrap();
+    let bobs: Value = app.get_json("/api/v1/invoices", &bob.token).await;
     assert_eq!(bobs["invoices"], json!([]));
 
     for path in [
@@ -387,12 +354,7 @@ async fn a_price_change_never_reprices_calls_already_made() {
     let user = app.new_user().await;
     call(&app, &user, "/api/v1/tools/uuid", 20).await;
     app.flush_meter().await;
-    let before: Value = app
-        .get_auth("/api/v1/billing/current", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let before: Value = app.get_json("/api/v1/billing/current", &user.token).await;
     assert_eq!(before["total"], "0.02");
 
     // Calls exist under the old price this period: the new one waits for the next.
@@ -401,31 +363,16 @@ async fn a_price_change_never_reprices_calls_already_made() {
     assert_eq!(set["price"]["effective_from"], "2026-09");
     call(&app, &user, "/api/v1/tools/uuid", 5).await;
     app.flush_meter().await;
-    let after: Value = app
-        .get_auth("/api/v1/billing/current", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let after: Value = app.get_json("/api/v1/billing/current", &user.token).await;
     assert_eq!(after["total"], "0.02", "25 × 0.001 = 0.025 → 0.02 (half-even)");
 
     clock.set(at("2026-09-01T00:11:00Z"));
     close(&app, &finance, "2026-08").await;
     call(&app, &user, "/api/v1/tools/uuid", 2).await;
     app.flush_meter().await;
-    let sept: Value = app
-        .get_auth("/api/v1/billing/current", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sept: Value = app.get_json("/api/v1/billing/current", &user.token).await;
     assert_eq!(sept["total"], "2.00");
-    let aug: Value = app
-        .get_auth("/api/v1/billing/periods/2026-08", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let aug: Value = app.get_json("/api/v1/billing/periods/2026-08", &user.token).await;
     assert_eq!(aug["total"], "0.02");
     assert_eq!(total_cost(&app, &user).await, Decimal::new(202, 2));
 
@@ -487,12 +434,7 @@ async fn issued_invoice(
     let this = next.previous();
     clock.set(next.starts_at(chrono_tz::Tz::UTC) + chrono::Duration::minutes(11));
     close(app, finance, &this.to_string()).await;
-    let list: Value = app
-        .get_auth("/api/v1/invoices", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/api/v1/invoices", &user.token).await;
     list["invoices"][0].clone()
 }
 
@@ -742,11 +684,8 @@ async fn usage_that_lands_after_close_shows_in_reconciliation() {
     clock.set(at("2026-06-01T00:11:00Z"));
     close(&app, &finance, "2026-05").await;
     let clean: Value = app
-        .get_auth("/api/v1/finance/periods/2026-05/reconciliation", &finance.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/finance/periods/2026-05/reconciliation", &finance.token)
+        .await;
     assert_eq!(clean["discrepancies"], json!([]));
     assert_eq!(clean["unbilled_total"], "0.00");
 
@@ -755,11 +694,8 @@ async fn usage_that_lands_after_close_shows_in_reconciliation() {
     call(&app, &user, "/api/v1/tools/uuid", 15).await;
     app.flush_meter().await;
     let report: Value = app
-        .get_auth("/api/v1/finance/periods/2026-05/reconciliation", &finance.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/finance/periods/2026-05/reconciliation", &finance.token)
+        .await;
     assert_eq!(report["closed"], true);
     let d = &report["discrepancies"][0];
     assert_eq!(

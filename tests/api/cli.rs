@@ -63,7 +63,7 @@ async fn operators_create_users_and_grant_roles_from_the_cli() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = app.token_for("finance@example.com").await;
-    let me: serde_json::Value = app.get_auth("/api/v1/me", &token).await.json().await.unwrap();
+    let me: serde_json::Value = app.get_json("/api/v1/me", &token).await;
     assert_eq!(me["role"], "finance");
 
     let out = payg(&app.db.url)
@@ -71,7 +71,7 @@ async fn operators_create_users_and_grant_roles_from_the_cli() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let me: serde_json::Value = app.get_auth("/api/v1/me", &token).await.json().await.unwrap();
+    let me: serde_json::Value = app.get_json("/api/v1/me", &token).await;
     assert_eq!(me["role"], "admin");
 
     let out = payg(&app.db.url)

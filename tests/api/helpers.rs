@@ -268,6 +268,11 @@ impl TestApp {
             .expect("request")
     }
 
+    /// GET with a bearer credential, body parsed as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get_auth(path, token).await.json().await.expect("JSON body")
+    }
+
     pub async fn post_auth(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))

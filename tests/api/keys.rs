@@ -31,12 +31,7 @@ async fn an_api_key_is_shown_once_stored_hashed_and_meters_like_a_token() {
     assert!(key.starts_with("payg_") && key.len() == 48);
     assert!(key.starts_with(created["prefix"].as_str().unwrap()));
 
-    let list: Value = app
-        .get_auth("/api/v1/api-keys", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/api/v1/api-keys", &user.token).await;
     assert_eq!(list["api_keys"].as_array().unwrap().len(), 1);
     let listed = list["api_keys"][0].to_string();
     assert!(!listed.contains(&key) && !listed.contains("hash"), "{listed}");
@@ -170,7 +165,7 @@ async fn a_revoked_key_is_refused_on_another_instance_within_a_second() {
         401,
         "and within a second on every other instance"
     );
-    let list: Value = a.get_auth("/api/v1/api-keys", &user.token).await.json().await.unwrap();
+    let list: Value = a.get_json("/api/v1/api-keys", &user.token).await;
     assert_eq!(list["api_keys"], json!([]));
 }
 
@@ -189,7 +184,7 @@ async fn another_users_key_is_not_found_and_keys_are_limited_to_25() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
-    let bobs: Value = app.get_auth("/api/v1/api-keys", &bob.token).await.json().await.unwrap();
+    let bobs: Value = app.get_json("/api/v1/api-keys", &bob.token).await;
     assert_eq!(bobs["api_keys"], json!([]));
     for i in 1..25 {
         create_key(&app, &alice, &format!("k{i}")).await;
@@ -356,12 +351,7 @@ async fn the_rate_limit_is_exact_at_the_boundary_across_instances() {
         (6, 1),
         "the refusal is a failed call"
     );
-    let bill: Value = a
-        .get_auth("/api/v1/billing/current", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let bill: Value = a.get_json("/api/v1/billing/current", &user.token).await;
     assert_eq!(bill["lines"][0]["billable_calls"], 5, "and never billed");
 }
 

@@ -288,15 +288,10 @@ async fn a_call_belongs_to_the_month_it_arrived_in_the_billing_time_zone() {
     assert_eq!(usage_of(&app.db, user.id, "tools-uuid", "2026-11-01").await, (2, 0));
     assert_eq!(usage_of(&app.db, user.id, "tools-uuid", "2026-12-01").await, (1, 0));
 
-    let usage: Value = app.get_auth("/api/v1/usage", &user.token).await.json().await.unwrap();
+    let usage: Value = app.get_json("/api/v1/usage", &user.token).await;
     assert_eq!(usage["period"], "2026-12", "the default period is the clock's");
     assert_eq!(usage["apis"][0]["calls"], 1);
-    let usage: Value = app
-        .get_auth("/api/v1/usage?period=2026-11", &user.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = app.get_json("/api/v1/usage?period=2026-11", &user.token).await;
     assert_eq!(usage["apis"][0]["calls"], 2);
 }
 
@@ -364,24 +359,14 @@ async fn the_demo_tools_do_what_they_say() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
     let t = &user.token;
-    let v: Value = app.get_auth("/api/v1/tools/uuid", t).await.json().await.unwrap();
+    let v: Value = app.get_json("/api/v1/tools/uuid", t).await;
     assert_eq!(
         v["uuid"].as_str().unwrap().parse::<Uuid>().unwrap().get_version_num(),
         4
     );
-    let v: Value = app
-        .get_auth("/api/v1/tools/random?min=5&max=5", t)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_json("/api/v1/tools/random?min=5&max=5", t).await;
     assert_eq!(v["value"], 5);
-    let v: Value = app
-        .get_auth("/api/v1/tools/time?tz=Asia/Kolkata", t)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_json("/api/v1/tools/time?tz=Asia/Kolkata", t).await;
     assert_eq!(v["utc_offset"], "+05:30");
     let post = |path: &str, body: Value| app.client.post(app.url(path)).bearer_auth(t).json(&body).send();
     let v: Value = post("/api/v1/tools/hash", json!({"data": "abc"}))
@@ -444,7 +429,7 @@ async fn usage_shows_only_the_callers_own_counts() {
     }
     app.get_auth("/api/v1/tools/time", &bob.token).await;
     app.flush_meter().await;
-    let usage: Value = app.get_auth("/api/v1/usage", &alice.token).await.json().await.unwrap();
+    let usage: Value = app.get_json("/api/v1/usage", &alice.token).await;
     assert_eq!(usage["apis"].as_array().unwrap().len(), 1);
     assert_eq!(usage["apis"][0]["slug"], "tools-uuid");
     assert_eq!(usage["apis"][0]["calls"], 3);

@@ -42,7 +42,7 @@ async fn billing_details_are_updated_partially_and_cleared_with_null() {
 async fn invalid_profile_updates_change_nothing() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
-    let before: Value = app.get_auth("/api/v1/me", &user.token).await.json().await.unwrap();
+    let before: Value = app.get_json("/api/v1/me", &user.token).await;
     for body in [
         json!({"country": "Great Britain"}),
         json!({"name": ""}),
@@ -55,7 +55,7 @@ async fn invalid_profile_updates_change_nothing() {
         assert_eq!(res.status(), 400, "{body}");
         assert_eq!(error_code(res).await, "validation_failed");
     }
-    let after: Value = app.get_auth("/api/v1/me", &user.token).await.json().await.unwrap();
+    let after: Value = app.get_json("/api/v1/me", &user.token).await;
     assert_eq!(before, after);
 }
 
@@ -88,9 +88,9 @@ async fn a_user_can_neither_read_nor_change_another_user() {
     assert_eq!(res.status(), 400, "an id in the body is refused, not obeyed");
     patch_me(&app, &alice.token, &json!({"name": "Alice"})).await;
 
-    let bob_me: Value = app.get_auth("/api/v1/me", &bob.token).await.json().await.unwrap();
+    let bob_me: Value = app.get_json("/api/v1/me", &bob.token).await;
     assert_eq!(bob_me["id"], bob.id.to_string());
     assert_eq!(bob_me["name"], "Test User");
-    let alice_me: Value = app.get_auth("/api/v1/me", &alice.token).await.json().await.unwrap();
+    let alice_me: Value = app.get_json("/api/v1/me", &alice.token).await;
     assert_eq!(alice_me["name"], "Alice");
 }
