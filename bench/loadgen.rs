@@ -7,6 +7,11 @@
 //! as each connection allows. Connection `i` cycles over the users
 //! `(i + k * connections) % n`, k = 0, 1, 2, …
 //!
+//! With `--auth api-key` it first creates one API key per user through
+//! `POST /api/v1/api-keys` (authenticated with that user's minted token, so
+//! the keys are made and hashed by payg itself, not metered) and then sends
+//! every call with `X-API-Key` instead of the JWT.
+//!
 //! It counts its own successful (2xx) responses per user. Every 2xx counts
 //! for that exactness tally, warm-up included; only requests sent after the
 //! warm-up and answered before the end of the measured window count for
@@ -29,9 +34,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
-use http_body_util::{BodyExt, Empty};
-use hyper::header::{AUTHORIZATION, HOST, HeaderValue};
+use clap::{Parser, ValueEnum};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -72,6 +77,17 @@ struct Args {
     /// Tokio worker threads for the generator (default: number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// How each call authenticates.
+    #[arg(long, value_enum, default_value_t = Auth::Jwt)]
+    auth: Auth,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Auth {
+    /// `Authorization: Bearer <access token>`, minted here.
+    Jwt,
+    /// `X-API-Key: <key>`, one key per user created through the API first.
+    ApiKey,
 }
 
 /// The claims payg's `JwtKeys::verify` expects (see src/auth/jwt.rs).
@@ -106,7 +122,8 @@ struct Plan {
     addr: SocketAddr,
     host: HeaderValue,
     path: String,
-    auth: Vec<HeaderValue>,
+    /// The credential header of each user.
+    auth: Vec<(HeaderName, HeaderValue)>,
     connections: usize,
     measure_from: Instant,
     end: Instant,
@@ -128,7 +145,7 @@ fn main() -> anyhow::Result<()> {
 
     let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
     let iat = chrono::Utc::now().timestamp();
-    let auth = users
+    let bearers = users
         .iter()
         .map(|&sub| {
             let claims = Claims {
@@ -155,6 +172,18 @@ fn main() -> anyhow::Result<()> {
         .build()?;
 
     let stats = runtime.block_on(async {
+        let auth = match args.auth {
+            Auth::Jwt => bearers.into_iter().map(|b| (AUTHORIZATION, b)).collect(),
+            Auth::ApiKey => {
+                let x_api_key = HeaderName::from_static("x-api-key");
+                let mut auth = Vec::with_capacity(bearers.len());
+                for bearer in bearers {
+                    let key = create_api_key(addr, &host, bearer).await?;
+                    auth.push((x_api_key.clone(), HeaderValue::from_str(&key)?));
+                }
+                auth
+            }
+        };
         let start = Instant::now();
         let measure_from = start + Duration::from_secs(args.warmup_secs);
         let plan = Arc::new(Plan {
@@ -225,6 +254,7 @@ fn main() -> anyhow::Result<()> {
         "duration_secs": args.duration_secs,
         "warmup_secs": args.warmup_secs,
         "threads": threads,
+        "auth": format!("{:?}", args.auth),
     });
     match &args.tally_file {
         Some(path) => std::fs::write(path, serde_json::to_string(&per_user_ok)?)
@@ -254,7 +284,12 @@ fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, HeaderValue)> {
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+async fn connect<B>(addr: SocketAddr) -> anyhow::Result<hyper::client::conn::http1::SendRequest<B>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -264,6 +299,31 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+/// `POST /api/v1/api-keys` as the token's user; returns the key (shown once).
+async fn create_api_key(addr: SocketAddr, host: &HeaderValue, bearer: HeaderValue) -> anyhow::Result<String> {
+    let mut sender = connect::<Full<Bytes>>(addr).await?;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/api-keys")
+        .header(HOST, host.clone())
+        .header(AUTHORIZATION, bearer)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"name":"bench"}"#)))?;
+    let res = sender.send_request(req).await?;
+    let status = res.status();
+    let body = res.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status == hyper::StatusCode::CREATED,
+        "creating an API key: HTTP {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&body)?;
+    created["key"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("the created API key has no \"key\" field"))
 }
 
 async fn run_connection(i: usize, plan: Arc<Plan>) -> TaskStats {
@@ -303,7 +363,7 @@ async fn run_connection(i: usize, plan: Arc<Plan>) -> TaskStats {
             .method(Method::GET)
             .uri(plan.path.as_str())
             .header(HOST, plan.host.clone())
-            .header(AUTHORIZATION, plan.auth[user].clone())
+            .header(plan.auth[user].0.clone(), plan.auth[user].1.clone())
             .body(Empty::<Bytes>::new())
         {
             Ok(r) => r,

@@ -5,9 +5,18 @@
 #   DURATION=3 bench/run.sh           # quick run
 #
 # For each scenario (hot: 1 user; spread: 1,000 users) it runs the same
-# metered endpoint (GET /api/v1/tools/uuid) with PAYG_METER_MODE=off, batched
-# and sync, interleaved (off, batched, sync, off, …) so machine drift hits
-# every mode alike. Each run gets a fresh database, its users inserted
+# metered endpoint (GET /api/v1/tools/uuid) in five modes, interleaved (off,
+# batched, sync, limited, apikey, off, …) so machine drift hits every mode
+# alike:
+#   off      PAYG_METER_MODE=off,     JWT,     rate limiting off (the baseline)
+#   batched  PAYG_METER_MODE=batched, JWT,     rate limiting off
+#   sync     PAYG_METER_MODE=sync,    JWT,     rate limiting off
+#   limited  PAYG_METER_MODE=batched, JWT,     rate limiting on
+#   apikey   PAYG_METER_MODE=batched, API key, rate limiting on
+# "Rate limiting on" is a limit too high to refuse anything (RATE_LIMIT_HIGH
+# per minute and as burst), so every call runs the full GCRA step in Redis.
+# In apikey mode the load generator first creates one key per user through
+# POST /api/v1/api-keys, then sends X-API-Key. Each run gets a fresh database, its users inserted
 # straight in SQL, a fresh `payg serve`, and bench/loadgen.rs as the client
 # (it mints its own JWTs and counts its own 2xx responses per user). The
 # server is then stopped with SIGTERM (graceful shutdown flushes the meter)
@@ -22,6 +31,8 @@
 #   CONNECTIONS=64      keep-alive connections of the load generator
 #   WARMUP=2            warm-up seconds before each measured window
 #   SCENARIOS="hot spread"  which scenarios to run
+#   MODES="off batched sync limited apikey"  which modes to run (off is the
+#                       baseline of every ratio)
 #   ROUNDS=3            rounds of off, batched, sync per scenario; the table and
 #                       the ratios use the median req/s (p50, p99) over rounds
 #   WORKERS=2           PAYG_WORKERS (actix worker threads), same for every mode
@@ -50,10 +61,12 @@ BENCH_PORT=${BENCH_PORT:-18089}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 POOL_SIZE=16          # PAYG_DB_POOL_SIZE (the default), stated for the record
 AUTH_CACHE_MS=${AUTH_CACHE_MS:-1000}  # PAYG_AUTH_CACHE_MS (1000 is payg's default)
-# The per-user rate limit (default 600/min) would answer the hot user with 429
-# after its burst: off for the benchmark. Every call still makes payg's one
-# Redis round trip (deny-list and user version), in every mode alike.
-RATE_LIMIT=0          # PAYG_RATE_LIMIT_PER_MINUTE
+# The default per-user rate limit (600/min) would answer the hot user with 429
+# after its burst: off (0) in the off, batched and sync modes, and this high
+# (one call per µs, payg's finest step) in limited and apikey. Every call makes
+# payg's one Redis round trip (deny-list, user version and, when on, GCRA) in
+# every mode alike.
+RATE_LIMIT_HIGH=60000000  # PAYG_RATE_LIMIT_PER_MINUTE and _BURST when on
 ENDPOINT=/api/v1/tools/uuid
 # SCENARIOS="hot" or "spread" runs just one (for debugging); default both.
 read -r -a SCENARIOS <<<"${SCENARIOS:-hot spread}"
@@ -64,7 +77,17 @@ for i in "${!SCENARIOS[@]}"; do
     *) echo "bench: error: unknown scenario ${SCENARIOS[$i]@Q} (hot, spread)" >&2; exit 1 ;;
   esac
 done
-MODES=(off batched sync)
+read -r -a MODES <<<"${MODES:-off batched sync limited apikey}"
+[ "${MODES[0]}" = off ] || { echo "bench: error: MODES must start with off (the baseline)" >&2; exit 1; }
+# mode → PAYG_METER_MODE, loadgen --auth, PAYG_RATE_LIMIT_PER_MINUTE
+declare -A METER_OF=([off]=off [batched]=batched [sync]=sync [limited]=batched [apikey]=batched)
+declare -A AUTH_OF=([off]=jwt [batched]=jwt [sync]=jwt [limited]=jwt [apikey]=api-key)
+declare -A LIMIT_OF=([off]=0 [batched]=0 [sync]=0 [limited]=$RATE_LIMIT_HIGH [apikey]=$RATE_LIMIT_HIGH)
+declare -A DESCRIBE=([off]="off (JWT)" [batched]="batched (JWT)" [sync]="sync (JWT)"
+  [limited]="batched + rate limit (JWT)" [apikey]="batched + rate limit (API key)")
+for m in "${MODES[@]}"; do
+  [ -n "${METER_OF[$m]:-}" ] || { echo "bench: error: unknown mode ${m@Q} (off batched sync limited apikey)" >&2; exit 1; }
+done
 
 log() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
@@ -199,9 +222,10 @@ SQL
 
   # Run from $dir so no developer .env is picked up.
   (cd "$dir" && exec env DATABASE_URL="$url" JWT_SECRET="$JWT_SECRET_BENCH" RUST_LOG=warn \
-    PAYG_METER_MODE="$mode" PAYG_METER_FLUSH_MS="$FLUSH_MS" PAYG_WORKERS="$WORKERS" \
+    PAYG_METER_MODE="${METER_OF[$mode]}" PAYG_METER_FLUSH_MS="$FLUSH_MS" PAYG_WORKERS="$WORKERS" \
     PAYG_BIND="127.0.0.1:$BENCH_PORT" PAYG_DB_POOL_SIZE="$POOL_SIZE" \
-    PAYG_AUTH_CACHE_MS="$AUTH_CACHE_MS" PAYG_RATE_LIMIT_PER_MINUTE="$RATE_LIMIT" \
+    PAYG_AUTH_CACHE_MS="$AUTH_CACHE_MS" PAYG_RATE_LIMIT_PER_MINUTE="${LIMIT_OF[$mode]}" \
+    PAYG_RATE_LIMIT_BURST="${LIMIT_OF[$mode]}" \
     PAYG_METRICS_BIND=127.0.0.1:0 PAYG_REDIS_PREFIX="payg-bench:$db:" \
     PAYG_BILLING_TZ=UTC PAYG_LOG_FORMAT=pretty \
     "$PAYG" serve --no-migrate) >"$dir/server.log" 2>&1 &
@@ -219,11 +243,11 @@ SQL
     sleep 0.1
   done
 
-  log "$tag: ${DURATION}s (+${WARMUP}s warm-up), $CONNECTIONS connections, $users user(s)"
+  log "$tag: ${DURATION}s (+${WARMUP}s warm-up), $CONNECTIONS connections, $users user(s), ${DESCRIBE[$mode]}"
   JWT_SECRET="$JWT_SECRET_BENCH" "$LOADGEN" \
     --url "http://127.0.0.1:$BENCH_PORT" --path "$ENDPOINT" \
     --connections "$CONNECTIONS" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
-    --threads "$LOADGEN_THREADS" --users-file "$dir/users.txt" \
+    --threads "$LOADGEN_THREADS" --users-file "$dir/users.txt" --auth "${AUTH_OF[$mode]}" \
     --tally-file "$dir/tally.json" >"$dir/loadgen.json" &
   LOADGEN_PID=$!
   # CPU taken by processes outside the benchmark, sampled over the middle
@@ -331,26 +355,39 @@ for entry in "${SCENARIOS[@]}"; do
       [ "$ROUNDS" -eq 1 ] || exact="$exact, all $ROUNDS rounds"
     fi
     MED_RPS[$scenario,$mode]=$(median "${rps[@]}")
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$(label_of "$scenario" "$users")" "$mode" \
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$(label_of "$scenario" "$users")" "${DESCRIBE[$mode]}" \
       "${MED_RPS[$scenario,$mode]}" "$(us "$(median "${p50[@]}")")" "$(us "$(median "${p99[@]}")")" \
       "$ok" "$exact"
   done
 done
 echo
+# Every mode against off, and API key + rate limit against JWT-only batched.
+ratio_line() { # scenario, mode, baseline mode
+  local scenario=$1 mode=$2 base=$3 line per="" round
+  line="$scenario: $mode/$base = $(ratio "${MED_RPS[$scenario,$mode]}" "${MED_RPS[$scenario,$base]}")"
+  if [ "$ROUNDS" -gt 1 ]; then
+    for ((round = 1; round <= ROUNDS; round++)); do
+      per="$per $(ratio "${RPS[$scenario,$mode,$round]}" "${RPS[$scenario,$base,$round]}")"
+    done
+    line="$line (per round:$per)"
+  fi
+  echo "$line"
+}
+has_mode() { [[ " ${MODES[*]} " == *" $1 "* ]]; }
 for entry in "${SCENARIOS[@]}"; do
   scenario=${entry%%:*}
-  for mode in batched sync; do
-    line="$scenario: $mode/off = $(ratio "${MED_RPS[$scenario,$mode]}" "${MED_RPS[$scenario,off]}")"
-    if [ "$ROUNDS" -gt 1 ]; then
-      per=""
-      for ((round = 1; round <= ROUNDS; round++)); do
-        per="$per $(ratio "${RPS[$scenario,$mode,$round]}" "${RPS[$scenario,off,$round]}")"
-      done
-      line="$line (per round:$per)"
-    fi
-    echo "$line"
+  for mode in "${MODES[@]:1}"; do
+    ratio_line "$scenario" "$mode" off
   done
+  if has_mode apikey && has_mode batched; then
+    ratio_line "$scenario" apikey batched
+  fi
+  if has_mode apikey; then
+    r=$(ratio "${MED_RPS[$scenario,apikey]}" "${MED_RPS[$scenario,off]}")
+    echo "$scenario: target apikey/off >= 0.70: $(awk -v r="$r" 'BEGIN { print (r >= 0.70) ? "met" : "NOT met" }')"
+  fi
 done
+echo
 max_other=0 max_at=""
 for key in "${!OTHER[@]}"; do
   if [ "${OTHER[$key]}" -gt "$max_other" ]; then max_other=${OTHER[$key]} max_at=${key//,/\/}; fi
@@ -372,7 +409,7 @@ if [ "$ROUNDS" -gt 1 ]; then
       for mode in "${MODES[@]}"; do
         key="$scenario,$mode,$round"
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s%% |\n' "$(label_of "$scenario" "$users")" \
-          "$round" "$mode" "${RPS[$key]}" "$(us "${P50[$key]}")" "$(us "${P99[$key]}")" "${OK[$key]}" \
+          "$round" "${DESCRIBE[$mode]}" "${RPS[$key]}" "$(us "${P50[$key]}")" "$(us "${P99[$key]}")" "${OK[$key]}" \
           "${EXACT[$key]}" "${OTHER[$key]}"
       done
     done
@@ -382,8 +419,8 @@ echo
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 echo "machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $(uname -sr); load average before/after: $LOADAVG_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 echo "settings: GET $ENDPOINT, $CONNECTIONS connections, ${DURATION}s measured after ${WARMUP}s warm-up," \
-  "ROUNDS=$ROUNDS (medians over rounds of off, batched, sync run back to back); server PAYG_WORKERS=$WORKERS," \
-  "PAYG_DB_POOL_SIZE=$POOL_SIZE, PAYG_AUTH_CACHE_MS=$AUTH_CACHE_MS, PAYG_RATE_LIMIT_PER_MINUTE=$RATE_LIMIT (off), PAYG_METER_FLUSH_MS=$FLUSH_MS, RUST_LOG=warn;" \
+  "ROUNDS=$ROUNDS (medians over rounds of ${MODES[*]} run back to back); server PAYG_WORKERS=$WORKERS," \
+  "PAYG_DB_POOL_SIZE=$POOL_SIZE, PAYG_AUTH_CACHE_MS=$AUTH_CACHE_MS, PAYG_RATE_LIMIT_PER_MINUTE=0 (off) or $RATE_LIMIT_HIGH with the same burst (limited, apikey), PAYG_METER_FLUSH_MS=$FLUSH_MS, RUST_LOG=warn;" \
   "loadgen $LOADGEN_THREADS threads on the same machine; $(psql_on postgres -tAc 'SHOW server_version' | head -1 | sed 's/^/PostgreSQL /')"
 echo "ok = every 2xx the load generator counted (warm-up included), compared per user with usage_records after SIGTERM"
 

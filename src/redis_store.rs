@@ -218,7 +218,9 @@ impl RedisStore {
         let version_key = self.user_key(user, "version");
         let (interval_us, tolerance_us, apply) = match limit {
             Some(l) if l.per_minute > 0 => {
-                let interval = 60_000_000 / u64::from(l.per_minute);
+                // µs is the script's resolution: above 60M/min the interval
+                // would round to 0 (and divide by zero in the script).
+                let interval = (60_000_000 / u64::from(l.per_minute)).max(1);
                 (interval, interval * u64::from(l.burst.max(1)), "1")
             }
             _ => (1, 1, "0"),

@@ -10,6 +10,7 @@ use actix_web::{App, HttpServer, web};
 use tokio::sync::watch;
 
 use crate::app::AppState;
+use crate::auth::key_cache::REVALIDATE_EVERY;
 use crate::billing::Clock;
 use crate::config::Config;
 use crate::error::{self, ApiError};
@@ -136,7 +137,28 @@ impl Application {
             .clone()
             .spawn_flusher(self.state.config.meter.flush_interval, shutdown_rx.clone());
         let scheduler = crate::billing::close::spawn_scheduler(self.state.clone(), shutdown_rx.clone());
-        let catalog_refresh = spawn_catalog_refresh(self.state.clone(), shutdown_rx.clone());
+        let catalog_refresh = spawn_periodic(CATALOG_REFRESH_EVERY, shutdown_rx.clone(), {
+            let state = self.state.clone();
+            move || {
+                let state = state.clone();
+                async move {
+                    if let Err(e) = state.reload_catalog().await {
+                        tracing::warn!(error = %e, "catalog refresh failed");
+                    }
+                }
+            }
+        });
+        let key_revalidation = spawn_periodic(REVALIDATE_EVERY, shutdown_rx.clone(), {
+            let state = self.state.clone();
+            move || {
+                let state = state.clone();
+                async move {
+                    if let Err(e) = state.authenticator.revalidate_keys().await {
+                        tracing::warn!(error = %e, "API key revalidation failed");
+                    }
+                }
+            }
+        });
         let metrics_handle = self.metrics_server.handle();
         let metrics_server = tokio::spawn(self.metrics_server);
         let served = self.server.await;
@@ -146,6 +168,7 @@ impl Application {
         let _ = flusher.await;
         let _ = scheduler.await;
         let _ = catalog_refresh.await;
+        let _ = key_revalidation.await;
         let lost = meter.drain(SHUTDOWN_GRACE).await;
         if lost == 0 {
             tracing::info!("meter flushed; shut down cleanly");
@@ -163,19 +186,25 @@ async fn serve_metrics(state: web::Data<AppState>) -> actix_web::HttpResponse {
 }
 
 /// Picks up catalog changes made through other instances.
-fn spawn_catalog_refresh(
-    state: web::Data<AppState>,
+const CATALOG_REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+/// Runs `round` every `period` until shutdown.
+fn spawn_periodic<F, Fut>(
+    period: Duration,
     mut shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+    round: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = tokio::time::sleep(period) => {}
                 _ = shutdown.changed() => return,
             }
-            if let Err(e) = state.reload_catalog().await {
-                tracing::warn!(error = %e, "catalog refresh failed");
-            }
+            round().await;
         }
     })
 }

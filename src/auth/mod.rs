@@ -6,6 +6,7 @@
 //! still existing, and the user not being suspended.
 
 pub mod jwt;
+pub mod key_cache;
 pub mod password;
 pub mod sessions;
 pub mod tokens;
@@ -28,15 +29,18 @@ use crate::models::api_key::ApiKey;
 use crate::models::user::Standing;
 use crate::models::{Role, User, UserStatus};
 use crate::redis_store::{RateLimit, RateOutcome, RedisStore};
+use key_cache::KeyCache;
 use tokens::TokenHasher;
 use ttl_cache::TtlCache;
 
-type KeyLookup = Option<(Uuid, Uuid)>;
+/// How long an API key lookup is trusted without being re-confirmed. Kept
+/// well under the one-second promise for revocations, leaving room for
+/// scheduling delays on a loaded instance. Confirmations normally come every
+/// [`key_cache::REVALIDATE_EVERY`].
+const KEY_CACHE_MAX_AGE: Duration = Duration::from_millis(750);
 
-/// How long an API key lookup is trusted. Kept well under the one-second
-/// promise for revocations, leaving room for a lookup in flight and for
-/// scheduling delays on a loaded instance.
-const KEY_CACHE_TTL: Duration = Duration::from_millis(750);
+/// Hashes per revalidation query (bounds the statement's size).
+const REVALIDATE_CHUNK: usize = 5_000;
 
 pub use jwt::JwtKeys;
 
@@ -185,7 +189,7 @@ pub struct Authenticator {
     /// same user version it was read at.
     standings: TtlCache<Uuid, CachedStanding>,
     /// API key hash → (key id, user id), including "no such key".
-    keys: TtlCache<String, KeyLookup>,
+    keys: KeyCache,
     /// Keys whose `last_used_at` was written in the last minute.
     recently_touched: TtlCache<Uuid, ()>,
     clock: Arc<dyn Clock>,
@@ -224,7 +228,7 @@ impl Authenticator {
             hasher,
             standings: TtlCache::new(settings.standing_ttl),
             // A revoked key must stop working within a second everywhere.
-            keys: TtlCache::new(settings.standing_ttl.min(KEY_CACHE_TTL)),
+            keys: KeyCache::new(settings.standing_ttl.min(KEY_CACHE_MAX_AGE)),
             recently_touched: TtlCache::new(Duration::from_secs(60)),
             clock,
             overdue_after: chrono::Duration::days(i64::from(settings.overdue_days)),
@@ -319,9 +323,10 @@ impl Authenticator {
         let found = match self.keys.get(&hash) {
             Some(found) => found,
             None => {
+                let asked_at = std::time::Instant::now();
                 let mut conn = self.db.get().await?;
                 let found = ApiKey::find_active_by_hash(&mut conn, &hash).await?;
-                self.keys.put(hash, found);
+                self.keys.put(hash, found, asked_at);
                 found
             }
         };
@@ -350,6 +355,22 @@ impl Authenticator {
     /// Forget a revoked key on this instance (others forget within a second).
     pub fn forget_key(&self, key_hash: &str) {
         self.keys.remove(key_hash);
+    }
+
+    /// One round of re-confirming the cached API keys against the database
+    /// (see [`key_cache`]); run every [`key_cache::REVALIDATE_EVERY`].
+    pub async fn revalidate_keys(&self) -> Result<(), ApiError> {
+        let asked = self.keys.to_revalidate();
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.db.get().await?;
+        for chunk in asked.chunks(REVALIDATE_CHUNK) {
+            let asked_at = std::time::Instant::now();
+            let active = ApiKey::still_active(&mut conn, chunk).await?;
+            self.keys.confirm(chunk, &active, asked_at);
+        }
+        Ok(())
     }
 }
 

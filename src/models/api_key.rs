@@ -69,6 +69,16 @@ impl ApiKey {
             .optional()
     }
 
+    /// Of these hashes, the ones whose key is still active.
+    pub async fn still_active(conn: &mut AsyncPgConnection, hashes: &[String]) -> QueryResult<Vec<String>> {
+        api_keys::table
+            .filter(api_keys::key_hash.eq_any(hashes))
+            .filter(api_keys::revoked_at.is_null())
+            .select(api_keys::key_hash)
+            .load(conn)
+            .await
+    }
+
     /// Revokes one of the user's keys; false when it is not theirs or gone.
     pub async fn revoke(conn: &mut AsyncPgConnection, id: Uuid, user_id: Uuid) -> QueryResult<Option<String>> {
         diesel::update(
