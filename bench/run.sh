@@ -387,7 +387,6 @@ for entry in "${SCENARIOS[@]}"; do
     echo "$scenario: target apikey/off >= 0.70: $(awk -v r="$r" 'BEGIN { print (r >= 0.70) ? "met" : "NOT met" }')"
   fi
 done
-echo
 max_other=0 max_at=""
 for key in "${!OTHER[@]}"; do
   if [ "${OTHER[$key]}" -gt "$max_other" ]; then max_other=${OTHER[$key]} max_at=${key//,/\/}; fi
