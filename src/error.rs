@@ -183,6 +183,18 @@ impl From<actix_web::error::BlockingError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A JSON body that does not parse (400 `invalid_json`) or does not fit
+    /// the request's shape (400 `validation_failed`).
+    pub fn from_json(e: &serde_json::Error) -> Self {
+        if e.is_data() {
+            ApiError::validation(e.to_string())
+        } else {
+            ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
+        }
+    }
+}
+
 /// `JsonConfig` error handler: malformed bodies, wrong content types and
 /// oversized bodies get the envelope too.
 pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
@@ -196,8 +208,7 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
             "invalid_content_type",
             "expected a body with Content-Type: application/json",
         ),
-        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::validation(e.to_string()),
-        JsonPayloadError::Deserialize(e) => ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")),
+        JsonPayloadError::Deserialize(e) => ApiError::from_json(e),
         other => ApiError::bad_request("invalid_body", other.to_string()),
     };
     api.into()

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use uuid::Uuid;
 
@@ -104,7 +104,10 @@ impl AuthUser {
     fn require_access_token(&self) -> Result<(), ApiError> {
         match self.0.credential {
             Credential::AccessToken { .. } => Ok(()),
-            Credential::ApiKey { .. } => Err(ApiError::forbidden(
+            // 401, not 403: an API key is not a credential these routes
+            // accept (their security scheme is the bearer token alone).
+            Credential::ApiKey { .. } => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
                 "access_token_required",
                 "finance and admin routes need an access token from /auth/login, not an API key",
             )),
@@ -162,18 +165,32 @@ enum Presented<'a> {
 }
 
 /// The credential a request presents: `X-API-Key: <key>`, or
-/// `Authorization: Bearer <key or JWT>`.
-fn presented(req: &HttpRequest) -> Option<Presented<'_>> {
-    if let Some(key) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(Presented::ApiKey(key.trim()));
+/// `Authorization: Bearer <key or JWT>`; not both, since the two could name
+/// different users and neither should silently win.
+fn presented(req: &HttpRequest) -> Result<Presented<'_>, ApiError> {
+    let api_key = req.headers().get("x-api-key");
+    let authorization = req.headers().get(header::AUTHORIZATION);
+    let (value, from_api_key_header) = match (api_key, authorization) {
+        (None, None) => return Err(ApiError::unauthenticated()),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "ambiguous_credentials",
+                "send one credential: Authorization or X-API-Key, not both",
+            ));
+        }
+        (Some(key), None) => (key, true),
+        (None, Some(auth)) => (auth, false),
+    };
+    let value = value.to_str().map_err(|_| ApiError::invalid_token())?;
+    if from_api_key_header {
+        return Ok(Presented::ApiKey(value.trim()));
     }
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = token.trim();
-    Some(if token.starts_with(API_KEY_PREFIX) {
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(ApiError::unauthenticated()),
+    };
+    Ok(if token.starts_with(API_KEY_PREFIX) {
         Presented::ApiKey(token)
     } else {
         Presented::Jwt(token)
@@ -248,7 +265,7 @@ impl Authenticator {
     /// miss; Redis once per call (deny-list, user version and, for metered
     /// calls, the rate limit, in one script).
     pub async fn authenticate(&self, req: &HttpRequest, purpose: Purpose) -> Result<Authenticated, ApiError> {
-        let (user_id, credential) = match presented(req).ok_or_else(ApiError::unauthenticated)? {
+        let (user_id, credential) = match presented(req)? {
             Presented::Jwt(token) => {
                 let claims = self.jwt.verify(token).ok_or_else(ApiError::invalid_token)?;
                 let credential = Credential::AccessToken {
@@ -378,12 +395,13 @@ impl Authenticator {
 /// a non-empty local part, a dotted domain, no spaces, at most 254 bytes.
 pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
     let email = raw.trim().to_lowercase();
-    let valid = email.len() <= 254
+    // Lengths in characters, as the OpenAPI spec states them.
+    let valid = email.chars().count() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && match email.split_once('@') {
             Some((local, domain)) => {
                 !local.is_empty()
-                    && local.len() <= 64
+                    && local.chars().count() <= 64
                     && !domain.contains('@')
                     && domain.contains('.')
                     && !domain.starts_with('.')

@@ -22,8 +22,13 @@ use crate::billing::currency::Currency;
 /// free allowance) at `unit_price`; `None` = no upper bound.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tier {
+    /// The last call (per period) this tier covers; `null` for the last,
+    /// unbounded tier.
+    #[schema(minimum = 1)]
     pub up_to: Option<i64>,
+    /// Per call in this tier, as a decimal string.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "0.001", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
     pub unit_price: Decimal,
 }
 

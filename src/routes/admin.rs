@@ -17,6 +17,7 @@ use crate::models::Api;
 use crate::models::price::{PriceBook, PriceRow};
 use crate::routes::conn;
 use crate::routes::finance::parse_currency;
+use crate::routes::json::Json;
 use crate::routes::openapi::ErrorBody;
 use crate::schema::{apis, usage_records};
 
@@ -96,15 +97,29 @@ pub struct NewApiRequest {
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$", example = "tools-uuid")]
     slug: String,
     /// GET, POST, PUT, PATCH or DELETE (any case).
-    #[schema(example = "GET")]
+    #[schema(
+        example = "GET",
+        pattern = r"^([Gg][Ee][Tt]|[Pp][Oo][Ss][Tt]|[Pp][Uu][Tt]|[Pp][Aa][Tt][Cc][Hh]|[Dd][Ee][Ll][Ee][Tt][Ee])$"
+    )]
     method: String,
-    /// The actix route pattern, e.g. `/api/v1/tools/random/{max}`.
-    #[schema(example = "/api/v1/tools/uuid")]
+    /// The actix route pattern, e.g. `/api/v1/tools/random/{max}`: starts
+    /// with `/`, at most 200 bytes, no spaces or control characters.
+    #[schema(
+        example = "/api/v1/tools/uuid",
+        max_length = 200,
+        pattern = r"^/[^\s\u0000-\u001F\u007F-\u009F]*$"
+    )]
     route: String,
-    /// 1–200 characters.
+    /// 1–200 characters; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: String,
-    /// At most 2000 characters.
+    /// At most 2000 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 2000, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     description: String,
 }
 
@@ -149,7 +164,7 @@ fn validate_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
 pub async fn create_api(
     state: web::Data<AppState>,
     user: AuthUser,
-    body: web::Json<NewApiRequest>,
+    body: Json<NewApiRequest>,
 ) -> ApiResult<HttpResponse> {
     user.require_admin()?;
     let b = body.into_inner();
@@ -219,7 +234,15 @@ pub async fn create_api(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApiRequest {
+    /// 1–200 characters; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: Option<String>,
+    /// At most 2000 characters, no control characters.
+    #[schema(max_length = 2000, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     description: Option<String>,
     active: Option<bool>,
 }
@@ -251,7 +274,7 @@ pub async fn update_api(
     state: web::Data<AppState>,
     user: AuthUser,
     id: web::Path<i32>,
-    body: web::Json<UpdateApiRequest>,
+    body: Json<UpdateApiRequest>,
 ) -> ApiResult<HttpResponse> {
     user.require_admin()?;
     let b = body.into_inner();
@@ -288,7 +311,7 @@ pub async fn update_api(
 pub struct NewPriceRequest {
     /// Per call, not negative, as a decimal string.
     #[serde(with = "rust_decimal::serde::str")]
-    #[schema(example = "0.002")]
+    #[schema(example = "0.002", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
     unit_price: Decimal,
     /// Must be the billing currency when given.
     #[schema(value_type = Option<Currency>)]
@@ -337,7 +360,7 @@ pub async fn create_price(
     state: web::Data<AppState>,
     user: AuthUser,
     id: web::Path<i32>,
-    body: web::Json<NewPriceRequest>,
+    body: Json<NewPriceRequest>,
 ) -> ApiResult<HttpResponse> {
     user.require_admin()?;
     let b = body.into_inner();

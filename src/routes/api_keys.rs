@@ -11,13 +11,19 @@ use crate::auth::{API_KEY_PREFIX, AuthUser, tokens};
 use crate::error::{ApiError, ApiResult};
 use crate::models::api_key::{ApiKey, MAX_ACTIVE_KEYS};
 use crate::routes::conn;
+use crate::routes::json::Json;
 use crate::routes::openapi::ErrorBody;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyRequest {
-    /// 1 to 100 characters, for telling keys apart.
-    #[schema(min_length = 1, max_length = 100)]
+    /// 1 to 100 characters, for telling keys apart; not blank, no control
+    /// characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: String,
 }
 
@@ -54,7 +60,7 @@ pub struct ApiKeyList {
 pub async fn create_api_key(
     state: web::Data<AppState>,
     user: AuthUser,
-    body: web::Json<NewKeyRequest>,
+    body: Json<NewKeyRequest>,
 ) -> ApiResult<HttpResponse> {
     let name = body.into_inner().name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {

@@ -4,6 +4,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::routes::json::Json;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -19,14 +20,23 @@ use crate::routes::openapi::ErrorBody;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// Unique, case-insensitive.
-    #[schema(example = "ada@example.com")]
+    /// Unique, case-insensitive. One `@`, at most 64 characters before it,
+    /// a dotted domain after it, no spaces.
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = r"^[^@\s\u0000-\u001F\u007F-\u009F]{1,64}@[^@\s.\u0000-\u001F\u007F-\u009F]+(\.[^@\s.\u0000-\u001F\u007F-\u009F]+)+$"
+    )]
     email: String,
     /// 8 to 128 characters.
     #[schema(min_length = 8, max_length = 128)]
     password: String,
-    /// 1 to 200 characters.
-    #[schema(min_length = 1, max_length = 200)]
+    /// 1 to 200 characters; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: String,
 }
 
@@ -57,7 +67,7 @@ pub(crate) fn validate_name(name: &str) -> Result<String, ApiError> {
         (status = 409, description = "`email_taken`: an account with this email already exists", body = ErrorBody),
     )
 )]
-pub async fn register(state: web::Data<AppState>, body: web::Json<RegisterRequest>) -> ApiResult<HttpResponse> {
+pub async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> ApiResult<HttpResponse> {
     let RegisterRequest { email, password, name } = body.into_inner();
     let email = auth::normalize_email(&email)?;
     auth::validate_password(&password)?;
@@ -141,7 +151,7 @@ pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
             headers(("Retry-After" = u64, description = "Seconds until another attempt is allowed"))),
     )
 )]
-pub async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> ApiResult<HttpResponse> {
+pub async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> ApiResult<HttpResponse> {
     let LoginRequest { email, password } = body.into_inner();
     let invalid = || {
         ApiError::new(
@@ -224,7 +234,7 @@ pub struct RefreshRequest {
         (status = 403, description = "`account_suspended`: the account is suspended", body = ErrorBody),
     )
 )]
-pub async fn refresh(state: web::Data<AppState>, body: web::Json<RefreshRequest>) -> ApiResult<HttpResponse> {
+pub async fn refresh(state: web::Data<AppState>, body: Json<RefreshRequest>) -> ApiResult<HttpResponse> {
     let presented = body.into_inner().refresh_token;
     if !presented.starts_with(sessions::REFRESH_TOKEN_PREFIX) || presented.len() > 128 {
         return Err(ApiError::invalid_token());
@@ -258,15 +268,24 @@ pub struct LogoutRequest {
     security(("bearerAuth" = [])),
     responses(
         (status = 204, description = "Logged out"),
-        (status = 400, description = "`validation_failed`: the credential is an API key, not an access token",
-            body = ErrorBody),
+        (status = 400, description = "`validation_failed`: the credential is an API key, not an access token, \
+            or the body has unknown fields; `invalid_json`: the body is not JSON", body = ErrorBody),
     )
 )]
-pub async fn logout(
-    state: web::Data<AppState>,
-    user: AuthUser,
-    body: Option<web::Json<LogoutRequest>>,
-) -> ApiResult<HttpResponse> {
+pub async fn logout(state: web::Data<AppState>, user: AuthUser, body: web::Bytes) -> ApiResult<HttpResponse> {
+    // The body is optional (absent or `null`), but one that is sent must be
+    // a valid request.
+    let body: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LogoutRequest::default()
+    } else {
+        match serde_json::from_slice(&body).map_err(|e| ApiError::from_json(&e))? {
+            serde_json::Value::Null => LogoutRequest::default(),
+            value @ serde_json::Value::Object(_) => {
+                serde_json::from_value(value).map_err(|e| ApiError::from_json(&e))?
+            }
+            _ => return Err(ApiError::validation("the body must be a JSON object or null")),
+        }
+    };
     let Credential::AccessToken {
         jti,
         session,
@@ -285,7 +304,7 @@ pub async fn logout(
     }
     let mut conn = conn(&state.db).await?;
     let mut families: Vec<Uuid> = session.into_iter().collect();
-    if let Some(token) = body.and_then(|b| b.into_inner().refresh_token)
+    if let Some(token) = body.refresh_token
         && let Some(family) = sessions::family_of(&mut conn, state.authenticator.hasher(), &token, user.id()).await?
     {
         families.push(family);

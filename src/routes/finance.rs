@@ -21,6 +21,7 @@ use crate::models::invoice::Payment;
 use crate::models::invoice::{InvoiceFilter, InvoiceStatus};
 use crate::routes::conn;
 use crate::routes::invoices::{InvoiceDetail, invoice_detail};
+use crate::routes::json::Json;
 use crate::routes::openapi::ErrorBody;
 
 fn parse_period(raw: &str) -> Result<Period, ApiError> {
@@ -264,14 +265,22 @@ pub async fn export_invoices(
 pub struct PaymentRequest {
     /// A decimal string in the invoice's currency, e.g. `"12.50"`.
     #[serde(with = "rust_decimal::serde::str")]
-    #[schema(example = "12.50")]
+    #[schema(example = "12.50", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
     amount: Decimal,
-    /// The payment provider's reference: 1–200 characters; recording the
-    /// same reference again for the same amount is a no-op (200).
-    #[schema(min_length = 1, max_length = 200)]
+    /// The payment provider's reference: 1–200 characters, not blank;
+    /// recording the same reference again for the same amount is a no-op (200).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     reference: String,
-    /// e.g. `bank_transfer`: 1–50 characters.
-    #[schema(min_length = 1, max_length = 50)]
+    /// e.g. `bank_transfer`: 1–50 characters, not blank.
+    #[schema(
+        min_length = 1,
+        max_length = 50,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     method: String,
     /// Must be the invoice's currency when given.
     #[schema(value_type = Option<Currency>)]
@@ -336,15 +345,16 @@ pub async fn record_payment(
     state: web::Data<AppState>,
     user: AuthUser,
     id: web::Path<Uuid>,
-    body: web::Json<PaymentRequest>,
+    body: Json<PaymentRequest>,
 ) -> ApiResult<HttpResponse> {
     user.require_finance()?;
     let body = body.into_inner();
     let reference = body.reference.trim().to_owned();
     let method = body.method.trim().to_owned();
-    if reference.is_empty() || reference.len() > 200 || method.is_empty() || method.len() > 50 {
+    let bad = |s: &str, max: usize| s.is_empty() || s.chars().count() > max || s.chars().any(char::is_control);
+    if bad(&reference, 200) || bad(&method, 50) {
         return Err(ApiError::validation(
-            "reference (1–200 chars) and method (1–50 chars) are required",
+            "reference (1–200 chars) and method (1–50 chars) are required, without control characters",
         ));
     }
     let input = PaymentInput {

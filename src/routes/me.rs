@@ -9,6 +9,7 @@ use crate::models::User;
 use crate::models::user::ProfileChanges;
 use crate::routes::auth::validate_name;
 use crate::routes::conn;
+use crate::routes::json::Json;
 use crate::routes::openapi::ErrorBody;
 
 /// The caller's account and billing details.
@@ -37,29 +38,34 @@ fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfile {
-    #[schema(min_length = 1, max_length = 200)]
+    /// 1 to 200 characters; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     company: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     address_line1: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     address_line2: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     city: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     postal_code: Option<Option<String>>,
     /// ISO 3166-1 alpha-2, any case (stored upper-case).
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, example = "GB")]
+    #[schema(value_type = Option<String>, example = "GB", pattern = r"^\s*([A-Za-z]{2})?\s*$")]
     country: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     tax_id: Option<Option<String>>,
 }
 
@@ -126,7 +132,7 @@ impl UpdateProfile {
 pub async fn update_me(
     state: web::Data<AppState>,
     user: AuthUser,
-    body: web::Json<UpdateProfile>,
+    body: Json<UpdateProfile>,
 ) -> ApiResult<HttpResponse> {
     let changes = body.into_inner().validate()?;
     let mut conn = conn(&state.db).await?;

@@ -53,6 +53,7 @@ pub mod billing;
 pub mod finance;
 pub mod health;
 pub mod invoices;
+pub mod json;
 pub mod me;
 pub mod openapi;
 pub mod tools;

@@ -61,6 +61,27 @@ impl ToSchema for Period {
     }
 }
 
+/// An IANA time zone name, from the time zone database the server was
+/// built with (so the list is exactly what `GET /tools/time` accepts).
+pub struct TimeZoneName;
+
+impl PartialSchema for TimeZoneName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("An IANA time zone name."))
+            .enum_values(Some(chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())))
+            .examples([json!("Asia/Kolkata")])
+            .into()
+    }
+}
+
+impl ToSchema for TimeZoneName {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("TimeZoneName")
+    }
+}
+
 impl PartialSchema for Currency {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
@@ -79,7 +100,8 @@ impl ToSchema for Currency {
 }
 
 /// `YYYY-MM`, month 01–12 (years before 1970 are refused too).
-const PERIOD_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])$";
+/// `YYYY-MM` from 1970-01 (what `Period::from_str` accepts).
+const PERIOD_PATTERN: &str = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -126,7 +148,7 @@ const PERIOD_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])$";
         tools::time,
         tools::echo,
     ),
-    components(schemas(ErrorBody, ErrorDetail, Period, Currency)),
+    components(schemas(ErrorBody, ErrorDetail, Period, Currency, TimeZoneName, finance::ExportFormatName)),
     modifiers(&SecuritySchemes, &CommonResponses),
     tags(
         (name = "health", description = "Liveness and readiness probes"),
@@ -287,7 +309,9 @@ fn add_common_responses(op: &mut Operation, metered: bool) {
         add(
             op,
             401,
-            "`unauthorized`: no credentials, or an invalid, expired, revoked or logged-out token or key.",
+            "`unauthorized`: no credentials, or an invalid, expired, revoked or logged-out token or key; \
+             `ambiguous_credentials`: both `Authorization` and `X-API-Key` were sent; \
+             `access_token_required`: an API key on a finance or admin route, which take access tokens only.",
             &[(
                 "WWW-Authenticate",
                 Type::String,

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
+use crate::routes::json::Json;
 use crate::routes::openapi::ErrorBody;
 
 route_table! {
@@ -89,7 +90,7 @@ pub async fn random(_caller: AuthUser, query: web::Query<RandomQuery>) -> ApiRes
     get,
     path = "/api/v1/tools/random/{max}",
     tag = "tools",
-    params(("max" = u32, Path, description = "Upper bound, inclusive")),
+    params(("max" = i64, Path, minimum = 0, maximum = 4_294_967_295_f64, description = "Upper bound, inclusive (0 to 4294967295)")),
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The random value", body = RandomValue),
@@ -137,7 +138,7 @@ pub struct HashResponse {
             body = ErrorBody),
     )
 )]
-pub async fn hash(_caller: AuthUser, body: web::Json<HashRequest>) -> HttpResponse {
+pub async fn hash(_caller: AuthUser, body: Json<HashRequest>) -> HttpResponse {
     let data = body.data.as_bytes();
     let (name, digest) = match body.algorithm {
         HashAlgorithm::Sha256 => ("sha256", hex::encode(Sha256::digest(data))),
@@ -149,6 +150,7 @@ pub async fn hash(_caller: AuthUser, body: web::Json<HashRequest>) -> HttpRespon
 #[derive(Deserialize, IntoParams)]
 pub struct TimeQuery {
     /// An IANA time zone name such as `Asia/Kolkata` (default `UTC`).
+    #[param(value_type = Option<crate::routes::openapi::TimeZoneName>)]
     tz: Option<String>,
 }
 

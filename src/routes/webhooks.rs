@@ -28,7 +28,7 @@ pub struct PaymentEvent {
     invoice_number: Option<String>,
     /// Required for `payment.succeeded`: a decimal string.
     #[serde(default, with = "rust_decimal::serde::str_option")]
-    #[schema(value_type = Option<String>, example = "12.50")]
+    #[schema(value_type = Option<String>, example = "12.50", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
     amount: Option<Decimal>,
     #[schema(value_type = Option<crate::billing::Currency>)]
     currency: Option<String>,
@@ -66,7 +66,8 @@ pub enum WebhookOutcome {
     path = "/api/v1/webhooks/payments",
     tag = "webhooks",
     request_body(content = PaymentEvent, content_type = "application/json"),
-    params(("Payg-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">`")),
+    params(("Payg-Signature" = String, Header, pattern = r"^t=[0-9]+(,v1=[0-9a-f]{64})+$",
+        description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">`")),
     responses(
         (status = 201, description = "The payment was recorded", body = PaymentRecorded),
         (status = 200, description = "Acknowledged: ignored, a duplicate event, or a payment already recorded",
@@ -103,7 +104,7 @@ pub async fn payment_webhook(
     })?;
     let event: PaymentEvent = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed event: {e}")))?;
-    if event.id.is_empty() || event.id.len() > 200 {
+    if event.id.is_empty() || event.id.chars().count() > 200 {
         return Err(ApiError::validation("event id must be 1–200 characters"));
     }
     if event.kind != "payment.succeeded" {

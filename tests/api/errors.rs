@@ -112,3 +112,87 @@ async fn health_and_readiness_report_their_dependencies() {
         .await
         .unwrap();
 }
+
+// Found by schemathesis (scripts/fuzz.sh): serde accepts a struct written as
+// an array of its fields, so `[null, null]` used to update a profile (200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_must_be_json_objects() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    for body in [json!([null, null]), json!(["New Name"]), json!("x"), json!(1)] {
+        let res = app
+            .client
+            .patch(app.url("/api/v1/me"))
+            .bearer_auth(&user.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{body}");
+        assert_eq!(error_code(res).await, "validation_failed");
+    }
+    let res = app
+        .post_json(
+            "/api/v1/auth/register",
+            &json!(["array@example.com", "password-123", "Array"]),
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(app.count_users().await, 1, "nothing was created");
+    let me = app.get_json("/api/v1/me", &user.token).await;
+    assert_eq!(me["name"], "Test User", "nothing was changed");
+}
+
+// Found by schemathesis: an optional body that did not parse was ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_refuses_a_malformed_body_and_takes_none_or_null() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let logout = |token: String, body: Option<&'static str>| {
+        let mut req = app.client.post(app.url("/api/v1/auth/logout")).bearer_auth(token);
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        req.send()
+    };
+    for body in [r#"{"refresh_token": "x", "unknown": 1}"#, "[]", "{"] {
+        let res = logout(user.token.clone(), Some(body)).await.unwrap();
+        assert_eq!(res.status(), 400, "{body}");
+    }
+    assert_eq!(
+        app.get_auth("/api/v1/me", &user.token).await.status(),
+        200,
+        "still logged in"
+    );
+    let res = logout(user.token.clone(), Some("null")).await.unwrap();
+    assert_eq!(res.status(), 204);
+    let other = app.token_for(&user.email).await;
+    assert_eq!(logout(other, None).await.unwrap().status(), 204);
+}
+
+// Found by schemathesis: with both headers, the API key silently won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_credentials_at_once_are_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let created = app
+        .post_auth("/api/v1/api-keys", &user.token, &json!({"name": "k"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    let key = created.json::<serde_json::Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for bearer in [user.token.as_str(), "not-a-token"] {
+        let res = app
+            .client
+            .get(app.url("/api/v1/tools/uuid"))
+            .bearer_auth(bearer)
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(error_code(res).await, "ambiguous_credentials");
+    }
+}

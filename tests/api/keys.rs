@@ -106,7 +106,7 @@ async fn an_api_key_is_shown_once_stored_hashed_and_meters_like_a_token() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 403);
+    assert_eq!(res.status(), 401);
     assert_eq!(error_code(res).await, "access_token_required");
     assert_eq!(
         app.get_auth("/api/v1/finance/invoices", &user.token).await.status(),
