@@ -76,7 +76,11 @@ impl Application {
                                 .wrap(Metering::new(app_state.clone()))
                                 .configure(routes::tools::configure),
                         )
-                        .configure(routes::configure_api),
+                        .service(
+                            web::scope("")
+                                .wrap(actix_web::middleware::from_fn(crate::auth::authenticate_first))
+                                .configure(routes::configure_api),
+                        ),
                 )
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))

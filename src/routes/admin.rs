@@ -9,7 +9,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::auth::AuthUser;
+use crate::auth::AdminUser;
 use crate::billing::pricing::{PriceVersion, Tier, validate_tiers};
 use crate::billing::{Currency, Period};
 use crate::error::{ApiError, ApiResult};
@@ -74,8 +74,7 @@ pub struct AdminApiList {
         (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
     )
 )]
-pub async fn list_apis(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
-    user.require_admin()?;
+pub async fn list_apis(state: web::Data<AppState>, _admin: AdminUser) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let all = Api::all(&mut conn).await?;
     let book = PriceBook::load(&mut conn, None).await?;
@@ -163,10 +162,9 @@ fn validate_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
 )]
 pub async fn create_api(
     state: web::Data<AppState>,
-    user: AuthUser,
+    _admin: AdminUser,
     body: Json<NewApiRequest>,
 ) -> ApiResult<HttpResponse> {
-    user.require_admin()?;
     let b = body.into_inner();
     validate_slug(&b.slug)?;
     let method = b.method.to_ascii_uppercase();
@@ -272,11 +270,10 @@ struct ApiChanges {
 )]
 pub async fn update_api(
     state: web::Data<AppState>,
-    user: AuthUser,
+    _admin: AdminUser,
     id: web::Path<i32>,
     body: Json<UpdateApiRequest>,
 ) -> ApiResult<HttpResponse> {
-    user.require_admin()?;
     let b = body.into_inner();
     if let Some(name) = &b.name {
         if name.trim().is_empty() {
@@ -358,11 +355,10 @@ pub struct CreatedPrice {
 )]
 pub async fn create_price(
     state: web::Data<AppState>,
-    user: AuthUser,
+    _admin: AdminUser,
     id: web::Path<i32>,
     body: Json<NewPriceRequest>,
 ) -> ApiResult<HttpResponse> {
-    user.require_admin()?;
     let b = body.into_inner();
     let billing_currency = state.config.billing.currency;
     let currency = parse_currency(b.currency.as_deref())?.unwrap_or(billing_currency);

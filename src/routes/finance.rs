@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::AuthUser;
+use crate::auth::FinanceUser;
 use crate::billing::close::{self, CloseError, CloseOutcome, Reconciliation};
 use crate::billing::export::{self, ExportFormat, ExportRow};
 use crate::billing::payments::{self, PaymentError, PaymentInput, PaymentSource, Recorded, VoidError};
@@ -47,10 +47,9 @@ fn parse_period(raw: &str) -> Result<Period, ApiError> {
 )]
 pub async fn close_period(
     state: web::Data<AppState>,
-    user: AuthUser,
+    _finance: FinanceUser,
     period: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    user.require_finance()?;
     let period = parse_period(&period)?;
     match state.close_period(period).await {
         Ok(outcome) => Ok(HttpResponse::Ok().json(outcome)),
@@ -79,10 +78,9 @@ pub async fn close_period(
 )]
 pub async fn reconciliation(
     state: web::Data<AppState>,
-    user: AuthUser,
+    _finance: FinanceUser,
     period: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    user.require_finance()?;
     let period = parse_period(&period)?;
     let mut conn = conn(&state.db).await?;
     let report = close::reconcile(&mut conn, period, state.config.billing.currency, state.now()).await?;
@@ -133,10 +131,9 @@ pub struct InvoicePage {
 )]
 pub async fn list_invoices(
     state: web::Data<AppState>,
-    user: AuthUser,
+    _finance: FinanceUser,
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
-    user.require_finance()?;
     let q = query.into_inner();
     let mut filter = InvoiceFilter::default();
     if let Some(p) = q.period.as_deref() {
@@ -178,8 +175,11 @@ pub async fn list_invoices(
         (status = 404, description = "`not_found`: no such invoice, or `id` is not a UUID", body = ErrorBody),
     )
 )]
-pub async fn get_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    user.require_finance()?;
+pub async fn get_invoice(
+    state: web::Data<AppState>,
+    _finance: FinanceUser,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let invoice = Invoice::find(&mut conn, *id)
         .await?
@@ -235,10 +235,9 @@ pub struct ExportJsonRow {
 )]
 pub async fn export_invoices(
     state: web::Data<AppState>,
-    user: AuthUser,
+    _finance: FinanceUser,
     query: web::Query<ExportQuery>,
 ) -> ApiResult<HttpResponse> {
-    user.require_finance()?;
     let period = parse_period(&query.period)?;
     let format: ExportFormat = query
         .format
@@ -343,11 +342,10 @@ pub(crate) fn parse_currency(raw: Option<&str>) -> Result<Option<Currency>, ApiE
 )]
 pub async fn record_payment(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: FinanceUser,
     id: web::Path<Uuid>,
     body: Json<PaymentRequest>,
 ) -> ApiResult<HttpResponse> {
-    user.require_finance()?;
     let body = body.into_inner();
     let reference = body.reference.trim().to_owned();
     let method = body.method.trim().to_owned();
@@ -402,8 +400,11 @@ pub(crate) async fn payment_response(state: &AppState, recorded: Recorded) -> Ht
         (status = 409, description = "`invoice_not_voidable`: the invoice is paid, partly paid or already void", body = ErrorBody),
     )
 )]
-pub async fn void_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    user.require_finance()?;
+pub async fn void_invoice(
+    state: web::Data<AppState>,
+    _finance: FinanceUser,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     match payments::void_invoice(&mut conn, *id, state.now()).await {
         Ok(invoice) => {

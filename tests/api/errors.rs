@@ -196,3 +196,46 @@ async fn two_credentials_at_once_are_refused() {
         assert_eq!(error_code(res).await, "ambiguous_credentials");
     }
 }
+
+// actix extracts a handler's arguments together: before authentication ran
+// first, a malformed body could be answered (400) ahead of a bad token (401)
+// or a missing role (403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_roles_are_checked_before_the_body() {
+    let app = TestApp::spawn().await;
+    let consumer = app.new_user().await;
+    let bad_body = json!({"unit_price": "not a number", "tiers": "nope"});
+    let res = app
+        .post_auth("/api/v1/admin/apis/1/prices", &consumer.token, &bad_body)
+        .await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(error_code(res).await, "forbidden");
+    let res = app
+        .post_auth("/api/v1/admin/apis/1/prices", "not-a-token", &bad_body)
+        .await;
+    assert_eq!(res.status(), 401);
+    let res = app
+        .post_auth(
+            "/api/v1/finance/invoices/00000000-0000-0000-0000-000000000000/payments",
+            &consumer.token,
+            &bad_body,
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    let res = app
+        .client
+        .patch(app.url("/api/v1/me"))
+        .bearer_auth("not-a-token")
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // With the role, the body is checked as before.
+    let admin = app.user_with_role("admin").await;
+    let res = app
+        .post_auth("/api/v1/admin/apis/1/prices", &admin.token, &bad_body)
+        .await;
+    assert_eq!(res.status(), 400);
+}
