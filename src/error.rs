@@ -165,6 +165,14 @@ impl From<DieselError> for ApiError {
                 tracing::warn!(error = %err, "database connection lost");
                 Self::unavailable("database_unavailable", "the database is unavailable, retry shortly")
             }
+            // Rust strings are valid UTF-8, so PostgreSQL refuses only a NUL
+            // (0x00) here, which can only have come from the client: a
+            // safety net behind the input checks, so it is never a 500.
+            DieselError::DatabaseError(_, ref info)
+                if info.message().starts_with("invalid byte sequence for encoding") =>
+            {
+                Self::validation("text must not contain NUL (\\u0000) characters")
+            }
             other => Self::internal(other),
         }
     }
@@ -259,4 +267,24 @@ pub fn envelope_framework_errors<B>(res: ServiceResponse<B>) -> actix_web::Resul
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, fresh).map_into_right_body(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nul_refused_by_postgres_is_the_clients_error_other_database_errors_are_ours() {
+        let nul = DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(String::from("invalid byte sequence for encoding \"UTF8\": 0x00")),
+        );
+        let err = ApiError::from(nul);
+        assert_eq!(
+            (err.status_code(), err.code()),
+            (StatusCode::BAD_REQUEST, "validation_failed")
+        );
+        let other = DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(String::from("disk full")));
+        assert_eq!(ApiError::from(other).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

@@ -96,6 +96,10 @@ pub struct ListQuery {
     #[param(value_type = Option<InvoiceStatus>)]
     status: Option<String>,
     /// A user id, or an email (case-insensitive).
+    #[param(
+        max_length = 254,
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[^@\s\u0000-\u001F\u007F-\u009F]{1,64}@[^@\s.\u0000-\u001F\u007F-\u009F]+(\.[^@\s.\u0000-\u001F\u007F-\u009F]+)+)$"
+    )]
     user: Option<String>,
     /// From 1 (default 1).
     #[param(minimum = 1)]
@@ -145,7 +149,11 @@ pub async fn list_invoices(
     if let Some(u) = q.user.as_deref() {
         match u.parse::<Uuid>() {
             Ok(id) => filter.user_id = Some(id),
-            Err(_) => filter.user_email = Some(u.trim().to_lowercase()),
+            Err(_) => {
+                let email = crate::auth::normalize_email(u)
+                    .map_err(|_| ApiError::validation("user must be a user id or an email address"))?;
+                filter.user_email = Some(email);
+            }
         }
     }
     let page = q.page.unwrap_or(1);

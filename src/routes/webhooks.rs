@@ -107,6 +107,12 @@ pub async fn payment_webhook(
     if event.id.is_empty() || event.id.chars().count() > 200 {
         return Err(ApiError::validation("event id must be 1–200 characters"));
     }
+    let texts = [Some(&event.id), event.invoice_number.as_ref(), event.reference.as_ref()];
+    if texts.into_iter().flatten().any(|t| t.chars().any(char::is_control)) {
+        return Err(ApiError::validation(
+            "id, invoice_number and reference must not contain control characters",
+        ));
+    }
     if event.kind != "payment.succeeded" {
         // Providers send many event types; acknowledging the rest stops retries.
         return Ok(HttpResponse::Ok().json(json!({"status": "ignored"})));
