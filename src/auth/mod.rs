@@ -39,7 +39,8 @@ use ttl_cache::TtlCache;
 /// [`key_cache::REVALIDATE_EVERY`].
 const KEY_CACHE_MAX_AGE: Duration = Duration::from_millis(750);
 
-/// Hashes per revalidation query (bounds the statement's size).
+/// Hashes per revalidation query (bounds each query's array parameter and
+/// how long it runs).
 const REVALIDATE_CHUNK: usize = 5_000;
 
 pub use jwt::JwtKeys;
@@ -233,21 +234,26 @@ enum Presented<'a> {
     ApiKey(&'a str),
 }
 
+fn ambiguous_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "ambiguous_credentials",
+        "send one credential: one Authorization or one X-API-Key header",
+    )
+}
+
 /// The credential a request presents: `X-API-Key: <key>`, or
-/// `Authorization: Bearer <key or JWT>`; not both, since the two could name
-/// different users and neither should silently win.
+/// `Authorization: Bearer <key or JWT>`; one header, once, since two
+/// credentials could name different users and neither should silently win.
 fn presented(req: &HttpRequest) -> Result<Presented<'_>, ApiError> {
-    let api_key = req.headers().get("x-api-key");
-    let authorization = req.headers().get(header::AUTHORIZATION);
+    let mut api_keys = req.headers().get_all("x-api-key");
+    let mut authorizations = req.headers().get_all(header::AUTHORIZATION);
+    let (api_key, authorization) = (api_keys.next(), authorizations.next());
+    let repeated = api_keys.next().is_some() || authorizations.next().is_some();
     let (value, from_api_key_header) = match (api_key, authorization) {
         (None, None) => return Err(ApiError::unauthenticated()),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "ambiguous_credentials",
-                "send one credential: Authorization or X-API-Key, not both",
-            ));
-        }
+        (Some(_), Some(_)) => return Err(ambiguous_credentials()),
+        _ if repeated => return Err(ambiguous_credentials()),
         (Some(key), None) => (key, true),
         (None, Some(auth)) => (auth, false),
     };

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 
@@ -35,13 +36,16 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, actix_web::Error>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let value = web::Json::<serde_json::Value>::from_request(req, payload);
+        // `RawValue` keeps `web::Json`'s content-type, size and syntax checks
+        // without building a value tree; the text is then read straight into
+        // `T`, so duplicate fields are still refused.
+        let raw = web::Json::<Box<RawValue>>::from_request(req, payload);
         Box::pin(async move {
-            let web::Json(value) = value.await?;
-            if !value.is_object() {
+            let web::Json(raw) = raw.await?;
+            if !raw.get().starts_with('{') {
                 return Err(ApiError::validation("the body must be a JSON object").into());
             }
-            T::deserialize(value)
+            serde_json::from_str(raw.get())
                 .map(Json)
                 .map_err(|e| ApiError::from_json(&e).into())
         })

@@ -261,3 +261,41 @@ async fn a_nul_in_a_filter_is_a_400_not_a_500() {
         .await;
     assert_eq!(res.status(), 200);
 }
+
+// Review finding: with two headers of one kind, the first used to win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_header_sent_twice_is_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let other = app.new_user().await;
+    let res = app
+        .client
+        .get(app.url("/api/v1/me"))
+        .header("authorization", format!("Bearer {}", user.token))
+        .header("authorization", format!("Bearer {}", other.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(error_code(res).await, "ambiguous_credentials");
+}
+
+// Review finding: parsing through a JSON value would let the last of two
+// equal keys win silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_sent_twice_is_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let res = app
+        .client
+        .patch(app.url("/api/v1/me"))
+        .bearer_auth(&user.token)
+        .header("content-type", "application/json")
+        .body(r#"{"name": "First", "name": "Second"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let me = app.get_json("/api/v1/me", &user.token).await;
+    assert_eq!(me["name"], "Test User");
+}
