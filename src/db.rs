@@ -28,16 +28,7 @@ pub fn build_pool(database_url: &str, max_size: usize) -> anyhow::Result<DbPool>
     // miss. A connection that broke is marked broken by diesel-async and
     // dropped by the pool; the one query that finds it out fails (503).
     manager_config.recycling_method = RecyclingMethod::Fast;
-    manager_config.custom_setup = Box::new(|url| {
-        async move {
-            let mut conn = AsyncPgConnection::establish(url).await?;
-            conn.batch_execute("SET application_name = 'payg'; SET statement_timeout = '30s'")
-                .await
-                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-            Ok(conn)
-        }
-        .boxed()
-    });
+    manager_config.custom_setup = Box::new(|url| connect(url).boxed());
     let manager = AsyncDieselConnectionManager::new_with_config(database_url, manager_config);
     DbPool::builder(manager)
         .max_size(max_size.max(1))
@@ -47,6 +38,16 @@ pub fn build_pool(database_url: &str, max_size: usize) -> anyhow::Result<DbPool>
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .context("building the database pool")
+}
+
+/// One connection, set up like the pool's (for a task that must not wait
+/// on the pool).
+pub async fn connect(database_url: &str) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let mut conn = AsyncPgConnection::establish(database_url).await?;
+    conn.batch_execute("SET application_name = 'payg'; SET statement_timeout = '30s'")
+        .await
+        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
 }
 
 /// Applies pending migrations under an advisory lock. Runs diesel's sync

@@ -152,17 +152,7 @@ impl Application {
                 }
             }
         });
-        let key_revalidation = spawn_periodic(REVALIDATE_EVERY, shutdown_rx.clone(), {
-            let state = self.state.clone();
-            move || {
-                let state = state.clone();
-                async move {
-                    if let Err(e) = state.authenticator.revalidate_keys().await {
-                        tracing::warn!(error = %e, "API key revalidation failed");
-                    }
-                }
-            }
-        });
+        let key_revalidation = spawn_key_revalidation(self.state.clone(), shutdown_rx.clone());
         let metrics_handle = self.metrics_server.handle();
         let metrics_server = tokio::spawn(self.metrics_server);
         let served = self.server.await;
@@ -209,6 +199,55 @@ where
                 _ = shutdown.changed() => return,
             }
             round().await;
+        }
+    })
+}
+
+/// Re-confirms the cached API keys every [`REVALIDATE_EVERY`] on a
+/// connection of its own: were it to wait on a starved pool, every cached key
+/// would outlive its trust at once and all calls would go to the database.
+fn spawn_key_revalidation(
+    state: web::Data<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conn = None;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(REVALIDATE_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+            let outcome = match conn.as_mut() {
+                Some(c) => state
+                    .authenticator
+                    .revalidate_keys(c)
+                    .await
+                    .map_err(anyhow::Error::from),
+                None => match crate::db::connect(state.config.database_url.expose()).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            };
+            match outcome {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("API key revalidation works again");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    // Reconnect next round; cached keys meanwhile age out
+                    // and calls look their keys up themselves.
+                    conn = None;
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, "API key revalidation failed");
+                    }
+                }
+            }
         }
     })
 }

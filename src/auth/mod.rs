@@ -450,16 +450,13 @@ impl Authenticator {
     }
 
     /// One round of re-confirming the cached API keys against the database
-    /// (see [`key_cache`]); run every [`key_cache::REVALIDATE_EVERY`].
-    pub async fn revalidate_keys(&self) -> Result<(), ApiError> {
+    /// (see [`key_cache`]); run every [`key_cache::REVALIDATE_EVERY`] on a
+    /// connection of its own (`startup::spawn_key_revalidation`).
+    pub async fn revalidate_keys(&self, conn: &mut diesel_async::AsyncPgConnection) -> diesel::QueryResult<()> {
         let asked = self.keys.to_revalidate();
-        if asked.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.db.get().await?;
         for chunk in asked.chunks(REVALIDATE_CHUNK) {
             let asked_at = std::time::Instant::now();
-            let active = ApiKey::still_active(&mut conn, chunk).await?;
+            let active = ApiKey::still_active(conn, chunk).await?;
             self.keys.confirm(chunk, &active, asked_at);
         }
         Ok(())
