@@ -141,17 +141,7 @@ impl Application {
             .clone()
             .spawn_flusher(self.state.config.meter.flush_interval, shutdown_rx.clone());
         let scheduler = crate::billing::close::spawn_scheduler(self.state.clone(), shutdown_rx.clone());
-        let catalog_refresh = spawn_periodic(CATALOG_REFRESH_EVERY, shutdown_rx.clone(), {
-            let state = self.state.clone();
-            move || {
-                let state = state.clone();
-                async move {
-                    if let Err(e) = state.reload_catalog().await {
-                        tracing::warn!(error = %e, "catalog refresh failed");
-                    }
-                }
-            }
-        });
+        let catalog_refresh = spawn_catalog_refresh(self.state.clone(), shutdown_rx.clone());
         let key_revalidation = spawn_key_revalidation(self.state.clone(), shutdown_rx.clone());
         let metrics_handle = self.metrics_server.handle();
         let metrics_server = tokio::spawn(self.metrics_server);
@@ -180,25 +170,19 @@ async fn serve_metrics(state: web::Data<AppState>) -> actix_web::HttpResponse {
 }
 
 /// Picks up catalog changes made through other instances.
-const CATALOG_REFRESH_EVERY: Duration = Duration::from_secs(30);
-
-/// Runs `round` every `period` until shutdown.
-fn spawn_periodic<F, Fut>(
-    period: Duration,
+fn spawn_catalog_refresh(
+    state: web::Data<AppState>,
     mut shutdown: watch::Receiver<bool>,
-    round: F,
-) -> tokio::task::JoinHandle<()>
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(period) => {}
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                 _ = shutdown.changed() => return,
             }
-            round().await;
+            if let Err(e) = state.reload_catalog().await {
+                tracing::warn!(error = %e, "catalog refresh failed");
+            }
         }
     })
 }

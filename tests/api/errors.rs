@@ -222,15 +222,7 @@ async fn credentials_and_roles_are_checked_before_the_body() {
         )
         .await;
     assert_eq!(res.status(), 403);
-    let res = app
-        .client
-        .patch(app.url("/api/v1/me"))
-        .bearer_auth("not-a-token")
-        .header("content-type", "application/json")
-        .body("{")
-        .send()
-        .await
-        .unwrap();
+    let res = app.patch_raw("/api/v1/me", "not-a-token", "{").await;
     assert_eq!(res.status(), 401);
     // With the role, the body is checked as before.
     let admin = app.user_with_role("admin").await;
@@ -287,14 +279,8 @@ async fn a_field_sent_twice_is_refused() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
     let res = app
-        .client
-        .patch(app.url("/api/v1/me"))
-        .bearer_auth(&user.token)
-        .header("content-type", "application/json")
-        .body(r#"{"name": "First", "name": "Second"}"#)
-        .send()
-        .await
-        .unwrap();
+        .patch_raw("/api/v1/me", &user.token, r#"{"name": "First", "name": "Second"}"#)
+        .await;
     assert_eq!(res.status(), 400);
     let me = app.get_json("/api/v1/me", &user.token).await;
     assert_eq!(me["name"], "Test User");

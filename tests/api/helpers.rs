@@ -283,6 +283,18 @@ impl TestApp {
             .expect("request")
     }
 
+    /// PATCH with a body sent as given (malformed JSON included).
+    pub async fn patch_raw(&self, path: &str, token: &str, body: &'static str) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// A fresh user with the given role (granted in the database, as an
     /// operator would with `payg user role`).
     pub async fn user_with_role(&self, role: &str) -> Registered {
