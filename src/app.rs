@@ -1,5 +1,8 @@
 //! `AppState`: everything a request needs, built once and shared by all
-//! workers through `web::Data`.
+//! workers through `web::Data`. It composes the layers below it (auth,
+//! metering, billing, models); none of them depends on it — the
+//! authenticator and the metrics are registered as app data of their own
+//! for the extractors and middleware that need only them.
 
 use std::sync::Arc;
 
@@ -7,9 +10,11 @@ use chrono::{DateTime, Utc};
 
 use crate::auth::tokens::TokenHasher;
 use crate::auth::{AuthSettings, Authenticator, JwtKeys};
-use crate::billing::{Clock, Period};
+use crate::billing::close::{self, CloseError, CloseOutcome};
+use crate::billing::payments::Recorded;
 use crate::config::Config;
 use crate::db::{self, DbPool};
+use crate::domain::{Clock, Period};
 use crate::metering::{Catalog, Meter};
 use crate::models::Api;
 use crate::redis_store::RedisStore;
@@ -19,7 +24,7 @@ pub struct AppState {
     pub config: Config,
     pub db: DbPool,
     pub redis: Arc<RedisStore>,
-    pub authenticator: Authenticator,
+    pub authenticator: Arc<Authenticator>,
     pub catalog: Catalog,
     pub meter: Arc<Meter>,
     pub clock: Arc<dyn Clock>,
@@ -40,7 +45,7 @@ impl AppState {
                 .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))?;
             Api::all(&mut conn).await?
         };
-        let authenticator = Authenticator::new(
+        let authenticator = Arc::new(Authenticator::new(
             JwtKeys::new(&config.jwt),
             db.clone(),
             redis.clone(),
@@ -51,7 +56,7 @@ impl AppState {
                 overdue_days: config.billing.overdue_days,
                 rate_limit: config.rate_limit,
             },
-        );
+        ));
         let meter = Arc::new(Meter::new(
             config.meter.mode,
             config.billing.currency,
@@ -80,12 +85,9 @@ impl AppState {
     }
 
     /// Closes a period (see `billing::close`) and counts what it issued.
-    pub async fn close_period(
-        &self,
-        period: Period,
-    ) -> Result<crate::billing::close::CloseOutcome, crate::billing::close::CloseError> {
+    pub async fn close_period(&self, period: Period) -> Result<CloseOutcome, CloseError> {
         let mut conn = self.db.get().await?;
-        let outcome = crate::billing::close::close_period(
+        let outcome = close::close_period(
             &mut conn,
             period,
             self.now(),
@@ -99,6 +101,21 @@ impl AppState {
                 .inc_by(u64::try_from(outcome.invoices_issued).unwrap_or(0));
         }
         Ok(outcome)
+    }
+
+    /// What follows a recorded payment: it is counted, and a now-paid
+    /// invoice lifts an overdue block at once, on every instance.
+    pub async fn payment_recorded(&self, recorded: &Recorded) {
+        let (created, invoice) = match recorded {
+            Recorded::Created { invoice, .. } => (true, invoice),
+            Recorded::Duplicate { invoice, .. } => (false, invoice),
+        };
+        if created {
+            self.metrics.payments_recorded.inc();
+        }
+        if invoice.status == crate::models::InvoiceStatus::Paid {
+            self.authenticator.user_changed(invoice.user_id).await;
+        }
     }
 
     /// Refreshes the gauges that are read rather than counted.

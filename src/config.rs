@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-use crate::billing::currency::Currency;
+use crate::domain::currency::Currency;
 use crate::redis_store::RateLimit;
 
 /// A value that must never reach a log line or a `Debug` dump.
@@ -214,7 +214,7 @@ impl Config {
                     None => Currency::USD,
                     Some(code) => code
                         .parse()
-                        .map_err(|e: crate::billing::currency::UnknownCurrency| ConfigError {
+                        .map_err(|e: crate::domain::currency::UnknownCurrency| ConfigError {
                             var: "PAYG_CURRENCY",
                             message: e.to_string(),
                         })?,

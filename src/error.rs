@@ -13,6 +13,14 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use serde::Serialize;
 
+use crate::auth::sessions::SessionError;
+use crate::billing::close::CloseError;
+use crate::billing::payments::{PaymentError, SignatureError, VoidError};
+use crate::domain::currency::UnknownCurrency;
+use crate::domain::period::BadPeriod;
+use crate::domain::pricing::InvalidPrice;
+use crate::domain::text::InvalidText;
+
 pub type ApiResult<T> = Result<T, ApiError>;
 
 #[derive(Debug)]
@@ -28,7 +36,9 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+    /// Private: every status is chosen by one of the named constructors or
+    /// `From` conversions below, so this file is the one place that decides.
+    fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
             code,
@@ -44,6 +54,7 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "validation_failed", message)
     }
 
+    /// 400 with a code of its own (`invalid_json`, `invalid_signature`, …).
     pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
@@ -65,20 +76,113 @@ impl ApiError {
         err
     }
 
-    pub fn forbidden(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, code, message)
+    /// 401: two credentials (or one header twice) could name different
+    /// users, and neither should silently win.
+    pub fn ambiguous_credentials() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "ambiguous_credentials",
+            "send one credential: one Authorization or one X-API-Key header",
+        )
+    }
+
+    /// 401, not 403: an API key is not a credential finance and admin routes
+    /// accept (their security scheme is the bearer token alone).
+    pub fn access_token_required() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "access_token_required",
+            "finance and admin routes need an access token from /auth/login, not an API key",
+        )
+    }
+
+    /// 401 at login: unknown email or wrong password, never saying which.
+    pub fn invalid_credentials() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "invalid email or password",
+        )
+    }
+
+    /// 402: an overdue invoice blocks metered APIs until it is paid.
+    pub fn payment_required() -> Self {
+        Self::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "payment_required",
+            "an invoice is overdue; metered APIs are blocked until it is paid",
+        )
+    }
+
+    /// 403: the caller's role does not allow this route.
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn account_suspended() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "account_suspended", "this account is suspended")
     }
 
     pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 409: the request conflicts with the resource's current state.
     pub fn conflict(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
-    pub fn unavailable(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    /// 422: a well-formed amount in a currency that does not apply here.
+    pub fn currency_mismatch(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch", message)
+    }
+
+    /// 429 at login: too many failed attempts for one email.
+    pub fn too_many_attempts(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many failed logins for this email; try again later",
+        )
+        .with_retry_after(retry_after_secs.max(1))
+    }
+
+    /// 429 on a metered call: the per-user rate limit is exhausted.
+    pub fn rate_limited(limit_per_minute: u32, retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("rate limit of {limit_per_minute} calls per minute exceeded"),
+        )
+        .with_retry_after(retry_after_secs)
+    }
+
+    /// 503: PostgreSQL cannot be reached, or the connection broke.
+    pub fn database_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database is unavailable, retry shortly",
+        )
+    }
+
+    /// 503 in sync metering mode: the call could not be recorded, so it is
+    /// not served (it would go unbilled).
+    pub fn metering_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metering_unavailable",
+            "the call could not be metered; it was not billed, retry shortly",
+        )
+    }
+
+    /// 503: the payment webhook has no secret to check signatures with.
+    pub fn webhooks_disabled() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_disabled",
+            "PAYG_WEBHOOK_SECRET is not configured",
+        )
     }
 
     /// 500 whose cause is logged and whose body says nothing about it.
@@ -92,7 +196,7 @@ impl ApiError {
         err
     }
 
-    pub fn with_retry_after(mut self, secs: u64) -> Self {
+    fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
         self
     }
@@ -106,21 +210,50 @@ impl ApiError {
     }
 }
 
+/// The status of `GET /readyz`: 200 while PostgreSQL answers, 503 otherwise.
+pub fn readiness_status(postgres_up: bool) -> StatusCode {
+    if postgres_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)
     }
 }
 
+/// What every failure's body serialises: `{"error": {"code", "message"}}`.
+/// [`ErrorBody`] and [`ErrorDetail`] describe the same shape for the
+/// OpenAPI spec; the test `real_responses_have_exactly_the_fields_of_their_schemas`
+/// holds the two together.
 #[derive(Serialize)]
 pub struct ErrorEnvelope<'a> {
-    pub error: ErrorBody<'a>,
+    pub error: ErrorFields<'a>,
 }
 
 #[derive(Serialize)]
-pub struct ErrorBody<'a> {
+pub struct ErrorFields<'a> {
     pub code: &'a str,
     pub message: &'a str,
+}
+
+/// Every failure's body: `{"error": {"code": "…", "message": "…"}}`.
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "invoice not found"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable (`validation_failed`, `unauthorized`,
+    /// `not_found`, …); each response lists the codes it can carry.
+    pub code: String,
+    /// For people; its wording may change.
+    pub message: String,
 }
 
 impl ResponseError for ApiError {
@@ -149,7 +282,7 @@ impl ResponseError for ApiError {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         res.json(ErrorEnvelope {
-            error: ErrorBody {
+            error: ErrorFields {
                 code: self.code,
                 message: &self.message,
             },
@@ -157,13 +290,43 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Whether a database error means the connection itself failed: it was
+/// closed or reset, the server is shutting down or restarting, or an
+/// administrator terminated the backend. Such errors say nothing about the
+/// request, and a retry on a fresh connection may well succeed: 503.
+fn connection_failed(err: &DieselError) -> bool {
+    match err {
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _) => {
+            true
+        }
+        DieselError::DatabaseError(_, info) => {
+            let message = info.message();
+            // SQLSTATE class 57 (operator intervention) and 08 (connection
+            // exception), as PostgreSQL words them; diesel keeps only the text.
+            [
+                "terminating connection",
+                "the database system is",
+                "canceling statement due to statement timeout",
+                "connection closed",
+                "connection reset",
+                "server closed the connection",
+            ]
+            .iter()
+            .any(|needle| message.contains(needle))
+        }
+        DieselError::BrokenTransactionManager => true,
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => connection_failed(commit_error),
+        _ => false,
+    }
+}
+
 impl From<DieselError> for ApiError {
     fn from(err: DieselError) -> Self {
         match err {
             DieselError::NotFound => Self::not_found("not found"),
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
-                tracing::warn!(error = %err, "database connection lost");
-                Self::unavailable("database_unavailable", "the database is unavailable, retry shortly")
+            ref e if connection_failed(e) => {
+                tracing::warn!(error = %err, "database connection failed");
+                Self::database_unavailable()
             }
             // Rust strings are valid UTF-8, so PostgreSQL refuses only a NUL
             // (0x00) here, which can only have come from the client: a
@@ -181,13 +344,115 @@ impl From<DieselError> for ApiError {
 impl From<crate::db::PoolError> for ApiError {
     fn from(err: crate::db::PoolError) -> Self {
         tracing::warn!(error = %err, "database pool could not hand out a connection");
-        Self::unavailable("database_unavailable", "the database is unavailable, retry shortly")
+        Self::database_unavailable()
+    }
+}
+
+impl From<diesel::ConnectionError> for ApiError {
+    fn from(err: diesel::ConnectionError) -> Self {
+        tracing::warn!(error = %err, "could not connect to the database");
+        Self::database_unavailable()
     }
 }
 
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(err: actix_web::error::BlockingError) -> Self {
         Self::internal(anyhow::anyhow!("blocking task failed: {err}"))
+    }
+}
+
+impl From<BadPeriod> for ApiError {
+    fn from(err: BadPeriod) -> Self {
+        Self::validation(err.to_string())
+    }
+}
+
+impl From<InvalidText> for ApiError {
+    fn from(err: InvalidText) -> Self {
+        Self::validation(err.0)
+    }
+}
+
+impl From<InvalidPrice> for ApiError {
+    fn from(err: InvalidPrice) -> Self {
+        Self::validation(err.0)
+    }
+}
+
+/// An unknown currency code is 422 like a mismatched one: the amount is
+/// well-formed, its currency does not apply here.
+impl From<UnknownCurrency> for ApiError {
+    fn from(err: UnknownCurrency) -> Self {
+        Self::currency_mismatch(err.to_string())
+    }
+}
+
+impl From<PaymentError> for ApiError {
+    fn from(err: PaymentError) -> Self {
+        match err {
+            PaymentError::NotFound => Self::not_found("invoice not found"),
+            e @ (PaymentError::Void(_) | PaymentError::AlreadyPaid(_)) => {
+                Self::conflict("invoice_not_payable", e.to_string())
+            }
+            e @ PaymentError::ReferenceReused(_) => Self::conflict("reference_reused", e.to_string()),
+            e @ PaymentError::Overpayment { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "overpayment", e.to_string())
+            }
+            e @ PaymentError::CurrencyMismatch { .. } => Self::currency_mismatch(e.to_string()),
+            e @ PaymentError::BadAmount(_) => Self::validation(e.to_string()),
+            PaymentError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<VoidError> for ApiError {
+    fn from(err: VoidError) -> Self {
+        match err {
+            VoidError::NotFound => Self::not_found("invoice not found"),
+            e @ VoidError::NotVoidable(_) => Self::conflict("invoice_not_voidable", e.to_string()),
+            VoidError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<CloseError> for ApiError {
+    fn from(err: CloseError) -> Self {
+        match err {
+            CloseError::PeriodOpen(p) => Self::conflict(
+                "period_open",
+                format!("period {p} has not ended yet; only past periods can be closed"),
+            ),
+            CloseError::Database(e) => e.into(),
+            CloseError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<SignatureError> for ApiError {
+    fn from(err: SignatureError) -> Self {
+        let code = match err {
+            SignatureError::Stale => "stale_signature",
+            _ => "invalid_signature",
+        };
+        Self::bad_request(code, err.to_string())
+    }
+}
+
+impl From<crate::billing::export::ExportError> for ApiError {
+    fn from(err: crate::billing::export::ExportError) -> Self {
+        match err {
+            crate::billing::export::ExportError::Unavailable(e) => e.into(),
+            crate::billing::export::ExportError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::Database(e) => e.into(),
+            other => Self::internal(other),
+        }
     }
 }
 
@@ -286,5 +551,34 @@ mod tests {
         );
         let other = DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(String::from("disk full")));
         assert_eq!(ApiError::from(other).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn a_broken_or_terminated_database_connection_is_503_not_500() {
+        let broken = [
+            DieselError::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new(String::from("terminating connection due to administrator command")),
+            ),
+            DieselError::DatabaseError(
+                DatabaseErrorKind::UnableToSendCommand,
+                Box::new(String::from("connection closed")),
+            ),
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, Box::new(String::from("closed"))),
+            DieselError::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new(String::from("the database system is shutting down")),
+            ),
+            DieselError::BrokenTransactionManager,
+        ];
+        for err in broken {
+            let what = err.to_string();
+            let api = ApiError::from(err);
+            assert_eq!(
+                (api.status_code(), api.code()),
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+                "{what}"
+            );
+        }
     }
 }

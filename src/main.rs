@@ -7,15 +7,17 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
-use payg::auth::{self, password};
+use payg::auth::password;
+use payg::domain::text::{Email, Password};
 use std::io::Write;
 
 use chrono::Utc;
 use futures_util::StreamExt;
+use payg::billing::close;
 use payg::billing::export::{self, ExportFormat};
-use payg::billing::{Period, SystemClock, close};
 use payg::config::Config;
 use payg::db;
+use payg::domain::{Period, SystemClock};
 use payg::models::user::{NewUser, Role, User, UserStatus};
 use payg::startup::{Application, shutdown_signal};
 
@@ -150,7 +152,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Invoices(InvoicesCommand::Export { period, format }) => {
             let pool = db::build_pool(config.database_url.expose(), 1)?;
-            let mut chunks = std::pin::pin!(export::stream(pool, period, format));
+            let mut chunks = std::pin::pin!(export::stream(pool, period, format).await?);
             let mut out = std::io::stdout().lock();
             while let Some(chunk) = chunks.next().await {
                 out.write_all(&chunk?)?;
@@ -179,10 +181,9 @@ async fn user_command(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
     match cmd {
         UserCommand::Create { email, role, name } => {
-            let email = auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-            let password = read_password()?;
-            auth::validate_password(&password).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-            let hash = tokio::task::spawn_blocking(move || password::hash_password(&password)).await??;
+            let email = email.parse::<Email>()?.into_inner();
+            let password = read_password()?.parse::<Password>()?;
+            let hash = tokio::task::spawn_blocking(move || password::hash_password(password.as_str())).await??;
             let name = name.unwrap_or_else(|| email.clone());
             let user = User::insert(
                 &mut conn,
@@ -204,7 +205,7 @@ async fn user_command(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             println!("created {} {} ({})", user.role, user.email, user.id);
         }
         UserCommand::Role { email, role } => {
-            let email = auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let email = email.parse::<Email>()?.into_inner();
             let user = User::set_role(&mut conn, &email, role)
                 .await
                 .map_err(|e| not_found_as(e, &email))?;
@@ -212,7 +213,7 @@ async fn user_command(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             println!("{} is now {}", user.email, user.role);
         }
         UserCommand::Status { email, status } => {
-            let email = auth::normalize_email(&email).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let email = email.parse::<Email>()?.into_inner();
             let user = User::set_status(&mut conn, &email, status)
                 .await
                 .map_err(|e| not_found_as(e, &email))?;

@@ -10,13 +10,10 @@ use actix_web::{App, HttpServer, web};
 use tokio::sync::watch;
 
 use crate::app::AppState;
-use crate::auth::key_cache::REVALIDATE_EVERY;
-use crate::billing::Clock;
 use crate::config::Config;
+use crate::domain::Clock;
 use crate::error::{self, ApiError};
-use crate::metering::Metering;
-use crate::routes;
-use crate::telemetry::RequestTelemetry;
+use crate::{jobs, metering, routes, telemetry};
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -47,13 +44,20 @@ impl Application {
         let state = web::Data::new(AppState::build(config, clock).await?);
 
         let app_state = state.clone();
+        // The authenticator and the metrics are app data of their own, for
+        // the extractors and middleware that need only them.
+        let authenticator = web::Data::from(state.authenticator.clone());
+        let metrics = web::Data::from(state.metrics.clone());
         let server = HttpServer::new(move || {
             // actix runs the LAST .wrap() FIRST. Outside-in, a request meets:
-            //   1. RequestTelemetry — request id, one log line, HTTP metrics
-            //   2. ErrorHandlers    — gives actix's own 404/405/413 the JSON envelope
-            //   3. routing; the metered scope adds Metering (auth, limits, counting)
+            //   1. request_telemetry — request id, one log line, HTTP metrics
+            //   2. ErrorHandlers     — gives actix's own 404/405/413 the JSON envelope
+            //   3. routing; the metered scope adds metered_call (auth, limits,
+            //      counting), every other /api/v1 route authenticate_first
             App::new()
                 .app_data(app_state.clone())
+                .app_data(authenticator.clone())
+                .app_data(metrics.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(MAX_BODY_BYTES)
@@ -67,13 +71,13 @@ impl Application {
                         .default_handler_client(error::envelope_framework_errors)
                         .default_handler_server(error::envelope_framework_errors),
                 )
-                .wrap(RequestTelemetry::new(app_state.clone()))
+                .wrap(actix_web::middleware::from_fn(telemetry::request_telemetry))
                 .configure(routes::configure_root)
                 .service(
                     web::scope("/api/v1")
                         .service(
                             web::scope("/tools")
-                                .wrap(Metering::new(app_state.clone()))
+                                .wrap(actix_web::middleware::from_fn(metering::metered_call))
                                 .configure(routes::tools::configure),
                         )
                         .service(
@@ -137,12 +141,11 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let meter = self.state.meter.clone();
-        let flusher = meter
-            .clone()
-            .spawn_flusher(self.state.config.meter.flush_interval, shutdown_rx.clone());
-        let scheduler = crate::billing::close::spawn_scheduler(self.state.clone(), shutdown_rx.clone());
-        let catalog_refresh = spawn_catalog_refresh(self.state.clone(), shutdown_rx.clone());
-        let key_revalidation = spawn_key_revalidation(self.state.clone(), shutdown_rx.clone());
+        let state = self.state.clone().into_inner();
+        let flusher = jobs::spawn_flusher(meter.clone(), state.config.meter.flush_interval, shutdown_rx.clone());
+        let scheduler = jobs::spawn_close_scheduler(state.clone(), shutdown_rx.clone());
+        let catalog_refresh = jobs::spawn_catalog_refresh(state.clone(), shutdown_rx.clone());
+        let key_revalidation = jobs::spawn_key_revalidation(state, shutdown_rx.clone());
         let metrics_handle = self.metrics_server.handle();
         let metrics_server = tokio::spawn(self.metrics_server);
         let served = self.server.await;
@@ -167,73 +170,6 @@ async fn serve_metrics(state: web::Data<AppState>) -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.encode())
-}
-
-/// Picks up catalog changes made through other instances.
-fn spawn_catalog_refresh(
-    state: web::Data<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                _ = shutdown.changed() => return,
-            }
-            if let Err(e) = state.reload_catalog().await {
-                tracing::warn!(error = %e, "catalog refresh failed");
-            }
-        }
-    })
-}
-
-/// Re-confirms the cached API keys every [`REVALIDATE_EVERY`] on a
-/// connection of its own: were it to wait on a starved pool, every cached key
-/// would outlive its trust at once and all calls would go to the database.
-fn spawn_key_revalidation(
-    state: web::Data<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut conn = None;
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(REVALIDATE_EVERY) => {}
-                _ = shutdown.changed() => return,
-            }
-            let outcome = match conn.as_mut() {
-                Some(c) => state
-                    .authenticator
-                    .revalidate_keys(c)
-                    .await
-                    .map_err(anyhow::Error::from),
-                None => match crate::db::connect(state.config.database_url.expose()).await {
-                    Ok(c) => {
-                        conn = Some(c);
-                        Ok(())
-                    }
-                    Err(e) => Err(e.into()),
-                },
-            };
-            match outcome {
-                Ok(()) if failing => {
-                    failing = false;
-                    tracing::info!("API key revalidation works again");
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    // Reconnect next round; cached keys meanwhile age out
-                    // and calls look their keys up themselves.
-                    conn = None;
-                    if !failing {
-                        failing = true;
-                        tracing::warn!(error = %e, "API key revalidation failed");
-                    }
-                }
-            }
-        }
-    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -17,13 +17,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::{StatusCode, header};
+use actix_web::http::header;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::billing::Clock;
 use crate::db::DbPool;
+use crate::domain::Clock;
 use crate::error::ApiError;
 use crate::models::api_key::ApiKey;
 use crate::models::user::Standing;
@@ -96,22 +95,12 @@ impl AuthUser {
         self.0.user_id
     }
 
-    pub fn role(&self) -> Role {
-        self.0.role
-    }
-
     /// Finance and admin routes take a signed-in session, not an API key: a
     /// leaked key of a finance user must not be able to move money.
     fn require_access_token(&self) -> Result<(), ApiError> {
         match self.0.credential {
             Credential::AccessToken { .. } => Ok(()),
-            // 401, not 403: an API key is not a credential these routes
-            // accept (their security scheme is the bearer token alone).
-            Credential::ApiKey { .. } => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "access_token_required",
-                "finance and admin routes need an access token from /auth/login, not an API key",
-            )),
+            Credential::ApiKey { .. } => Err(ApiError::access_token_required()),
         }
     }
 
@@ -120,10 +109,7 @@ impl AuthUser {
         if self.0.role.can_do_finance() {
             Ok(())
         } else {
-            Err(ApiError::forbidden(
-                "forbidden",
-                "this route requires the finance or admin role",
-            ))
+            Err(ApiError::forbidden("this route requires the finance or admin role"))
         }
     }
 
@@ -132,7 +118,7 @@ impl AuthUser {
         if self.0.role == Role::Admin {
             Ok(())
         } else {
-            Err(ApiError::forbidden("forbidden", "this route requires the admin role"))
+            Err(ApiError::forbidden("this route requires the admin role"))
         }
     }
 }
@@ -154,10 +140,10 @@ impl FromRequest for AuthUser {
         }
         let req = req.clone();
         Box::pin(async move {
-            let state = req
-                .app_data::<web::Data<AppState>>()
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState missing")))?;
-            let auth = state.authenticator.authenticate(&req, Purpose::Plain).await?;
+            let authenticator = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("the Authenticator is not registered as app data"))
+            })?;
+            let auth = authenticator.authenticate(&req, Purpose::Plain).await?;
             req.extensions_mut().insert(auth.caller);
             Ok(AuthUser(auth.caller))
         })
@@ -215,9 +201,8 @@ pub async fn authenticate_first(
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let has_credential = req.headers().contains_key(header::AUTHORIZATION) || req.headers().contains_key("x-api-key");
-    if has_credential && let Some(state) = req.app_data::<web::Data<AppState>>().cloned() {
-        let outcome = state
-            .authenticator
+    if has_credential && let Some(authenticator) = req.app_data::<web::Data<Authenticator>>().cloned() {
+        let outcome = authenticator
             .authenticate(req.request(), Purpose::Plain)
             .await
             .map(|auth| auth.caller);
@@ -234,14 +219,6 @@ enum Presented<'a> {
     ApiKey(&'a str),
 }
 
-fn ambiguous_credentials() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "ambiguous_credentials",
-        "send one credential: one Authorization or one X-API-Key header",
-    )
-}
-
 /// The credential a request presents: `X-API-Key: <key>`, or
 /// `Authorization: Bearer <key or JWT>`; one header, once, since two
 /// credentials could name different users and neither should silently win.
@@ -252,8 +229,8 @@ fn presented(req: &HttpRequest) -> Result<Presented<'_>, ApiError> {
     let repeated = api_keys.next().is_some() || authorizations.next().is_some();
     let (value, from_api_key_header) = match (api_key, authorization) {
         (None, None) => return Err(ApiError::unauthenticated()),
-        (Some(_), Some(_)) => return Err(ambiguous_credentials()),
-        _ if repeated => return Err(ambiguous_credentials()),
+        (Some(_), Some(_)) => return Err(ApiError::ambiguous_credentials()),
+        _ if repeated => return Err(ApiError::ambiguous_credentials()),
         (Some(key), None) => (key, true),
         (None, Some(auth)) => (auth, false),
     };
@@ -370,7 +347,7 @@ impl Authenticator {
         }
         let cached = self.standing(user_id, verdict.map(|v| v.user_version)).await?;
         if cached.standing.status == UserStatus::Suspended {
-            return Err(ApiError::forbidden("account_suspended", "this account is suspended"));
+            return Err(ApiError::account_suspended());
         }
         Ok(Authenticated {
             caller: Caller {
@@ -460,74 +437,5 @@ impl Authenticator {
             self.keys.confirm(chunk, &active, asked_at);
         }
         Ok(())
-    }
-}
-
-/// Lower-cases and checks an email address. Deliberately simple: one `@`,
-/// a non-empty local part, a dotted domain, no spaces, at most 254 bytes.
-pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
-    let email = raw.trim().to_lowercase();
-    // Lengths in characters, as the OpenAPI spec states them.
-    let valid = email.chars().count() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && match email.split_once('@') {
-            Some((local, domain)) => {
-                !local.is_empty()
-                    && local.chars().count() <= 64
-                    && !domain.contains('@')
-                    && domain.contains('.')
-                    && !domain.starts_with('.')
-                    && !domain.ends_with('.')
-                    && !domain.contains("..")
-            }
-            None => false,
-        };
-    if valid {
-        Ok(email)
-    } else {
-        Err(ApiError::validation("email is not a valid address"))
-    }
-}
-
-pub fn validate_password(password: &str) -> Result<(), ApiError> {
-    let n = password.chars().count();
-    if (password::MIN_PASSWORD_CHARS..=password::MAX_PASSWORD_CHARS).contains(&n) {
-        Ok(())
-    } else {
-        Err(ApiError::validation(format!(
-            "password must be {} to {} characters long",
-            password::MIN_PASSWORD_CHARS,
-            password::MAX_PASSWORD_CHARS
-        )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emails_are_lower_cased_and_checked() {
-        assert_eq!(normalize_email(" Ada@Example.COM ").unwrap(), "ada@example.com");
-        for bad in [
-            "",
-            "ada",
-            "ada@",
-            "@example.com",
-            "ada@example",
-            "a b@example.com",
-            "a@b@c.com",
-            "ada@.com",
-        ] {
-            assert!(normalize_email(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn password_length_counts_characters_not_bytes() {
-        assert!(validate_password("1234567").is_err());
-        assert!(validate_password("12345678").is_ok());
-        assert!(validate_password(&"é".repeat(128)).is_ok());
-        assert!(validate_password(&"x".repeat(129)).is_err());
     }
 }

@@ -5,9 +5,6 @@ use std::sync::LazyLock;
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 
-pub const MIN_PASSWORD_CHARS: usize = 8;
-pub const MAX_PASSWORD_CHARS: usize = 128;
-
 /// OWASP's recommended argon2id configuration: 19 MiB, 2 passes, 1 lane.
 fn hasher() -> Argon2<'static> {
     #[allow(clippy::expect_used)] // constant, valid parameters

@@ -13,9 +13,20 @@ use uuid::Uuid;
 use crate::auth::jwt::{IssuedToken, JwtKeys};
 use crate::auth::tokens::{self, TokenHasher};
 use crate::models::refresh_token::RefreshToken;
-use crate::models::{Role, User, UserStatus};
+use crate::models::{User, UserStatus};
 
 pub const REFRESH_TOKEN_PREFIX: &str = "payg_rt_";
+
+/// Why a session could not be started or rotated.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Database(#[from] DieselError),
+    #[error("signing the access token: {0}")]
+    Signing(#[from] jsonwebtoken::errors::Error),
+    #[error("PAYG_REFRESH_TTL is out of range")]
+    Lifetime(#[from] chrono::OutOfRangeError),
+}
 
 pub struct IssuedSession {
     pub access: IssuedToken,
@@ -35,10 +46,9 @@ async fn issue(
     conn: &mut AsyncPgConnection,
     issuer: Issuer<'_>,
     user_id: Uuid,
-    role: Role,
     family_id: Uuid,
     now: DateTime<Utc>,
-) -> anyhow::Result<IssuedSession> {
+) -> Result<IssuedSession, SessionError> {
     let Issuer {
         jwt,
         hasher,
@@ -59,7 +69,7 @@ async fn issue(
         },
     )
     .await?;
-    let access = jwt.issue(user_id, role, Some(family_id), now)?;
+    let access = jwt.issue(user_id, Some(family_id), now)?;
     Ok(IssuedSession { access, refresh_token })
 }
 
@@ -69,8 +79,8 @@ pub async fn start(
     issuer: Issuer<'_>,
     user: &User,
     now: DateTime<Utc>,
-) -> anyhow::Result<IssuedSession> {
-    issue(conn, issuer, user.id, user.role, Uuid::new_v4(), now).await
+) -> Result<IssuedSession, SessionError> {
+    issue(conn, issuer, user.id, Uuid::new_v4(), now).await
 }
 
 #[derive(Debug)]
@@ -98,10 +108,10 @@ pub async fn rotate(
     issuer: Issuer<'_>,
     presented: &str,
     now: DateTime<Utc>,
-) -> anyhow::Result<Rotation> {
+) -> Result<Rotation, SessionError> {
     let hash = issuer.hasher.hash(presented);
     let outcome = conn
-        .transaction::<_, anyhow::Error, _>(async |conn| {
+        .transaction::<_, SessionError, _>(async |conn| {
             let Some(token) = RefreshToken::lock_by_hash(conn, &hash).await? else {
                 return Ok(Rotation::Invalid);
             };
@@ -119,7 +129,7 @@ pub async fn rotate(
                 return Ok(Rotation::Suspended);
             }
             RefreshToken::retire(conn, token.id, now).await?;
-            let session = issue(conn, issuer, user.id, user.role, token.family_id, now).await?;
+            let session = issue(conn, issuer, user.id, token.family_id, now).await?;
             Ok(Rotation::Rotated(session))
         })
         .await?;

@@ -4,28 +4,23 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::Tz;
-use diesel::prelude::*;
+use diesel::QueryResult;
 use diesel::result::Error as DieselError;
-use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::billing::statement::Statement;
-use crate::billing::{Currency, Period};
 use crate::config::BillingSettings;
+use crate::domain::pricing::PricedLine;
+use crate::domain::{Currency, Period};
 use crate::models::User;
-use crate::models::invoice::{Invoice, InvoiceLine, InvoiceStatus};
+use crate::models::invoice::{ClosedPeriod, Invoice, InvoiceLine, InvoiceStatus};
 use crate::models::price::PriceBook;
 use crate::models::usage::{UsageLine, UsageRecord};
-use crate::schema::{closed_periods, invoice_lines, invoice_sequences, invoices, usage_records, users};
-
-/// Serialises closes across instances (held for the closing transaction).
-const CLOSE_LOCK_KEY: i64 = 0x7061_7967_636c_6f73; // "paygclos"
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CloseOutcome {
@@ -69,22 +64,13 @@ pub async fn close_period(
     let year = now.with_timezone(&tz).year();
     let outcome = conn
         .transaction::<_, DieselError, _>(async |conn| {
-            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-                .bind::<BigInt, _>(CLOSE_LOCK_KEY)
-                .execute(conn)
-                .await?;
-            let existing: Option<(DateTime<Utc>, i32)> = closed_periods::table
-                .find(period.first_day())
-                .select((closed_periods::closed_at, closed_periods::invoices_issued))
-                .first(conn)
-                .await
-                .optional()?;
-            if let Some((closed_at, invoices_issued)) = existing {
+            ClosedPeriod::lock_for_close(conn).await?;
+            if let Some(closed) = ClosedPeriod::find(conn, period).await? {
                 return Ok(CloseOutcome {
                     period,
                     already_closed: true,
-                    invoices_issued,
-                    closed_at,
+                    invoices_issued: closed.invoices_issued,
+                    closed_at: closed.closed_at,
                 });
             }
 
@@ -92,17 +78,14 @@ pub async fn close_period(
             let billed: Vec<(Uuid, Statement)> =
                 statements.into_iter().filter(|(_, s)| s.charged_calls() > 0).collect();
             let user_ids: Vec<Uuid> = billed.iter().map(|(u, _)| *u).collect();
-            let people: HashMap<Uuid, User> = users::table
-                .filter(users::id.eq_any(&user_ids))
-                .select(User::as_select())
-                .load(conn)
+            let people: HashMap<Uuid, User> = User::find_many(conn, &user_ids)
                 .await?
                 .into_iter()
                 .map(|u| (u.id, u))
                 .collect();
 
             let count = i32::try_from(billed.len()).unwrap_or(i32::MAX);
-            let first_number = reserve_numbers(conn, year, count).await?;
+            let first_number = Invoice::reserve_numbers(conn, year, count).await?;
             let mut new_invoices = Vec::with_capacity(billed.len());
             let mut new_lines = Vec::new();
             for (i, (user_id, statement)) in billed.into_iter().enumerate() {
@@ -147,35 +130,21 @@ pub async fn close_period(
                         api_id: line.api_id,
                         api_slug: line.slug,
                         api_name: line.name,
-                        calls: line.priced.calls,
-                        failed_calls: line.priced.failed_calls,
-                        billable_calls: line.priced.billable_calls,
-                        free_calls: line.priced.free_calls,
-                        charged_calls: line.priced.charged_calls,
-                        unit_price: line.priced.unit_price,
-                        amount: line.priced.amount,
+                        priced: line.priced,
                     });
                 }
             }
-            // Multi-row inserts, chunked under PostgreSQL's 65,535 parameters.
-            for chunk in new_invoices.chunks(1_000) {
-                diesel::insert_into(invoices::table).values(chunk).execute(conn).await?;
-            }
-            for chunk in new_lines.chunks(4_000) {
-                diesel::insert_into(invoice_lines::table)
-                    .values(chunk)
-                    .execute(conn)
-                    .await?;
-            }
+            Invoice::insert_all(conn, &new_invoices, &new_lines).await?;
             let issued = i32::try_from(new_invoices.len()).unwrap_or(i32::MAX);
-            diesel::insert_into(closed_periods::table)
-                .values((
-                    closed_periods::period.eq(period.first_day()),
-                    closed_periods::closed_at.eq(now),
-                    closed_periods::invoices_issued.eq(issued),
-                ))
-                .execute(conn)
-                .await?;
+            ClosedPeriod::insert(
+                conn,
+                &ClosedPeriod {
+                    period: period.first_day(),
+                    closed_at: now,
+                    invoices_issued: issued,
+                },
+            )
+            .await?;
             Ok(CloseOutcome {
                 period,
                 already_closed: false,
@@ -188,26 +157,6 @@ pub async fn close_period(
         tracing::info!(period = %period, invoices = outcome.invoices_issued, "period closed");
     }
     Ok(outcome)
-}
-
-/// Takes `count` consecutive numbers from the year's sequence; returns the
-/// first. Inside the closing transaction, so a rollback returns them: no gaps.
-async fn reserve_numbers(conn: &mut AsyncPgConnection, year: i32, count: i32) -> QueryResult<i64> {
-    if count == 0 {
-        return Ok(1);
-    }
-    let last: i32 = diesel::insert_into(invoice_sequences::table)
-        .values((
-            invoice_sequences::year.eq(year),
-            invoice_sequences::last_number.eq(count),
-        ))
-        .on_conflict(invoice_sequences::year)
-        .do_update()
-        .set(invoice_sequences::last_number.eq(invoice_sequences::last_number + count))
-        .returning(invoice_sequences::last_number)
-        .get_result(conn)
-        .await?;
-    Ok(i64::from(last) - i64::from(count) + 1)
 }
 
 /// Every user's statement for a period, from the records as they are now.
@@ -229,29 +178,74 @@ pub async fn statements_for_period(
         .collect())
 }
 
-pub async fn is_closed(conn: &mut AsyncPgConnection, period: Period) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::exists(closed_periods::table.find(period.first_day())))
-        .get_result(conn)
-        .await
-}
-
-/// One (user, API) whose records no longer match what was invoiced.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// One (user, API) whose records no longer match what was invoiced: the
+/// line as the records price now, and the line as invoiced (none if the
+/// user had no invoice line for that API).
+#[derive(Debug, Clone)]
 pub struct Discrepancy {
     pub user_id: Uuid,
     pub email: String,
     pub invoice_number: Option<String>,
     pub slug: String,
-    pub recorded_calls: i64,
-    pub invoiced_calls: i64,
-    pub recorded_failed_calls: i64,
-    pub invoiced_failed_calls: i64,
+    pub recorded: PricedLine,
+    pub invoiced: Option<PricedLine>,
+}
+
+/// How a [`Discrepancy`] is shown: the two lines' counts and amounts side
+/// by side, and what is not billed yet.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Discrepancy)]
+struct DiscrepancyView<'a> {
+    user_id: Uuid,
+    email: &'a str,
+    invoice_number: Option<&'a str>,
+    slug: &'a str,
+    recorded_calls: i64,
+    invoiced_calls: i64,
+    recorded_failed_calls: i64,
+    invoiced_failed_calls: i64,
     #[serde(with = "rust_decimal::serde::str")]
-    pub recorded_amount: Decimal,
+    #[schema(value_type = String)]
+    recorded_amount: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
-    pub invoiced_amount: Decimal,
+    #[schema(value_type = String)]
+    invoiced_amount: Decimal,
+    /// Recorded minus invoiced.
     #[serde(with = "rust_decimal::serde::str")]
-    pub unbilled_amount: Decimal,
+    #[schema(value_type = String)]
+    unbilled_amount: Decimal,
+}
+
+impl Serialize for Discrepancy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let invoiced = self.invoiced.unwrap_or(PricedLine::NONE);
+        DiscrepancyView {
+            user_id: self.user_id,
+            email: &self.email,
+            invoice_number: self.invoice_number.as_deref(),
+            slug: &self.slug,
+            recorded_calls: self.recorded.calls,
+            invoiced_calls: invoiced.calls,
+            recorded_failed_calls: self.recorded.failed_calls,
+            invoiced_failed_calls: invoiced.failed_calls,
+            recorded_amount: self.recorded.amount,
+            invoiced_amount: invoiced.amount,
+            unbilled_amount: self.recorded.amount - invoiced.amount,
+        }
+        .serialize(s)
+    }
+}
+
+impl utoipa::PartialSchema for Discrepancy {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        <DiscrepancyView<'_> as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for Discrepancy {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("Discrepancy")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -278,20 +272,9 @@ pub async fn reconcile(
     currency: Currency,
     now: DateTime<Utc>,
 ) -> QueryResult<Reconciliation> {
-    let closed_at: Option<DateTime<Utc>> = closed_periods::table
-        .find(period.first_day())
-        .select(closed_periods::closed_at)
-        .first(conn)
-        .await
-        .optional()?;
+    let closed_at = ClosedPeriod::find(conn, period).await?.map(|c| c.closed_at);
     let statements = statements_for_period(conn, period, currency, now).await?;
-    let invoiced: Vec<(Uuid, String, InvoiceLine)> = invoices::table
-        .inner_join(invoice_lines::table)
-        .filter(invoices::period.eq(period.first_day()))
-        .filter(invoices::status.ne(InvoiceStatus::Void))
-        .select((invoices::user_id, invoices::number, InvoiceLine::as_select()))
-        .load(conn)
-        .await?;
+    let invoiced = Invoice::billed_lines(conn, period).await?;
     let invoice_count = invoiced
         .iter()
         .map(|(_, n, _)| n)
@@ -301,13 +284,8 @@ pub async fn reconcile(
     for (user_id, number, line) in invoiced {
         by_key.insert((user_id, line.api_slug.clone()), (number, line));
     }
-    let mut emails: HashMap<Uuid, String> = users::table
-        .filter(users::id.eq_any(statements.keys().copied().collect::<Vec<_>>()))
-        .select((users::id, users::email))
-        .load::<(Uuid, String)>(conn)
-        .await?
-        .into_iter()
-        .collect();
+    let ids: Vec<Uuid> = statements.keys().copied().collect();
+    let mut emails: HashMap<Uuid, String> = User::emails(conn, &ids).await?.into_iter().collect();
 
     let mut discrepancies = Vec::new();
     let mut recorded_total = Decimal::ZERO;
@@ -315,32 +293,27 @@ pub async fn reconcile(
     for (user_id, statement) in &statements {
         for line in &statement.lines {
             recorded_total += line.priced.amount;
-            let invoiced = by_key.remove(&(*user_id, line.slug.clone()));
-            let (number, inv_calls, inv_failed, inv_amount) = match &invoiced {
-                Some((n, l)) => (Some(n.clone()), l.calls, l.failed_calls, l.amount),
-                None => (None, 0, 0, Decimal::ZERO),
+            let (number, invoiced) = match by_key.remove(&(*user_id, line.slug.clone())) {
+                Some((n, l)) => (Some(n), Some(l.priced)),
+                None => (None, None),
             };
-            invoiced_total += inv_amount;
-            if inv_calls != line.priced.calls || inv_failed != line.priced.failed_calls {
+            let as_invoiced = invoiced.unwrap_or(PricedLine::NONE);
+            invoiced_total += as_invoiced.amount;
+            if as_invoiced.calls != line.priced.calls || as_invoiced.failed_calls != line.priced.failed_calls {
                 discrepancies.push(Discrepancy {
                     user_id: *user_id,
                     email: emails.remove(user_id).unwrap_or_default(),
                     invoice_number: number,
                     slug: line.slug.clone(),
-                    recorded_calls: line.priced.calls,
-                    invoiced_calls: inv_calls,
-                    recorded_failed_calls: line.priced.failed_calls,
-                    invoiced_failed_calls: inv_failed,
-                    recorded_amount: line.priced.amount,
-                    invoiced_amount: inv_amount,
-                    unbilled_amount: line.priced.amount - inv_amount,
+                    recorded: line.priced,
+                    invoiced,
                 });
             }
         }
     }
     // Invoiced lines whose records vanished cannot happen (records only grow),
     // but count them so the totals stay honest.
-    invoiced_total += by_key.values().map(|(_, l)| l.amount).sum::<Decimal>();
+    invoiced_total += by_key.values().map(|(_, l)| l.priced.amount).sum::<Decimal>();
     Ok(Reconciliation {
         period,
         closed: closed_at.is_some(),
@@ -362,57 +335,10 @@ pub async fn periods_due_for_close(
     grace: Duration,
 ) -> QueryResult<Vec<Period>> {
     let current = Period::containing(now, tz);
-    let candidates: Vec<NaiveDate> = usage_records::table
-        .filter(usage_records::period.lt(current.first_day()))
-        .filter(diesel::dsl::not(diesel::dsl::exists(
-            closed_periods::table.filter(closed_periods::period.eq(usage_records::period)),
-        )))
-        .select(usage_records::period)
-        .distinct()
-        .order(usage_records::period)
-        .load(conn)
-        .await?;
+    let candidates = UsageRecord::unclosed_periods_before(conn, current).await?;
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     Ok(candidates
         .into_iter()
-        .filter_map(Period::from_first_day)
         .filter(|p| p.ends_at(tz) + grace <= now)
         .collect())
-}
-
-/// Closes ended periods `PAYG_CLOSE_GRACE` after they end, checking every
-/// minute. Safe on every instance at once: closing is locked and idempotent.
-pub fn spawn_scheduler(
-    state: actix_web::web::Data<AppState>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            if let Err(e) = close_due_periods(&state).await {
-                tracing::warn!(error = %e, "scheduled period close failed; will retry");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    })
-}
-
-pub async fn close_due_periods(state: &AppState) -> anyhow::Result<Vec<CloseOutcome>> {
-    let due = {
-        let mut conn = state.db.get().await?;
-        periods_due_for_close(
-            &mut conn,
-            state.now(),
-            state.config.billing_tz,
-            state.config.billing.close_grace,
-        )
-        .await?
-    };
-    let mut outcomes = Vec::new();
-    for period in due {
-        outcomes.push(state.close_period(period).await?);
-    }
-    Ok(outcomes)
 }

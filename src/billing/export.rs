@@ -4,17 +4,16 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::Stream;
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::billing::Period;
 use crate::db::DbPool;
-use crate::schema::{invoice_lines, invoices, users};
+use crate::domain::Period;
+use crate::models::invoice::{EXPORT_PAGE_ROWS, ExportRow, Invoice, InvoiceStatus};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     Csv,
     Json,
@@ -38,38 +37,20 @@ impl ExportFormat {
             Self::Json => "application/json",
         }
     }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Csv => "csv",
+            Self::Json => "json",
+        }
+    }
 }
 
-/// One exported row: an invoice line with its invoice's facts.
-#[derive(Debug, Clone, Queryable, Serialize, utoipa::ToSchema)]
-pub struct ExportRow {
-    pub invoice_number: String,
-    pub user_email: String,
-    pub billing_name: String,
-    pub billing_company: Option<String>,
-    pub billing_country: Option<String>,
-    pub billing_tax_id: Option<String>,
-    #[serde(skip)]
-    pub period_start: chrono::NaiveDate,
-    pub status: String,
-    #[serde(skip)]
-    pub position: i32,
-    pub api_slug: String,
-    pub quantity: i64,
-    pub failed_quantity: i64,
-    pub free_quantity: i64,
-    pub billable_quantity: i64,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub unit_price: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub line_amount: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub invoice_total: Decimal,
-    pub currency: String,
-    pub issued_at: DateTime<Utc>,
-    pub due_at: DateTime<Utc>,
-}
-
+/// The export's columns, in CSV order; each JSON row has the same fields.
+/// The quantities are the line's (`domain::pricing::PricedLine`) under
+/// export names: `quantity` = calls, `failed_quantity` = failed calls,
+/// `free_quantity` = free calls, `charged_quantity` = charged calls (what
+/// `line_amount` charges for).
 pub const CSV_HEADER: [&str; 19] = [
     "invoice_number",
     "user_email",
@@ -83,7 +64,7 @@ pub const CSV_HEADER: [&str; 19] = [
     "quantity",
     "failed_quantity",
     "free_quantity",
-    "billable_quantity",
+    "charged_quantity",
     "unit_price",
     "line_amount",
     "invoice_total",
@@ -92,52 +73,63 @@ pub const CSV_HEADER: [&str; 19] = [
     "due_at",
 ];
 
-const PAGE_ROWS: i64 = 1_000;
+/// One row of the JSON export: an invoice line with its invoice's facts
+/// (the CSV export has the same columns, in [`CSV_HEADER`] order).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExportJsonRow<'a> {
+    pub invoice_number: &'a str,
+    pub user_email: &'a str,
+    pub billing_name: &'a str,
+    pub billing_company: Option<&'a str>,
+    pub billing_country: Option<&'a str>,
+    pub billing_tax_id: Option<&'a str>,
+    /// Always set: an invoice's period is the first day of a month.
+    #[schema(value_type = Period)]
+    pub period: Option<Period>,
+    pub status: InvoiceStatus,
+    pub api_slug: &'a str,
+    pub quantity: i64,
+    pub failed_quantity: i64,
+    pub free_quantity: i64,
+    pub charged_quantity: i64,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub unit_price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub line_amount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub invoice_total: Decimal,
+    pub currency: &'a str,
+    pub issued_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
 
-/// One page of rows after `after` = (invoice number, line position).
-pub async fn page(
-    conn: &mut AsyncPgConnection,
-    period: Period,
-    after: Option<&(String, i32)>,
-) -> QueryResult<Vec<ExportRow>> {
-    let mut q = invoices::table
-        .inner_join(invoice_lines::table)
-        .inner_join(users::table)
-        .filter(invoices::period.eq(period.first_day()))
-        .into_boxed();
-    if let Some((number, position)) = after {
-        q = q.filter(
-            invoices::number.gt(number.clone()).or(invoices::number
-                .eq(number.clone())
-                .and(invoice_lines::position.gt(*position))),
-        );
+impl<'a> From<&'a ExportRow> for ExportJsonRow<'a> {
+    fn from(row: &'a ExportRow) -> Self {
+        Self {
+            invoice_number: &row.invoice_number,
+            user_email: &row.user_email,
+            billing_name: &row.billing_name,
+            billing_company: row.billing_company.as_deref(),
+            billing_country: row.billing_country.as_deref(),
+            billing_tax_id: row.billing_tax_id.as_deref(),
+            period: Period::from_first_day(row.period_start),
+            status: row.status,
+            api_slug: &row.api_slug,
+            quantity: row.priced.calls,
+            failed_quantity: row.priced.failed_calls,
+            free_quantity: row.priced.free_calls,
+            charged_quantity: row.priced.charged_calls,
+            unit_price: row.priced.unit_price,
+            line_amount: row.priced.amount,
+            invoice_total: row.invoice_total,
+            currency: &row.currency,
+            issued_at: row.issued_at,
+            due_at: row.due_at,
+        }
     }
-    q.order((invoices::number, invoice_lines::position))
-        .limit(PAGE_ROWS)
-        .select((
-            invoices::number,
-            users::email,
-            invoices::billing_name,
-            invoices::billing_company,
-            invoices::billing_country,
-            invoices::billing_tax_id,
-            invoices::period,
-            invoices::status,
-            invoice_lines::position,
-            invoice_lines::api_slug,
-            invoice_lines::calls,
-            invoice_lines::failed_calls,
-            invoice_lines::free_calls,
-            invoice_lines::charged_calls,
-            invoice_lines::unit_price,
-            invoice_lines::amount,
-            invoices::total,
-            invoices::currency,
-            invoices::issued_at,
-            invoices::due_at,
-        ))
-        .load(conn)
-        .await
 }
 
 /// Spreadsheet programs run cells starting with these as formulas; such a
@@ -169,29 +161,27 @@ pub fn csv_header() -> String {
 }
 
 pub fn csv_row(row: &ExportRow, out: &mut String) {
-    let period = Period::from_first_day(row.period_start)
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let r = ExportJsonRow::from(row);
     let fields: [String; 19] = [
-        row.invoice_number.clone(),
-        row.user_email.clone(),
-        row.billing_name.clone(),
-        row.billing_company.clone().unwrap_or_default(),
-        row.billing_country.clone().unwrap_or_default(),
-        row.billing_tax_id.clone().unwrap_or_default(),
-        period,
-        row.status.clone(),
-        row.api_slug.clone(),
-        row.quantity.to_string(),
-        row.failed_quantity.to_string(),
-        row.free_quantity.to_string(),
-        row.billable_quantity.to_string(),
-        row.unit_price.to_string(),
-        row.line_amount.to_string(),
-        row.invoice_total.to_string(),
-        row.currency.clone(),
-        row.issued_at.to_rfc3339(),
-        row.due_at.to_rfc3339(),
+        r.invoice_number.to_owned(),
+        r.user_email.to_owned(),
+        r.billing_name.to_owned(),
+        r.billing_company.unwrap_or_default().to_owned(),
+        r.billing_country.unwrap_or_default().to_owned(),
+        r.billing_tax_id.unwrap_or_default().to_owned(),
+        r.period.map(|p| p.to_string()).unwrap_or_default(),
+        r.status.to_string(),
+        r.api_slug.to_owned(),
+        r.quantity.to_string(),
+        r.failed_quantity.to_string(),
+        r.free_quantity.to_string(),
+        r.charged_quantity.to_string(),
+        r.unit_price.to_string(),
+        r.line_amount.to_string(),
+        r.invoice_total.to_string(),
+        r.currency.to_owned(),
+        r.issued_at.to_rfc3339(),
+        r.due_at.to_rfc3339(),
     ];
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
@@ -203,21 +193,21 @@ pub fn csv_row(row: &ExportRow, out: &mut String) {
 }
 
 fn json_row(row: &ExportRow, first: bool, out: &mut String) {
-    #[derive(Serialize)]
-    struct WithPeriod<'a> {
-        period: String,
-        #[serde(flatten)]
-        row: &'a ExportRow,
-    }
     if !first {
         out.push(',');
     }
-    let period = Period::from_first_day(row.period_start)
-        .map(|p| p.to_string())
-        .unwrap_or_default();
-    if let Ok(s) = serde_json::to_string(&WithPeriod { period, row }) {
+    if let Ok(s) = serde_json::to_string(&ExportJsonRow::from(row)) {
         out.push_str(&s);
     }
+}
+
+/// Why an export stopped: it could not read its next page.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("no database connection: {0}")]
+    Unavailable(#[from] crate::db::PoolError),
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
 }
 
 struct ExportState {
@@ -225,22 +215,44 @@ struct ExportState {
     period: Period,
     format: ExportFormat,
     after: Option<(String, i32)>,
+    /// The first page, read before the response started.
+    first: Option<Vec<ExportRow>>,
     started: bool,
     done: bool,
 }
 
+async fn read_page(
+    pool: &DbPool,
+    period: Period,
+    after: Option<&(String, i32)>,
+) -> Result<Vec<ExportRow>, ExportError> {
+    let mut conn = pool.get().await?;
+    Ok(Invoice::export_page(&mut conn, period, after).await?)
+}
+
 /// The whole export as a stream of chunks, one database page at a time;
-/// each page borrows a pooled connection only while it is read.
-pub fn stream(pool: DbPool, period: Period, format: ExportFormat) -> impl Stream<Item = anyhow::Result<Bytes>> {
+/// each page borrows a pooled connection only while it is read. The first
+/// page is read before this returns, so a database that is down gives the
+/// caller an error to answer with (503), not a response already begun. A
+/// later page that fails ends the stream with an error: the server then
+/// aborts the transfer, so the client sees an incomplete body, never a
+/// complete-looking one.
+pub async fn stream(
+    pool: DbPool,
+    period: Period,
+    format: ExportFormat,
+) -> Result<impl Stream<Item = Result<Bytes, ExportError>>, ExportError> {
+    let first = read_page(&pool, period, None).await?;
     let state = ExportState {
         pool,
         period,
         format,
         after: None,
+        first: Some(first),
         started: false,
         done: false,
     };
-    futures_util::stream::try_unfold(state, |mut st| async move {
+    Ok(futures_util::stream::try_unfold(state, |mut st| async move {
         if st.done {
             return Ok(None);
         }
@@ -253,18 +265,18 @@ pub fn stream(pool: DbPool, period: Period, format: ExportFormat) -> impl Stream
                 ExportFormat::Json => out.push('['),
             }
         }
-        let rows = {
-            let mut conn = st.pool.get().await?;
-            page(&mut conn, st.period, st.after.as_ref()).await?
+        let rows = match st.first.take() {
+            Some(rows) => rows,
+            None => read_page(&st.pool, st.period, st.after.as_ref()).await?,
         };
         for (i, row) in rows.iter().enumerate() {
             match st.format {
                 ExportFormat::Csv => csv_row(row, &mut out),
-                ExportFormat::Json => json_row(row, first_chunk && i == 0 && st.after.is_none(), &mut out),
+                ExportFormat::Json => json_row(row, first_chunk && i == 0, &mut out),
             }
         }
         match rows.last() {
-            Some(last) if i64::try_from(rows.len()).unwrap_or(0) == PAGE_ROWS => {
+            Some(last) if i64::try_from(rows.len()).unwrap_or(0) == EXPORT_PAGE_ROWS => {
                 st.after = Some((last.invoice_number.clone(), last.position));
             }
             _ => {
@@ -275,7 +287,7 @@ pub fn stream(pool: DbPool, period: Period, format: ExportFormat) -> impl Stream
             }
         }
         Ok(Some((Bytes::from(out), st)))
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -1,21 +1,15 @@
-//! Billing: periods and the clock, prices, the current month's cost, month
-//! close and invoices, export, and payments.
+//! Billing services: the current month's cost, month close and invoices,
+//! export, and payments. They own their transactions and call model
+//! functions for every statement; the arithmetic is `domain::pricing`.
 //!
-//! - [`pricing`]: the one pure function from usage to money;
 //! - [`statement`]: usage records + price versions → priced lines (current cost);
-//! - [`close`]: closing a period, invoice numbering;
+//! - [`close`]: closing a period, invoice numbering, reconciliation;
 //! - [`export`]: streamed CSV/JSON export of invoice lines;
 //! - [`payments`]: recording payments, webhook signatures, voiding.
+//! - [`usage_cost`]: a meter flush — counters and `users.total_cost` in one transaction.
 
-pub mod clock;
 pub mod close;
-pub mod currency;
 pub mod export;
 pub mod payments;
-pub mod period;
-pub mod pricing;
 pub mod statement;
-
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use currency::Currency;
-pub use period::Period;
+pub mod usage_cost;

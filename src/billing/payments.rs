@@ -2,17 +2,16 @@
 //! payment-provider webhook; idempotent on the provider's reference.
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use hmac::{Hmac, Mac};
 use rust_decimal::Decimal;
+use serde::Serialize;
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::billing::Currency;
-use crate::models::invoice::{Invoice, InvoiceStatus, Payment};
-use crate::schema::{invoices, payments, webhook_events};
+use crate::domain::Currency;
+use crate::models::invoice::{Invoice, InvoiceStatus, Payment, WebhookEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentSource {
@@ -30,6 +29,14 @@ pub struct PaymentInput {
     pub recorded_by: Option<Uuid>,
 }
 
+/// What recording a payment answers: the payment and the invoice after it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentRecorded {
+    pub payment: Payment,
+    /// The invoice after the payment (`paid` once fully paid).
+    pub invoice: Invoice,
+}
+
 #[derive(Debug)]
 pub enum Recorded {
     Created {
@@ -41,6 +48,27 @@ pub enum Recorded {
         payment: Payment,
         invoice: Invoice,
     },
+}
+
+impl Recorded {
+    /// Whether this call recorded the payment (false: it had been before).
+    pub fn is_new(&self) -> bool {
+        matches!(self, Recorded::Created { .. })
+    }
+
+    pub fn invoice(&self) -> &Invoice {
+        match self {
+            Recorded::Created { invoice, .. } | Recorded::Duplicate { invoice, .. } => invoice,
+        }
+    }
+
+    pub fn into_body(self) -> PaymentRecorded {
+        match self {
+            Recorded::Created { payment, invoice } | Recorded::Duplicate { payment, invoice } => {
+                PaymentRecorded { payment, invoice }
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +105,7 @@ pub async fn record_payment(
 ) -> Result<Recorded, PaymentError> {
     conn.transaction::<_, PaymentError, _>(async |conn| {
         let invoice = Invoice::lock(conn, invoice_id).await?.ok_or(PaymentError::NotFound)?;
-        let existing: Option<Payment> = payments::table
-            .filter(payments::reference.eq(&input.reference))
-            .select(Payment::as_select())
-            .first(conn)
-            .await
-            .optional()?;
+        let existing = Payment::find_by_reference(conn, &input.reference).await?;
         if let Some(payment) = existing {
             return if payment.invoice_id == invoice.id && payment.amount == input.amount {
                 Ok(Recorded::Duplicate { payment, invoice })
@@ -129,11 +152,7 @@ pub async fn record_payment(
             recorded_by: input.recorded_by,
             received_at: now,
         };
-        match diesel::insert_into(payments::table)
-            .values(&payment)
-            .execute(conn)
-            .await
-        {
+        match Payment::insert(conn, &payment).await {
             Ok(_) => {}
             // Another invoice's payment took this reference concurrently.
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
@@ -143,19 +162,7 @@ pub async fn record_payment(
         }
         let paid = invoice.amount_paid + input.amount;
         let settled = paid == invoice.total;
-        let invoice: Invoice = diesel::update(invoices::table.find(invoice.id))
-            .set((
-                invoices::amount_paid.eq(paid),
-                invoices::status.eq(if settled {
-                    InvoiceStatus::Paid
-                } else {
-                    InvoiceStatus::Issued
-                }),
-                invoices::paid_at.eq(settled.then_some(now)),
-            ))
-            .returning(Invoice::as_returning())
-            .get_result(conn)
-            .await?;
+        let invoice = Invoice::set_paid(conn, invoice.id, paid, settled, now).await?;
         Ok(Recorded::Created { payment, invoice })
     })
     .await
@@ -186,26 +193,32 @@ pub async fn void_invoice(
             };
             return Err(VoidError::NotVoidable(why));
         }
-        Ok(diesel::update(invoices::table.find(invoice.id))
-            .set((
-                invoices::status.eq(InvoiceStatus::Void),
-                invoices::voided_at.eq(Some(now)),
-            ))
-            .returning(Invoice::as_returning())
-            .get_result(conn)
-            .await?)
+        Ok(Invoice::set_void(conn, invoice.id, now).await?)
     })
     .await
 }
 
-/// Marks a webhook event as applied; false when it had been already.
-pub async fn claim_webhook_event(conn: &mut AsyncPgConnection, id: &str, event_type: &str) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(webhook_events::table)
-        .values((webhook_events::id.eq(id), webhook_events::event_type.eq(event_type)))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(inserted == 1)
+/// Applies a payment provider's event once: its id is claimed in the same
+/// transaction as the payment, so an event is applied exactly once however
+/// often it is delivered. `None`: this event id was applied before.
+pub async fn record_webhook_payment(
+    conn: &mut AsyncPgConnection,
+    event_id: &str,
+    event_type: &str,
+    invoice_number: &str,
+    input: PaymentInput,
+    now: DateTime<Utc>,
+) -> Result<Option<Recorded>, PaymentError> {
+    let invoice = Invoice::find_by_number(conn, invoice_number)
+        .await?
+        .ok_or(PaymentError::NotFound)?;
+    conn.transaction::<_, PaymentError, _>(async |conn| {
+        if !WebhookEvent::claim(conn, event_id, event_type).await? {
+            return Ok(None);
+        }
+        record_payment(conn, invoice.id, input, now).await.map(Some)
+    })
+    .await
 }
 
 /// Signatures older (or further in the future) than this are refused, so a

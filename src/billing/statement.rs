@@ -9,8 +9,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::billing::pricing::{PricedLine, price_line};
-use crate::billing::{Currency, Period};
+use crate::domain::pricing::{PricedLine, price_line};
+use crate::domain::{Currency, Period};
 use crate::models::price::PriceBook;
 use crate::models::usage::{UsageLine, UsageRecord};
 

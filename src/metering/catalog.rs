@@ -2,11 +2,12 @@
 //! which API a call belongs to.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use actix_web::http::Method;
 
 use crate::models::Api;
+use crate::telemetry::metrics::route_label;
 
 #[derive(Debug, Clone)]
 pub struct CatalogEntry {
@@ -14,6 +15,9 @@ pub struct CatalogEntry {
     /// `payg_metered_calls_total{api="<slug>"}`, resolved once here so the
     /// hot path only does an atomic add.
     pub calls: prometheus::IntCounter,
+    /// The route as the HTTP metrics label it (`/random/:max`), so telemetry
+    /// need not match and format it again per call.
+    pub route_label: Arc<str>,
 }
 
 /// Keyed by the actix route pattern (`/api/v1/tools/random/{max}`), never
@@ -45,6 +49,7 @@ impl Catalog {
                 CatalogEntry {
                     api_id: api.id,
                     calls: calls.with_label_values(&[&api.slug]),
+                    route_label: Arc::from(route_label(&api.route)),
                 },
             ));
         }

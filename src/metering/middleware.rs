@@ -1,4 +1,5 @@
-//! The metering middleware, wrapped around the metered scope.
+//! The metering middleware, wrapped around the metered scope with
+//! `actix_web::middleware::from_fn`.
 //!
 //! Per call: resolve the API from method + route pattern (in memory),
 //! authenticate, run the handler, then count the call for the caller in the
@@ -6,145 +7,89 @@
 //! Calls that do not authenticate are refused and not counted; routes
 //! outside the catalog pass through uncounted.
 
-use std::future::{Ready, ready};
-use std::rc::Rc;
-
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::StatusCode;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
-use futures_util::future::LocalBoxFuture;
 
 use crate::app::AppState;
 use crate::auth::Purpose;
-use crate::billing::Period;
 use crate::config::MeterMode;
+use crate::domain::Period;
 use crate::error::ApiError;
 use crate::models::usage::{UsageDelta, UsageKey};
 use crate::redis_store::RateOutcome;
+use crate::telemetry::MatchedRoute;
 
-pub struct Metering {
-    state: web::Data<AppState>,
-}
-
-impl Metering {
-    pub fn new(state: web::Data<AppState>) -> Self {
-        Self { state }
+/// The middleware function. The route is resolved by resource name (each
+/// metered resource is named by its full pattern, see `routes::route_table!`),
+/// which borrows from the router instead of building the pattern string.
+pub async fn metered_call(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        let err = ApiError::internal(anyhow::anyhow!("AppState is not registered as app data"));
+        return Ok(req.error_response(err).map_into_right_body());
+    };
+    let api = req
+        .match_name()
+        .and_then(|pattern| state.catalog.lookup(req.method(), pattern));
+    let Some(api) = api else {
+        return next.call(req).await.map(ServiceResponse::map_into_left_body);
+    };
+    req.extensions_mut().insert(MatchedRoute(api.route_label.clone()));
+    // The period is fixed when the call arrives, not when it is flushed.
+    let period = Period::containing(state.clock.now(), state.config.billing_tz);
+    let auth = match state.authenticator.authenticate(req.request(), Purpose::Metered).await {
+        Ok(auth) => auth,
+        Err(err) => return Ok(req.error_response(err).map_into_right_body()),
+    };
+    let caller = auth.caller;
+    if caller.overdue {
+        return Ok(req.error_response(ApiError::payment_required()).map_into_right_body());
     }
-}
-
-impl<S, B> Transform<S, ServiceRequest> for Metering
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Transform = MeteringMiddleware<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(MeteringMiddleware {
-            service: Rc::new(service),
-            state: self.state.clone(),
-        }))
+    let key = UsageKey {
+        user_id: caller.user_id,
+        api_id: api.api_id,
+        period,
+    };
+    if let Some(rate) = auth.rate.filter(|r| !r.allowed) {
+        // Refused calls are counted as failed (never billed), so the
+        // caller can see them in their usage.
+        let _ = record(&state, key, UsageDelta::one(true)).await;
+        api.calls.inc();
+        state.metrics.rate_limit_refusals.inc();
+        let mut res = req.error_response(ApiError::rate_limited(rate.limit, rate.retry_after_secs));
+        rate_limit_headers(res.headers_mut(), &rate);
+        return Ok(res.map_into_right_body());
     }
-}
+    req.extensions_mut().insert(caller);
 
-pub struct MeteringMiddleware<S> {
-    service: Rc<S>,
-    state: web::Data<AppState>,
-}
-
-impl<S, B> Service<ServiceRequest> for MeteringMiddleware<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let service = Rc::clone(&self.service);
-        let state = self.state.clone();
-        Box::pin(async move {
-            let api = req
-                .match_pattern()
-                .and_then(|pattern| state.catalog.lookup(req.method(), &pattern));
-            let Some(api) = api else {
-                return service.call(req).await.map(ServiceResponse::map_into_left_body);
-            };
-            // The period is fixed when the call arrives, not when it is flushed.
-            let period = Period::containing(state.clock.now(), state.config.billing_tz);
-            let auth = match state.authenticator.authenticate(req.request(), Purpose::Metered).await {
-                Ok(auth) => auth,
-                Err(err) => return Ok(req.error_response(err).map_into_right_body()),
-            };
-            let caller = auth.caller;
-            if caller.overdue {
-                let err = ApiError::new(
-                    StatusCode::PAYMENT_REQUIRED,
-                    "payment_required",
-                    "an invoice is overdue; metered APIs are blocked until it is paid",
-                );
-                return Ok(req.error_response(err).map_into_right_body());
+    let mut result = next.call(req).await;
+    let status = match &result {
+        Ok(res) => res.status(),
+        Err(err) => err.as_response_error().status_code(),
+    };
+    api.calls.inc();
+    if record(&state, key, UsageDelta::one(status.as_u16() >= 400))
+        .await
+        .is_err()
+    {
+        let err = ApiError::metering_unavailable();
+        return match result {
+            Ok(res) => {
+                let (http_req, _) = res.into_parts();
+                Ok(ServiceResponse::from_err(err, http_req).map_into_right_body())
             }
-            let key = UsageKey {
-                user_id: caller.user_id,
-                api_id: api.api_id,
-                period,
-            };
-            if let Some(rate) = auth.rate.filter(|r| !r.allowed) {
-                // Refused calls are counted as failed (never billed), so the
-                // caller can see them in their usage.
-                let _ = record(&state, key, UsageDelta::one(true)).await;
-                api.calls.inc();
-                state.metrics.rate_limit_refusals.inc();
-                let err = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!("rate limit of {} calls per minute exceeded", rate.limit),
-                )
-                .with_retry_after(rate.retry_after_secs);
-                let mut res = req.error_response(err);
-                rate_limit_headers(res.headers_mut(), &rate);
-                return Ok(res.map_into_right_body());
-            }
-            req.extensions_mut().insert(caller);
-
-            let mut result = service.call(req).await;
-            let status = match &result {
-                Ok(res) => res.status(),
-                Err(err) => err.as_response_error().status_code(),
-            };
-            api.calls.inc();
-            if record(&state, key, UsageDelta::one(status.as_u16() >= 400))
-                .await
-                .is_err()
-            {
-                let err = ApiError::unavailable(
-                    "metering_unavailable",
-                    "the call could not be metered; it was not billed, retry shortly",
-                );
-                return match result {
-                    Ok(res) => {
-                        let (http_req, _) = res.into_parts();
-                        Ok(ServiceResponse::from_err(err, http_req).map_into_right_body())
-                    }
-                    Err(_) => Err(err.into()),
-                };
-            }
-            if let (Ok(res), Some(rate)) = (&mut result, auth.rate) {
-                rate_limit_headers(res.headers_mut(), &rate);
-            }
-            result.map(ServiceResponse::map_into_left_body)
-        })
+            Err(_) => Err(err.into()),
+        };
     }
+    if let (Ok(res), Some(rate)) = (&mut result, auth.rate) {
+        rate_limit_headers(res.headers_mut(), &rate);
+    }
+    result.map(ServiceResponse::map_into_left_body)
 }
 
 /// Counts one call in the configured mode. Only `sync` can fail: its

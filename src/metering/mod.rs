@@ -5,8 +5,9 @@
 //!   resolve the API, call the handler, record the outcome).
 //! - [`catalog`]: method + route pattern → API, in memory.
 //! - [`recorder`]: in-memory pending deltas (batched mode).
-//! - [`Meter`] (here): the mode switch and the flusher that moves pending
-//!   deltas into `usage_records` with one atomic multi-row upsert.
+//! - [`Meter`] (here): the mode switch and the flush that moves pending
+//!   deltas into `usage_records` with one atomic multi-row upsert
+//!   (`billing::usage_cost`); `jobs` runs it on a timer.
 
 pub mod catalog;
 pub mod middleware;
@@ -17,17 +18,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::billing::Currency;
+use crate::billing::usage_cost::{self, BatchOutcome};
 use crate::config::MeterMode;
 use crate::db::DbPool;
-use crate::models::usage::{BatchOutcome, FlushId, UsageDelta, UsageKey, UsageRecord};
+use crate::domain::Currency;
+use crate::models::usage::{FlushId, UsageDelta, UsageKey, UsageRecord};
 use crate::telemetry::Metrics;
 
 pub use catalog::Catalog;
-pub use middleware::Metering;
+pub use middleware::metered_call;
 pub use recorder::Recorder;
 
 /// A drained batch waiting to be written, with the id it keeps across retries.
@@ -43,12 +45,15 @@ pub enum FlushResult {
     Flushed { rows: usize, calls: u64 },
 }
 
-/// A snapshot of the meter for operators.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+/// A snapshot of the meter for operators (in `GET /readyz`).
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct MeterStatus {
+    /// `batched`, `sync` or `off`.
+    #[schema(value_type = String)]
     pub mode: &'static str,
     /// Calls counted in memory and not yet committed to PostgreSQL.
     pub pending_calls: u64,
+    /// Batches committed since start.
     pub flushes: u64,
     pub flush_failures: u64,
 }
@@ -98,7 +103,7 @@ impl Meter {
     /// Sync mode: commit the increment now.
     pub async fn record_now(&self, key: UsageKey, delta: UsageDelta) -> anyhow::Result<()> {
         let mut conn = self.db.get().await?;
-        UsageRecord::add_batch(&mut conn, None, &[(key, delta)], self.currency).await?;
+        usage_cost::apply(&mut conn, None, &[(key, delta)], self.currency).await?;
         Ok(())
     }
 
@@ -142,7 +147,7 @@ impl Meter {
         };
         let attempt = async {
             let mut conn = self.db.get().await?;
-            anyhow::Ok(UsageRecord::add_batch(&mut conn, Some(flush_id), &batch.rows, self.currency).await?)
+            anyhow::Ok(usage_cost::apply(&mut conn, Some(flush_id), &batch.rows, self.currency).await?)
         };
         let timer = self.metrics.meter_flush_duration.start_timer();
         let result = attempt.await;
@@ -178,34 +183,8 @@ impl Meter {
         }
     }
 
-    /// Flushes every `interval` until `shutdown` flips, backing off (up to
-    /// 5 s) while the database refuses. Prunes old flush ids hourly.
-    pub fn spawn_flusher(
-        self: Arc<Self>,
-        interval: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut delay = interval;
-            let mut last_prune = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
-                }
-                delay = match self.flush().await {
-                    Ok(_) => interval,
-                    Err(_) => (delay * 2).clamp(interval, Duration::from_secs(5)),
-                };
-                if last_prune.elapsed() > Duration::from_secs(3600) {
-                    last_prune = Instant::now();
-                    self.prune_flush_log().await;
-                }
-            }
-        })
-    }
-
-    async fn prune_flush_log(&self) {
+    /// Forgets flush ids older than a day (run hourly by `jobs`).
+    pub async fn prune_flush_log(&self) {
         // A retry of a lost-commit flush happens within seconds; a day of
         // flush ids is far more than enough to recognise it.
         let cutoff = Utc::now() - chrono::Duration::days(1);

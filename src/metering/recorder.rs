@@ -73,7 +73,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billing::Period;
+    use crate::domain::Period;
     use std::sync::Arc;
     use uuid::Uuid;
 

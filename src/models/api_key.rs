@@ -1,6 +1,6 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -35,17 +35,25 @@ impl ApiKey {
             .map(|_| ())
     }
 
-    /// Locks the user's active keys (so two concurrent creations cannot both
-    /// pass the limit) and counts them.
-    pub async fn lock_and_count_active(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<i64> {
-        let ids: Vec<Uuid> = api_keys::table
-            .filter(api_keys::user_id.eq(user_id))
-            .filter(api_keys::revoked_at.is_null())
-            .select(api_keys::id)
-            .for_update()
-            .load(conn)
-            .await?;
-        Ok(i64::try_from(ids.len()).unwrap_or(i64::MAX))
+    /// Inserts `key` unless its user already has [`MAX_ACTIVE_KEYS`] active
+    /// keys (false then). The user's active keys are locked first, so two
+    /// concurrent creations cannot both pass the limit.
+    pub async fn insert_within_limit(conn: &mut AsyncPgConnection, key: &ApiKey) -> QueryResult<bool> {
+        conn.transaction(async |conn| {
+            let active: Vec<Uuid> = api_keys::table
+                .filter(api_keys::user_id.eq(key.user_id))
+                .filter(api_keys::revoked_at.is_null())
+                .select(api_keys::id)
+                .for_update()
+                .load(conn)
+                .await?;
+            if i64::try_from(active.len()).unwrap_or(i64::MAX) >= MAX_ACTIVE_KEYS {
+                return Ok(false);
+            }
+            Self::insert(conn, key).await?;
+            Ok(true)
+        })
+        .await
     }
 
     pub async fn active_for_user(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Vec<ApiKey>> {

@@ -9,7 +9,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::schema::{invoice_lines, invoices, payments, users};
+use crate::domain::Period;
+use crate::domain::pricing::PricedLine;
+use crate::schema::{closed_periods, invoice_lines, invoice_sequences, invoices, payments, users, webhook_events};
 
 text_enum!(InvoiceStatus { Issued => "issued", Paid => "paid", Void => "void" });
 
@@ -20,7 +22,7 @@ pub struct Invoice {
     pub number: String,
     pub user_id: Uuid,
     #[serde(serialize_with = "serialize_period")]
-    #[schema(value_type = crate::billing::Period)]
+    #[schema(value_type = crate::domain::Period)]
     pub period: NaiveDate,
     pub currency: String,
     #[serde(with = "rust_decimal::serde::str")]
@@ -61,16 +63,165 @@ pub struct InvoiceLine {
     pub api_slug: String,
     #[serde(rename = "name")]
     pub api_name: String,
-    pub calls: i64,
-    pub failed_calls: i64,
-    pub billable_calls: i64,
-    pub free_calls: i64,
-    pub charged_calls: i64,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub unit_price: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
+    /// The line as pricing computed it at close; its columns are
+    /// `invoice_lines.calls` … `invoice_lines.amount`.
+    #[diesel(embed)]
+    #[serde(flatten)]
+    pub priced: PricedLine,
 }
+
+/// The seven `invoice_lines` columns a [`PricedLine`] is stored in, in
+/// field order.
+type PricedColumns = (
+    invoice_lines::calls,
+    invoice_lines::failed_calls,
+    invoice_lines::billable_calls,
+    invoice_lines::free_calls,
+    invoice_lines::charged_calls,
+    invoice_lines::unit_price,
+    invoice_lines::amount,
+);
+type PricedSql = (
+    diesel::sql_types::BigInt,
+    diesel::sql_types::BigInt,
+    diesel::sql_types::BigInt,
+    diesel::sql_types::BigInt,
+    diesel::sql_types::BigInt,
+    diesel::sql_types::Numeric,
+    diesel::sql_types::Numeric,
+);
+type PricedValues = (
+    diesel::dsl::Eq<invoice_lines::calls, i64>,
+    diesel::dsl::Eq<invoice_lines::failed_calls, i64>,
+    diesel::dsl::Eq<invoice_lines::billable_calls, i64>,
+    diesel::dsl::Eq<invoice_lines::free_calls, i64>,
+    diesel::dsl::Eq<invoice_lines::charged_calls, i64>,
+    diesel::dsl::Eq<invoice_lines::unit_price, Decimal>,
+    diesel::dsl::Eq<invoice_lines::amount, Decimal>,
+);
+
+impl Selectable<diesel::pg::Pg> for PricedLine {
+    type SelectExpression = PricedColumns;
+
+    fn construct_selection() -> PricedColumns {
+        (
+            invoice_lines::calls,
+            invoice_lines::failed_calls,
+            invoice_lines::billable_calls,
+            invoice_lines::free_calls,
+            invoice_lines::charged_calls,
+            invoice_lines::unit_price,
+            invoice_lines::amount,
+        )
+    }
+}
+
+impl Queryable<PricedSql, diesel::pg::Pg> for PricedLine {
+    type Row = (i64, i64, i64, i64, i64, Decimal, Decimal);
+
+    fn build(
+        (calls, failed_calls, billable_calls, free_calls, charged_calls, unit_price, amount): Self::Row,
+    ) -> diesel::deserialize::Result<Self> {
+        Ok(PricedLine {
+            calls,
+            failed_calls,
+            billable_calls,
+            free_calls,
+            charged_calls,
+            unit_price,
+            amount,
+        })
+    }
+}
+
+impl Insertable<invoice_lines::table> for PricedLine {
+    type Values = <PricedValues as Insertable<invoice_lines::table>>::Values;
+
+    fn values(self) -> Self::Values {
+        (
+            invoice_lines::calls.eq(self.calls),
+            invoice_lines::failed_calls.eq(self.failed_calls),
+            invoice_lines::billable_calls.eq(self.billable_calls),
+            invoice_lines::free_calls.eq(self.free_calls),
+            invoice_lines::charged_calls.eq(self.charged_calls),
+            invoice_lines::unit_price.eq(self.unit_price),
+            invoice_lines::amount.eq(self.amount),
+        )
+            .values()
+    }
+}
+
+impl Insertable<invoice_lines::table> for &PricedLine {
+    type Values = <PricedValues as Insertable<invoice_lines::table>>::Values;
+
+    fn values(self) -> Self::Values {
+        (*self).values()
+    }
+}
+
+/// One row of the finance export: an invoice line with its invoice's facts.
+#[derive(Debug, Clone, Queryable)]
+pub struct ExportRow {
+    pub invoice_number: String,
+    pub user_email: String,
+    pub billing_name: String,
+    pub billing_company: Option<String>,
+    pub billing_country: Option<String>,
+    pub billing_tax_id: Option<String>,
+    pub period_start: NaiveDate,
+    pub status: InvoiceStatus,
+    pub position: i32,
+    pub api_slug: String,
+    pub priced: PricedLine,
+    pub invoice_total: Decimal,
+    pub currency: String,
+    pub issued_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
+
+/// A period that has been closed, and what its close issued.
+#[derive(Debug, Clone, Copy, Queryable, Selectable, Insertable)]
+#[diesel(table_name = closed_periods, check_for_backend(diesel::pg::Pg))]
+pub struct ClosedPeriod {
+    pub period: NaiveDate,
+    pub closed_at: DateTime<Utc>,
+    pub invoices_issued: i32,
+}
+
+/// Serialises closes across instances (held for the closing transaction).
+const CLOSE_LOCK_KEY: i64 = 0x7061_7967_636c_6f73; // "paygclos"
+
+impl ClosedPeriod {
+    /// Takes the close lock until the transaction ends: one close at a time,
+    /// across every instance.
+    pub async fn lock_for_close(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(CLOSE_LOCK_KEY)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn find(conn: &mut AsyncPgConnection, period: Period) -> QueryResult<Option<ClosedPeriod>> {
+        closed_periods::table
+            .find(period.first_day())
+            .select(ClosedPeriod::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn insert(conn: &mut AsyncPgConnection, closed: &ClosedPeriod) -> QueryResult<()> {
+        diesel::insert_into(closed_periods::table)
+            .values(closed)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Page size of the export query.
+pub const EXPORT_PAGE_ROWS: i64 = 1_000;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = payments, check_for_backend(diesel::pg::Pg))]
@@ -86,6 +237,64 @@ pub struct Payment {
     #[serde(skip)]
     pub recorded_by: Option<Uuid>,
     pub received_at: DateTime<Utc>,
+}
+
+/// An invoice with its lines and payments, as both the consumer and the
+/// finance routes show it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InvoiceDetail {
+    #[serde(flatten)]
+    pub invoice: Invoice,
+    /// One per API, in order; they sum to the subtotal.
+    pub lines: Vec<InvoiceLine>,
+    /// Oldest first.
+    pub payments: Vec<Payment>,
+}
+
+impl InvoiceDetail {
+    pub async fn load(conn: &mut AsyncPgConnection, invoice: Invoice) -> QueryResult<InvoiceDetail> {
+        let lines = Invoice::lines(conn, invoice.id).await?;
+        let payments = Invoice::payments(conn, invoice.id).await?;
+        Ok(InvoiceDetail {
+            invoice,
+            lines,
+            payments,
+        })
+    }
+}
+
+impl Payment {
+    pub async fn find_by_reference(conn: &mut AsyncPgConnection, reference: &str) -> QueryResult<Option<Payment>> {
+        payments::table
+            .filter(payments::reference.eq(reference))
+            .select(Payment::as_select())
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn insert(conn: &mut AsyncPgConnection, payment: &Payment) -> QueryResult<Payment> {
+        diesel::insert_into(payments::table)
+            .values(payment)
+            .returning(Payment::as_returning())
+            .get_result(conn)
+            .await
+    }
+}
+
+/// A payment provider's event id, recorded when the event is applied.
+pub struct WebhookEvent;
+
+impl WebhookEvent {
+    /// Marks a webhook event as applied; false when it had been already.
+    pub async fn claim(conn: &mut AsyncPgConnection, id: &str, event_type: &str) -> QueryResult<bool> {
+        let inserted = diesel::insert_into(webhook_events::table)
+            .values((webhook_events::id.eq(id), webhook_events::event_type.eq(event_type)))
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+        Ok(inserted == 1)
+    }
 }
 
 /// Filters for the finance listing; `None` = any.
@@ -180,6 +389,131 @@ impl Invoice {
             q = q.filter(invoices::user_id.eq_any(users::table.filter(users::email.eq(e)).select(users::id)));
         }
         q
+    }
+
+    /// Takes `count` consecutive numbers from the year's sequence; returns the
+    /// first. Inside the closing transaction, so a rollback returns them: no gaps.
+    pub async fn reserve_numbers(conn: &mut AsyncPgConnection, year: i32, count: i32) -> QueryResult<i64> {
+        if count == 0 {
+            return Ok(1);
+        }
+        let last: i32 = diesel::insert_into(invoice_sequences::table)
+            .values((
+                invoice_sequences::year.eq(year),
+                invoice_sequences::last_number.eq(count),
+            ))
+            .on_conflict(invoice_sequences::year)
+            .do_update()
+            .set(invoice_sequences::last_number.eq(invoice_sequences::last_number + count))
+            .returning(invoice_sequences::last_number)
+            .get_result(conn)
+            .await?;
+        Ok(i64::from(last) - i64::from(count) + 1)
+    }
+
+    /// Inserts invoices and their lines in multi-row statements, chunked
+    /// under PostgreSQL's 65,535 parameters.
+    pub async fn insert_all(conn: &mut AsyncPgConnection, new: &[Invoice], lines: &[InvoiceLine]) -> QueryResult<()> {
+        for chunk in new.chunks(1_000) {
+            diesel::insert_into(invoices::table).values(chunk).execute(conn).await?;
+        }
+        for chunk in lines.chunks(4_000) {
+            diesel::insert_into(invoice_lines::table)
+                .values(chunk)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets what has been paid; the invoice is `paid` when `settled`.
+    pub async fn set_paid(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+        amount_paid: Decimal,
+        settled: bool,
+        now: DateTime<Utc>,
+    ) -> QueryResult<Invoice> {
+        diesel::update(invoices::table.find(id))
+            .set((
+                invoices::amount_paid.eq(amount_paid),
+                invoices::status.eq(if settled {
+                    InvoiceStatus::Paid
+                } else {
+                    InvoiceStatus::Issued
+                }),
+                invoices::paid_at.eq(settled.then_some(now)),
+            ))
+            .returning(Invoice::as_returning())
+            .get_result(conn)
+            .await
+    }
+
+    pub async fn set_void(conn: &mut AsyncPgConnection, id: Uuid, now: DateTime<Utc>) -> QueryResult<Invoice> {
+        diesel::update(invoices::table.find(id))
+            .set((
+                invoices::status.eq(InvoiceStatus::Void),
+                invoices::voided_at.eq(Some(now)),
+            ))
+            .returning(Invoice::as_returning())
+            .get_result(conn)
+            .await
+    }
+
+    /// Every non-void invoice line of a period: (user, invoice number, line).
+    pub async fn billed_lines(
+        conn: &mut AsyncPgConnection,
+        period: Period,
+    ) -> QueryResult<Vec<(Uuid, String, InvoiceLine)>> {
+        invoices::table
+            .inner_join(invoice_lines::table)
+            .filter(invoices::period.eq(period.first_day()))
+            .filter(invoices::status.ne(InvoiceStatus::Void))
+            .select((invoices::user_id, invoices::number, InvoiceLine::as_select()))
+            .load(conn)
+            .await
+    }
+
+    /// One page of a period's export rows after `after` = (invoice number,
+    /// line position), in that order.
+    pub async fn export_page(
+        conn: &mut AsyncPgConnection,
+        period: Period,
+        after: Option<&(String, i32)>,
+    ) -> QueryResult<Vec<ExportRow>> {
+        let mut q = invoices::table
+            .inner_join(invoice_lines::table)
+            .inner_join(users::table)
+            .filter(invoices::period.eq(period.first_day()))
+            .into_boxed();
+        if let Some((number, position)) = after {
+            q = q.filter(
+                invoices::number.gt(number.clone()).or(invoices::number
+                    .eq(number.clone())
+                    .and(invoice_lines::position.gt(*position))),
+            );
+        }
+        q.order((invoices::number, invoice_lines::position))
+            .limit(EXPORT_PAGE_ROWS)
+            .select((
+                invoices::number,
+                users::email,
+                invoices::billing_name,
+                invoices::billing_company,
+                invoices::billing_country,
+                invoices::billing_tax_id,
+                invoices::period,
+                invoices::status,
+                invoice_lines::position,
+                invoice_lines::api_slug,
+                PricedLine::as_select(),
+                invoices::total,
+                invoices::currency,
+                invoices::issued_at,
+                invoices::due_at,
+            ))
+            .load(conn)
+            .await
     }
 
     /// A page of invoices matching `filter`, newest period first, and the total count.

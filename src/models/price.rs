@@ -4,11 +4,12 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use crate::billing::pricing::{PriceVersion, Tier};
-use crate::billing::{Currency, Period};
+use crate::domain::currency::UnknownCurrency;
+use crate::domain::pricing::{PriceVersion, Tier};
+use crate::domain::{Currency, Period};
 use crate::schema::{price_tiers, prices};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -85,9 +86,7 @@ impl PriceBook {
             let currency: Currency = row
                 .currency
                 .parse()
-                .map_err(|e: crate::billing::currency::UnknownCurrency| {
-                    diesel::result::Error::DeserializationError(Box::new(e))
-                })?;
+                .map_err(|e: UnknownCurrency| diesel::result::Error::DeserializationError(Box::new(e)))?;
             book.versions.entry(row.api_id).or_default().push((
                 row.effective_from,
                 PriceVersion {
@@ -121,32 +120,32 @@ impl PriceBook {
 }
 
 impl PriceRow {
-    /// The version in force for `period`, if any.
-    pub async fn in_force(conn: &mut AsyncPgConnection, api_id: i32, period: Period) -> QueryResult<Option<PriceRow>> {
-        prices::table
-            .filter(prices::api_id.eq(api_id))
-            .filter(prices::effective_from.le(period.first_day()))
-            .order(prices::effective_from.desc())
-            .select(PriceRow::as_select())
-            .first(conn)
-            .await
-            .optional()
-    }
-
-    pub async fn tiers(conn: &mut AsyncPgConnection, price_id: i32) -> QueryResult<Vec<Tier>> {
-        let rows: Vec<TierRow> = price_tiers::table
-            .filter(price_tiers::price_id.eq(price_id))
-            .order(price_tiers::position)
-            .select(TierRow::as_select())
-            .load(conn)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|t| Tier {
-                up_to: t.up_to,
-                unit_price: t.unit_price,
-            })
-            .collect())
+    /// Schedules `version` for `api_id` from `requested`, or from the next
+    /// period if a call to the API was already recorded in `requested` — a
+    /// price change never re-prices calls already made. The usage table is
+    /// locked against meter flushes meanwhile, so "no calls recorded" stays
+    /// true while the version is written. Returns the row and the period
+    /// it takes effect from; `NotFound` for an unknown API.
+    pub async fn schedule(
+        conn: &mut AsyncPgConnection,
+        api_id: i32,
+        requested: Period,
+        version: &PriceVersion,
+    ) -> QueryResult<(PriceRow, Period)> {
+        use crate::models::usage::UsageRecord;
+        use crate::schema::apis;
+        conn.transaction(async |conn| {
+            apis::table.find(api_id).select(apis::id).first::<i32>(conn).await?;
+            UsageRecord::lock_against_flushes(conn).await?;
+            let effective = if UsageRecord::any_in_period(conn, api_id, requested).await? {
+                requested.next()
+            } else {
+                requested
+            };
+            let row = PriceRow::upsert(conn, api_id, effective, version).await?;
+            Ok((row, effective))
+        })
+        .await
     }
 
     /// Writes a version effective from `period`, replacing one already

@@ -141,6 +141,51 @@ impl User {
             .optional()
     }
 
+    /// Adds each amount to its user's `total_cost`, locking the users in id
+    /// order first so two flushes never wait on each other's users in
+    /// opposite orders. `amounts` must be sorted by user id.
+    pub async fn add_to_total_cost(conn: &mut AsyncPgConnection, amounts: &[(Uuid, Decimal)]) -> QueryResult<()> {
+        if amounts.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = amounts.iter().map(|(id, _)| *id).collect();
+        let deltas: Vec<Decimal> = amounts.iter().map(|(_, d)| *d).collect();
+        users::table
+            .filter(users::id.eq_any(&ids))
+            .order(users::id)
+            .select(users::id)
+            .for_no_key_update()
+            .load::<Uuid>(conn)
+            .await?;
+        diesel::sql_query(
+            "UPDATE users SET total_cost = users.total_cost + d.delta \
+             FROM unnest($1::uuid[], $2::numeric[]) AS d(id, delta) WHERE users.id = d.id",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Numeric>, _>(&deltas)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// (id, email) of the users with these ids.
+    pub async fn emails(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<(Uuid, String)>> {
+        users::table
+            .filter(users::id.eq_any(ids))
+            .select((users::id, users::email))
+            .load(conn)
+            .await
+    }
+
+    /// The users with these ids, in no particular order.
+    pub async fn find_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<User>> {
+        users::table
+            .filter(users::id.eq_any(ids))
+            .select(User::as_select())
+            .load(conn)
+            .await
+    }
+
     pub async fn update_profile(conn: &mut AsyncPgConnection, id: Uuid, changes: &ProfileChanges) -> QueryResult<User> {
         if changes.is_empty() {
             return users::table.find(id).select(User::as_select()).first(conn).await;

@@ -1,6 +1,7 @@
+//! The caller's API keys: create (shown once), list, revoke.
+
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
-use diesel_async::AsyncConnection;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -8,23 +9,16 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::{API_KEY_PREFIX, AuthUser, tokens};
-use crate::error::{ApiError, ApiResult};
+use crate::domain::text::KeyName;
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::api_key::{ApiKey, MAX_ACTIVE_KEYS};
 use crate::routes::conn;
 use crate::routes::json::Json;
-use crate::routes::openapi::ErrorBody;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyRequest {
-    /// 1 to 100 characters, for telling keys apart; not blank, no control
-    /// characters.
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    name: String,
+    name: KeyName,
 }
 
 #[derive(ToSchema)]
@@ -62,10 +56,7 @@ pub async fn create_api_key(
     user: AuthUser,
     body: Json<NewKeyRequest>,
 ) -> ApiResult<HttpResponse> {
-    let name = body.into_inner().name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::validation("name must be 1 to 100 characters"));
-    }
+    let name = body.into_inner().name.into_inner();
     let key = tokens::generate(API_KEY_PREFIX);
     let row = ApiKey {
         id: Uuid::new_v4(),
@@ -78,19 +69,12 @@ pub async fn create_api_key(
         revoked_at: None,
     };
     let mut conn = conn(&state.db).await?;
-    let created = conn
-        .transaction::<_, ApiError, _>(async |conn| {
-            if ApiKey::lock_and_count_active(conn, user.id()).await? >= MAX_ACTIVE_KEYS {
-                return Err(ApiError::conflict(
-                    "too_many_keys",
-                    format!("at most {MAX_ACTIVE_KEYS} active API keys per user; revoke one first"),
-                ));
-            }
-            ApiKey::insert(conn, &row).await?;
-            Ok(())
-        })
-        .await;
-    created?;
+    if !ApiKey::insert_within_limit(&mut conn, &row).await? {
+        return Err(ApiError::conflict(
+            "too_many_keys",
+            format!("at most {MAX_ACTIVE_KEYS} active API keys per user; revoke one first"),
+        ));
+    }
     Ok(HttpResponse::Created().json(json!({
         "id": row.id,
         "name": row.name,

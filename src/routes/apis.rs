@@ -1,12 +1,14 @@
+//! The public catalog: active APIs and their current prices.
+
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
+use crate::domain::pricing::PriceView;
 use crate::error::ApiResult;
 use crate::models::Api;
 use crate::models::price::PriceBook;
-use crate::routes::admin::PriceView;
 use crate::routes::conn;
 
 #[derive(Serialize, ToSchema)]

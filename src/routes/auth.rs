@@ -1,58 +1,30 @@
+//! Accounts and sessions: register, log in, refresh, log out.
+
+use std::time::Duration;
+
 use actix_web::{HttpResponse, web};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::routes::json::Json;
-use std::time::Duration;
-
-use actix_web::http::StatusCode;
-use chrono::Utc;
-
 use crate::auth::sessions::{self, IssuedSession, Rotation};
-use crate::auth::{self, AuthUser, Credential, password};
-use crate::error::{ApiError, ApiResult};
+use crate::auth::{AuthUser, Credential, password};
+use crate::domain::text::{Email, Name, Password};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::models::UserStatus;
 use crate::models::user::{NewUser, Role, User};
 use crate::routes::conn;
-use crate::routes::openapi::ErrorBody;
+use crate::routes::json::Json;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// Unique, case-insensitive. One `@`, at most 64 characters before it,
-    /// a dotted domain after it, no spaces.
-    #[schema(
-        example = "ada@example.com",
-        max_length = 254,
-        pattern = r"^[^@\s\u0000-\u001F\u007F-\u009F]{1,64}@[^@\s.\u0000-\u001F\u007F-\u009F]+(\.[^@\s.\u0000-\u001F\u007F-\u009F]+)+$"
-    )]
-    email: String,
-    /// 8 to 128 characters.
-    #[schema(min_length = 8, max_length = 128)]
-    password: String,
-    /// 1 to 200 characters; not blank, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    name: String,
-}
-
-pub const MAX_NAME_CHARS: usize = 200;
-
-pub(crate) fn validate_name(name: &str) -> Result<String, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(ApiError::validation(format!(
-            "name must be 1 to {MAX_NAME_CHARS} characters"
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(ApiError::validation("name must not contain control characters"));
-    }
-    Ok(name.to_owned())
+    /// Unique, case-insensitive.
+    email: Email,
+    password: Password,
+    name: Name,
 }
 
 /// Creates a consumer account.
@@ -69,20 +41,16 @@ pub(crate) fn validate_name(name: &str) -> Result<String, ApiError> {
 )]
 pub async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> ApiResult<HttpResponse> {
     let RegisterRequest { email, password, name } = body.into_inner();
-    let email = auth::normalize_email(&email)?;
-    auth::validate_password(&password)?;
-    let name = validate_name(&name)?;
-
-    let hash = web::block(move || password::hash_password(&password))
+    let hash = web::block(move || password::hash_password(password.as_str()))
         .await?
         .map_err(ApiError::internal)?;
     let mut conn = conn(&state.db).await?;
     let new = NewUser {
         id: Uuid::new_v4(),
-        email: &email,
+        email: email.as_str(),
         password_hash: &hash,
         role: Role::Consumer,
-        name: &name,
+        name: name.as_str(),
     };
     match User::insert(&mut conn, &new).await {
         Ok(user) => {
@@ -153,31 +121,19 @@ pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 )]
 pub async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> ApiResult<HttpResponse> {
     let LoginRequest { email, password } = body.into_inner();
-    let invalid = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "invalid email or password",
-        )
-    };
     // The lockout counts attempts per email string whether or not an account
     // exists, so it reveals nothing about which emails are registered.
     let lockout_key = email.trim().to_lowercase();
     if let Some((failures, retry_after)) = state.redis.login_failures(&lockout_key).await
         && failures >= MAX_LOGIN_FAILURES
     {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            "too many failed logins for this email; try again later",
-        )
-        .with_retry_after(retry_after.max(1)));
+        return Err(ApiError::too_many_attempts(retry_after));
     }
     // A malformed email cannot belong to anyone: same answer as a wrong one.
-    let user = match auth::normalize_email(&email) {
+    let user = match email.parse::<Email>() {
         Ok(email) => {
             let mut conn = conn(&state.db).await?;
-            User::find_by_email(&mut conn, &email).await?
+            User::find_by_email(&mut conn, email.as_str()).await?
         }
         Err(_) => None,
     };
@@ -199,19 +155,17 @@ pub async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> ApiR
                 .redis
                 .record_login_failure(&lockout_key, LOGIN_FAILURE_WINDOW)
                 .await;
-            return Err(invalid());
+            return Err(ApiError::invalid_credentials());
         }
     };
     state.redis.clear_login_failures(&lockout_key).await;
-    if user.status == crate::models::UserStatus::Suspended {
-        return Err(ApiError::forbidden("account_suspended", "this account is suspended"));
+    if user.status == UserStatus::Suspended {
+        return Err(ApiError::account_suspended());
     }
     let mut conn = conn(&state.db).await?;
     // Token lifetimes follow the real clock (jsonwebtoken checks `exp`
     // against it), not the billing clock tests may move.
-    let session = sessions::start(&mut conn, issuer(&state), &user, Utc::now())
-        .await
-        .map_err(ApiError::internal)?;
+    let session = sessions::start(&mut conn, issuer(&state), &user, Utc::now()).await?;
     Ok(HttpResponse::Ok().json(TokenResponse::from(session)))
 }
 
@@ -240,13 +194,11 @@ pub async fn refresh(state: web::Data<AppState>, body: Json<RefreshRequest>) -> 
         return Err(ApiError::invalid_token());
     }
     let mut conn = conn(&state.db).await?;
-    let rotation = sessions::rotate(&mut conn, issuer(&state), &presented, Utc::now())
-        .await
-        .map_err(ApiError::internal)?;
+    let rotation = sessions::rotate(&mut conn, issuer(&state), &presented, Utc::now()).await?;
     match rotation {
         Rotation::Rotated(session) => Ok(HttpResponse::Ok().json(TokenResponse::from(session))),
         Rotation::Invalid | Rotation::Reused { .. } => Err(ApiError::invalid_token()),
-        Rotation::Suspended => Err(ApiError::forbidden("account_suspended", "this account is suspended")),
+        Rotation::Suspended => Err(ApiError::account_suspended()),
     }
 }
 

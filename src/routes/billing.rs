@@ -1,12 +1,13 @@
+//! The caller's own cost: this period so far, or any period.
+
 use actix_web::{HttpResponse, web};
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::billing::Period;
 use crate::billing::statement::Statement;
-use crate::error::{ApiError, ApiResult};
+use crate::domain::Period;
+use crate::error::{ApiResult, ErrorBody};
 use crate::routes::conn;
-use crate::routes::openapi::ErrorBody;
 
 /// What the caller owes so far this period, per API.
 #[utoipa::path(
@@ -37,9 +38,7 @@ pub async fn period_cost(
     user: AuthUser,
     period: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    let period: Period = period
-        .parse()
-        .map_err(|e: crate::billing::period::BadPeriod| ApiError::validation(e.to_string()))?;
+    let period: Period = period.parse()?;
     statement(&state, user, period).await
 }
 

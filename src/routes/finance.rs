@@ -1,33 +1,25 @@
 //! Finance routes (role finance or admin): close periods, list, export,
 //! record payments, void.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::FinanceUser;
-use crate::billing::close::{self, CloseError, CloseOutcome, Reconciliation};
-use crate::billing::export::{self, ExportFormat, ExportRow};
-use crate::billing::payments::{self, PaymentError, PaymentInput, PaymentSource, Recorded, VoidError};
-use crate::billing::{Currency, Period};
-use crate::error::{ApiError, ApiResult};
+use crate::billing::close::{self, CloseOutcome, Reconciliation};
+use crate::billing::export::{self, ExportFormat, ExportJsonRow};
+use crate::billing::payments::{self, PaymentInput, PaymentRecorded, PaymentSource};
+use crate::domain::text::{PaymentMethod, Reference, UserRef};
+use crate::domain::{Currency, Period};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::Invoice;
-use crate::models::invoice::Payment;
-use crate::models::invoice::{InvoiceFilter, InvoiceStatus};
+use crate::models::invoice::{InvoiceDetail, InvoiceFilter, InvoiceStatus};
 use crate::routes::conn;
-use crate::routes::invoices::{InvoiceDetail, invoice_detail};
 use crate::routes::json::Json;
-use crate::routes::openapi::ErrorBody;
-
-fn parse_period(raw: &str) -> Result<Period, ApiError> {
-    raw.parse()
-        .map_err(|e: crate::billing::period::BadPeriod| ApiError::validation(e.to_string()))
-}
 
 /// Closes a past period: issues one invoice per user with usage, numbered
 /// without gaps. Closing a closed period again issues nothing.
@@ -50,16 +42,9 @@ pub async fn close_period(
     _finance: FinanceUser,
     period: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    let period = parse_period(&period)?;
-    match state.close_period(period).await {
-        Ok(outcome) => Ok(HttpResponse::Ok().json(outcome)),
-        Err(CloseError::PeriodOpen(p)) => Err(ApiError::conflict(
-            "period_open",
-            format!("period {p} has not ended yet; only past periods can be closed"),
-        )),
-        Err(CloseError::Database(e)) => Err(e.into()),
-        Err(CloseError::Unavailable(e)) => Err(e.into()),
-    }
+    let period: Period = period.parse()?;
+    let outcome = state.close_period(period).await?;
+    Ok(HttpResponse::Ok().json(outcome))
 }
 
 /// Compares a period's usage records, priced now, with what was invoiced.
@@ -81,7 +66,7 @@ pub async fn reconciliation(
     _finance: FinanceUser,
     period: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    let period = parse_period(&period)?;
+    let period: Period = period.parse()?;
     let mut conn = conn(&state.db).await?;
     let report = close::reconcile(&mut conn, period, state.config.billing.currency, state.now()).await?;
     Ok(HttpResponse::Ok().json(report))
@@ -90,17 +75,11 @@ pub async fn reconciliation(
 #[derive(Deserialize, IntoParams)]
 pub struct ListQuery {
     /// `YYYY-MM`.
-    #[param(value_type = Option<Period>)]
-    period: Option<String>,
+    period: Option<Period>,
     /// `issued`, `paid` or `void`.
-    #[param(value_type = Option<InvoiceStatus>)]
-    status: Option<String>,
+    status: Option<InvoiceStatus>,
     /// A user id, or an email (case-insensitive).
-    #[param(
-        max_length = 254,
-        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[^@\s\u0000-\u001F\u007F-\u009F]{1,64}@[^@\s.\u0000-\u001F\u007F-\u009F]+(\.[^@\s.\u0000-\u001F\u007F-\u009F]+)+)$"
-    )]
-    user: Option<String>,
+    user: Option<UserRef>,
     /// From 1 (default 1).
     #[param(minimum = 1)]
     page: Option<i64>,
@@ -139,22 +118,15 @@ pub async fn list_invoices(
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
     let q = query.into_inner();
-    let mut filter = InvoiceFilter::default();
-    if let Some(p) = q.period.as_deref() {
-        filter.period = Some(parse_period(p)?.first_day());
-    }
-    if let Some(s) = q.status.as_deref() {
-        filter.status = Some(s.parse::<InvoiceStatus>().map_err(ApiError::validation)?);
-    }
-    if let Some(u) = q.user.as_deref() {
-        match u.parse::<Uuid>() {
-            Ok(id) => filter.user_id = Some(id),
-            Err(_) => {
-                let email = crate::auth::normalize_email(u)
-                    .map_err(|_| ApiError::validation("user must be a user id or an email address"))?;
-                filter.user_email = Some(email);
-            }
-        }
+    let mut filter = InvoiceFilter {
+        period: q.period.map(Period::first_day),
+        status: q.status,
+        ..InvoiceFilter::default()
+    };
+    match q.user {
+        Some(UserRef::Id(id)) => filter.user_id = Some(id),
+        Some(UserRef::Email(email)) => filter.user_email = Some(email.into_inner()),
+        None => {}
     }
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(50);
@@ -192,33 +164,16 @@ pub async fn get_invoice(
     let invoice = Invoice::find(&mut conn, *id)
         .await?
         .ok_or_else(|| ApiError::not_found("invoice not found"))?;
-    invoice_detail(&mut conn, invoice).await
+    let detail = InvoiceDetail::load(&mut conn, invoice).await?;
+    Ok(HttpResponse::Ok().json(detail))
 }
 
 #[derive(Deserialize, IntoParams)]
 pub struct ExportQuery {
     /// `YYYY-MM`.
-    #[param(value_type = Period)]
-    period: String,
+    period: Period,
     /// `csv` (default) or `json`.
-    #[param(value_type = Option<ExportFormatName>)]
-    format: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum ExportFormatName {
-    Csv,
-    Json,
-}
-
-/// One row of the JSON export: an invoice line with its invoice's facts.
-/// The CSV export has the same columns, in `billing::export::CSV_HEADER` order.
-#[derive(Serialize, ToSchema)]
-pub struct ExportJsonRow {
-    pub period: Period,
-    #[serde(flatten)]
-    pub row: ExportRow,
+    format: Option<ExportFormat>,
 }
 
 /// Streams one row per invoice line; memory stays flat however large.
@@ -233,7 +188,7 @@ pub struct ExportJsonRow {
             headers(("Content-Disposition" = String, description = "`attachment; filename=\"invoices-YYYY-MM.csv\"`")),
             content(
                 (String = "text/csv"),
-                (Vec<ExportJsonRow> = "application/json"),
+                (Vec<ExportJsonRow<'_>> = "application/json"),
             )),
         (status = 400, description = "`validation_failed`: `period` missing or not `YYYY-MM`, or an unknown format",
             body = ErrorBody),
@@ -246,24 +201,17 @@ pub async fn export_invoices(
     _finance: FinanceUser,
     query: web::Query<ExportQuery>,
 ) -> ApiResult<HttpResponse> {
-    let period = parse_period(&query.period)?;
-    let format: ExportFormat = query
-        .format
-        .as_deref()
-        .unwrap_or("csv")
-        .parse()
-        .map_err(ApiError::validation)?;
-    let ext = if format == ExportFormat::Csv { "csv" } else { "json" };
-    let body = export::stream(state.db.clone(), period, format);
+    let period = query.period;
+    let format = query.format.unwrap_or(ExportFormat::Csv);
+    let body = export::stream(state.db.clone(), period, format).await?;
     Ok(HttpResponse::Ok()
         .content_type(format.content_type())
         .insert_header((
             "Content-Disposition",
-            format!("attachment; filename=\"invoices-{period}.{ext}\""),
+            format!("attachment; filename=\"invoices-{period}.{}\"", format.extension()),
         ))
-        .streaming(futures_util::TryStreamExt::map_err(body, |e| {
-            tracing::error!(error = %e, "export stream failed");
-            actix_web::error::ErrorInternalServerError("export failed")
+        .streaming(futures_util::TryStreamExt::inspect_err(body, |e| {
+            tracing::error!(error = %e, "export failed midway; aborting the transfer");
         })))
 }
 
@@ -274,57 +222,12 @@ pub struct PaymentRequest {
     #[serde(with = "rust_decimal::serde::str")]
     #[schema(example = "12.50", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
     amount: Decimal,
-    /// The payment provider's reference: 1–200 characters, not blank;
-    /// recording the same reference again for the same amount is a no-op (200).
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    reference: String,
-    /// e.g. `bank_transfer`: 1–50 characters, not blank.
-    #[schema(
-        min_length = 1,
-        max_length = 50,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    method: String,
+    /// Recording the same reference again for the same amount is a no-op (200).
+    reference: Reference,
+    method: PaymentMethod,
     /// Must be the invoice's currency when given.
     #[schema(value_type = Option<Currency>)]
     currency: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct PaymentRecorded {
-    pub payment: Payment,
-    /// The invoice after the payment (`paid` once fully paid).
-    pub invoice: Invoice,
-}
-
-pub(crate) fn payment_error(err: PaymentError) -> ApiError {
-    match err {
-        PaymentError::NotFound => ApiError::not_found("invoice not found"),
-        e @ (PaymentError::Void(_) | PaymentError::AlreadyPaid(_)) => {
-            ApiError::conflict("invoice_not_payable", e.to_string())
-        }
-        e @ PaymentError::ReferenceReused(_) => ApiError::conflict("reference_reused", e.to_string()),
-        e @ PaymentError::Overpayment { .. } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "overpayment", e.to_string())
-        }
-        e @ PaymentError::CurrencyMismatch { .. } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch", e.to_string())
-        }
-        e @ PaymentError::BadAmount(_) => ApiError::validation(e.to_string()),
-        PaymentError::Database(e) => e.into(),
-    }
-}
-
-pub(crate) fn parse_currency(raw: Option<&str>) -> Result<Option<Currency>, ApiError> {
-    raw.map(|c| {
-        c.parse::<Currency>()
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch", e.to_string()))
-    })
-    .transpose()
 }
 
 /// Records money received against an invoice; idempotent on `reference`.
@@ -355,42 +258,23 @@ pub async fn record_payment(
     body: Json<PaymentRequest>,
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
-    let reference = body.reference.trim().to_owned();
-    let method = body.method.trim().to_owned();
-    let bad = |s: &str, max: usize| s.is_empty() || s.chars().count() > max || s.chars().any(char::is_control);
-    if bad(&reference, 200) || bad(&method, 50) {
-        return Err(ApiError::validation(
-            "reference (1–200 chars) and method (1–50 chars) are required, without control characters",
-        ));
-    }
     let input = PaymentInput {
         amount: body.amount,
-        currency: parse_currency(body.currency.as_deref())?,
-        reference,
-        method,
+        currency: body.currency.as_deref().map(str::parse::<Currency>).transpose()?,
+        reference: body.reference.into_inner(),
+        method: body.method.into_inner(),
         source: PaymentSource::Finance,
         recorded_by: Some(user.id()),
     };
     let mut conn = conn(&state.db).await?;
-    let recorded = payments::record_payment(&mut conn, *id, input, state.now())
-        .await
-        .map_err(payment_error)?;
-    Ok(payment_response(&state, recorded).await)
-}
-
-pub(crate) async fn payment_response(state: &AppState, recorded: Recorded) -> HttpResponse {
-    let (status, payment, invoice) = match recorded {
-        Recorded::Created { payment, invoice } => (StatusCode::CREATED, payment, invoice),
-        Recorded::Duplicate { payment, invoice } => (StatusCode::OK, payment, invoice),
-    };
-    if status == StatusCode::CREATED {
-        state.metrics.payments_recorded.inc();
-    }
-    if invoice.status == InvoiceStatus::Paid {
-        // Lift an overdue block at once, on every instance.
-        state.authenticator.user_changed(invoice.user_id).await;
-    }
-    HttpResponse::build(status).json(json!({ "payment": payment, "invoice": invoice }))
+    let recorded = payments::record_payment(&mut conn, *id, input, state.now()).await?;
+    drop(conn);
+    state.payment_recorded(&recorded).await;
+    Ok(if recorded.is_new() {
+        HttpResponse::Created().json(recorded.into_body())
+    } else {
+        HttpResponse::Ok().json(recorded.into_body())
+    })
 }
 
 /// Voids an issued, unpaid invoice.
@@ -414,13 +298,8 @@ pub async fn void_invoice(
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
-    match payments::void_invoice(&mut conn, *id, state.now()).await {
-        Ok(invoice) => {
-            state.authenticator.user_changed(invoice.user_id).await;
-            Ok(HttpResponse::Ok().json(invoice))
-        }
-        Err(VoidError::NotFound) => Err(ApiError::not_found("invoice not found")),
-        Err(e @ VoidError::NotVoidable(_)) => Err(ApiError::conflict("invoice_not_voidable", e.to_string())),
-        Err(VoidError::Database(e)) => Err(e.into()),
-    }
+    let invoice = payments::void_invoice(&mut conn, *id, state.now()).await?;
+    drop(conn);
+    state.authenticator.user_changed(invoice.user_id).await;
+    Ok(HttpResponse::Ok().json(invoice))
 }

@@ -1,19 +1,22 @@
+//! Liveness and readiness probes.
+
 use actix_web::{HttpResponse, web};
-use serde_json::json;
+use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::db;
-use crate::routes::openapi::ErrorDetail;
+use crate::error::{self, ErrorFields};
+use crate::metering::MeterStatus;
 
-#[derive(ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct Health {
     #[schema(example = "ok")]
-    pub status: String,
+    pub status: &'static str,
 }
 
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum ReadyState {
     Ready,
     /// Redis is down: payg serves, with rate limits and logout checks open.
@@ -22,38 +25,34 @@ pub enum ReadyState {
     Unavailable,
 }
 
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum CheckState {
     Ok,
     Down,
 }
 
-#[derive(ToSchema)]
+impl CheckState {
+    fn of(up: bool) -> Self {
+        if up { CheckState::Ok } else { CheckState::Down }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct ReadyChecks {
     pub postgres: CheckState,
     pub redis: CheckState,
 }
 
-/// The meter of this instance (`crate::metering::MeterStatus`).
-#[derive(ToSchema)]
-pub struct MeterStatus {
-    /// `batched`, `sync` or `off`.
-    pub mode: String,
-    /// Calls counted in memory and not yet committed to PostgreSQL.
-    pub pending_calls: u64,
-    pub flushes: u64,
-    pub flush_failures: u64,
-}
-
-#[derive(ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct Readiness {
     pub status: ReadyState,
     pub checks: ReadyChecks,
     pub meter: MeterStatus,
     /// Only when not ready: `not_ready`, naming what is unreachable.
-    #[schema(required = false)]
-    pub error: Option<ErrorDetail>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, value_type = Option<error::ErrorDetail>)]
+    pub error: Option<ErrorFields<'static>>,
 }
 
 /// The process is alive.
@@ -64,7 +63,7 @@ pub struct Readiness {
     responses((status = 200, description = "Alive", body = Health))
 )]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// Ready when PostgreSQL is reachable (503 naming it otherwise). Without
@@ -82,17 +81,21 @@ pub async fn healthz() -> HttpResponse {
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (pg, redis) = tokio::join!(db::ping(&state.db), state.redis.ping());
-    let word = |ok: bool| if ok { "ok" } else { "down" };
-    let checks = json!({"postgres": word(pg), "redis": word(redis)});
-    let meter = state.meter.status();
-    if !pg {
-        return HttpResponse::ServiceUnavailable().json(json!({
-            "error": {"code": "not_ready", "message": "unreachable: postgres"},
-            "status": "unavailable",
-            "checks": checks,
-            "meter": meter,
-        }));
-    }
-    let status = if redis { "ready" } else { "degraded" };
-    HttpResponse::Ok().json(json!({"status": status, "checks": checks, "meter": meter}))
+    let readiness = Readiness {
+        status: match (pg, redis) {
+            (false, _) => ReadyState::Unavailable,
+            (true, false) => ReadyState::Degraded,
+            (true, true) => ReadyState::Ready,
+        },
+        checks: ReadyChecks {
+            postgres: CheckState::of(pg),
+            redis: CheckState::of(redis),
+        },
+        meter: state.meter.status(),
+        error: (!pg).then_some(ErrorFields {
+            code: "not_ready",
+            message: "unreachable: postgres",
+        }),
+    };
+    HttpResponse::build(error::readiness_status(pg)).json(readiness)
 }

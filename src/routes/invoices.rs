@@ -1,31 +1,20 @@
+//! The caller's own invoices.
+
 use actix_web::{HttpResponse, web};
-use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::Invoice;
-use crate::models::invoice::{InvoiceLine, Payment};
+use crate::models::invoice::InvoiceDetail;
 use crate::routes::conn;
-use crate::routes::openapi::ErrorBody;
 
 #[derive(ToSchema)]
 pub struct InvoiceList {
     pub invoices: Vec<Invoice>,
-}
-
-/// An invoice with its lines and payments, as `invoice_detail` builds it.
-#[derive(Serialize, ToSchema)]
-pub struct InvoiceDetail {
-    #[serde(flatten)]
-    pub invoice: Invoice,
-    /// One per API, in order; they sum to the subtotal.
-    pub lines: Vec<InvoiceLine>,
-    /// Oldest first.
-    pub payments: Vec<Payment>,
 }
 
 /// The caller's own invoices, newest first.
@@ -62,17 +51,6 @@ pub async fn get_invoice(state: web::Data<AppState>, user: AuthUser, id: web::Pa
     let invoice = Invoice::find_for_user(&mut conn, *id, user.id())
         .await?
         .ok_or_else(|| ApiError::not_found("invoice not found"))?;
-    invoice_detail(&mut conn, invoice).await
-}
-
-pub(crate) async fn invoice_detail(
-    conn: &mut diesel_async::AsyncPgConnection,
-    invoice: Invoice,
-) -> ApiResult<HttpResponse> {
-    let lines = Invoice::lines(conn, invoice.id).await?;
-    let payments = Invoice::payments(conn, invoice.id).await?;
-    let mut body = serde_json::to_value(&invoice).map_err(ApiError::internal)?;
-    body["lines"] = serde_json::to_value(&lines).map_err(ApiError::internal)?;
-    body["payments"] = serde_json::to_value(&payments).map_err(ApiError::internal)?;
-    Ok(HttpResponse::Ok().json(body))
+    let detail = InvoiceDetail::load(&mut conn, invoice).await?;
+    Ok(HttpResponse::Ok().json(detail))
 }

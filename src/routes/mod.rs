@@ -12,10 +12,14 @@
 /// - `pub const $table: &[(&str, &str)]`, the same (method, path) pairs,
 ///   methods upper-case, paths relative to where `$configure` is mounted.
 ///
+/// Each resource is named by its full pattern (`$mount` + path), so the
+/// metering middleware finds a call's pattern with `match_name`, borrowed
+/// from the router, instead of building it as a new string.
+///
 /// ```text
 /// route_table! {
 ///     /// docs for the configure function
-///     fn configure_api, API_ROUTES;
+///     fn configure_api, API_ROUTES, mounted at "/api/v1";
 ///     "/api-keys" => get: api_keys::list_api_keys, post: api_keys::create_api_key;
 /// }
 /// ```
@@ -27,7 +31,7 @@ macro_rules! route_table {
     (@method delete) => { "DELETE" };
     (
         $(#[$meta:meta])*
-        fn $configure:ident, $table:ident;
+        fn $configure:ident, $table:ident, mounted at $mount:literal;
         $( $path:literal => $( $method:ident : $handler:path ),+ ; )*
     ) => {
         #[doc = concat!("`(method, path)` of every route [`", stringify!($configure), "`] registers.")]
@@ -38,6 +42,7 @@ macro_rules! route_table {
             $(
                 cfg.service(
                     ::actix_web::web::resource($path)
+                        .name(concat!($mount, $path))
                         $( .route(::actix_web::web::$method().to($handler)) )+
                 );
             )*
@@ -74,14 +79,14 @@ pub const TOOLS_PREFIX: &str = "/api/v1/tools";
 
 route_table! {
     /// Probes at the root, outside `/api/v1` (startup mounts these two).
-    fn configure_root, ROOT_ROUTES;
+    fn configure_root, ROOT_ROUTES, mounted at "";
     "/healthz" => get: health::healthz;
     "/readyz" => get: health::readyz;
 }
 
 route_table! {
     /// Routes under `/api/v1` that are not metered.
-    fn configure_api, API_ROUTES;
+    fn configure_api, API_ROUTES, mounted at "/api/v1";
     "/auth/register" => post: auth::register;
     "/auth/login" => post: auth::login;
     "/auth/refresh" => post: auth::refresh;

@@ -10,98 +10,25 @@
 //! tables (`ROOT_ROUTES`, `API_ROUTES`, `tools::TOOL_ROUTES`) is missing
 //! from the spec, or the spec has one the server does not.
 
-use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use actix_web::HttpResponse;
-use serde_json::json;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::SchemaType;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Required, Schema, Type};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-use crate::billing::{Currency, Period};
+use crate::billing::export::ExportFormat;
+use crate::domain::text::{
+    BillingText, CountryCode, Description, Email, EventId, HttpMethod, InvoiceNumberText, KeyName, Name, Password,
+    PaymentMethod, Reference, RoutePattern, Slug, UserRef,
+};
+use crate::domain::{Currency, Period};
+use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoices, me, tools, usage, webhooks};
-
-/// Every failure's body: `{"error": {"code": "…", "message": "…"}}`.
-// The shape `crate::error::ErrorEnvelope` serialises; the test
-// `real_responses_have_exactly_the_fields_of_their_schemas` holds them together.
-#[derive(ToSchema)]
-#[schema(example = json!({"error": {"code": "not_found", "message": "invoice not found"}}))]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(ToSchema)]
-pub struct ErrorDetail {
-    /// Stable and machine-readable (`validation_failed`, `unauthorized`,
-    /// `not_found`, …); each response lists the codes it can carry.
-    pub code: String,
-    /// For people; its wording may change.
-    pub message: String,
-}
-
-impl PartialSchema for Period {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some("A billing period: a calendar month in the billing time zone."))
-            .pattern(Some(PERIOD_PATTERN))
-            .examples([json!("2026-11")])
-            .into()
-    }
-}
-
-impl ToSchema for Period {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Period")
-    }
-}
-
-/// An IANA time zone name, from the time zone database the server was
-/// built with (so the list is exactly what `GET /tools/time` accepts).
-pub struct TimeZoneName;
-
-impl PartialSchema for TimeZoneName {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some("An IANA time zone name."))
-            .enum_values(Some(chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())))
-            .examples([json!("Asia/Kolkata")])
-            .into()
-    }
-}
-
-impl ToSchema for TimeZoneName {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("TimeZoneName")
-    }
-}
-
-impl PartialSchema for Currency {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some("An ISO 4217 currency code."))
-            .pattern(Some("^[A-Z]{3}$"))
-            .examples([json!("USD")])
-            .into()
-    }
-}
-
-impl ToSchema for Currency {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Currency")
-    }
-}
-
-/// `YYYY-MM`, month 01–12 (years before 1970 are refused too).
-/// `YYYY-MM` from 1970-01 (what `Period::from_str` accepts).
-const PERIOD_PATTERN: &str = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -148,7 +75,11 @@ const PERIOD_PATTERN: &str = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$";
         tools::time,
         tools::echo,
     ),
-    components(schemas(ErrorBody, ErrorDetail, Period, Currency, TimeZoneName, finance::ExportFormatName)),
+    components(schemas(
+        ErrorBody, ErrorDetail, Period, Currency, tools::TimeZoneName, ExportFormat,
+        Name, KeyName, Reference, PaymentMethod, Description, BillingText, EventId, InvoiceNumberText,
+        Email, Password, Slug, HttpMethod, RoutePattern, CountryCode, UserRef,
+    )),
     modifiers(&SecuritySchemes, &CommonResponses),
     tags(
         (name = "health", description = "Liveness and readiness probes"),

@@ -11,14 +11,34 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::routes::json::Json;
-use crate::routes::openapi::ErrorBody;
+
+/// An IANA time zone name, from the time zone database the server was
+/// built with (so the list is exactly what `GET /tools/time` accepts).
+pub struct TimeZoneName;
+
+impl utoipa::PartialSchema for TimeZoneName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some("An IANA time zone name."))
+            .enum_values(Some(chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())))
+            .examples([json!("Asia/Kolkata")])
+            .into()
+    }
+}
+
+impl ToSchema for TimeZoneName {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("TimeZoneName")
+    }
+}
 
 route_table! {
     /// The metered tools, mounted under `/api/v1/tools` inside the metering
     /// middleware.
-    fn configure, TOOL_ROUTES;
+    fn configure, TOOL_ROUTES, mounted at "/api/v1/tools";
     "/uuid" => get: uuid;
     "/random" => get: random;
     "/random/{max}" => get: random_up_to;
@@ -150,7 +170,7 @@ pub async fn hash(_caller: AuthUser, body: Json<HashRequest>) -> HttpResponse {
 #[derive(Deserialize, IntoParams)]
 pub struct TimeQuery {
     /// An IANA time zone name such as `Asia/Kolkata` (default `UTC`).
-    #[param(value_type = Option<crate::routes::openapi::TimeZoneName>)]
+    #[param(value_type = Option<TimeZoneName>)]
     tz: Option<String>,
 }
 

@@ -1,20 +1,20 @@
+//! The caller's own call counts.
+
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::billing::Period;
-use crate::error::{ApiError, ApiResult};
+use crate::domain::Period;
+use crate::error::{ApiResult, ErrorBody};
 use crate::models::usage::UsageRecord;
 use crate::routes::conn;
-use crate::routes::openapi::ErrorBody;
 
 #[derive(Deserialize, IntoParams)]
 pub struct UsageQuery {
     /// `YYYY-MM`; default: the current period.
-    #[param(value_type = Option<Period>)]
-    period: Option<String>,
+    period: Option<Period>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -32,16 +32,6 @@ pub struct UsageReport {
     pub period: Period,
     /// One line per API called in the period.
     pub apis: Vec<UsageLineView>,
-}
-
-/// Parses an optional `YYYY-MM`, defaulting to the current period.
-pub(crate) fn period_or_current(state: &AppState, raw: Option<&str>) -> Result<Period, ApiError> {
-    match raw {
-        None => Ok(state.current_period()),
-        Some(s) => s
-            .parse()
-            .map_err(|e: crate::billing::period::BadPeriod| ApiError::validation(e.to_string())),
-    }
 }
 
 /// The caller's own per-API counts for one period. Counts reach the
@@ -62,7 +52,7 @@ pub async fn get_usage(
     user: AuthUser,
     query: web::Query<UsageQuery>,
 ) -> ApiResult<HttpResponse> {
-    let period = period_or_current(&state, query.period.as_deref())?;
+    let period = query.period.unwrap_or_else(|| state.current_period());
     let mut conn = conn(&state.db).await?;
     let apis: Vec<UsageLineView> = UsageRecord::for_user_period(&mut conn, user.id(), period)
         .await?

@@ -7,33 +7,31 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::billing::payments::{self, PaymentInput, PaymentSource, SignatureError};
-use crate::error::{ApiError, ApiResult};
-use crate::models::Invoice;
+use crate::billing::payments::{self, PaymentInput, PaymentRecorded, PaymentSource};
+use crate::domain::Currency;
+use crate::domain::text::{EventId, InvoiceNumberText, Reference};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::routes::conn;
-use crate::routes::finance::{PaymentRecorded, parse_currency, payment_error, payment_response};
-use crate::routes::openapi::ErrorBody;
 
 /// A payment provider's event. Only `payment.succeeded` is acted on; other
 /// types are acknowledged and ignored.
 #[derive(Deserialize, ToSchema)]
 pub struct PaymentEvent {
-    /// The provider's event id (1–200 characters): each is applied once.
-    #[schema(min_length = 1, max_length = 200)]
-    id: String,
+    /// The provider's event id: each is applied once.
+    id: EventId,
     #[serde(rename = "type")]
     #[schema(example = "payment.succeeded")]
     kind: String,
     /// Required for `payment.succeeded`.
-    invoice_number: Option<String>,
+    invoice_number: Option<InvoiceNumberText>,
     /// Required for `payment.succeeded`: a decimal string.
     #[serde(default, with = "rust_decimal::serde::str_option")]
     #[schema(value_type = Option<String>, example = "12.50", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
     amount: Option<Decimal>,
-    #[schema(value_type = Option<crate::billing::Currency>)]
+    #[schema(value_type = Option<Currency>)]
     currency: Option<String>,
     /// Required for `payment.succeeded`: the provider's payment reference.
-    reference: Option<String>,
+    reference: Option<Reference>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -89,30 +87,11 @@ pub async fn payment_webhook(
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let Some(secret) = state.config.billing.webhook_secret.as_ref() else {
-        return Err(ApiError::unavailable(
-            "webhooks_disabled",
-            "PAYG_WEBHOOK_SECRET is not configured",
-        ));
+        return Err(ApiError::webhooks_disabled());
     };
     let header = req.headers().get("Payg-Signature").and_then(|v| v.to_str().ok());
-    payments::verify_signature(header, &body, secret.expose().as_bytes(), state.now()).map_err(|e| {
-        let code = match e {
-            SignatureError::Stale => "stale_signature",
-            _ => "invalid_signature",
-        };
-        ApiError::bad_request(code, e.to_string())
-    })?;
-    let event: PaymentEvent = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed event: {e}")))?;
-    if event.id.is_empty() || event.id.chars().count() > 200 {
-        return Err(ApiError::validation("event id must be 1–200 characters"));
-    }
-    let texts = [Some(&event.id), event.invoice_number.as_ref(), event.reference.as_ref()];
-    if texts.into_iter().flatten().any(|t| t.chars().any(char::is_control)) {
-        return Err(ApiError::validation(
-            "id, invoice_number and reference must not contain control characters",
-        ));
-    }
+    payments::verify_signature(header, &body, secret.expose().as_bytes(), state.now())?;
+    let event: PaymentEvent = serde_json::from_slice(&body).map_err(|e| ApiError::from_json(&e))?;
     if event.kind != "payment.succeeded" {
         // Providers send many event types; acknowledging the rest stops retries.
         return Ok(HttpResponse::Ok().json(json!({"status": "ignored"})));
@@ -122,34 +101,32 @@ pub async fn payment_webhook(
             "payment.succeeded needs invoice_number, amount and reference",
         ));
     };
-    let currency = parse_currency(event.currency.as_deref())?;
+    let input = PaymentInput {
+        amount,
+        currency: event.currency.as_deref().map(str::parse::<Currency>).transpose()?,
+        reference: reference.into_inner(),
+        method: "webhook".into(),
+        source: PaymentSource::Webhook,
+        recorded_by: None,
+    };
     let mut conn = conn(&state.db).await?;
-    let invoice = Invoice::find_by_number(&mut conn, &number)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no invoice with that number"))?;
-    // The event id is claimed in the same transaction as the payment, so an
-    // event is applied exactly once however often it is delivered.
-    let now = state.now();
-    let outcome = diesel_async::AsyncConnection::transaction::<_, ApiError, _>(&mut *conn, async |conn| {
-        if !payments::claim_webhook_event(conn, &event.id, &event.kind).await? {
-            return Ok(None);
-        }
-        let input = PaymentInput {
-            amount,
-            currency,
-            reference,
-            method: "webhook".into(),
-            source: PaymentSource::Webhook,
-            recorded_by: None,
-        };
-        payments::record_payment(conn, invoice.id, input, now)
-            .await
-            .map(Some)
-            .map_err(payment_error)
-    })
+    let outcome = payments::record_webhook_payment(
+        &mut conn,
+        event.id.as_str(),
+        &event.kind,
+        number.as_str(),
+        input,
+        state.now(),
+    )
     .await?;
-    match outcome {
-        None => Ok(HttpResponse::Ok().json(json!({"status": "duplicate"}))),
-        Some(recorded) => Ok(payment_response(&state, recorded).await),
-    }
+    drop(conn);
+    let Some(recorded) = outcome else {
+        return Ok(HttpResponse::Ok().json(json!({"status": "duplicate"})));
+    };
+    state.payment_recorded(&recorded).await;
+    Ok(if recorded.is_new() {
+        HttpResponse::Created().json(recorded.into_body())
+    } else {
+        HttpResponse::Ok().json(recorded.into_body())
+    })
 }

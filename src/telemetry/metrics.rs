@@ -27,6 +27,30 @@ pub struct Metrics {
     pub payments_recorded: IntCounter,
 }
 
+/// `/random/{max}` → `/random/:max`: the pattern, in a form every
+/// Prometheus tool parses (some choke on braces inside label values).
+pub fn route_label(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut in_param = false;
+    let mut skipping_regex = false;
+    for c in pattern.chars() {
+        match c {
+            '{' if !in_param => {
+                in_param = true;
+                out.push(':');
+            }
+            '}' if in_param => {
+                in_param = false;
+                skipping_regex = false;
+            }
+            ':' if in_param => skipping_regex = true,
+            _ if skipping_regex => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// The methods used as label values; anything else is `OTHER`.
 pub fn method_label(method: &actix_web::http::Method) -> &'static str {
     match method.as_str() {

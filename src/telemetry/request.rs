@@ -1,28 +1,28 @@
-//! Per-request telemetry, the outermost middleware: a request id (taken from
-//! `X-Request-Id` when sane, generated otherwise, echoed in the response),
-//! one log line per request, and the HTTP metrics.
+//! Per-request telemetry, the outermost middleware (`from_fn`): a request
+//! id (taken from `X-Request-Id` when sane, generated otherwise, echoed in
+//! the response), one log line per request, and the HTTP metrics.
 
-use std::future::{Ready, ready};
-use std::rc::Rc;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
-use futures_util::future::LocalBoxFuture;
 
-use crate::app::AppState;
 use crate::auth::Caller;
-use crate::telemetry::metrics::{method_label, status_class};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{method_label, route_label, status_class};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The request's id, for handlers that want to log it.
+/// The matched route as its metrics label, left in the request's extensions
+/// by a middleware that already resolved it (metering), so this one does
+/// not match and format the route again.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct MatchedRoute(pub Arc<str>);
 
 /// Ids are `<random per process>-<counter>`: unique, and cheaper than a
 /// random UUID per request.
@@ -39,129 +39,69 @@ fn accepted(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-/// `/random/{max}` → `/random/:max`: the pattern, in a form every
-/// Prometheus tool parses (some choke on braces inside label values).
-pub fn route_label(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len());
-    let mut in_param = false;
-    let mut skipping_regex = false;
-    for c in pattern.chars() {
-        match c {
-            '{' if !in_param => {
-                in_param = true;
-                out.push(':');
-            }
-            '}' if in_param => {
-                in_param = false;
-                skipping_regex = false;
-            }
-            ':' if in_param => skipping_regex = true,
-            _ if skipping_regex => {}
-            _ => out.push(c),
+/// The middleware function. Needs `web::Data<Metrics>` registered.
+pub async fn request_telemetry(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| accepted(v))
+        .map_or_else(new_request_id, str::to_owned);
+    let method = method_label(req.method());
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let result = next.call(req).await;
+    let elapsed = started.elapsed();
+    let mut res = match result {
+        Ok(res) => res,
+        Err(err) => {
+            tracing::warn!(request_id = %id, method, error = %err, "request failed before a response");
+            return Err(err);
         }
+    };
+    let status = res.status().as_u16();
+    let matched = res.request().extensions().get::<MatchedRoute>().map(|m| m.0.clone());
+    let route: std::borrow::Cow<'_, str> = match &matched {
+        Some(label) => std::borrow::Cow::Borrowed(label),
+        None => res
+            .request()
+            .match_pattern()
+            .map_or(std::borrow::Cow::Borrowed("unmatched"), |p| {
+                std::borrow::Cow::Owned(route_label(&p))
+            }),
+    };
+    if let Some(m) = &metrics {
+        m.http_requests
+            .with_label_values(&[&route, method, status_class(status)])
+            .inc();
+        m.http_duration
+            .with_label_values(&[&route])
+            .observe(elapsed.as_secs_f64());
     }
-    out
-}
-
-pub struct RequestTelemetry {
-    state: web::Data<AppState>,
-}
-
-impl RequestTelemetry {
-    pub fn new(state: web::Data<AppState>) -> Self {
-        Self { state }
+    let user_id = res.request().extensions().get::<Caller>().map(|c| c.user_id);
+    tracing::info!(
+        request_id = %id,
+        method,
+        route = %route,
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        user_id = user_id.map(tracing::field::display),
+        "request"
+    );
+    drop(route);
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
-}
-
-impl<S, B> Transform<S, ServiceRequest> for RequestTelemetry
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<B>;
-    type Error = actix_web::Error;
-    type Transform = RequestTelemetryMiddleware<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(RequestTelemetryMiddleware {
-            service: Rc::new(service),
-            state: self.state.clone(),
-        }))
-    }
-}
-
-pub struct RequestTelemetryMiddleware<S> {
-    service: Rc<S>,
-    state: web::Data<AppState>,
-}
-
-impl<S, B> Service<ServiceRequest> for RequestTelemetryMiddleware<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<B>;
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let service = Rc::clone(&self.service);
-        let state = self.state.clone();
-        let started = Instant::now();
-        let id = req
-            .headers()
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| accepted(v))
-            .map_or_else(new_request_id, str::to_owned);
-        req.extensions_mut().insert(RequestId(id.clone()));
-        let method = method_label(req.method());
-        Box::pin(async move {
-            let result = service.call(req).await;
-            let elapsed = started.elapsed();
-            let mut res = match result {
-                Ok(res) => res,
-                Err(err) => {
-                    tracing::warn!(request_id = %id, method, error = %err, "request failed before a response");
-                    return Err(err);
-                }
-            };
-            let status = res.status().as_u16();
-            let route = res.request().match_pattern().map(|p| route_label(&p));
-            let route = route.as_deref().unwrap_or("unmatched");
-            let m = &state.metrics;
-            m.http_requests
-                .with_label_values(&[route, method, status_class(status)])
-                .inc();
-            m.http_duration
-                .with_label_values(&[route])
-                .observe(elapsed.as_secs_f64());
-            let user_id = res.request().extensions().get::<Caller>().map(|c| c.user_id);
-            tracing::info!(
-                request_id = %id,
-                method,
-                route,
-                status,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                user_id = user_id.map(tracing::field::display),
-                "request"
-            );
-            if let Ok(value) = HeaderValue::from_str(&id) {
-                res.headers_mut()
-                    .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
-            }
-            Ok(res)
-        })
-    }
+    Ok(res)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::telemetry::metrics::route_label;
 
     #[test]
     fn route_patterns_become_brace_free_labels() {

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use payg::billing::ManualClock;
+use payg::domain::ManualClock;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rust_decimal::Decimal;
@@ -430,7 +430,7 @@ async fn issued_invoice(
     call(app, user, "/api/v1/tools/uuid", calls).await;
     app.flush_meter().await;
     let now = clock_now(clock);
-    let next = payg::billing::Period::containing(now, chrono_tz::Tz::UTC).next();
+    let next = payg::domain::Period::containing(now, chrono_tz::Tz::UTC).next();
     let this = next.previous();
     clock.set(next.starts_at(chrono_tz::Tz::UTC) + chrono::Duration::minutes(11));
     close(app, finance, &this.to_string()).await;
@@ -439,7 +439,7 @@ async fn issued_invoice(
 }
 
 fn clock_now(clock: &ManualClock) -> DateTime<Utc> {
-    use payg::billing::Clock;
+    use payg::domain::Clock;
     clock.now()
 }
 

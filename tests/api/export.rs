@@ -3,7 +3,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use payg::billing::ManualClock;
+use payg::domain::ManualClock;
 use serde_json::{Value, json};
 
 use crate::helpers::{TEST_JWT_SECRET, TestApp, scalar_i64};

@@ -11,9 +11,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use payg::app::AppState;
-use payg::billing::{Clock, SystemClock};
 use payg::config::Config;
 use payg::db;
+use payg::domain::{Clock, SystemClock};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -17,7 +17,7 @@ async fn create_key(app: &TestApp, user: &Registered, name: &str) -> Value {
 }
 
 fn this_period() -> String {
-    payg::billing::Period::containing(chrono::Utc::now(), chrono_tz::Tz::UTC)
+    payg::domain::Period::containing(chrono::Utc::now(), chrono_tz::Tz::UTC)
         .first_day()
         .to_string()
 }

@@ -3,8 +3,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use payg::billing::{ManualClock, Period};
-use payg::models::usage::{BatchOutcome, FlushId, UsageDelta, UsageKey, UsageRecord};
+use payg::billing::usage_cost::{self, BatchOutcome};
+use payg::domain::{ManualClock, Period};
+use payg::models::usage::{FlushId, UsageDelta, UsageKey};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -204,13 +205,13 @@ async fn a_retried_flush_whose_commit_already_landed_is_not_applied_twice() {
     let mut conn = db.conn().await;
     // First attempt commits; its acknowledgement is "lost" and it is retried.
     assert_eq!(
-        UsageRecord::add_batch(&mut conn, Some(flush), &deltas, payg::billing::Currency::USD)
+        usage_cost::apply(&mut conn, Some(flush), &deltas, payg::domain::Currency::USD)
             .await
             .unwrap(),
         BatchOutcome::Applied
     );
     assert_eq!(
-        UsageRecord::add_batch(&mut conn, Some(flush), &deltas, payg::billing::Currency::USD)
+        usage_cost::apply(&mut conn, Some(flush), &deltas, payg::domain::Currency::USD)
             .await
             .unwrap(),
         BatchOutcome::AlreadyApplied
@@ -221,7 +222,7 @@ async fn a_retried_flush_whose_commit_already_landed_is_not_applied_twice() {
         id: Uuid::new_v4(),
         ..flush
     };
-    UsageRecord::add_batch(&mut conn, Some(again), &deltas, payg::billing::Currency::USD)
+    usage_cost::apply(&mut conn, Some(again), &deltas, payg::domain::Currency::USD)
         .await
         .unwrap();
     assert_eq!(usage_of(&db, user.id, "tools-uuid", &this_period()).await, (14, 4));

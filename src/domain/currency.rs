@@ -84,3 +84,20 @@ impl Serialize for Currency {
         s.serialize_str(self.0)
     }
 }
+
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some("An ISO 4217 currency code."))
+            .pattern(Some("^[A-Z]{3}$"))
+            .examples([serde_json::json!("USD")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Currency {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("Currency")
+    }
+}

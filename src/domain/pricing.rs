@@ -16,7 +16,7 @@
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use crate::billing::currency::Currency;
+use crate::domain::{Currency, Period};
 
 /// One graduated tier: calls up to `up_to` (cumulative, counted after the
 /// free allowance) at `unit_price`; `None` = no upper bound.
@@ -42,6 +42,12 @@ pub struct PriceVersion {
     pub tiers: Vec<Tier>,
 }
 
+/// One priced (user, API, period): the line type that statements, invoice
+/// lines, reconciliation and the export all carry. One name per quantity:
+/// `calls` (all counted calls), `failed_calls` (answered ≥ 400, never
+/// billed), `billable_calls` (calls − failed), `free_calls` (the part of the
+/// billable calls the allowance covers) and `charged_calls` (billable − free,
+/// the calls `amount` charges for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PricedLine {
     pub calls: i64,
@@ -53,6 +59,19 @@ pub struct PricedLine {
     pub unit_price: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+}
+
+impl PricedLine {
+    /// No calls, nothing charged (a line that was never invoiced).
+    pub const NONE: PricedLine = PricedLine {
+        calls: 0,
+        failed_calls: 0,
+        billable_calls: 0,
+        free_calls: 0,
+        charged_calls: 0,
+        unit_price: Decimal::ZERO,
+        amount: Decimal::ZERO,
+    };
 }
 
 pub fn round_to_minor_unit(amount: Decimal, currency: Currency) -> Decimal {
@@ -98,29 +117,72 @@ fn graduated(charged_calls: i64, tiers: &[Tier]) -> Decimal {
     total
 }
 
-/// Checks tiers are usable: strictly increasing bounds, only the last
-/// unbounded, non-negative prices.
-pub fn validate_tiers(tiers: &[Tier]) -> Result<(), String> {
+/// Why a price cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPrice(pub String);
+
+impl PriceVersion {
+    /// Checks a price is usable: a non-negative unit price and allowance,
+    /// and tiers with strictly increasing bounds, only the last unbounded,
+    /// non-negative prices.
+    pub fn validate(&self) -> Result<(), InvalidPrice> {
+        if self.unit_price.is_sign_negative() || self.free_calls < 0 {
+            return Err(InvalidPrice("unit_price and free_calls must not be negative".into()));
+        }
+        validate_tiers(&self.tiers)
+    }
+}
+
+fn validate_tiers(tiers: &[Tier]) -> Result<(), InvalidPrice> {
     let mut previous = 0i64;
     for (i, tier) in tiers.iter().enumerate() {
         if tier.unit_price.is_sign_negative() {
-            return Err(format!("tier {i}: unit_price must not be negative"));
+            return Err(InvalidPrice(format!("tier {i}: unit_price must not be negative")));
         }
         match tier.up_to {
             Some(up_to) if up_to <= previous => {
-                return Err(format!("tier {i}: up_to must be greater than {previous}"));
+                return Err(InvalidPrice(format!("tier {i}: up_to must be greater than {previous}")));
             }
             Some(up_to) => previous = up_to,
             None if i + 1 != tiers.len() => {
-                return Err(format!("tier {i}: only the last tier may be unbounded"));
+                return Err(InvalidPrice(format!("tier {i}: only the last tier may be unbounded")));
             }
             None => {}
         }
     }
     if tiers.last().is_some_and(|t| t.up_to.is_some()) {
-        return Err("the last tier must be unbounded (up_to: null)".into());
+        return Err(InvalidPrice("the last tier must be unbounded (up_to: null)".into()));
     }
     Ok(())
+}
+
+/// A price as clients see it: the version and the period it applies from.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PriceView {
+    /// The period from which this price applies (`YYYY-MM`).
+    pub effective_from: Period,
+    pub currency: Currency,
+    /// Per call, before any tiers.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(example = "0.001")]
+    pub unit_price: Decimal,
+    /// Calls free each period.
+    pub free_calls: i64,
+    /// Graduated tiers; empty for the flat `unit_price`.
+    pub tiers: Vec<Tier>,
+}
+
+impl PriceView {
+    pub fn new(from: Period, v: &PriceVersion) -> Self {
+        Self {
+            effective_from: from,
+            currency: v.currency,
+            unit_price: v.unit_price,
+            free_calls: v.free_calls,
+            tiers: v.tiers.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,13 +5,21 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Identified by the first day of its month (the `period` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Period(NaiveDate);
 
 impl Period {
+    /// 1970-01, the first period there is (and the first a new API's
+    /// price applies from).
+    pub const EPOCH: Period = match NaiveDate::from_ymd_opt(1970, 1, 1) {
+        Some(day) => Period(day),
+        // Evaluated at compile time: this arm cannot be reached at run time.
+        None => panic!("1970-01-01 is a date"),
+    };
+
     /// The period an instant belongs to, read on the billing zone's wall clock.
     pub fn containing(instant: DateTime<Utc>, tz: Tz) -> Self {
         let local = instant.with_timezone(&tz).date_naive();
@@ -89,6 +97,33 @@ impl FromStr for Period {
 impl Serialize for Period {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `YYYY-MM` from 1970-01 (what `Period::from_str` accepts).
+const PERIOD_PATTERN: &str = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$";
+
+impl utoipa::PartialSchema for Period {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some("A billing period: a calendar month in the billing time zone."))
+            .pattern(Some(PERIOD_PATTERN))
+            .examples([serde_json::json!("2026-11")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Period {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("Period")
     }
 }
 

@@ -1,0 +1,19 @@
+//! The pure core: what a period, a currency, an instant and a price are,
+//! and the checked text types that request bodies parse into. Nothing here
+//! knows about HTTP or the database; everything above imports it.
+//!
+//! - [`period`]: a calendar month in the billing time zone;
+//! - [`currency`]: ISO 4217 codes with their minor units;
+//! - [`clock`]: the one source of "now";
+//! - [`pricing`]: the one pricing function, usage → money;
+//! - [`text`]: names, references, slugs, emails — each rule written once.
+
+pub mod clock;
+pub mod currency;
+pub mod period;
+pub mod pricing;
+pub mod text;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use currency::Currency;
+pub use period::Period;

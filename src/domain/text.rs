@@ -1,0 +1,641 @@
+//! Checked text: each rule a request field must meet, written once with its
+//! OpenAPI schema. A value of one of these types has passed its rule, so a
+//! handler that holds one never checks it again. Request bodies deserialize
+//! straight into them (a failure is 400 `validation_failed`, see
+//! `error::ApiError::from_json`).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::json;
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
+use uuid::Uuid;
+
+/// Why a value was refused; its text names the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidText(pub Cow<'static, str>);
+
+/// Text without control characters (Unicode Cc: U+0000–U+001F, U+007F–U+009F).
+const NO_CONTROL: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+/// The same, with at least one character that is not white space.
+const NOT_BLANK: &str =
+    r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$";
+
+/// A plain-text rule: at most `max` characters (Unicode scalar values, as
+/// the OpenAPI spec counts them), no control characters, and for a
+/// `required` field not blank. `trim`med values lose surrounding white
+/// space before the length is counted.
+struct TextRule {
+    what: &'static str,
+    max: usize,
+    required: bool,
+    trim: bool,
+}
+
+impl TextRule {
+    fn check(&self, raw: &str) -> Result<String, InvalidText> {
+        let text = if self.trim { raw.trim() } else { raw };
+        let blank = text.trim().is_empty();
+        if (self.required && blank) || text.chars().count() > self.max || text.chars().any(char::is_control) {
+            let size = if self.required {
+                format!("1 to {}", self.max)
+            } else {
+                format!("at most {}", self.max)
+            };
+            let blank = if self.required { ", not blank" } else { "" };
+            return Err(InvalidText(Cow::Owned(format!(
+                "{} must be {size} characters{blank}, without control characters",
+                self.what
+            ))));
+        }
+        Ok(text.to_owned())
+    }
+
+    fn schema(&self, description: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description))
+            .min_length(self.required.then_some(1))
+            .max_length(Some(self.max))
+            .pattern(Some(if self.required { NOT_BLANK } else { NO_CONTROL }))
+            .into()
+    }
+}
+
+/// Deserialize through `FromStr`, serialize as the string, and name the
+/// schema: the parts every checked type shares.
+macro_rules! checked_string {
+    ($name:ident) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = Cow::<'de, str>::deserialize(d)?;
+                raw.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl ToSchema for $name {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed(stringify!($name))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// Declares a newtype over `String` checked by a [`TextRule`].
+macro_rules! plain_text {
+    ($desc:literal $name:ident { what: $what:literal, max: $max:literal, required: $required:literal, trim: $trim:literal }) => {
+        #[doc = $desc]
+        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        pub struct $name(String);
+
+        impl $name {
+            const RULE: TextRule = TextRule {
+                what: $what,
+                max: $max,
+                required: $required,
+                trim: $trim,
+            };
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_inner(self) -> String {
+                self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidText;
+
+            fn from_str(s: &str) -> Result<Self, InvalidText> {
+                Self::RULE.check(s).map(Self)
+            }
+        }
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                Self::RULE.schema($desc)
+            }
+        }
+
+        checked_string!($name);
+    };
+}
+
+plain_text! {
+    "A person's, company's or API's name: 1 to 200 characters after trimming, not blank, no control characters."
+    Name { what: "name", max: 200, required: true, trim: true }
+}
+
+plain_text! {
+    "An API key's label, for telling keys apart: 1 to 100 characters after trimming, not blank, no control characters."
+    KeyName { what: "name", max: 100, required: true, trim: true }
+}
+
+plain_text! {
+    "A payment provider's reference: 1 to 200 characters after trimming, not blank, no control characters."
+    Reference { what: "reference", max: 200, required: true, trim: true }
+}
+
+plain_text! {
+    "How money was paid, e.g. `bank_transfer`: 1 to 50 characters after trimming, not blank, no control characters."
+    PaymentMethod { what: "method", max: 50, required: true, trim: true }
+}
+
+plain_text! {
+    "Free text: at most 2000 characters, no control characters."
+    Description { what: "description", max: 2000, required: false, trim: false }
+}
+
+plain_text! {
+    "A billing detail (company, address, tax id): at most 200 characters after trimming, no control characters; empty clears it."
+    BillingText { what: "a billing field", max: 200, required: false, trim: true }
+}
+
+plain_text! {
+    "A payment provider's event id: 1 to 200 characters, not blank, no control characters."
+    EventId { what: "event id", max: 200, required: true, trim: false }
+}
+
+plain_text! {
+    "An invoice number as a provider echoes it back, e.g. `INV-2026-000001`: 1 to 200 characters, no control characters."
+    InvoiceNumberText { what: "invoice_number", max: 200, required: true, trim: false }
+}
+
+/// A lower-cased email address. Deliberately simple: one `@`, 1 to 64
+/// characters before it, a dotted domain after it, no spaces or control
+/// characters, at most 254 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+/// The email rule as a pattern (what [`Email::from_str`] accepts after
+/// trimming and lower-casing).
+macro_rules! email_pattern {
+    () => {
+        r"[^@\s\u0000-\u001F\u007F-\u009F]{1,64}@[^@\s.\u0000-\u001F\u007F-\u009F]+(\.[^@\s.\u0000-\u001F\u007F-\u009F]+)+"
+    };
+}
+
+impl Email {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl FromStr for Email {
+    type Err = InvalidText;
+
+    fn from_str(raw: &str) -> Result<Self, InvalidText> {
+        let email = raw.trim().to_lowercase();
+        let valid = email.chars().count() <= 254
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+            && match email.split_once('@') {
+                Some((local, domain)) => {
+                    !local.is_empty()
+                        && local.chars().count() <= 64
+                        && !domain.contains('@')
+                        && domain.contains('.')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                        && !domain.contains("..")
+                }
+                None => false,
+            };
+        if valid {
+            Ok(Self(email))
+        } else {
+            Err(InvalidText(Cow::Borrowed("email is not a valid address")))
+        }
+    }
+}
+
+impl PartialSchema for Email {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "An email address, case-insensitive: one `@`, at most 64 characters before it, \
+                 a dotted domain after it, no spaces.",
+            ))
+            .max_length(Some(254))
+            .pattern(Some(concat!("^", email_pattern!(), "$")))
+            .examples([json!("ada@example.com")])
+            .into()
+    }
+}
+
+checked_string!(Email);
+
+/// Passwords are counted in characters, not bytes.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
+/// A new password: 8 to 128 characters. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+impl FromStr for Password {
+    type Err = InvalidText;
+
+    fn from_str(raw: &str) -> Result<Self, InvalidText> {
+        let n = raw.chars().count();
+        if (MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(InvalidText(Cow::Owned(format!(
+                "password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters long"
+            ))))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Password {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Cow::<'de, str>::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl PartialSchema for Password {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("8 to 128 characters."))
+            .min_length(Some(MIN_PASSWORD_CHARS))
+            .max_length(Some(MAX_PASSWORD_CHARS))
+            .into()
+    }
+}
+
+impl ToSchema for Password {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Password")
+    }
+}
+
+/// A catalog slug: 1 to 64 of `a-z`, `0-9` and `-`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slug(String);
+
+impl Slug {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Slug {
+    type Err = InvalidText;
+
+    fn from_str(s: &str) -> Result<Self, InvalidText> {
+        let ok = s.len() <= 64
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidText(Cow::Borrowed("slug must be 1–64 of a-z, 0-9 and '-'")))
+        }
+    }
+}
+
+impl PartialSchema for Slug {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "1 to 64 of `a-z`, `0-9` and `-`, starting with a letter or digit.",
+            ))
+            .pattern(Some("^[a-z0-9][a-z0-9-]{0,63}$"))
+            .examples([json!("tools-uuid")])
+            .into()
+    }
+}
+
+checked_string!(Slug);
+
+/// The HTTP methods a catalog entry can meter, upper-cased (any case accepted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpMethod(&'static str);
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+impl HttpMethod {
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl FromStr for HttpMethod {
+    type Err = InvalidText;
+
+    fn from_str(s: &str) -> Result<Self, InvalidText> {
+        METHODS
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(s))
+            .map(|m| Self(m))
+            .ok_or(InvalidText(Cow::Borrowed(
+                "method must be one of GET, POST, PUT, PATCH, DELETE",
+            )))
+    }
+}
+
+impl PartialSchema for HttpMethod {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("GET, POST, PUT, PATCH or DELETE (any case)."))
+            .pattern(Some(
+                r"^([Gg][Ee][Tt]|[Pp][Oo][Ss][Tt]|[Pp][Uu][Tt]|[Pp][Aa][Tt][Cc][Hh]|[Dd][Ee][Ll][Ee][Tt][Ee])$",
+            ))
+            .examples([json!("GET")])
+            .into()
+    }
+}
+
+checked_string!(HttpMethod);
+
+/// An actix route pattern such as `/api/v1/tools/random/{max}`: starts with
+/// `/`, at most 200 bytes, no white space or control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern(String);
+
+impl RoutePattern {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for RoutePattern {
+    type Err = InvalidText;
+
+    fn from_str(s: &str) -> Result<Self, InvalidText> {
+        if s.starts_with('/') && s.len() <= 200 && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidText(Cow::Borrowed(
+                "route must be an actix route pattern starting with '/'",
+            )))
+        }
+    }
+}
+
+impl PartialSchema for RoutePattern {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "An actix route pattern, e.g. `/api/v1/tools/random/{max}`: starts with `/`, \
+                 at most 200 bytes, no spaces or control characters.",
+            ))
+            .max_length(Some(200))
+            .pattern(Some(r"^/[^\s\u0000-\u001F\u007F-\u009F]*$"))
+            .examples([json!("/api/v1/tools/uuid")])
+            .into()
+    }
+}
+
+checked_string!(RoutePattern);
+
+/// An ISO 3166-1 alpha-2 country code, any case, kept upper-case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountryCode(String);
+
+impl CountryCode {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl FromStr for CountryCode {
+    type Err = InvalidText;
+
+    fn from_str(s: &str) -> Result<Self, InvalidText> {
+        let upper = s.trim().to_ascii_uppercase();
+        if upper.len() == 2 && upper.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Self(upper))
+        } else {
+            Err(InvalidText(Cow::Borrowed(
+                "country must be an ISO 3166-1 alpha-2 code such as GB or IN",
+            )))
+        }
+    }
+}
+
+impl PartialSchema for CountryCode {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("ISO 3166-1 alpha-2, any case (stored upper-case)."))
+            .pattern(Some(r"^\s*[A-Za-z]{2}\s*$"))
+            .examples([json!("GB")])
+            .into()
+    }
+}
+
+checked_string!(CountryCode);
+
+/// A user named by id or by email (case-insensitive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRef {
+    Id(Uuid),
+    Email(Email),
+}
+
+impl UserRef {
+    fn as_str(&self) -> Cow<'_, str> {
+        match self {
+            UserRef::Id(id) => Cow::Owned(id.to_string()),
+            UserRef::Email(e) => Cow::Borrowed(e.as_str()),
+        }
+    }
+}
+
+impl FromStr for UserRef {
+    type Err = InvalidText;
+
+    fn from_str(s: &str) -> Result<Self, InvalidText> {
+        match s.parse::<Uuid>() {
+            Ok(id) => Ok(UserRef::Id(id)),
+            Err(_) => s
+                .parse()
+                .map(UserRef::Email)
+                .map_err(|_| InvalidText(Cow::Borrowed("user must be a user id or an email address"))),
+        }
+    }
+}
+
+impl PartialSchema for UserRef {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("A user id, or an email (case-insensitive)."))
+            .max_length(Some(254))
+            .pattern(Some(concat!(
+                r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|",
+                email_pattern!(),
+                ")$"
+            )))
+            .into()
+    }
+}
+
+impl<'de> Deserialize<'de> for UserRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Cow::<'de, str>::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for UserRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
+}
+
+impl ToSchema for UserRef {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("UserRef")
+    }
+}
+
+/// For a partial update of a clearable field: absent → `None` (leave it
+/// alone); `null` or a blank string → `Some(None)` (clear it).
+pub fn clearable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = InvalidText>,
+{
+    let raw = Option::<Cow<'de, str>>::deserialize(d)?;
+    match raw {
+        Some(text) if !text.trim().is_empty() => text.parse().map(|v| Some(Some(v))).map_err(serde::de::Error::custom),
+        _ => Ok(Some(None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_lower_cased_and_checked() {
+        assert_eq!(
+            " Ada@Example.COM ".parse::<Email>().unwrap().as_str(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "a@b@c.com",
+            "ada@.com",
+        ] {
+            assert!(bad.parse::<Email>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn password_length_counts_characters_not_bytes() {
+        assert!("1234567".parse::<Password>().is_err());
+        assert!("12345678".parse::<Password>().is_ok());
+        assert!("é".repeat(128).parse::<Password>().is_ok());
+        assert!("x".repeat(129).parse::<Password>().is_err());
+        assert_eq!(
+            format!("{:?}", "secret-secret".parse::<Password>().unwrap()),
+            "Password(***)"
+        );
+    }
+
+    #[test]
+    fn names_are_trimmed_not_blank_and_free_of_control_characters() {
+        assert_eq!("  Ada  ".parse::<Name>().unwrap().as_str(), "Ada");
+        for bad in ["", "   ", "a\u{0}b", "a\nb", "a\u{85}b"] {
+            assert!(bad.parse::<Name>().is_err(), "{bad:?}");
+        }
+        assert!("é".repeat(200).parse::<Name>().is_ok());
+        assert!("é".repeat(201).parse::<Name>().is_err());
+        assert!("x".repeat(101).parse::<KeyName>().is_err());
+    }
+
+    #[test]
+    fn optional_text_may_be_empty_but_not_too_long_or_controlled() {
+        assert_eq!("".parse::<Description>().unwrap().as_str(), "");
+        assert!("x".repeat(2001).parse::<Description>().is_err());
+        assert!("tab\there".parse::<Description>().is_err());
+        assert_eq!("  Acme ".parse::<BillingText>().unwrap().as_str(), "Acme");
+    }
+
+    #[test]
+    fn slugs_methods_routes_countries_and_user_refs() {
+        assert!("tools-uuid".parse::<Slug>().is_ok());
+        for bad in ["", "-a", "A", "a_b", &"a".repeat(65)] {
+            assert!(bad.parse::<Slug>().is_err(), "{bad:?}");
+        }
+        assert_eq!("patch".parse::<HttpMethod>().unwrap().as_str(), "PATCH");
+        assert!("TRACE".parse::<HttpMethod>().is_err());
+        assert!("/a/{id}".parse::<RoutePattern>().is_ok());
+        assert!("a/b".parse::<RoutePattern>().is_err());
+        assert!("/a b".parse::<RoutePattern>().is_err());
+        assert_eq!(" gb ".parse::<CountryCode>().unwrap().as_str(), "GB");
+        assert!("GBR".parse::<CountryCode>().is_err());
+        let id = Uuid::new_v4();
+        assert_eq!(id.to_string().parse::<UserRef>().unwrap(), UserRef::Id(id));
+        assert!(matches!("A@B.io".parse::<UserRef>().unwrap(), UserRef::Email(e) if e.as_str() == "a@b.io"));
+        assert!("nobody".parse::<UserRef>().is_err());
+    }
+
+    #[test]
+    fn the_schema_describes_the_rule() {
+        let RefOr::T(Schema::Object(name)) = Name::schema() else {
+            panic!("an object schema")
+        };
+        assert_eq!(name.max_length, Some(200));
+        assert_eq!(name.min_length, Some(1));
+        assert_eq!(name.pattern.as_deref(), Some(NOT_BLANK));
+        assert!(name.description.unwrap().starts_with("A person's"));
+    }
+}

@@ -1,0 +1,134 @@
+//! The background loops, all in one place: the meter flush, the scheduled
+//! month close, the catalog refresh and the API-key revalidation. Each runs
+//! until `shutdown` flips; `startup::Application::run_until_stopped` starts
+//! and joins them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
+use crate::auth::key_cache::REVALIDATE_EVERY;
+use crate::billing::close::{CloseOutcome, periods_due_for_close};
+use crate::metering::Meter;
+
+/// Flushes every `interval` until `shutdown` flips, backing off (up to
+/// 5 s) while the database refuses. Prunes old flush ids hourly.
+pub fn spawn_flusher(meter: Arc<Meter>, interval: Duration, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut delay = interval;
+        let mut last_prune = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            delay = match meter.flush().await {
+                Ok(_) => interval,
+                Err(_) => (delay * 2).clamp(interval, Duration::from_secs(5)),
+            };
+            if last_prune.elapsed() > Duration::from_secs(3600) {
+                last_prune = Instant::now();
+                meter.prune_flush_log().await;
+            }
+        }
+    })
+}
+
+/// Closes ended periods `PAYG_CLOSE_GRACE` after they end, checking every
+/// minute. Safe on every instance at once: closing is locked and idempotent.
+pub fn spawn_close_scheduler(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = close_due_periods(&state).await {
+                tracing::warn!(error = %e, "scheduled period close failed; will retry");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
+}
+
+/// Closes every period that is due (see [`spawn_close_scheduler`]).
+pub async fn close_due_periods(state: &AppState) -> anyhow::Result<Vec<CloseOutcome>> {
+    let due = {
+        let mut conn = state.db.get().await?;
+        periods_due_for_close(
+            &mut conn,
+            state.now(),
+            state.config.billing_tz,
+            state.config.billing.close_grace,
+        )
+        .await?
+    };
+    let mut outcomes = Vec::new();
+    for period in due {
+        outcomes.push(state.close_period(period).await?);
+    }
+    Ok(outcomes)
+}
+
+/// Picks up catalog changes made through other instances.
+pub fn spawn_catalog_refresh(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = state.reload_catalog().await {
+                tracing::warn!(error = %e, "catalog refresh failed");
+            }
+        }
+    })
+}
+
+/// Re-confirms the cached API keys every [`REVALIDATE_EVERY`] on a
+/// connection of its own: were it to wait on a starved pool, every cached key
+/// would outlive its trust at once and all calls would go to the database.
+pub fn spawn_key_revalidation(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conn = None;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(REVALIDATE_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+            let outcome = match conn.as_mut() {
+                Some(c) => state
+                    .authenticator
+                    .revalidate_keys(c)
+                    .await
+                    .map_err(anyhow::Error::from),
+                None => match crate::db::connect(state.config.database_url.expose()).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            };
+            match outcome {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("API key revalidation works again");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    // Reconnect next round; cached keys meanwhile age out
+                    // and calls look their keys up themselves.
+                    conn = None;
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, "API key revalidation failed");
+                    }
+                }
+            }
+        }
+    })
+}
