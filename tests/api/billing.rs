@@ -212,12 +212,13 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
                 .map(|l| dec(&l["amount"]))
                 .sum();
             assert_eq!(line_sum, dec(&detail["total"]), "lines sum to the total");
-            for (line, seen_line) in detail["lines"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(bill["lines"].as_array().unwrap())
-            {
+            let (lines, seen_lines) = (detail["lines"].as_array().unwrap(), bill["lines"].as_array().unwrap());
+            assert_eq!(
+                lines.len(),
+                seen_lines.len(),
+                "round {round}, user {i}: the invoice has one line per statement line"
+            );
+            for (line, seen_line) in lines.iter().zip(seen_lines) {
                 for field in [
                     "slug",
                     "calls",
