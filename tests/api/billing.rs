@@ -8,7 +8,7 @@ use rand::{RngExt, SeedableRng};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::helpers::{Registered, TestApp, TestDb, error_code, scalar_i64};
+use crate::helpers::{Registered, TestApp, TestDb, api_id, error_code, scalar_i64};
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -39,16 +39,8 @@ async fn call(app: &TestApp, user: &Registered, path: &str, times: usize) {
     }
 }
 
-async fn api_id(app: &TestApp, slug: &str) -> i64 {
-    scalar_i64(
-        &app.db,
-        &format!("SELECT id::bigint AS n FROM apis WHERE slug = '{slug}'"),
-    )
-    .await
-}
-
 async fn set_price(app: &TestApp, admin: &Registered, slug: &str, body: Value) -> Value {
-    let id = api_id(app, slug).await;
+    let id = api_id(&app.db, slug).await;
     let res = app
         .post_auth(&format!("/api/v1/admin/apis/{id}/prices"), &admin.token, &body)
         .await;
@@ -212,12 +204,13 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
                 .map(|l| dec(&l["amount"]))
                 .sum();
             assert_eq!(line_sum, dec(&detail["total"]), "lines sum to the total");
-            for (line, seen_line) in detail["lines"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(bill["lines"].as_array().unwrap())
-            {
+            let (lines, seen_lines) = (detail["lines"].as_array().unwrap(), bill["lines"].as_array().unwrap());
+            assert_eq!(
+                lines.len(),
+                seen_lines.len(),
+                "round {round}, user {i}: the invoice has one line per statement line"
+            );
+            for (line, seen_line) in lines.iter().zip(seen_lines) {
                 for field in [
                     "slug",
                     "calls",
@@ -304,6 +297,7 @@ async fn invoices_are_private_and_finance_routes_check_the_role() {
     let bob = app.new_user().await;
     call(&app, &alice, "/api/v1/tools/uuid", 2).await;
     app.flush_meter().await;
+    let uuid_api = api_id(&app.db, "tools-uuid").await;
     clock.set(at("2026-07-01T00:11:00Z"));
     close(&app, &finance, "2026-06").await;
     let list: Value = app.get_json("/api/v1/invoices", &alice.token).await;
@@ -338,7 +332,10 @@ async fn invoices_are_private_and_finance_routes_check_the_role() {
             json!({"amount": "0.01", "reference": "x", "method": "wire"}),
         ),
         (format!("/api/v1/finance/invoices/{id}/void"), json!({})),
-        ("/api/v1/admin/apis/1/prices".to_owned(), json!({"unit_price": "0"})),
+        (
+            format!("/api/v1/admin/apis/{uuid_api}/prices"),
+            json!({"unit_price": "0"}),
+        ),
     ] {
         assert_eq!(app.post_auth(&path, &alice.token, &body).await.status(), 403, "{path}");
     }
@@ -377,7 +374,7 @@ async fn a_price_change_never_reprices_calls_already_made() {
     assert_eq!(total_cost(&app, &user).await, Decimal::new(202, 2));
 
     // Setting a price in the past is refused; the public catalog shows the current one.
-    let id = api_id(&app, "tools-uuid").await;
+    let id = api_id(&app.db, "tools-uuid").await;
     let res = app
         .post_auth(
             &format!("/api/v1/admin/apis/{id}/prices"),

@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{TestApp, error_code};
+use crate::helpers::{TestApp, api_id, error_code};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_wrongly_typed_and_oversized_bodies_get_the_envelope_and_change_nothing() {
@@ -205,14 +205,11 @@ async fn credentials_and_roles_are_checked_before_the_body() {
     let app = TestApp::spawn().await;
     let consumer = app.new_user().await;
     let bad_body = json!({"unit_price": "not a number", "tiers": "nope"});
-    let res = app
-        .post_auth("/api/v1/admin/apis/1/prices", &consumer.token, &bad_body)
-        .await;
+    let prices = format!("/api/v1/admin/apis/{}/prices", api_id(&app.db, "tools-uuid").await);
+    let res = app.post_auth(&prices, &consumer.token, &bad_body).await;
     assert_eq!(res.status(), 403);
     assert_eq!(error_code(res).await, "forbidden");
-    let res = app
-        .post_auth("/api/v1/admin/apis/1/prices", "not-a-token", &bad_body)
-        .await;
+    let res = app.post_auth(&prices, "not-a-token", &bad_body).await;
     assert_eq!(res.status(), 401);
     let res = app
         .post_auth(
@@ -226,9 +223,7 @@ async fn credentials_and_roles_are_checked_before_the_body() {
     assert_eq!(res.status(), 401);
     // With the role, the body is checked as before.
     let admin = app.user_with_role("admin").await;
-    let res = app
-        .post_auth("/api/v1/admin/apis/1/prices", &admin.token, &bad_body)
-        .await;
+    let res = app.post_auth(&prices, &admin.token, &bad_body).await;
     assert_eq!(res.status(), 400);
 }
 

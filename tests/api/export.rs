@@ -1,26 +1,35 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use payg::domain::ManualClock;
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Value, json};
 
 use crate::helpers::{TEST_JWT_SECRET, TestApp, scalar_i64};
 
 const USERS: i64 = 10_000;
+/// Set for the test's app, so the due date is the test's own expectation.
+const DUE_DAYS: i64 = 14;
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-/// 10,000 users with usage in 2026-03 (straight in SQL: the point here is
-/// the export), one with a formula-looking billing name, closed through the API.
+/// 2026-03 prices: (slug, unit price, free calls a month). Free calls make
+/// charged calls (calls − failed − free) differ from billable ones.
+const PRICES: [(&str, &str, i64); 2] = [("tools-uuid", "0.001", 5), ("tools-time", "0.0025", 0)];
+
+/// 10,000 users with usage in 2026-03 and that month's prices (straight in
+/// SQL: the point here is the export), one with a formula-looking billing
+/// name, closed through the API.
 async fn closed_period_with_many_invoices() -> (TestApp, String) {
     let clock = Arc::new(ManualClock::new(at("2026-04-01T00:11:00Z")));
     let app = TestApp::builder()
         .clock(clock)
         .env("PAYG_CLOSE_GRACE", "876000h")
+        .env("PAYG_INVOICE_DUE_DAYS", &DUE_DAYS.to_string())
         .spawn()
         .await;
     let finance = app.user_with_role("finance").await;
@@ -40,6 +49,13 @@ async fn closed_period_with_many_invoices() -> (TestApp, String) {
          JOIN apis a ON a.slug = 'tools-uuid' OR (a.slug = 'tools-time' AND g % 3 = 0);"
     ))
     .await;
+    for (slug, unit_price, free_calls) in PRICES {
+        app.sql(&format!(
+            "INSERT INTO prices (api_id, effective_from, unit_price, free_calls)
+             SELECT id, DATE '2026-03-01', {unit_price}, {free_calls} FROM apis WHERE slug = '{slug}'"
+        ))
+        .await;
+    }
     let res = app
         .post_auth("/api/v1/finance/periods/2026-03/close", &finance.token, &json!({}))
         .await;
@@ -49,48 +65,108 @@ async fn closed_period_with_many_invoices() -> (TestApp, String) {
     (app, finance.token)
 }
 
-#[derive(diesel::QueryableByName, Debug)]
-struct Expected {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    invoice_number: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    user_email: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    billing_name: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    billing_company: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    api_slug: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    quantity: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    failed_quantity: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    free_quantity: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    billable_quantity: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    unit_price: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    line_amount: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    invoice_total: String,
+/// The columns of an export row, in CSV order, as finance reads them; the
+/// JSON export has exactly these fields.
+const COLUMNS: [&str; 19] = [
+    "invoice_number",
+    "user_email",
+    "billing_name",
+    "billing_company",
+    "billing_country",
+    "billing_tax_id",
+    "period",
+    "status",
+    "api_slug",
+    "quantity",
+    "failed_quantity",
+    "free_quantity",
+    "charged_quantity",
+    "unit_price",
+    "line_amount",
+    "invoice_total",
+    "currency",
+    "issued_at",
+    "due_at",
+];
+
+/// One user of `closed_period_with_many_invoices`, as the SQL there made them.
+struct Seeded {
+    email: String,
+    name: String,
+    company: Option<&'static str>,
+    /// (API slug, calls, failed calls) in 2026-03.
+    usage: Vec<(&'static str, i64, i64)>,
 }
 
-async fn expected_rows(app: &TestApp) -> Vec<Expected> {
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query(
-        "SELECT i.number AS invoice_number, u.email AS user_email, i.billing_name,
-                coalesce(i.billing_company, '') AS billing_company, l.api_slug,
-                l.calls::text AS quantity, l.failed_calls::text AS failed_quantity,
-                l.free_calls::text AS free_quantity, l.charged_calls::text AS billable_quantity,
-                l.unit_price::text AS unit_price, l.amount::text AS line_amount, i.total::text AS invoice_total
-         FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id JOIN users u ON u.id = i.user_id
-         WHERE i.period = '2026-03-01' ORDER BY i.number, l.position",
-    )
-    .load(&mut app.db.conn().await)
-    .await
-    .unwrap()
+fn seeded() -> Vec<Seeded> {
+    (1..=USERS)
+        .map(|g| {
+            let name = match g {
+                1 => "=HYPERLINK(\"http://evil\",\"click\")".to_owned(),
+                2 => "Comma, \"Quoted\" & Co".to_owned(),
+                3 => "@SUM(1+1)".to_owned(),
+                4 => "multi\nline".to_owned(),
+                _ => format!("User {g}"),
+            };
+            let mut usage = vec![("tools-uuid", 1000 + g, g % 7)];
+            if g % 3 == 0 {
+                usage.push(("tools-time", 1000 + g, g % 7));
+            }
+            Seeded {
+                email: format!("user{g}@example.com"),
+                name,
+                company: (g % 2 == 0).then_some("+Plus Ltd"),
+                usage,
+            }
+        })
+        .collect()
+}
+
+/// (unit price, free calls) of a slug in 2026-03.
+fn price(slug: &str) -> (&'static str, i64) {
+    let (_, unit, free) = PRICES.into_iter().find(|(s, _, _)| *s == slug).unwrap();
+    (unit, free)
+}
+
+/// (free, charged) calls and the amount of a line: calls beyond the failed
+/// and the free ones, at the unit price, rounded half-even to cents.
+fn priced(slug: &str, calls: i64, failed: i64) -> (i64, i64, Decimal) {
+    let (unit, free) = price(slug);
+    let free = free.min(calls - failed);
+    let charged = calls - failed - free;
+    let amount = (Decimal::from(charged) * unit.parse::<Decimal>().unwrap())
+        .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
+    (free, charged, amount)
+}
+
+/// Every column but invoice_number, issued_at and due_at (checked on their
+/// own), as the JSON export holds it, for one seeded line.
+fn expected_row(user: &Seeded, slug: &str) -> BTreeMap<&'static str, Value> {
+    let (_, calls, failed) = *user.usage.iter().find(|(s, _, _)| *s == slug).unwrap();
+    let total: Decimal = user
+        .usage
+        .iter()
+        .map(|(slug, calls, failed)| priced(slug, *calls, *failed).2)
+        .sum();
+    let (free, charged, amount) = priced(slug, calls, failed);
+    BTreeMap::from([
+        ("user_email", json!(user.email)),
+        ("billing_name", json!(user.name)),
+        ("billing_company", json!(user.company)),
+        ("billing_country", json!("GB")),
+        ("billing_tax_id", json!("-42")),
+        ("period", json!("2026-03")),
+        ("status", json!("issued")),
+        ("api_slug", json!(slug)),
+        ("quantity", json!(calls)),
+        ("failed_quantity", json!(failed)),
+        ("free_quantity", json!(free)),
+        ("charged_quantity", json!(charged)),
+        ("unit_price", json!(price(slug).0)),
+        ("line_amount", json!(amount.to_string())),
+        ("invoice_total", json!(total.to_string())),
+        ("currency", json!("USD")),
+    ])
 }
 
 /// What a spreadsheet-safe cell holds for a stored value.
@@ -100,6 +176,71 @@ fn neutralised(s: &str) -> String {
     } else {
         s.to_owned()
     }
+}
+
+/// A CSV cell for an expected JSON value: text neutralised, null empty.
+fn csv_cell(v: &Value) -> Value {
+    Value::String(match v {
+        Value::String(s) => neutralised(s),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    })
+}
+
+/// The rows, in order, are exactly the seeded usage: one invoice per user,
+/// numbered gaplessly, its lines together, each column as `expect` turns the
+/// expected JSON value into what the format holds.
+fn assert_rows_are_the_seeded_usage(rows: &[serde_json::Map<String, Value>], expect: impl Fn(&Value) -> Value) {
+    let seeded = seeded();
+    let mut by_email: HashMap<&str, &Seeded> = seeded.iter().map(|u| (u.email.as_str(), u)).collect();
+    let lines: usize = seeded.iter().map(|u| u.usage.len()).sum();
+    assert_eq!(rows.len(), lines, "one row per seeded line");
+    let issued = at("2026-04-01T00:11:00Z");
+    let mut numbers = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let number = rows[i]["invoice_number"].as_str().unwrap().to_owned();
+        let email = rows[i]["user_email"].as_str().unwrap().to_owned();
+        let user = by_email
+            .remove(email.as_str())
+            .unwrap_or_else(|| panic!("{number}: {email} is not a seeded user, or has a second invoice"));
+        let group = rows
+            .get(i..i + user.usage.len())
+            .unwrap_or_else(|| panic!("{number}: fewer rows than {email} has lines"));
+        let mut slugs: Vec<&str> = group.iter().map(|r| r["api_slug"].as_str().unwrap()).collect();
+        slugs.sort_unstable();
+        let mut want_slugs: Vec<&str> = user.usage.iter().map(|(s, _, _)| *s).collect();
+        want_slugs.sort_unstable();
+        assert_eq!(slugs, want_slugs, "{number}: its lines, together");
+        for row in group {
+            let keys: BTreeSet<&str> = row.keys().map(String::as_str).collect();
+            assert_eq!(keys, COLUMNS.into_iter().collect(), "{number}: the columns");
+            assert_eq!(
+                row["invoice_number"],
+                json!(number),
+                "{number}: lines of one invoice are adjacent"
+            );
+            let slug = row["api_slug"].as_str().unwrap();
+            for (column, want) in expected_row(user, slug) {
+                assert_eq!(row[column], expect(&want), "{number} {slug}: {column}");
+            }
+            let time = |column: &str| {
+                DateTime::parse_from_rfc3339(row[column].as_str().unwrap())
+                    .unwrap_or_else(|e| panic!("{number}: {column}: {e}"))
+            };
+            assert_eq!(time("issued_at"), issued, "{number}: issued at the close");
+            assert_eq!(
+                time("due_at"),
+                issued + chrono::Duration::days(DUE_DAYS),
+                "{number}: due date"
+            );
+        }
+        numbers.push(number);
+        i += user.usage.len();
+    }
+    assert!(by_email.is_empty(), "{} seeded users have no rows", by_email.len());
+    let want: Vec<String> = (1..=USERS).map(|n| format!("INV-2026-{n:06}")).collect();
+    assert_eq!(numbers, want, "ordered by invoice number, gapless from 1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,61 +256,33 @@ async fn exporting_ten_thousand_invoices_streams_csv_that_parses_back_cell_by_ce
 
     let mut reader = csv::ReaderBuilder::new().from_reader(&body[..]);
     let headers: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+    assert_eq!(headers, COLUMNS, "the header row");
+    let rows: Vec<serde_json::Map<String, Value>> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            assert_eq!(r.len(), headers.len(), "every row has every column");
+            headers.iter().cloned().zip(r.iter().map(|c| json!(c))).collect()
+        })
+        .collect();
+    assert_rows_are_the_seeded_usage(&rows, csv_cell);
+
+    // Spelled out once, not through `neutralised`.
+    let cell = |email: &str, column: &str| {
+        rows.iter().find(|r| r["user_email"] == email).unwrap()[column]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(
-        headers,
-        payg::billing::export::CSV_HEADER
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
+        cell("user1@example.com", "billing_name"),
+        "'=HYPERLINK(\"http://evil\",\"click\")"
     );
-    let col: HashMap<&str, usize> = headers.iter().enumerate().map(|(i, h)| (h.as_str(), i)).collect();
-    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
-    let expected = expected_rows(&app).await;
-    assert_eq!(rows.len(), expected.len());
-    assert_eq!(
-        rows.iter()
-            .map(|r| &r[col["invoice_number"]])
-            .collect::<std::collections::HashSet<_>>()
-            .len() as i64,
-        USERS
-    );
-    for (row, want) in rows.iter().zip(&expected) {
-        let cell = |name: &str| row[col[name]].to_owned();
-        assert_eq!(cell("invoice_number"), want.invoice_number);
-        assert_eq!(cell("user_email"), want.user_email);
-        assert_eq!(cell("billing_name"), neutralised(&want.billing_name));
-        assert_eq!(cell("billing_company"), neutralised(&want.billing_company));
-        assert_eq!(cell("billing_country"), "GB");
-        assert_eq!(cell("billing_tax_id"), "'-42", "formula-looking cells are neutralised");
-        assert_eq!(cell("period"), "2026-03");
-        assert_eq!(cell("status"), "issued");
-        assert_eq!(cell("api_slug"), want.api_slug);
-        assert_eq!(cell("quantity"), want.quantity);
-        assert_eq!(cell("failed_quantity"), want.failed_quantity);
-        assert_eq!(cell("free_quantity"), want.free_quantity);
-        assert_eq!(cell("billable_quantity"), want.billable_quantity);
-        assert_eq!(cell("unit_price"), want.unit_price);
-        assert_eq!(cell("line_amount"), want.line_amount);
-        assert_eq!(cell("invoice_total"), want.invoice_total);
-        assert_eq!(cell("currency"), "USD");
-        assert!(DateTime::parse_from_rfc3339(&cell("issued_at")).is_ok());
-        assert!(DateTime::parse_from_rfc3339(&cell("due_at")).is_ok());
-    }
-    let evil = rows
-        .iter()
-        .find(|r| r[col["user_email"]] == *"user1@example.com")
-        .unwrap();
-    assert_eq!(&evil[col["billing_name"]], "'=HYPERLINK(\"http://evil\",\"click\")");
-    let quoted = rows
-        .iter()
-        .find(|r| r[col["user_email"]] == *"user2@example.com")
-        .unwrap();
-    assert_eq!(&quoted[col["billing_name"]], "Comma, \"Quoted\" & Co");
-    let multi = rows
-        .iter()
-        .find(|r| r[col["user_email"]] == *"user4@example.com")
-        .unwrap();
-    assert_eq!(&multi[col["billing_name"]], "multi\nline");
+    assert_eq!(cell("user2@example.com", "billing_name"), "Comma, \"Quoted\" & Co");
+    assert_eq!(cell("user2@example.com", "billing_company"), "'+Plus Ltd");
+    assert_eq!(cell("user3@example.com", "billing_company"), "");
+    assert_eq!(cell("user4@example.com", "billing_name"), "multi\nline");
+    assert_eq!(cell("user4@example.com", "billing_tax_id"), "'-42");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,16 +292,10 @@ async fn json_export_and_the_cli_export_carry_the_same_rows() {
         .get_auth("/api/v1/finance/invoices/export?period=2026-03&format=json", &token)
         .await;
     assert_eq!(res.status(), 200);
-    let rows: Vec<Value> = res.json().await.unwrap();
-    let expected = expected_rows(&app).await;
-    assert_eq!(rows.len(), expected.len());
-    for (row, want) in rows.iter().zip(&expected) {
-        assert_eq!(row["invoice_number"], want.invoice_number.as_str());
-        // JSON is not a spreadsheet: values are exact, not neutralised.
-        assert_eq!(row["billing_name"], want.billing_name.as_str());
-        assert_eq!(row["line_amount"], want.line_amount.as_str());
-        assert_eq!(row["period"], "2026-03");
-    }
+    let rows: Vec<serde_json::Map<String, Value>> = res.json().await.unwrap();
+    // JSON is not a spreadsheet: values are exact (not neutralised), counts
+    // are numbers, money is a string, an absent company is null.
+    assert_rows_are_the_seeded_usage(&rows, Value::clone);
     let http_csv = app
         .get_auth("/api/v1/finance/invoices/export?period=2026-03&format=csv", &token)
         .await

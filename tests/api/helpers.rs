@@ -406,7 +406,27 @@ pub async fn scalar_i64(db: &TestDb, sql: &str) -> i64 {
         .n
 }
 
-/// `(calls, failed_calls)` for one user and API slug in one period (`YYYY-MM-01`).
+/// The catalog id of the API with this slug; panics when the catalog has
+/// none, so a mistyped slug cannot pass for a real API.
+pub async fn api_id(db: &TestDb, slug: &str) -> i32 {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        id: i32,
+    }
+    let row: Option<Row> = diesel::sql_query("SELECT id FROM apis WHERE slug = $1")
+        .bind::<Text, _>(slug)
+        .get_result(&mut db.conn().await)
+        .await
+        .optional()
+        .expect("apis query");
+    row.unwrap_or_else(|| panic!("no API with slug {slug:?} in the catalog"))
+        .id
+}
+
+/// `(calls, failed_calls)` for one user and API slug in one period
+/// (`YYYY-MM-01`). No usage row reads as `(0, 0)` (no calls make no row),
+/// but a slug the catalog does not have panics.
 pub async fn usage_of(db: &TestDb, user: Uuid, slug: &str, period: &str) -> (i64, i64) {
     #[derive(QueryableByName)]
     struct Row {
@@ -415,12 +435,13 @@ pub async fn usage_of(db: &TestDb, user: Uuid, slug: &str, period: &str) -> (i64
         #[diesel(sql_type = BigInt)]
         failed_calls: i64,
     }
+    let api = api_id(db, slug).await;
     let row: Option<Row> = diesel::sql_query(
-        "SELECT u.calls, u.failed_calls FROM usage_records u JOIN apis a ON a.id = u.api_id \
-         WHERE u.user_id = $1 AND a.slug = $2 AND u.period = $3::date",
+        "SELECT calls, failed_calls FROM usage_records \
+         WHERE user_id = $1 AND api_id = $2 AND period = $3::date",
     )
     .bind::<diesel::sql_types::Uuid, _>(user)
-    .bind::<Text, _>(slug)
+    .bind::<diesel::sql_types::Integer, _>(api)
     .bind::<Text, _>(period)
     .get_result(&mut db.conn().await)
     .await

@@ -7,6 +7,7 @@ mod billing;
 mod cli;
 mod errors;
 mod export;
+mod faults;
 mod helpers;
 mod keys;
 mod metering;

@@ -9,7 +9,7 @@ use payg::models::usage::{FlushId, UsageDelta, UsageKey};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Registered, TestApp, TestDb, error_code, total_calls, usage_of};
+use crate::helpers::{Registered, TestApp, TestDb, api_id, error_code, total_calls, usage_of};
 
 fn this_period() -> String {
     Period::containing(Utc::now(), chrono_tz::Tz::UTC)
@@ -188,7 +188,7 @@ async fn a_retried_flush_whose_commit_already_landed_is_not_applied_twice() {
     let user = app.new_user().await;
     let key = UsageKey {
         user_id: user.id,
-        api_id: 1,
+        api_id: api_id(&db, "tools-uuid").await,
         period: Period::containing(Utc::now(), chrono_tz::Tz::UTC),
     };
     let deltas = [(
@@ -443,4 +443,16 @@ async fn usage_shows_only_the_callers_own_counts() {
     }
     let res = app.client.get(app.url("/api/v1/usage")).send().await.unwrap();
     assert_eq!(res.status(), 401);
+}
+
+// The helper itself: a mistyped slug must not read as "no usage".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "no API with slug \"tools-uuuid\"")]
+async fn usage_of_a_slug_the_catalog_lacks_fails_loudly() {
+    let db = TestDb::new().await;
+    assert_eq!(
+        usage_of(&db, Uuid::new_v4(), "tools-uuid", &this_period()).await,
+        (0, 0)
+    );
+    usage_of(&db, Uuid::new_v4(), "tools-uuuid", &this_period()).await;
 }

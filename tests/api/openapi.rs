@@ -2,13 +2,16 @@
 //! the server is built from, and against real responses.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+use payg::domain::ManualClock;
 use payg::routes::tools::TOOL_ROUTES;
 use payg::routes::{API_PREFIX, API_ROUTES, ROOT_ROUTES, TOOLS_PREFIX};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{PASSWORD, TestApp};
+use crate::helpers::{PASSWORD, TestApp, api_id};
 
 /// Routes whose answers are not the error envelope's business.
 const PROBES: &[(&str, &str)] = &[("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/openapi.json")];
@@ -310,8 +313,17 @@ fn mismatches(spec: &Value, schema: &Value, value: &Value, at: &str) -> Vec<Stri
     }
     if let Value::Object(fields) = value {
         let (properties, required) = object_shape(spec, schema);
-        for name in fields.keys() {
-            if !properties.contains_key(name) {
+        // `{"type": "object"}` alone is any object (the spec document
+        // itself); `additionalProperties` gives a map's values a schema.
+        let free_form = schema.get("properties").is_none() && schema.get("allOf").is_none();
+        let additional = &schema["additionalProperties"];
+        for (name, field) in fields {
+            if properties.contains_key(name) {
+                continue;
+            }
+            if additional.is_object() {
+                problems.extend(mismatches(spec, additional, field, &format!("{at}.{name}")));
+            } else if !free_form || *additional == Value::Bool(false) {
                 problems.push(format!("{at}.{name}: not in the schema"));
             }
         }
@@ -369,49 +381,346 @@ fn assert_conforms(spec: &Value, method: &str, path: &str, status: u16, body: &V
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_responses_have_exactly_the_fields_of_their_schemas() {
-    let app = TestApp::spawn().await;
-    let spec = fetch_spec(&app).await;
+/// Real responses checked against the spec, and which operations had a
+/// success response checked.
+struct Coverage<'a> {
+    spec: &'a Value,
+    checked: BTreeSet<(String, String)>,
+}
 
+impl<'a> Coverage<'a> {
+    fn new(spec: &'a Value) -> Self {
+        Self {
+            spec,
+            checked: BTreeSet::new(),
+        }
+    }
+
+    /// Asserts `res` has `status` and a JSON body that is what the spec says
+    /// `method path` answers with it; returns the body. `path` is the spec's
+    /// path template.
+    async fn json(&mut self, method: &str, path: &str, status: u16, res: reqwest::Response) -> Value {
+        let got = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        assert_eq!(got, status, "{method} {path}: {text}");
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path} {status}: not JSON ({e}): {text}"));
+        assert_conforms(self.spec, method, path, status, &body);
+        if (200..300).contains(&status) {
+            self.checked.insert((method.to_owned(), path.to_owned()));
+        }
+        body
+    }
+
+    /// Asserts `res` has `status` and no body, as the spec documents it.
+    async fn empty(&mut self, method: &str, path: &str, status: u16, res: reqwest::Response) {
+        let response = &self.spec["paths"][path][method.to_lowercase()]["responses"][status.to_string()];
+        assert!(response.is_object(), "{method} {path} does not document {status}");
+        assert!(
+            response["content"].is_null(),
+            "{method} {path} {status} is documented with a body"
+        );
+        let got = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        assert_eq!((got, text.as_str()), (status, ""), "{method} {path}");
+        assert!((200..300).contains(&status));
+        self.checked.insert((method.to_owned(), path.to_owned()));
+    }
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+const WEBHOOK_SECRET: &str = "whsec_spec_0123456789";
+
+async fn probes(app: &TestApp, cov: &mut Coverage<'_>) {
+    for path in ["/healthz", "/readyz", "/api/v1/openapi.json"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        cov.json("GET", path, 200, res).await;
+    }
+    let res = app.client.get(app.url("/api/v1/apis")).send().await.unwrap();
+    cov.json("GET", "/api/v1/apis", 200, res).await;
+}
+
+/// The catalog and a price; returns the admin's token.
+async fn admin(app: &TestApp, cov: &mut Coverage<'_>) -> String {
+    let admin = app.user_with_role("admin").await;
+    let res = app.get_auth("/api/v1/admin/apis", &admin.token).await;
+    cov.json("GET", "/api/v1/admin/apis", 200, res).await;
+    let res = app
+        .post_auth(
+            "/api/v1/admin/apis",
+            &admin.token,
+            &json!({"slug": "spec-extra", "method": "GET", "route": "/api/v1/spec/extra", "name": "Spec extra"}),
+        )
+        .await;
+    let created = cov.json("POST", "/api/v1/admin/apis", 201, res).await;
+    let id = created["id"].as_i64().unwrap();
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/v1/admin/apis/{id}")))
+        .bearer_auth(&admin.token)
+        .json(&json!({"description": "Described", "active": false}))
+        .send()
+        .await
+        .unwrap();
+    cov.json("PATCH", "/api/v1/admin/apis/{id}", 200, res).await;
+    // Before any call this period, so it applies now: invoices below have
+    // amounts worth paying.
+    let uuid = api_id(&app.db, "tools-uuid").await;
+    let res = app
+        .post_auth(
+            &format!("/api/v1/admin/apis/{uuid}/prices"),
+            &admin.token,
+            &json!({"unit_price": "1.00", "free_calls": 0}),
+        )
+        .await;
+    let price = cov.json("POST", "/api/v1/admin/apis/{id}/prices", 201, res).await;
+    assert_eq!(price["deferred"], false, "{price}");
+    admin.token
+}
+
+/// Register, log in, refresh, read and change the profile; returns the
+/// access token.
+async fn account(app: &TestApp, cov: &mut Coverage<'_>) -> String {
     let email = format!("spec-{}@example.com", Uuid::new_v4().simple());
     let res = app.register(&email, "Spec Reader").await;
-    assert_eq!(res.status(), 201);
-    assert_conforms(&spec, "POST", "/api/v1/auth/register", 201, &res.json().await.unwrap());
-
+    cov.json("POST", "/api/v1/auth/register", 201, res).await;
     let res = app.login(&email, PASSWORD).await;
-    assert_eq!(res.status(), 200);
-    let tokens: Value = res.json().await.unwrap();
-    assert_conforms(&spec, "POST", "/api/v1/auth/login", 200, &tokens);
-    let token = tokens["access_token"].as_str().unwrap();
-
-    let res = app.get_auth("/api/v1/me", token).await;
-    assert_eq!(res.status(), 200);
-    assert_conforms(&spec, "GET", "/api/v1/me", 200, &res.json().await.unwrap());
-
-    // One metered call, so the statement has a line to check.
-    let res = app.get_auth("/api/v1/tools/uuid", token).await;
-    assert_eq!(res.status(), 200);
-    assert_conforms(&spec, "GET", "/api/v1/tools/uuid", 200, &res.json().await.unwrap());
-    app.flush_meter().await;
-    let res = app.get_auth("/api/v1/billing/current", token).await;
-    assert_eq!(res.status(), 200);
-    let statement: Value = res.json().await.unwrap();
-    assert_eq!(statement["lines"].as_array().map(Vec::len), Some(1), "{statement}");
-    assert_conforms(&spec, "GET", "/api/v1/billing/current", 200, &statement);
-
-    let res = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
-    assert_eq!(res.status(), 401);
-    assert_conforms(&spec, "GET", "/api/v1/me", 401, &res.json().await.unwrap());
-
+    let tokens = cov.json("POST", "/api/v1/auth/login", 200, res).await;
     let res = app
-        .get_auth(&format!("/api/v1/invoices/{}", Uuid::new_v4()), token)
+        .post_json(
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": tokens["refresh_token"]}),
+        )
         .await;
-    assert_eq!(res.status(), 404);
-    assert_conforms(&spec, "GET", "/api/v1/invoices/{id}", 404, &res.json().await.unwrap());
+    let tokens = cov.json("POST", "/api/v1/auth/refresh", 200, res).await;
+    let token = tokens["access_token"].as_str().unwrap().to_owned();
+    let res = app.get_auth("/api/v1/me", &token).await;
+    cov.json("GET", "/api/v1/me", 200, res).await;
+    let res = app
+        .client
+        .patch(app.url("/api/v1/me"))
+        .bearer_auth(&token)
+        .json(&json!({"company": "Spec Ltd", "country": "GB"}))
+        .send()
+        .await
+        .unwrap();
+    cov.json("PATCH", "/api/v1/me", 200, res).await;
+    token
+}
 
-    // The checker itself notices an extra field, a missing one and a wrong type.
-    let user = json!({"id": Uuid::new_v4(), "email": email, "role": "consumer"});
+async fn api_keys(app: &TestApp, cov: &mut Coverage<'_>, token: &str) {
+    let res = app.post_auth("/api/v1/api-keys", token, &json!({"name": "spec"})).await;
+    let key = cov.json("POST", "/api/v1/api-keys", 201, res).await;
+    let res = app.get_auth("/api/v1/api-keys", token).await;
+    cov.json("GET", "/api/v1/api-keys", 200, res).await;
+    let id = key["id"].as_str().unwrap();
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/v1/api-keys/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    cov.empty("DELETE", "/api/v1/api-keys/{id}", 204, res).await;
+}
+
+/// Every metered tool once.
+async fn tools(app: &TestApp, cov: &mut Coverage<'_>, token: &str) {
+    for (url, path) in [
+        ("/api/v1/tools/uuid", "/api/v1/tools/uuid"),
+        ("/api/v1/tools/random?min=1&max=3", "/api/v1/tools/random"),
+        ("/api/v1/tools/random/7", "/api/v1/tools/random/{max}"),
+        ("/api/v1/tools/time?tz=Europe/Paris", "/api/v1/tools/time"),
+    ] {
+        let res = app.get_auth(url, token).await;
+        cov.json("GET", path, 200, res).await;
+    }
+    for (path, body) in [
+        ("/api/v1/tools/hash", json!({"data": "abc"})),
+        ("/api/v1/tools/echo", json!({"any": ["json", 1]})),
+    ] {
+        let res = app.post_auth(path, token, &body).await;
+        cov.json("POST", path, 200, res).await;
+    }
+}
+
+/// Usage and cost, this month and a given one (one line at least).
+async fn usage_and_cost(app: &TestApp, cov: &mut Coverage<'_>, token: &str) {
+    app.flush_meter().await;
+    let res = app.get_auth("/api/v1/usage", token).await;
+    let usage = cov.json("GET", "/api/v1/usage", 200, res).await;
+    assert!(usage["apis"].as_array().is_some_and(|a| !a.is_empty()), "{usage}");
+    let res = app.get_auth("/api/v1/billing/current", token).await;
+    let statement = cov.json("GET", "/api/v1/billing/current", 200, res).await;
+    assert!(
+        statement["lines"].as_array().is_some_and(|l| !l.is_empty()),
+        "{statement}"
+    );
+    let res = app.get_auth("/api/v1/billing/periods/2026-02", token).await;
+    cov.json("GET", "/api/v1/billing/periods/{period}", 200, res).await;
+}
+
+/// A consumer with `calls` calls to tools-uuid this month.
+async fn caller(app: &TestApp, calls: usize) -> String {
+    let user = app.new_user().await;
+    for _ in 0..calls {
+        assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
+    }
+    user.token
+}
+
+/// The number and id of the caller's one invoice.
+async fn own_invoice(app: &TestApp, token: &str) -> (String, String) {
+    let list = app.get_json("/api/v1/invoices", token).await;
+    let invoice = &list["invoices"][0];
+    (
+        invoice["number"].as_str().unwrap().to_owned(),
+        invoice["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Close February, then every finance, invoice and webhook route.
+async fn invoices_and_finance(app: &TestApp, clock: &ManualClock, cov: &mut Coverage<'_>, token: &str) {
+    let to_void = caller(app, 1).await;
+    let to_pay_by_webhook = caller(app, 2).await;
+    app.flush_meter().await;
+    clock.set(at("2026-03-01T00:11:00Z"));
+    let finance = app.user_with_role("finance").await;
+    let res = app
+        .post_auth("/api/v1/finance/periods/2026-02/close", &finance.token, &json!({}))
+        .await;
+    let closed = cov
+        .json("POST", "/api/v1/finance/periods/{period}/close", 200, res)
+        .await;
+    assert_eq!(closed["invoices_issued"], 3, "{closed}");
+    let res = app
+        .get_auth("/api/v1/finance/periods/2026-02/reconciliation", &finance.token)
+        .await;
+    cov.json("GET", "/api/v1/finance/periods/{period}/reconciliation", 200, res)
+        .await;
+    let res = app.get_auth("/api/v1/finance/invoices", &finance.token).await;
+    cov.json("GET", "/api/v1/finance/invoices", 200, res).await;
+    let res = app
+        .get_auth(
+            "/api/v1/finance/invoices/export?period=2026-02&format=json",
+            &finance.token,
+        )
+        .await;
+    let rows = cov.json("GET", "/api/v1/finance/invoices/export", 200, res).await;
+    assert!(rows.as_array().is_some_and(|r| !r.is_empty()), "{rows}");
+
+    let res = app.get_auth("/api/v1/invoices", token).await;
+    cov.json("GET", "/api/v1/invoices", 200, res).await;
+    let (_, id) = own_invoice(app, token).await;
+    let res = app.get_auth(&format!("/api/v1/invoices/{id}"), token).await;
+    let detail = cov.json("GET", "/api/v1/invoices/{id}", 200, res).await;
+    assert!(detail["lines"].as_array().is_some_and(|l| !l.is_empty()), "{detail}");
+    let res = app
+        .get_auth(&format!("/api/v1/finance/invoices/{id}"), &finance.token)
+        .await;
+    cov.json("GET", "/api/v1/finance/invoices/{id}", 200, res).await;
+    let payment = json!({"amount": "0.50", "reference": "spec-wire-1", "method": "wire"});
+    let path = format!("/api/v1/finance/invoices/{id}/payments");
+    let res = app.post_auth(&path, &finance.token, &payment).await;
+    cov.json("POST", "/api/v1/finance/invoices/{id}/payments", 201, res)
+        .await;
+    let res = app.post_auth(&path, &finance.token, &payment).await;
+    cov.json("POST", "/api/v1/finance/invoices/{id}/payments", 200, res)
+        .await;
+
+    let (_, void_id) = own_invoice(app, &to_void).await;
+    let res = app
+        .post_auth(
+            &format!("/api/v1/finance/invoices/{void_id}/void"),
+            &finance.token,
+            &json!({}),
+        )
+        .await;
+    cov.json("POST", "/api/v1/finance/invoices/{id}/void", 200, res).await;
+
+    let (number, _) = own_invoice(app, &to_pay_by_webhook).await;
+    let now = {
+        use payg::domain::Clock;
+        clock.now().timestamp()
+    };
+    let webhook = |event: String| {
+        let signature = format!(
+            "t={now},v1={}",
+            payg::billing::payments::sign(WEBHOOK_SECRET.as_bytes(), now, event.as_bytes())
+        );
+        app.client
+            .post(app.url("/api/v1/webhooks/payments"))
+            .header("content-type", "application/json")
+            .header("Payg-Signature", signature)
+            .body(event)
+            .send()
+    };
+    let event = json!({"id": "evt_spec_1", "type": "payment.succeeded", "invoice_number": number,
+                       "amount": "2.00", "currency": "USD", "reference": "ch_spec_1"})
+    .to_string();
+    let res = webhook(event.clone()).await.unwrap();
+    cov.json("POST", "/api/v1/webhooks/payments", 201, res).await;
+    let res = webhook(event).await.unwrap();
+    cov.json("POST", "/api/v1/webhooks/payments", 200, res).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_responses_have_exactly_the_fields_of_their_schemas() {
+    let clock = Arc::new(ManualClock::new(at("2026-02-10T00:00:00Z")));
+    let app = TestApp::builder()
+        .clock(clock.clone())
+        .env("PAYG_CLOSE_GRACE", "876000h")
+        .env("PAYG_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .spawn()
+        .await;
+    let spec = fetch_spec(&app).await;
+    let mut cov = Coverage::new(&spec);
+
+    probes(&app, &mut cov).await;
+    admin(&app, &mut cov).await;
+    let token = account(&app, &mut cov).await;
+    api_keys(&app, &mut cov, &token).await;
+    tools(&app, &mut cov, &token).await;
+    usage_and_cost(&app, &mut cov, &token).await;
+    invoices_and_finance(&app, &clock, &mut cov, &token).await;
+
+    // Failures have the error body.
+    let res = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
+    cov.json("GET", "/api/v1/me", 401, res).await;
+    let res = app
+        .get_auth(&format!("/api/v1/invoices/{}", Uuid::new_v4()), &token)
+        .await;
+    cov.json("GET", "/api/v1/invoices/{id}", 404, res).await;
+
+    // Last: it ends the session.
+    let res = app
+        .client
+        .post(app.url("/api/v1/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    cov.empty("POST", "/api/v1/auth/logout", 204, res).await;
+
+    let missing: Vec<String> = operations(&spec)
+        .into_iter()
+        .filter(|(method, path, _)| !cov.checked.contains(&(method.clone(), path.clone())))
+        .map(|(method, path, _)| format!("{method} {path}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "operations with no success response checked against their schema: {missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_checker_notices_extra_missing_and_mistyped_fields() {
+    let app = TestApp::spawn().await;
+    let spec = fetch_spec(&app).await;
+    let user = json!({"id": Uuid::new_v4(), "email": "a@example.com", "role": "consumer"});
     let schema = response_schema(&spec, "GET", "/api/v1/me", 200);
     let problems = mismatches(&spec, schema, &json!({"surprise": 1}), "$");
     assert!(problems.iter().any(|p| p.contains("surprise")), "{problems:?}");
@@ -422,4 +731,12 @@ async fn real_responses_have_exactly_the_fields_of_their_schemas() {
         !mismatches(&spec, schema, &user, "$").is_empty(),
         "a partial user is not a User"
     );
+    // An object schema without properties is any object, unless it says otherwise.
+    let any = json!({"type": "object"});
+    assert!(mismatches(&spec, &any, &json!({"x": 1}), "$").is_empty());
+    let none = json!({"type": "object", "additionalProperties": false});
+    assert!(!mismatches(&spec, &none, &json!({"x": 1}), "$").is_empty());
+    let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    assert!(mismatches(&spec, &map, &json!({"x": "ok"}), "$").is_empty());
+    assert!(!mismatches(&spec, &map, &json!({"x": 1}), "$").is_empty());
 }
