@@ -2,12 +2,13 @@
 
 //! payg: a self-hosted usage-metering, pay-as-you-go API platform.
 //!
-//! Where things live:
-//! - calls are counted in [`metering`] (middleware, recorder, flusher);
-//! - periods and the clock in [`billing`];
-//! - who is calling in [`auth`];
+//! Where things live (ARCHITECTURE.md has the whole map):
+//! - calls are counted in [`metering`] and written by [`models::usage`];
+//! - prices, periods, currencies and the clock in [`domain`], the pure core;
+//! - close, invoices, export and payments in [`billing`];
+//! - who is calling, and with which role, in [`auth`];
 //! - every error status in [`error`];
-//! - the server and middleware order in [`startup`].
+//! - the server and middleware order in [`startup`]; background loops in [`jobs`].
 
 pub mod app;
 pub mod auth;

@@ -104,10 +104,6 @@ impl RedisStore {
         self.errors.load(Ordering::Relaxed)
     }
 
-    pub fn is_degraded(&self) -> bool {
-        self.in_outage.load(Ordering::Relaxed)
-    }
-
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
     }

@@ -131,41 +131,45 @@ mod tests {
 
     #[test]
     fn entries_are_trusted_for_max_age_from_the_query_start() {
-        let cache = KeyCache::new(Duration::from_millis(500));
+        let cache = KeyCache::new(Duration::from_secs(60));
         let found = owner();
         cache.put("a".into(), found, Instant::now());
         assert_eq!(cache.get("a"), Some(found));
-        cache.put("old".into(), found, Instant::now() - Duration::from_millis(600));
+        let Some(old) = Instant::now().checked_sub(Duration::from_secs(61)) else {
+            panic!("the monotonic clock starts later than a minute before now")
+        };
+        cache.put("old".into(), found, old);
         assert_eq!(cache.get("old"), None);
-        std::thread::sleep(Duration::from_millis(600));
-        assert_eq!(cache.get("a"), None);
     }
 
     #[test]
     fn a_round_confirms_active_keys_and_drops_revoked_ones() {
-        // Wide margins: a loaded CI machine oversleeps.
-        let cache = KeyCache::new(Duration::from_millis(300));
+        // Instants in the past instead of sleeps: every assertion runs on
+        // every machine, however loaded (a 60 s trust leaves no race).
+        let max_age = Duration::from_secs(60);
+        let cache = KeyCache::new(max_age);
         let (a, b) = (owner(), owner());
-        let t0 = Instant::now();
-        cache.put("a".into(), a, t0);
-        cache.put("b".into(), b, t0);
-        cache.put("unknown".into(), None, t0);
+        let Some(expired) = Instant::now().checked_sub(max_age + Duration::from_secs(1)) else {
+            panic!("the monotonic clock starts later than a minute before now")
+        };
+        cache.put("a".into(), a, expired);
+        cache.put("b".into(), b, expired);
+        cache.put("unknown".into(), None, Instant::now());
+        assert_eq!(cache.get("a"), None, "not confirmed for max_age: not trusted");
         let mut asked = cache.to_revalidate();
         asked.sort();
         assert_eq!(asked, ["a", "b"], "unknown keys are not re-confirmed");
-        std::thread::sleep(Duration::from_millis(200));
-        let confirmed_at = Instant::now();
-        cache.confirm(&asked, &["a".to_owned()], confirmed_at);
-        std::thread::sleep(Duration::from_millis(150));
-        assert!(
-            t0.elapsed() >= Duration::from_millis(300),
-            "the first lookup has expired"
-        );
-        if confirmed_at.elapsed() < Duration::from_millis(300) {
-            assert_eq!(cache.get("a"), Some(a), "trusted again from the confirmation");
-        }
+        cache.confirm(&asked, &["a".to_owned()], Instant::now());
+        assert_eq!(cache.get("a"), Some(a), "trusted again from the confirmation");
         assert_eq!(cache.get("b"), None, "revoked: dropped");
-        assert_eq!(cache.get("unknown"), None, "aged out");
+        assert_eq!(
+            cache.to_revalidate(),
+            ["a"],
+            "the revoked key is gone, not just untrusted"
+        );
+        // A confirmation never moves an entry back in time.
+        cache.confirm(&["a".to_owned()], &["a".to_owned()], expired);
+        assert_eq!(cache.get("a"), Some(a));
     }
 
     #[test]

@@ -321,4 +321,19 @@ async fn json_export_and_the_cli_export_carry_the_same_rows() {
         .await;
     assert_eq!(empty.json::<Vec<Value>>().await.unwrap().len(), 0);
     assert_eq!(scalar_i64(&app.db, "SELECT count(*) AS n FROM closed_periods").await, 1);
+
+    // A page that cannot be read midway ends the stream with an error (the
+    // server then aborts the transfer), never with a complete-looking body.
+    use futures_util::StreamExt;
+    use payg::billing::export::{self, ExportFormat};
+    let pool = payg::db::build_pool(&app.db.url, 1).unwrap();
+    let period = "2026-03".parse().unwrap();
+    let mut chunks = std::pin::pin!(export::stream(pool, period, ExportFormat::Csv).await.unwrap());
+    let first = chunks.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"invoice_number,"), "the header and the first page");
+    app.sql("ALTER TABLE invoice_lines RENAME TO invoice_lines_away").await;
+    let second = chunks.next().await.expect("the stream does not simply end");
+    app.sql("ALTER TABLE invoice_lines_away RENAME TO invoice_lines").await;
+    assert!(second.is_err(), "the failed page is an error");
+    assert!(chunks.next().await.is_none(), "and nothing follows it");
 }
