@@ -1,8 +1,8 @@
 //! `AppState`: everything a request needs, built once and shared by all
 //! workers through `web::Data`. It composes the layers below it (auth,
 //! metering, billing, models); none of them depends on it — the
-//! authenticator and the metrics are registered as app data of their own
-//! for the extractors and middleware that need only them.
+//! authenticator, the metrics and the metering middleware's `Metering` are
+//! registered as app data of their own for the code that needs only them.
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use crate::billing::payments::Recorded;
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::domain::{Clock, Period};
-use crate::metering::{Catalog, Meter};
+use crate::metering::{Catalog, Meter, Metering};
 use crate::models::Api;
 use crate::redis_store::RedisStore;
 use crate::telemetry::Metrics;
@@ -25,8 +25,10 @@ pub struct AppState {
     pub db: DbPool,
     pub redis: Arc<RedisStore>,
     pub authenticator: Arc<Authenticator>,
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     pub meter: Arc<Meter>,
+    /// What the metering middleware gets as its own app data.
+    pub metering: Arc<Metering>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
 }
@@ -63,8 +65,18 @@ impl AppState {
             db.clone(),
             metrics.clone(),
         ));
+        let catalog = Arc::new(Catalog::new(&apis, &metrics.metered_calls));
+        let metering = Arc::new(Metering {
+            catalog: catalog.clone(),
+            meter: meter.clone(),
+            authenticator: authenticator.clone(),
+            clock: clock.clone(),
+            billing_tz: config.billing_tz,
+            rate_limit_refusals: metrics.rate_limit_refusals.clone(),
+        });
         Ok(Self {
-            catalog: Catalog::new(&apis, &metrics.metered_calls),
+            catalog,
+            metering,
             metrics,
             authenticator,
             meter,
@@ -106,13 +118,10 @@ impl AppState {
     /// What follows a recorded payment: it is counted, and a now-paid
     /// invoice lifts an overdue block at once, on every instance.
     pub async fn payment_recorded(&self, recorded: &Recorded) {
-        let (created, invoice) = match recorded {
-            Recorded::Created { invoice, .. } => (true, invoice),
-            Recorded::Duplicate { invoice, .. } => (false, invoice),
-        };
-        if created {
+        if recorded.is_new() {
             self.metrics.payments_recorded.inc();
         }
+        let invoice = recorded.invoice();
         if invoice.status == crate::models::InvoiceStatus::Paid {
             self.authenticator.user_changed(invoice.user_id).await;
         }

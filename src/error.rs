@@ -13,6 +13,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use serde::Serialize;
 
+use crate::auth::AuthError;
 use crate::auth::sessions::SessionError;
 use crate::billing::close::CloseError;
 use crate::billing::payments::{PaymentError, SignatureError, VoidError};
@@ -204,9 +205,13 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
+}
 
-    pub fn message(&self) -> &str {
-        &self.message
+/// The `error` member of a `GET /readyz` answer when PostgreSQL is down.
+pub fn not_ready(unreachable: &'static str) -> ErrorFields<'static> {
+    ErrorFields {
+        code: "not_ready",
+        message: unreachable,
     }
 }
 
@@ -302,11 +307,12 @@ fn connection_failed(err: &DieselError) -> bool {
         DieselError::DatabaseError(_, info) => {
             let message = info.message();
             // SQLSTATE class 57 (operator intervention) and 08 (connection
-            // exception), as PostgreSQL words them; diesel keeps only the text.
+            // exception), as PostgreSQL words them (in English, its default
+            // lc_messages); diesel keeps only the text. A statement timeout
+            // is not among them: it is a slow query, ours to fix (500).
             [
                 "terminating connection",
                 "the database system is",
-                "canceling statement due to statement timeout",
                 "connection closed",
                 "connection reset",
                 "server closed the connection",
@@ -443,6 +449,22 @@ impl From<crate::billing::export::ExportError> for ApiError {
         match err {
             crate::billing::export::ExportError::Unavailable(e) => e.into(),
             crate::billing::export::ExportError::Database(e) => e.into(),
+            e @ crate::billing::export::ExportError::Encoding(_) => Self::internal(e),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Unauthenticated => Self::unauthenticated(),
+            AuthError::InvalidToken => Self::invalid_token(),
+            AuthError::AmbiguousCredentials => Self::ambiguous_credentials(),
+            AuthError::AccessTokenRequired => Self::access_token_required(),
+            AuthError::Suspended => Self::account_suspended(),
+            AuthError::Forbidden(why) => Self::forbidden(why),
+            AuthError::Database(e) => e.into(),
+            AuthError::Pool(e) => e.into(),
         }
     }
 }

@@ -44,10 +44,11 @@ impl Application {
         let state = web::Data::new(AppState::build(config, clock).await?);
 
         let app_state = state.clone();
-        // The authenticator and the metrics are app data of their own, for
-        // the extractors and middleware that need only them.
+        // The authenticator, the metrics and the metering middleware's needs
+        // are app data of their own, so those parts never see AppState.
         let authenticator = web::Data::from(state.authenticator.clone());
         let metrics = web::Data::from(state.metrics.clone());
+        let metering = web::Data::from(state.metering.clone());
         let server = HttpServer::new(move || {
             // actix runs the LAST .wrap() FIRST. Outside-in, a request meets:
             //   1. request_telemetry — request id, one log line, HTTP metrics
@@ -58,6 +59,7 @@ impl Application {
                 .app_data(app_state.clone())
                 .app_data(authenticator.clone())
                 .app_data(metrics.clone())
+                .app_data(metering.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(MAX_BODY_BYTES)
@@ -82,7 +84,9 @@ impl Application {
                         )
                         .service(
                             web::scope("")
-                                .wrap(actix_web::middleware::from_fn(crate::auth::authenticate_first))
+                                .wrap(actix_web::middleware::from_fn(
+                                    crate::routes::extract::authenticate_first,
+                                ))
                                 .configure(routes::configure_api),
                         ),
                 )

@@ -8,13 +8,20 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::JwtSettings;
+use crate::models::Role;
 
-/// No `role` claim: authentication reads the role from the database on
-/// every call (cached briefly), so a role change applies at once rather
-/// than at token expiry, and a token could never vouch for a role.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     pub sub: Uuid,
+    /// Issued, never trusted: authentication reads the role from the
+    /// database (cached briefly), so a role change applies on the next call
+    /// rather than at token expiry. It stays because instances of earlier
+    /// releases require the claim to decode a token at all: without it a
+    /// rolling upgrade would have old instances refuse every token the new
+    /// ones issue. Optional here, so it can be dropped once no such
+    /// instance runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
@@ -65,6 +72,7 @@ impl JwtKeys {
     pub fn issue(
         &self,
         user_id: Uuid,
+        role: Role,
         session: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
@@ -72,6 +80,7 @@ impl JwtKeys {
         let iat = now.timestamp();
         let claims = Claims {
             sub: user_id,
+            role: Some(role),
             iat,
             exp: iat.saturating_add_unsigned(ttl),
             iss: self.issuer.clone(),
@@ -113,7 +122,7 @@ mod tests {
     fn a_fresh_token_verifies_and_carries_its_claims() {
         let keys = JwtKeys::new(&settings("0123456789abcdef0123456789abcdef"));
         let user = Uuid::new_v4();
-        let issued = keys.issue(user, None, Utc::now()).unwrap();
+        let issued = keys.issue(user, Role::Finance, None, Utc::now()).unwrap();
         let claims = keys.verify(&issued.token).unwrap();
         assert_eq!(claims, issued.claims);
         assert_eq!(claims.sub, user);
@@ -124,10 +133,15 @@ mod tests {
     fn a_token_from_another_secret_or_long_expired_is_refused() {
         let keys = JwtKeys::new(&settings("0123456789abcdef0123456789abcdef"));
         let other = JwtKeys::new(&settings("fedcba9876543210fedcba9876543210"));
-        let issued = other.issue(Uuid::new_v4(), None, Utc::now()).unwrap();
+        let issued = other.issue(Uuid::new_v4(), Role::Consumer, None, Utc::now()).unwrap();
         assert!(keys.verify(&issued.token).is_none());
         let old = keys
-            .issue(Uuid::new_v4(), None, Utc::now() - chrono::Duration::hours(1))
+            .issue(
+                Uuid::new_v4(),
+                Role::Consumer,
+                None,
+                Utc::now() - chrono::Duration::hours(1),
+            )
             .unwrap();
         assert!(keys.verify(&old.token).is_none());
     }

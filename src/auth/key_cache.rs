@@ -154,7 +154,7 @@ mod tests {
         };
         cache.put("a".into(), a, expired);
         cache.put("b".into(), b, expired);
-        cache.put("unknown".into(), None, Instant::now());
+        cache.put("unknown".into(), None, expired);
         assert_eq!(cache.get("a"), None, "not confirmed for max_age: not trusted");
         let mut asked = cache.to_revalidate();
         asked.sort();
@@ -162,6 +162,7 @@ mod tests {
         cache.confirm(&asked, &["a".to_owned()], Instant::now());
         assert_eq!(cache.get("a"), Some(a), "trusted again from the confirmation");
         assert_eq!(cache.get("b"), None, "revoked: dropped");
+        assert_eq!(cache.get("unknown"), None, "aged out");
         assert_eq!(
             cache.to_revalidate(),
             ["a"],

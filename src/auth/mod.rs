@@ -1,9 +1,12 @@
-//! Who is calling: credentials → an authenticated [`Caller`].
+//! Who is calling: credentials → an authenticated [`Caller`], and what the
+//! caller's role allows ([`Caller::require_finance`], [`Caller::require_admin`]).
 //!
-//! One path serves both the [`AuthUser`] extractor (ordinary routes) and the
-//! metering middleware (metered routes), so every authenticated route applies
-//! the same checks: token signature/algorithm/expiry/issuer/audience, the user
-//! still existing, and the user not being suspended.
+//! One path, [`Authenticator::authenticate`], serves both the extractors
+//! (`routes::extract`: ordinary routes) and the metering middleware (metered
+//! routes), so every authenticated route applies the same checks: token
+//! signature/algorithm/expiry/issuer/audience, the user still existing, and
+//! the user not being suspended. Failures are an [`AuthError`]; `error.rs`
+//! turns them into HTTP answers.
 
 pub mod jwt;
 pub mod key_cache;
@@ -12,18 +15,15 @@ pub mod sessions;
 pub mod tokens;
 pub mod ttl_cache;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::HttpRequest;
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use uuid::Uuid;
 
-use crate::db::DbPool;
+use crate::db::{DbPool, PoolError};
 use crate::domain::Clock;
-use crate::error::ApiError;
 use crate::models::api_key::ApiKey;
 use crate::models::user::Standing;
 use crate::models::{Role, User, UserStatus};
@@ -69,6 +69,37 @@ pub struct Caller {
     pub credential: Credential,
 }
 
+impl Caller {
+    /// Finance and admin routes take a signed-in session, not an API key: a
+    /// leaked key of a finance user must not be able to move money.
+    fn require_access_token(&self) -> Result<(), AuthError> {
+        match self.credential {
+            Credential::AccessToken { .. } => Ok(()),
+            Credential::ApiKey { .. } => Err(AuthError::AccessTokenRequired),
+        }
+    }
+
+    /// Finance routes: the finance or admin role, with an access token.
+    pub fn require_finance(&self) -> Result<(), AuthError> {
+        self.require_access_token()?;
+        if self.role.can_do_finance() {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden("this route requires the finance or admin role"))
+        }
+    }
+
+    /// Admin routes: the admin role, with an access token.
+    pub fn require_admin(&self) -> Result<(), AuthError> {
+        self.require_access_token()?;
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden("this route requires the admin role"))
+        }
+    }
+}
+
 /// What authentication found out about a call.
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated {
@@ -78,137 +109,36 @@ pub struct Authenticated {
     pub rate: Option<RateOutcome>,
 }
 
+/// Why a request is not let through. `error.rs` decides what each means
+/// over HTTP (401, 403, 503, …).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials presented")]
+    Unauthenticated,
+    /// Presented but not valid: bad signature or algorithm, expired, wrong
+    /// issuer or audience, revoked, logged out, unknown key or user.
+    #[error("invalid or expired credentials")]
+    InvalidToken,
+    #[error("more than one credential presented")]
+    AmbiguousCredentials,
+    #[error("an API key where an access token is required")]
+    AccessTokenRequired,
+    #[error("the account is suspended")]
+    Suspended,
+    /// The caller's role does not allow the route.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
 /// Metered calls count against the caller's rate limit; others do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Plain,
     Metered,
-}
-
-/// Extractor for handlers that need an authenticated caller. Reuses the
-/// caller the metering middleware already authenticated, if any.
-#[derive(Debug, Clone, Copy)]
-pub struct AuthUser(pub Caller);
-
-impl AuthUser {
-    pub fn id(&self) -> Uuid {
-        self.0.user_id
-    }
-
-    /// Finance and admin routes take a signed-in session, not an API key: a
-    /// leaked key of a finance user must not be able to move money.
-    fn require_access_token(&self) -> Result<(), ApiError> {
-        match self.0.credential {
-            Credential::AccessToken { .. } => Ok(()),
-            Credential::ApiKey { .. } => Err(ApiError::access_token_required()),
-        }
-    }
-
-    pub fn require_finance(&self) -> Result<(), ApiError> {
-        self.require_access_token()?;
-        if self.0.role.can_do_finance() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden("this route requires the finance or admin role"))
-        }
-    }
-
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        self.require_access_token()?;
-        if self.0.role == Role::Admin {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden("this route requires the admin role"))
-        }
-    }
-}
-
-impl FromRequest for AuthUser {
-    type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        if let Some(caller) = req.extensions().get::<Caller>().copied() {
-            return Box::pin(async move { Ok(AuthUser(caller)) });
-        }
-        let pre = req.extensions_mut().remove::<PreAuthenticated>();
-        if let Some(PreAuthenticated(outcome)) = pre {
-            if let Ok(caller) = &outcome {
-                req.extensions_mut().insert(*caller);
-            }
-            return Box::pin(async move { outcome.map(AuthUser) });
-        }
-        let req = req.clone();
-        Box::pin(async move {
-            let authenticator = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| {
-                ApiError::internal(anyhow::anyhow!("the Authenticator is not registered as app data"))
-            })?;
-            let auth = authenticator.authenticate(&req, Purpose::Plain).await?;
-            req.extensions_mut().insert(auth.caller);
-            Ok(AuthUser(auth.caller))
-        })
-    }
-}
-
-/// An [`AuthUser`] with the finance or admin role, signed in with an access
-/// token. Checked as the handler's arguments are extracted, so a caller
-/// without the role gets 403 whatever the body holds.
-#[derive(Debug, Clone, Copy)]
-pub struct FinanceUser(pub AuthUser);
-
-/// An [`AuthUser`] with the admin role, signed in with an access token.
-#[derive(Debug, Clone, Copy)]
-pub struct AdminUser(pub AuthUser);
-
-macro_rules! role_extractor {
-    ($name:ident, $check:ident) => {
-        impl std::ops::Deref for $name {
-            type Target = AuthUser;
-
-            fn deref(&self) -> &AuthUser {
-                &self.0
-            }
-        }
-
-        impl FromRequest for $name {
-            type Error = ApiError;
-            type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
-
-            fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
-                let user = AuthUser::from_request(req, payload);
-                Box::pin(async move {
-                    let user = user.await?;
-                    user.$check()?;
-                    Ok($name(user))
-                })
-            }
-        }
-    };
-}
-role_extractor!(FinanceUser, require_finance);
-role_extractor!(AdminUser, require_admin);
-
-/// What [`authenticate_first`] found, for the [`AuthUser`] extractor.
-struct PreAuthenticated(Result<Caller, ApiError>);
-
-/// Middleware for the API routes that are not metered (the metering
-/// middleware authenticates those): authenticates a request that carries a
-/// credential before any extractor runs. actix polls a handler's extractors
-/// together, so otherwise a malformed body (400) could be answered before a
-/// bad token (401), telling a stranger about the request's shape.
-pub async fn authenticate_first(
-    req: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
-) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
-    let has_credential = req.headers().contains_key(header::AUTHORIZATION) || req.headers().contains_key("x-api-key");
-    if has_credential && let Some(authenticator) = req.app_data::<web::Data<Authenticator>>().cloned() {
-        let outcome = authenticator
-            .authenticate(req.request(), Purpose::Plain)
-            .await
-            .map(|auth| auth.caller);
-        req.extensions_mut().insert(PreAuthenticated(outcome));
-    }
-    next.call(req).await
 }
 
 /// API keys are recognisable by their prefix; anything else is a JWT.
@@ -222,25 +152,25 @@ enum Presented<'a> {
 /// The credential a request presents: `X-API-Key: <key>`, or
 /// `Authorization: Bearer <key or JWT>`; one header, once, since two
 /// credentials could name different users and neither should silently win.
-fn presented(req: &HttpRequest) -> Result<Presented<'_>, ApiError> {
+fn presented(req: &HttpRequest) -> Result<Presented<'_>, AuthError> {
     let mut api_keys = req.headers().get_all("x-api-key");
     let mut authorizations = req.headers().get_all(header::AUTHORIZATION);
     let (api_key, authorization) = (api_keys.next(), authorizations.next());
     let repeated = api_keys.next().is_some() || authorizations.next().is_some();
     let (value, from_api_key_header) = match (api_key, authorization) {
-        (None, None) => return Err(ApiError::unauthenticated()),
-        (Some(_), Some(_)) => return Err(ApiError::ambiguous_credentials()),
-        _ if repeated => return Err(ApiError::ambiguous_credentials()),
+        (None, None) => return Err(AuthError::Unauthenticated),
+        (Some(_), Some(_)) => return Err(AuthError::AmbiguousCredentials),
+        _ if repeated => return Err(AuthError::AmbiguousCredentials),
         (Some(key), None) => (key, true),
         (None, Some(auth)) => (auth, false),
     };
-    let value = value.to_str().map_err(|_| ApiError::invalid_token())?;
+    let value = value.to_str().map_err(|_| AuthError::InvalidToken)?;
     if from_api_key_header {
         return Ok(Presented::ApiKey(value.trim()));
     }
     let token = match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err(ApiError::unauthenticated()),
+        _ => return Err(AuthError::Unauthenticated),
     };
     Ok(if token.starts_with(API_KEY_PREFIX) {
         Presented::ApiKey(token)
@@ -316,10 +246,10 @@ impl Authenticator {
     /// Authenticates a request. The database is awaited only on a cache
     /// miss; Redis once per call (deny-list, user version and, for metered
     /// calls, the rate limit, in one script).
-    pub async fn authenticate(&self, req: &HttpRequest, purpose: Purpose) -> Result<Authenticated, ApiError> {
+    pub async fn authenticate(&self, req: &HttpRequest, purpose: Purpose) -> Result<Authenticated, AuthError> {
         let (user_id, credential) = match presented(req)? {
             Presented::Jwt(token) => {
-                let claims = self.jwt.verify(token).ok_or_else(ApiError::invalid_token)?;
+                let claims = self.jwt.verify(token).ok_or(AuthError::InvalidToken)?;
                 let credential = Credential::AccessToken {
                     jti: claims.jti,
                     session: claims.sid,
@@ -343,11 +273,11 @@ impl Authenticator {
         };
         let verdict = self.redis.check_call(user_id, jti, limit).await;
         if verdict.is_some_and(|v| v.denied) {
-            return Err(ApiError::invalid_token());
+            return Err(AuthError::InvalidToken);
         }
         let cached = self.standing(user_id, verdict.map(|v| v.user_version)).await?;
         if cached.standing.status == UserStatus::Suspended {
-            return Err(ApiError::account_suspended());
+            return Err(AuthError::Suspended);
         }
         Ok(Authenticated {
             caller: Caller {
@@ -362,7 +292,7 @@ impl Authenticator {
         })
     }
 
-    async fn standing(&self, user_id: Uuid, version: Option<i64>) -> Result<CachedStanding, ApiError> {
+    async fn standing(&self, user_id: Uuid, version: Option<i64>) -> Result<CachedStanding, AuthError> {
         let fresh = self
             .standings
             .get(&user_id)
@@ -374,7 +304,7 @@ impl Authenticator {
         let cutoff = self.clock.now() - self.overdue_after;
         let (standing, overdue) = User::standing(&mut conn, user_id, cutoff)
             .await?
-            .ok_or_else(ApiError::invalid_token)?;
+            .ok_or(AuthError::InvalidToken)?;
         let cached = CachedStanding {
             standing,
             overdue,
@@ -384,9 +314,9 @@ impl Authenticator {
         Ok(cached)
     }
 
-    async fn resolve_api_key(&self, key: &str) -> Result<(Uuid, Uuid), ApiError> {
+    async fn resolve_api_key(&self, key: &str) -> Result<(Uuid, Uuid), AuthError> {
         if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
-            return Err(ApiError::invalid_token());
+            return Err(AuthError::InvalidToken);
         }
         let hash = self.hasher.hash(key);
         let found = match self.keys.get(&hash) {
@@ -399,7 +329,7 @@ impl Authenticator {
                 found
             }
         };
-        let (key_id, user_id) = found.ok_or_else(ApiError::invalid_token)?;
+        let (key_id, user_id) = found.ok_or(AuthError::InvalidToken)?;
         if self.recently_touched.get(&key_id).is_none() {
             self.recently_touched.put(key_id, ());
             // last_used_at is informational: written at most once a minute

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::jwt::{IssuedToken, JwtKeys};
 use crate::auth::tokens::{self, TokenHasher};
 use crate::models::refresh_token::RefreshToken;
-use crate::models::{User, UserStatus};
+use crate::models::{Role, User, UserStatus};
 
 pub const REFRESH_TOKEN_PREFIX: &str = "payg_rt_";
 
@@ -46,6 +46,7 @@ async fn issue(
     conn: &mut AsyncPgConnection,
     issuer: Issuer<'_>,
     user_id: Uuid,
+    role: Role,
     family_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<IssuedSession, SessionError> {
@@ -69,7 +70,7 @@ async fn issue(
         },
     )
     .await?;
-    let access = jwt.issue(user_id, Some(family_id), now)?;
+    let access = jwt.issue(user_id, role, Some(family_id), now)?;
     Ok(IssuedSession { access, refresh_token })
 }
 
@@ -80,7 +81,7 @@ pub async fn start(
     user: &User,
     now: DateTime<Utc>,
 ) -> Result<IssuedSession, SessionError> {
-    issue(conn, issuer, user.id, Uuid::new_v4(), now).await
+    issue(conn, issuer, user.id, user.role, Uuid::new_v4(), now).await
 }
 
 #[derive(Debug)]
@@ -129,7 +130,7 @@ pub async fn rotate(
                 return Ok(Rotation::Suspended);
             }
             RefreshToken::retire(conn, token.id, now).await?;
-            let session = issue(conn, issuer, user.id, token.family_id, now).await?;
+            let session = issue(conn, issuer, user.id, user.role, token.family_id, now).await?;
             Ok(Rotation::Rotated(session))
         })
         .await?;

@@ -192,13 +192,12 @@ pub fn csv_row(row: &ExportRow, out: &mut String) {
     out.push_str("\r\n");
 }
 
-fn json_row(row: &ExportRow, first: bool, out: &mut String) {
+fn json_row(row: &ExportRow, first: bool, out: &mut String) -> Result<(), serde_json::Error> {
     if !first {
         out.push(',');
     }
-    if let Ok(s) = serde_json::to_string(&ExportJsonRow::from(row)) {
-        out.push_str(&s);
-    }
+    out.push_str(&serde_json::to_string(&ExportJsonRow::from(row))?);
+    Ok(())
 }
 
 /// Why an export stopped: it could not read its next page.
@@ -208,6 +207,8 @@ pub enum ExportError {
     Unavailable(#[from] crate::db::PoolError),
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
+    #[error("writing a row: {0}")]
+    Encoding(#[from] serde_json::Error),
 }
 
 struct ExportState {
@@ -272,7 +273,9 @@ pub async fn stream(
         for (i, row) in rows.iter().enumerate() {
             match st.format {
                 ExportFormat::Csv => csv_row(row, &mut out),
-                ExportFormat::Json => json_row(row, first_chunk && i == 0, &mut out),
+                // A row that cannot be written aborts the export: a JSON
+                // array with a row silently missing would look whole.
+                ExportFormat::Json => json_row(row, first_chunk && i == 0, &mut out)?,
             }
         }
         match rows.last() {

@@ -101,3 +101,26 @@ impl utoipa::ToSchema for Currency {
         std::borrow::Cow::Borrowed("Currency")
     }
 }
+
+/// The schema of every money amount in a request or response: a decimal
+/// string (`"12.50"`), never a JSON number, so no float ever carries money.
+/// Fields are `rust_decimal::Decimal` serialised with
+/// `rust_decimal::serde::str` and name this as their `value_type`.
+pub struct DecimalString;
+
+impl utoipa::PartialSchema for DecimalString {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some("A decimal amount as a string, e.g. `\"12.50\"`."))
+            .pattern(Some(r"^[0-9]{1,15}(\.[0-9]{1,10})?$"))
+            .examples([serde_json::json!("12.50")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DecimalString {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("DecimalString")
+    }
+}

@@ -16,6 +16,7 @@
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::currency::DecimalString;
 use crate::domain::{Currency, Period};
 
 /// One graduated tier: calls up to `up_to` (cumulative, counted after the
@@ -28,7 +29,7 @@ pub struct Tier {
     pub up_to: Option<i64>,
     /// Per call in this tier, as a decimal string.
     #[serde(with = "rust_decimal::serde::str")]
-    #[schema(value_type = String, example = "0.001", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
+    #[schema(value_type = DecimalString, inline, example = "0.001")]
     pub unit_price: Decimal,
 }
 

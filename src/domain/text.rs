@@ -25,43 +25,45 @@ const NO_CONTROL: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
 const NOT_BLANK: &str =
     r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$";
 
-/// A plain-text rule: at most `max` characters (Unicode scalar values, as
-/// the OpenAPI spec counts them), no control characters, and for a
-/// `required` field not blank. `trim`med values lose surrounding white
-/// space before the length is counted.
+/// A plain-text rule: no control characters, at most `max` characters
+/// (Unicode scalar values, as the OpenAPI spec counts them) and at least
+/// `min`, and for a `not_blank` field something besides white space. The
+/// checks read the value as sent — what its schema describes; a `trim`med
+/// value is then stored without its surrounding white space.
 struct TextRule {
     what: &'static str,
+    min: usize,
     max: usize,
-    required: bool,
+    not_blank: bool,
     trim: bool,
 }
 
 impl TextRule {
     fn check(&self, raw: &str) -> Result<String, InvalidText> {
-        let text = if self.trim { raw.trim() } else { raw };
-        let blank = text.trim().is_empty();
-        if (self.required && blank) || text.chars().count() > self.max || text.chars().any(char::is_control) {
-            let size = if self.required {
-                format!("1 to {}", self.max)
-            } else {
-                format!("at most {}", self.max)
+        let chars = raw.chars().count();
+        let blank = raw.trim().is_empty();
+        if (self.not_blank && blank) || chars < self.min || chars > self.max || raw.chars().any(char::is_control) {
+            let size = match (self.min, self.max) {
+                (_, usize::MAX) => String::new(),
+                (0, max) => format!(" at most {max} characters"),
+                (min, max) => format!(" {min} to {max} characters"),
             };
-            let blank = if self.required { ", not blank" } else { "" };
+            let blank = if self.not_blank { ", not blank," } else { "" };
             return Err(InvalidText(Cow::Owned(format!(
-                "{} must be {size} characters{blank}, without control characters",
+                "{} must be{size}{blank} without control characters",
                 self.what
             ))));
         }
-        Ok(text.to_owned())
+        Ok(if self.trim { raw.trim() } else { raw }.to_owned())
     }
 
     fn schema(&self, description: &str) -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .description(Some(description))
-            .min_length(self.required.then_some(1))
-            .max_length(Some(self.max))
-            .pattern(Some(if self.required { NOT_BLANK } else { NO_CONTROL }))
+            .min_length((self.min > 0).then_some(self.min))
+            .max_length((self.max != usize::MAX).then_some(self.max))
+            .pattern(Some(if self.not_blank { NOT_BLANK } else { NO_CONTROL }))
             .into()
     }
 }
@@ -99,16 +101,17 @@ macro_rules! checked_string {
 
 /// Declares a newtype over `String` checked by a [`TextRule`].
 macro_rules! plain_text {
-    ($desc:literal $name:ident { what: $what:literal, max: $max:literal, required: $required:literal, trim: $trim:literal }) => {
+    ($desc:literal $name:ident { what: $what:literal, min: $min:literal, max: $max:expr, not_blank: $not_blank:literal, trim: $trim:literal }) => {
         #[doc = $desc]
-        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name(String);
 
         impl $name {
             const RULE: TextRule = TextRule {
                 what: $what,
+                min: $min,
                 max: $max,
-                required: $required,
+                not_blank: $not_blank,
                 trim: $trim,
             };
 
@@ -141,42 +144,51 @@ macro_rules! plain_text {
 
 plain_text! {
     "A person's, company's or API's name: 1 to 200 characters after trimming, not blank, no control characters."
-    Name { what: "name", max: 200, required: true, trim: true }
+    Name { what: "name", min: 1, max: 200, not_blank: true, trim: true }
 }
 
 plain_text! {
     "An API key's label, for telling keys apart: 1 to 100 characters after trimming, not blank, no control characters."
-    KeyName { what: "name", max: 100, required: true, trim: true }
+    KeyName { what: "name", min: 1, max: 100, not_blank: true, trim: true }
 }
 
 plain_text! {
     "A payment provider's reference: 1 to 200 characters after trimming, not blank, no control characters."
-    Reference { what: "reference", max: 200, required: true, trim: true }
+    Reference { what: "reference", min: 1, max: 200, not_blank: true, trim: true }
 }
 
 plain_text! {
     "How money was paid, e.g. `bank_transfer`: 1 to 50 characters after trimming, not blank, no control characters."
-    PaymentMethod { what: "method", max: 50, required: true, trim: true }
+    PaymentMethod { what: "method", min: 1, max: 50, not_blank: true, trim: true }
 }
 
 plain_text! {
     "Free text: at most 2000 characters, no control characters."
-    Description { what: "description", max: 2000, required: false, trim: false }
+    Description { what: "description", min: 0, max: 2000, not_blank: false, trim: false }
 }
 
 plain_text! {
     "A billing detail (company, address, tax id): at most 200 characters after trimming, no control characters; empty clears it."
-    BillingText { what: "a billing field", max: 200, required: false, trim: true }
+    BillingText { what: "a billing field", min: 0, max: 200, not_blank: false, trim: true }
 }
 
 plain_text! {
-    "A payment provider's event id: 1 to 200 characters, not blank, no control characters."
-    EventId { what: "event id", max: 200, required: true, trim: false }
+    "A payment provider's event id: 1 to 200 characters, no control characters."
+    EventId { what: "event id", min: 1, max: 200, not_blank: false, trim: false }
 }
 
 plain_text! {
-    "An invoice number as a provider echoes it back, e.g. `INV-2026-000001`: 1 to 200 characters, no control characters."
-    InvoiceNumberText { what: "invoice_number", max: 200, required: true, trim: false }
+    "Text a payment provider sends (an invoice number, a reference): no control characters."
+    ProviderText { what: "invoice_number and reference", min: 0, max: usize::MAX, not_blank: false, trim: false }
+}
+
+// `plain_text!` derives no `Default` (an empty `Name` would skip its
+// rule); an empty description is valid, and the default of an absent one.
+#[allow(clippy::derivable_impls)]
+impl Default for Description {
+    fn default() -> Self {
+        Self(String::new())
+    }
 }
 
 /// A lower-cased email address. Deliberately simple: one `@`, 1 to 64
@@ -593,12 +605,31 @@ mod tests {
     #[test]
     fn names_are_trimmed_not_blank_and_free_of_control_characters() {
         assert_eq!("  Ada  ".parse::<Name>().unwrap().as_str(), "Ada");
-        for bad in ["", "   ", "a\u{0}b", "a\nb", "a\u{85}b"] {
+        // Checked as sent, as the schema says: a control character or the
+        // length limit count before trimming.
+        for bad in [
+            "",
+            "   ",
+            "a\u{0}b",
+            "a\nb",
+            "a\u{85}b",
+            "Ada\n",
+            &format!("{} ", "x".repeat(200)),
+        ] {
             assert!(bad.parse::<Name>().is_err(), "{bad:?}");
         }
         assert!("é".repeat(200).parse::<Name>().is_ok());
         assert!("é".repeat(201).parse::<Name>().is_err());
         assert!("x".repeat(101).parse::<KeyName>().is_err());
+    }
+
+    #[test]
+    fn provider_text_keeps_blanks_but_not_control_characters() {
+        assert_eq!("  ".parse::<EventId>().unwrap().as_str(), "  ");
+        assert!("".parse::<EventId>().is_err());
+        assert!("x".repeat(201).parse::<EventId>().is_err());
+        assert!("x".repeat(5000).parse::<ProviderText>().is_ok());
+        assert!("a\u{1}".parse::<ProviderText>().is_err());
     }
 
     #[test]

@@ -13,11 +13,11 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 
-use crate::app::AppState;
 use crate::auth::Purpose;
 use crate::config::MeterMode;
 use crate::domain::Period;
 use crate::error::ApiError;
+use crate::metering::Metering;
 use crate::models::usage::{UsageDelta, UsageKey};
 use crate::redis_store::RateOutcome;
 use crate::telemetry::MatchedRoute;
@@ -29,22 +29,25 @@ pub async fn metered_call(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-        let err = ApiError::internal(anyhow::anyhow!("AppState is not registered as app data"));
+    let Some(state) = req.app_data::<web::Data<Metering>>().cloned() else {
+        let err = ApiError::internal(anyhow::anyhow!("Metering is not registered as app data"));
         return Ok(req.error_response(err).map_into_right_body());
     };
+    // Matched against the decoded path, as the router matches it: the raw
+    // path would let `/tools/%75uid` reach the handler unmetered.
     let api = req
-        .match_name()
+        .resource_map()
+        .match_name(req.match_info().as_str())
         .and_then(|pattern| state.catalog.lookup(req.method(), pattern));
     let Some(api) = api else {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     };
     req.extensions_mut().insert(MatchedRoute(api.route_label.clone()));
     // The period is fixed when the call arrives, not when it is flushed.
-    let period = Period::containing(state.clock.now(), state.config.billing_tz);
+    let period = Period::containing(state.clock.now(), state.billing_tz);
     let auth = match state.authenticator.authenticate(req.request(), Purpose::Metered).await {
         Ok(auth) => auth,
-        Err(err) => return Ok(req.error_response(err).map_into_right_body()),
+        Err(err) => return Ok(req.error_response(ApiError::from(err)).map_into_right_body()),
     };
     let caller = auth.caller;
     if caller.overdue {
@@ -60,7 +63,7 @@ pub async fn metered_call(
         // caller can see them in their usage.
         let _ = record(&state, key, UsageDelta::one(true)).await;
         api.calls.inc();
-        state.metrics.rate_limit_refusals.inc();
+        state.rate_limit_refusals.inc();
         let mut res = req.error_response(ApiError::rate_limited(rate.limit, rate.retry_after_secs));
         rate_limit_headers(res.headers_mut(), &rate);
         return Ok(res.map_into_right_body());
@@ -94,7 +97,7 @@ pub async fn metered_call(
 
 /// Counts one call in the configured mode. Only `sync` can fail: its
 /// increment must commit before the response leaves.
-async fn record(state: &AppState, key: UsageKey, delta: UsageDelta) -> Result<(), ()> {
+async fn record(state: &Metering, key: UsageKey, delta: UsageDelta) -> Result<(), ()> {
     match state.meter.mode() {
         MeterMode::Batched => state.meter.record(key, delta),
         MeterMode::Off => {}

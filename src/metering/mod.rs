@@ -32,6 +32,18 @@ pub use catalog::Catalog;
 pub use middleware::metered_call;
 pub use recorder::Recorder;
 
+/// What the metering middleware needs, registered as app data of its own
+/// (built once in `app.rs`), so metering does not depend on `AppState`.
+pub struct Metering {
+    pub catalog: Arc<Catalog>,
+    pub meter: Arc<Meter>,
+    pub authenticator: Arc<crate::auth::Authenticator>,
+    pub clock: Arc<dyn crate::domain::Clock>,
+    pub billing_tz: chrono_tz::Tz,
+    /// `payg_rate_limit_refusals_total`.
+    pub rate_limit_refusals: prometheus::IntCounter,
+}
+
 /// A drained batch waiting to be written, with the id it keeps across retries.
 struct PendingFlush {
     id: Uuid,

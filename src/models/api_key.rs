@@ -36,18 +36,25 @@ impl ApiKey {
     }
 
     /// Inserts `key` unless its user already has [`MAX_ACTIVE_KEYS`] active
-    /// keys (false then). The user's active keys are locked first, so two
-    /// concurrent creations cannot both pass the limit.
+    /// keys (false then). The user's row is locked first: locking the keys
+    /// alone would not serialise two creations (a new row is invisible to
+    /// the other transaction, and with no keys there is nothing to lock).
     pub async fn insert_within_limit(conn: &mut AsyncPgConnection, key: &ApiKey) -> QueryResult<bool> {
+        use crate::schema::users;
         conn.transaction(async |conn| {
-            let active: Vec<Uuid> = api_keys::table
+            users::table
+                .find(key.user_id)
+                .select(users::id)
+                .for_no_key_update()
+                .first::<Uuid>(conn)
+                .await?;
+            let active: i64 = api_keys::table
                 .filter(api_keys::user_id.eq(key.user_id))
                 .filter(api_keys::revoked_at.is_null())
-                .select(api_keys::id)
-                .for_update()
-                .load(conn)
+                .count()
+                .get_result(conn)
                 .await?;
-            if i64::try_from(active.len()).unwrap_or(i64::MAX) >= MAX_ACTIVE_KEYS {
+            if active >= MAX_ACTIVE_KEYS {
                 return Ok(false);
             }
             Self::insert(conn, key).await?;

@@ -7,7 +7,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::auth::AdminUser;
+use crate::domain::currency::DecimalString;
 use crate::domain::pricing::{PriceVersion, PriceView, Tier};
 use crate::domain::text::{Description, HttpMethod, Name, RoutePattern, Slug};
 use crate::domain::{Currency, Period};
@@ -16,6 +16,7 @@ use crate::models::Api;
 use crate::models::api::{ApiChanges, NewApi};
 use crate::models::price::{PriceBook, PriceRow};
 use crate::routes::conn;
+use crate::routes::extract::AdminUser;
 use crate::routes::json::Json;
 
 #[derive(Serialize, ToSchema)]
@@ -60,11 +61,16 @@ pub async fn list_apis(state: web::Data<AppState>, _admin: AdminUser) -> ApiResu
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiRequest {
+    #[schema(inline)]
     slug: Slug,
+    #[schema(inline)]
     method: HttpMethod,
+    #[schema(inline)]
     route: RoutePattern,
+    #[schema(inline)]
     name: Name,
     #[serde(default)]
+    #[schema(inline)]
     description: Description,
 }
 
@@ -123,7 +129,9 @@ pub async fn create_api(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApiRequest {
+    #[schema(inline)]
     name: Option<Name>,
+    #[schema(inline)]
     description: Option<Description>,
     active: Option<bool>,
 }
@@ -167,7 +175,7 @@ pub async fn update_api(
 pub struct NewPriceRequest {
     /// Per call, not negative, as a decimal string.
     #[serde(with = "rust_decimal::serde::str")]
-    #[schema(example = "0.002", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
+    #[schema(value_type = DecimalString, inline, example = "0.002")]
     unit_price: Decimal,
     /// Must be the billing currency when given.
     #[schema(value_type = Option<Currency>)]

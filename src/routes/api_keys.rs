@@ -8,16 +8,18 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::{API_KEY_PREFIX, AuthUser, tokens};
+use crate::auth::{API_KEY_PREFIX, tokens};
 use crate::domain::text::KeyName;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::api_key::{ApiKey, MAX_ACTIVE_KEYS};
 use crate::routes::conn;
+use crate::routes::extract::AuthUser;
 use crate::routes::json::Json;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyRequest {
+    #[schema(inline)]
     name: KeyName,
 }
 

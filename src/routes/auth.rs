@@ -10,20 +10,24 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::sessions::{self, IssuedSession, Rotation};
-use crate::auth::{AuthUser, Credential, password};
+use crate::auth::{Credential, password};
 use crate::domain::text::{Email, Name, Password};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::UserStatus;
 use crate::models::user::{NewUser, Role, User};
 use crate::routes::conn;
+use crate::routes::extract::AuthUser;
 use crate::routes::json::Json;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Unique, case-insensitive.
+    #[schema(inline)]
     email: Email,
+    #[schema(inline)]
     password: Password,
+    #[schema(inline)]
     name: Name,
 }
 

@@ -3,11 +3,11 @@
 use actix_web::{HttpResponse, web};
 
 use crate::app::AppState;
-use crate::auth::AuthUser;
 use crate::billing::statement::Statement;
 use crate::domain::Period;
 use crate::error::{ApiResult, ErrorBody};
 use crate::routes::conn;
+use crate::routes::extract::AuthUser;
 
 /// What the caller owes so far this period, per API.
 #[utoipa::path(

@@ -9,16 +9,17 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::FinanceUser;
 use crate::billing::close::{self, CloseOutcome, Reconciliation};
 use crate::billing::export::{self, ExportFormat, ExportJsonRow};
 use crate::billing::payments::{self, PaymentInput, PaymentRecorded, PaymentSource};
+use crate::domain::currency::DecimalString;
 use crate::domain::text::{PaymentMethod, Reference, UserRef};
 use crate::domain::{Currency, Period};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::Invoice;
 use crate::models::invoice::{InvoiceDetail, InvoiceFilter, InvoiceStatus};
 use crate::routes::conn;
+use crate::routes::extract::FinanceUser;
 use crate::routes::json::Json;
 
 /// Closes a past period: issues one invoice per user with usage, numbered
@@ -220,10 +221,12 @@ pub async fn export_invoices(
 pub struct PaymentRequest {
     /// A decimal string in the invoice's currency, e.g. `"12.50"`.
     #[serde(with = "rust_decimal::serde::str")]
-    #[schema(example = "12.50", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
+    #[schema(value_type = DecimalString, inline, example = "12.50")]
     amount: Decimal,
     /// Recording the same reference again for the same amount is a no-op (200).
+    #[schema(inline)]
     reference: Reference,
+    #[schema(inline)]
     method: PaymentMethod,
     /// Must be the invoice's currency when given.
     #[schema(value_type = Option<Currency>)]

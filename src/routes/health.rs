@@ -92,10 +92,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             redis: CheckState::of(redis),
         },
         meter: state.meter.status(),
-        error: (!pg).then_some(ErrorFields {
-            code: "not_ready",
-            message: "unreachable: postgres",
-        }),
+        error: (!pg).then(|| error::not_ready("unreachable: postgres")),
     };
     HttpResponse::build(error::readiness_status(pg)).json(readiness)
 }

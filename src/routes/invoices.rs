@@ -6,11 +6,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::Invoice;
 use crate::models::invoice::InvoiceDetail;
 use crate::routes::conn;
+use crate::routes::extract::AuthUser;
 
 #[derive(ToSchema)]
 pub struct InvoiceList {

@@ -5,12 +5,12 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::auth::AuthUser;
 use crate::domain::text::{BillingText, CountryCode, Name, clearable};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::User;
 use crate::models::user::ProfileChanges;
 use crate::routes::conn;
+use crate::routes::extract::AuthUser;
 use crate::routes::json::Json;
 
 /// The caller's account and billing details.
@@ -34,28 +34,29 @@ pub async fn get_me(state: web::Data<AppState>, user: AuthUser) -> ApiResult<Htt
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfile {
+    #[schema(inline)]
     name: Option<Name>,
     #[serde(default, deserialize_with = "clearable")]
-    #[schema(value_type = Option<BillingText>)]
+    #[schema(value_type = Option<BillingText>, inline)]
     company: Option<Option<BillingText>>,
     #[serde(default, deserialize_with = "clearable")]
-    #[schema(value_type = Option<BillingText>)]
+    #[schema(value_type = Option<BillingText>, inline)]
     address_line1: Option<Option<BillingText>>,
     #[serde(default, deserialize_with = "clearable")]
-    #[schema(value_type = Option<BillingText>)]
+    #[schema(value_type = Option<BillingText>, inline)]
     address_line2: Option<Option<BillingText>>,
     #[serde(default, deserialize_with = "clearable")]
-    #[schema(value_type = Option<BillingText>)]
+    #[schema(value_type = Option<BillingText>, inline)]
     city: Option<Option<BillingText>>,
     #[serde(default, deserialize_with = "clearable")]
-    #[schema(value_type = Option<BillingText>)]
+    #[schema(value_type = Option<BillingText>, inline)]
     postal_code: Option<Option<BillingText>>,
-    /// Empty clears it.
+    /// ISO 3166-1 alpha-2, any case (stored upper-case); empty clears it.
     #[serde(default, deserialize_with = "clearable")]
-    #[schema(value_type = Option<CountryCode>)]
+    #[schema(value_type = Option<String>, example = "GB", pattern = r"^\s*([A-Za-z]{2})?\s*$")]
     country: Option<Option<CountryCode>>,
     #[serde(default, deserialize_with = "clearable")]
-    #[schema(value_type = Option<BillingText>)]
+    #[schema(value_type = Option<BillingText>, inline)]
     tax_id: Option<Option<BillingText>>,
 }
 

@@ -55,6 +55,7 @@ pub mod api_keys;
 pub mod apis;
 pub mod auth;
 pub mod billing;
+pub mod extract;
 pub mod finance;
 pub mod health;
 pub mod invoices;

@@ -22,9 +22,10 @@ use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Required, Schema, Type
 use utoipa::{Modify, OpenApi};
 
 use crate::billing::export::ExportFormat;
+use crate::domain::currency::DecimalString;
 use crate::domain::text::{
-    BillingText, CountryCode, Description, Email, EventId, HttpMethod, InvoiceNumberText, KeyName, Name, Password,
-    PaymentMethod, Reference, RoutePattern, Slug, UserRef,
+    BillingText, CountryCode, Description, Email, EventId, HttpMethod, KeyName, Name, Password, PaymentMethod,
+    ProviderText, Reference, RoutePattern, Slug, UserRef,
 };
 use crate::domain::{Currency, Period};
 use crate::error::{ErrorBody, ErrorDetail};
@@ -76,8 +77,8 @@ use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoi
         tools::echo,
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, Period, Currency, tools::TimeZoneName, ExportFormat,
-        Name, KeyName, Reference, PaymentMethod, Description, BillingText, EventId, InvoiceNumberText,
+        ErrorBody, ErrorDetail, Period, Currency, DecimalString, tools::TimeZoneName, ExportFormat,
+        Name, KeyName, Reference, PaymentMethod, Description, BillingText, EventId, ProviderText,
         Email, Password, Slug, HttpMethod, RoutePattern, CountryCode, UserRef,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),

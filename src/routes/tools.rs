@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256, Sha512};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
-use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::routes::extract::AuthUser;
 use crate::routes::json::Json;
 
 /// An IANA time zone name, from the time zone database the server was

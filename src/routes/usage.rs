@@ -5,11 +5,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
-use crate::auth::AuthUser;
 use crate::domain::Period;
 use crate::error::{ApiResult, ErrorBody};
 use crate::models::usage::UsageRecord;
 use crate::routes::conn;
+use crate::routes::extract::AuthUser;
 
 #[derive(Deserialize, IntoParams)]
 pub struct UsageQuery {

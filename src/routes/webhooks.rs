@@ -9,29 +9,37 @@ use utoipa::ToSchema;
 use crate::app::AppState;
 use crate::billing::payments::{self, PaymentInput, PaymentRecorded, PaymentSource};
 use crate::domain::Currency;
-use crate::domain::text::{EventId, InvoiceNumberText, Reference};
+use crate::domain::currency::DecimalString;
+use crate::domain::text::{EventId, ProviderText};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::routes::conn;
 
 /// A payment provider's event. Only `payment.succeeded` is acted on; other
 /// types are acknowledged and ignored.
 #[derive(Deserialize, ToSchema)]
+///
+/// Parsed as plain JSON first (anything that does not parse is
+/// `invalid_json`, as providers expect), then its text fields are checked
+/// (`validation_failed`) whatever the event type.
 pub struct PaymentEvent {
     /// The provider's event id: each is applied once.
-    id: EventId,
+    #[schema(value_type = EventId, inline)]
+    id: String,
     #[serde(rename = "type")]
     #[schema(example = "payment.succeeded")]
     kind: String,
     /// Required for `payment.succeeded`.
-    invoice_number: Option<InvoiceNumberText>,
+    #[schema(value_type = Option<ProviderText>, inline)]
+    invoice_number: Option<String>,
     /// Required for `payment.succeeded`: a decimal string.
     #[serde(default, with = "rust_decimal::serde::str_option")]
-    #[schema(value_type = Option<String>, example = "12.50", pattern = r"^[0-9]{1,15}(\.[0-9]{1,10})?$")]
+    #[schema(value_type = Option<DecimalString>, inline)]
     amount: Option<Decimal>,
     #[schema(value_type = Option<Currency>)]
     currency: Option<String>,
     /// Required for `payment.succeeded`: the provider's payment reference.
-    reference: Option<Reference>,
+    #[schema(value_type = Option<ProviderText>, inline)]
+    reference: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -91,7 +99,15 @@ pub async fn payment_webhook(
     };
     let header = req.headers().get("Payg-Signature").and_then(|v| v.to_str().ok());
     payments::verify_signature(header, &body, secret.expose().as_bytes(), state.now())?;
-    let event: PaymentEvent = serde_json::from_slice(&body).map_err(|e| ApiError::from_json(&e))?;
+    let event: PaymentEvent = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed event: {e}")))?;
+    let id: EventId = event.id.parse()?;
+    for text in [event.invoice_number.as_deref(), event.reference.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        text.parse::<ProviderText>()?;
+    }
     if event.kind != "payment.succeeded" {
         // Providers send many event types; acknowledging the rest stops retries.
         return Ok(HttpResponse::Ok().json(json!({"status": "ignored"})));
@@ -104,21 +120,14 @@ pub async fn payment_webhook(
     let input = PaymentInput {
         amount,
         currency: event.currency.as_deref().map(str::parse::<Currency>).transpose()?,
-        reference: reference.into_inner(),
+        reference,
         method: "webhook".into(),
         source: PaymentSource::Webhook,
         recorded_by: None,
     };
     let mut conn = conn(&state.db).await?;
-    let outcome = payments::record_webhook_payment(
-        &mut conn,
-        event.id.as_str(),
-        &event.kind,
-        number.as_str(),
-        input,
-        state.now(),
-    )
-    .await?;
+    let outcome =
+        payments::record_webhook_payment(&mut conn, id.as_str(), &event.kind, &number, input, state.now()).await?;
     drop(conn);
     let Some(recorded) = outcome else {
         return Ok(HttpResponse::Ok().json(json!({"status": "duplicate"})));

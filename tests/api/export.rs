@@ -283,6 +283,21 @@ async fn exporting_ten_thousand_invoices_streams_csv_that_parses_back_cell_by_ce
     assert_eq!(cell("user3@example.com", "billing_company"), "");
     assert_eq!(cell("user4@example.com", "billing_name"), "multi\nline");
     assert_eq!(cell("user4@example.com", "billing_tax_id"), "'-42");
+
+    // A row on the last page that cannot be read (a status payg does not
+    // know, forced past the check constraint): the first page has gone out
+    // under a 200, so the only honest answer left is to abort the transfer.
+    // The client must see a broken body, never a complete-looking CSV.
+    app.sql(
+        "ALTER TABLE invoices DROP CONSTRAINT invoices_status_check; \
+         UPDATE invoices SET status = 'corrupt' WHERE number = (SELECT max(number) FROM invoices);",
+    )
+    .await;
+    let res = app
+        .get_auth("/api/v1/finance/invoices/export?period=2026-03&format=csv", &token)
+        .await;
+    assert_eq!(res.status(), 200, "the first page was readable");
+    assert!(res.bytes().await.is_err(), "the transfer is aborted, not ended cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

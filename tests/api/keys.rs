@@ -486,3 +486,32 @@ async fn with_redis_down_calls_are_still_served_and_everything_resumes_when_it_r
     let (calls, _) = usage_of(&app.db, user.id, "tools-uuid", &this_period()).await;
     assert!(calls >= 7, "every served call was counted: {calls}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creations_never_pass_the_key_limit() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let attempts = (0..40).map(|i| {
+        let (client, url, token) = (app.client.clone(), app.url("/api/v1/api-keys"), user.token.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"name": format!("k{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for attempt in attempts.collect::<Vec<_>>() {
+        statuses.push(attempt.await.unwrap());
+    }
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 409).count();
+    assert_eq!((created, refused), (25, 15), "{statuses:?}");
+    let listed: Value = app.get_json("/api/v1/api-keys", &user.token).await;
+    assert_eq!(listed["api_keys"].as_array().unwrap().len(), 25);
+}

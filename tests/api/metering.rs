@@ -456,3 +456,17 @@ async fn usage_of_a_slug_the_catalog_lacks_fails_loudly() {
     );
     usage_of(&db, Uuid::new_v4(), "tools-uuuid", &this_period()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_encoded_path_is_metered_like_the_plain_one() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    // `%75` is `u`: the router serves `/tools/uuid` for both spellings, so
+    // metering must see both as that API, or encoding a letter would make
+    // calls free and unlimited.
+    for path in ["/api/v1/tools/uuid", "/api/v1/tools/%75uid", "/api/v1/tools/uu%69d"] {
+        assert_eq!(app.get_auth(path, &user.token).await.status(), 200, "{path}");
+    }
+    app.flush_meter().await;
+    assert_eq!(usage_of(&app.db, user.id, "tools-uuid", &this_period()).await, (3, 0));
+}
