@@ -27,9 +27,9 @@ pub struct Tier {
     /// unbounded tier.
     #[schema(minimum = 1)]
     pub up_to: Option<i64>,
-    /// Per call in this tier, as a decimal string.
+    // Per call in this tier (no doc comment: see `NewPriceRequest`).
     #[serde(with = "rust_decimal::serde::str")]
-    #[schema(value_type = DecimalString, inline, example = "0.001")]
+    #[schema(value_type = DecimalString, inline)]
     pub unit_price: Decimal,
 }
 

@@ -143,22 +143,22 @@ macro_rules! plain_text {
 }
 
 plain_text! {
-    "A person's, company's or API's name: 1 to 200 characters after trimming, not blank, no control characters."
+    "A person's, company's or API's name: 1 to 200 characters, not blank, no control characters; stored without surrounding spaces."
     Name { what: "name", min: 1, max: 200, not_blank: true, trim: true }
 }
 
 plain_text! {
-    "An API key's label, for telling keys apart: 1 to 100 characters after trimming, not blank, no control characters."
+    "An API key's label, for telling keys apart: 1 to 100 characters, not blank, no control characters; stored without surrounding spaces."
     KeyName { what: "name", min: 1, max: 100, not_blank: true, trim: true }
 }
 
 plain_text! {
-    "A payment provider's reference: 1 to 200 characters after trimming, not blank, no control characters."
+    "A payment provider's reference: 1 to 200 characters, not blank, no control characters; stored without surrounding spaces."
     Reference { what: "reference", min: 1, max: 200, not_blank: true, trim: true }
 }
 
 plain_text! {
-    "How money was paid, e.g. `bank_transfer`: 1 to 50 characters after trimming, not blank, no control characters."
+    "How money was paid, e.g. `bank_transfer`: 1 to 50 characters, not blank, no control characters; stored without surrounding spaces."
     PaymentMethod { what: "method", min: 1, max: 50, not_blank: true, trim: true }
 }
 
@@ -168,7 +168,7 @@ plain_text! {
 }
 
 plain_text! {
-    "A billing detail (company, address, tax id): at most 200 characters after trimming, no control characters; empty clears it."
+    "A billing detail (company, address, tax id): at most 200 characters, no control characters; stored without surrounding spaces, and blank clears it."
     BillingText { what: "a billing field", min: 0, max: 200, not_blank: false, trim: true }
 }
 

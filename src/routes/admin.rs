@@ -173,9 +173,10 @@ pub async fn update_api(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPriceRequest {
-    /// Per call, not negative, as a decimal string.
+    // Per call, not negative (no doc comment: utoipa would wrap the inline
+    // schema in an allOf with an object, which no client can satisfy).
     #[serde(with = "rust_decimal::serde::str")]
-    #[schema(value_type = DecimalString, inline, example = "0.002")]
+    #[schema(value_type = DecimalString, inline)]
     unit_price: Decimal,
     /// Must be the billing currency when given.
     #[schema(value_type = Option<Currency>)]

@@ -19,10 +19,11 @@ use crate::routes::conn;
 use crate::routes::extract::AuthUser;
 use crate::routes::json::Json;
 
+/// A new consumer account. The email is unique, case-insensitively.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// Unique, case-insensitive.
+    // Unique, case-insensitive.
     #[schema(inline)]
     email: Email,
     #[schema(inline)]

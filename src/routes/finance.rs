@@ -216,14 +216,16 @@ pub async fn export_invoices(
         })))
 }
 
+/// Money received against an invoice, in the invoice's currency. Recording
+/// the same reference again for the same amount is a no-op (200).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
-    /// A decimal string in the invoice's currency, e.g. `"12.50"`.
+    // In the invoice's currency.
     #[serde(with = "rust_decimal::serde::str")]
-    #[schema(value_type = DecimalString, inline, example = "12.50")]
+    #[schema(value_type = DecimalString, inline)]
     amount: Decimal,
-    /// Recording the same reference again for the same amount is a no-op (200).
+    // Recording the same reference again for the same amount is a no-op (200).
     #[schema(inline)]
     reference: Reference,
     #[schema(inline)]

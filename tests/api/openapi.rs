@@ -740,3 +740,37 @@ async fn the_schema_checker_notices_extra_missing_and_mistyped_fields() {
     assert!(mismatches(&spec, &map, &json!({"x": "ok"}), "$").is_empty());
     assert!(!mismatches(&spec, &map, &json!({"x": 1}), "$").is_empty());
 }
+
+/// utoipa turns an inlined schema with a field doc comment or example into
+/// `allOf: [<schema>, {"type": "object", …}]`, which no value satisfies:
+/// schemathesis cannot generate a body, and a generated client cannot send
+/// one. Field docs of inlined types go on the struct instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_schema_is_unsatisfiable_by_an_all_of_with_an_empty_object() {
+    let app = TestApp::spawn().await;
+    let spec = fetch_spec(&app).await;
+    fn walk(value: &Value, at: &str, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::Array(all)) = map.get("allOf") {
+                    let typed: BTreeSet<&str> = all.iter().filter_map(|m| m["type"].as_str()).collect();
+                    if typed.len() > 1 {
+                        found.push(format!("{at}: allOf of types {typed:?}"));
+                    }
+                }
+                for (k, v) in map {
+                    walk(v, &format!("{at}/{k}"), found);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, &format!("{at}/{i}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(&spec, "", &mut found);
+    assert!(found.is_empty(), "{found:#?}");
+}
