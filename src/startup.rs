@@ -76,9 +76,9 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(telemetry::request_telemetry))
                 .configure(routes::configure_root)
                 .service(
-                    web::scope("/api/v1")
+                    web::scope(routes::API_PREFIX)
                         .service(
-                            web::scope("/tools")
+                            web::scope(routes::TOOLS_SCOPE)
                                 .wrap(actix_web::middleware::from_fn(metering::metered_call))
                                 .configure(routes::tools::configure),
                         )

@@ -19,7 +19,7 @@
 /// ```text
 /// route_table! {
 ///     /// docs for the configure function
-///     fn configure_api, API_ROUTES, mounted at "/api/v1";
+///     fn configure_api, API_ROUTES, mounted at API_PREFIX;
 ///     "/api-keys" => get: api_keys::list_api_keys, post: api_keys::create_api_key;
 /// }
 /// ```
@@ -31,7 +31,7 @@ macro_rules! route_table {
     (@method delete) => { "DELETE" };
     (
         $(#[$meta:meta])*
-        fn $configure:ident, $table:ident, mounted at $mount:literal;
+        fn $configure:ident, $table:ident, mounted at $mount:expr;
         $( $path:literal => $( $method:ident : $handler:path ),+ ; )*
     ) => {
         #[doc = concat!("`(method, path)` of every route [`", stringify!($configure), "`] registers.")]
@@ -42,7 +42,7 @@ macro_rules! route_table {
             $(
                 cfg.service(
                     ::actix_web::web::resource($path)
-                        .name(concat!($mount, $path))
+                        .name(&format!("{}{}", $mount, $path))
                         $( .route(::actix_web::web::$method().to($handler)) )+
                 );
             )*
@@ -76,6 +76,8 @@ pub(crate) async fn conn(pool: &crate::db::DbPool) -> Result<crate::db::DbConn, 
 /// Where each table is mounted: `ROOT_ROUTES` at the root, `API_ROUTES`
 /// under this prefix, and `tools::TOOL_ROUTES` under [`TOOLS_PREFIX`].
 pub const API_PREFIX: &str = "/api/v1";
+/// The metered tools' scope inside [`API_PREFIX`].
+pub const TOOLS_SCOPE: &str = "/tools";
 pub const TOOLS_PREFIX: &str = "/api/v1/tools";
 
 route_table! {
@@ -87,7 +89,7 @@ route_table! {
 
 route_table! {
     /// Routes under `/api/v1` that are not metered.
-    fn configure_api, API_ROUTES, mounted at "/api/v1";
+    fn configure_api, API_ROUTES, mounted at API_PREFIX;
     "/auth/register" => post: auth::register;
     "/auth/login" => post: auth::login;
     "/auth/refresh" => post: auth::refresh;
@@ -119,4 +121,16 @@ route_table! {
     "/webhooks/payments" => post: webhooks::payment_webhook;
     // This API's own description (public, not metered).
     "/openapi.json" => get: openapi::openapi_spec;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tools_prefix_is_the_api_prefix_and_the_tools_scope() {
+        // Resources are named (and calls metered) by these prefixes: a
+        // mismatch would leave the tools unmetered.
+        assert_eq!(TOOLS_PREFIX, format!("{API_PREFIX}{TOOLS_SCOPE}"));
+    }
 }

@@ -38,7 +38,7 @@ impl ToSchema for TimeZoneName {
 route_table! {
     /// The metered tools, mounted under `/api/v1/tools` inside the metering
     /// middleware.
-    fn configure, TOOL_ROUTES, mounted at "/api/v1/tools";
+    fn configure, TOOL_ROUTES, mounted at super::TOOLS_PREFIX;
     "/uuid" => get: uuid;
     "/random" => get: random;
     "/random/{max}" => get: random_up_to;
