@@ -130,6 +130,23 @@ mod tests {
     }
 
     #[test]
+    fn tokens_still_carry_the_role_claim_earlier_releases_require() {
+        // The claims as the previous release decodes them: `role` required.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct EarlierClaims {
+            sub: Uuid,
+            role: Role,
+        }
+        let keys = JwtKeys::new(&settings("0123456789abcdef0123456789abcdef"));
+        let issued = keys.issue(Uuid::new_v4(), Role::Finance, None, Utc::now()).unwrap();
+        let mut earlier = keys.validation.clone();
+        earlier.validate_aud = false;
+        let decoded = decode::<EarlierClaims>(&issued.token, &keys.decoding, &earlier).unwrap();
+        assert_eq!(decoded.claims.role, Role::Finance);
+    }
+
+    #[test]
     fn a_token_from_another_secret_or_long_expired_is_refused() {
         let keys = JwtKeys::new(&settings("0123456789abcdef0123456789abcdef"));
         let other = JwtKeys::new(&settings("fedcba9876543210fedcba9876543210"));

@@ -44,7 +44,13 @@ impl TextRule {
         let blank = raw.trim().is_empty();
         if (self.not_blank && blank) || chars < self.min || chars > self.max || raw.chars().any(char::is_control) {
             let size = match (self.min, self.max) {
-                (_, usize::MAX) => String::new(),
+                (0, usize::MAX) => {
+                    return Err(InvalidText(Cow::Owned(format!(
+                        "{} must not contain control characters",
+                        self.what
+                    ))));
+                }
+                (min, usize::MAX) => format!(" at least {min} characters"),
                 (0, max) => format!(" at most {max} characters"),
                 (min, max) => format!(" {min} to {max} characters"),
             };
@@ -552,17 +558,39 @@ impl ToSchema for UserRef {
     }
 }
 
+/// A field a partial update may clear, and which blank values clear it.
+pub trait Clearable: FromStr<Err = InvalidText> {
+    /// Whether `raw` (sent as the field's value) clears the field.
+    fn clears(raw: &str) -> bool;
+}
+
+/// Blank text clears a billing detail only within the field's own rule (no
+/// control characters, at most 200 characters), as its schema says.
+impl Clearable for BillingText {
+    fn clears(raw: &str) -> bool {
+        raw.trim().is_empty() && Self::RULE.check(raw).is_ok()
+    }
+}
+
+/// Any white space clears the country (its schema: `^\s*([A-Za-z]{2})?\s*$`).
+impl Clearable for CountryCode {
+    fn clears(raw: &str) -> bool {
+        raw.trim().is_empty()
+    }
+}
+
 /// For a partial update of a clearable field: absent → `None` (leave it
-/// alone); `null` or a blank string → `Some(None)` (clear it).
+/// alone); `null` or a value that [`Clearable::clears`] → `Some(None)`
+/// (clear it); anything else must pass the field's rule.
 pub fn clearable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
-    T: FromStr<Err = InvalidText>,
+    T: Clearable,
 {
-    let raw = Option::<Cow<'de, str>>::deserialize(d)?;
-    match raw {
-        Some(text) if !text.trim().is_empty() => text.parse().map(|v| Some(Some(v))).map_err(serde::de::Error::custom),
-        _ => Ok(Some(None)),
+    match Option::<Cow<'de, str>>::deserialize(d)? {
+        None => Ok(Some(None)),
+        Some(text) if T::clears(&text) => Ok(Some(None)),
+        Some(text) => text.parse().map(|v| Some(Some(v))).map_err(serde::de::Error::custom),
     }
 }
 
@@ -657,6 +685,19 @@ mod tests {
         assert_eq!(id.to_string().parse::<UserRef>().unwrap(), UserRef::Id(id));
         assert!(matches!("A@B.io".parse::<UserRef>().unwrap(), UserRef::Email(e) if e.as_str() == "a@b.io"));
         assert!("nobody".parse::<UserRef>().is_err());
+    }
+
+    #[test]
+    fn blank_clears_a_billing_field_only_within_its_rule() {
+        assert!(BillingText::clears(""));
+        assert!(BillingText::clears("   "));
+        assert!(
+            !BillingText::clears("\t"),
+            "a control character is refused, not a clear"
+        );
+        assert!(!BillingText::clears(&" ".repeat(201)), "over the limit is refused");
+        assert!(CountryCode::clears(" \t "));
+        assert!(!CountryCode::clears("GB"));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::models::User;
 use crate::schema::api_keys;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
@@ -40,14 +41,8 @@ impl ApiKey {
     /// alone would not serialise two creations (a new row is invisible to
     /// the other transaction, and with no keys there is nothing to lock).
     pub async fn insert_within_limit(conn: &mut AsyncPgConnection, key: &ApiKey) -> QueryResult<bool> {
-        use crate::schema::users;
         conn.transaction(async |conn| {
-            users::table
-                .find(key.user_id)
-                .select(users::id)
-                .for_no_key_update()
-                .first::<Uuid>(conn)
-                .await?;
+            User::lock(conn, key.user_id).await?;
             let active: i64 = api_keys::table
                 .filter(api_keys::user_id.eq(key.user_id))
                 .filter(api_keys::revoked_at.is_null())

@@ -81,15 +81,16 @@ type PricedColumns = (
     invoice_lines::unit_price,
     invoice_lines::amount,
 );
-type PricedSql = (
-    diesel::sql_types::BigInt,
-    diesel::sql_types::BigInt,
-    diesel::sql_types::BigInt,
-    diesel::sql_types::BigInt,
-    diesel::sql_types::BigInt,
-    diesel::sql_types::Numeric,
-    diesel::sql_types::Numeric,
+const PRICED_COLUMNS: PricedColumns = (
+    invoice_lines::calls,
+    invoice_lines::failed_calls,
+    invoice_lines::billable_calls,
+    invoice_lines::free_calls,
+    invoice_lines::charged_calls,
+    invoice_lines::unit_price,
+    invoice_lines::amount,
 );
+type PricedSql = diesel::dsl::SqlTypeOf<PricedColumns>;
 type PricedValues = (
     diesel::dsl::Eq<invoice_lines::calls, i64>,
     diesel::dsl::Eq<invoice_lines::failed_calls, i64>,
@@ -104,15 +105,7 @@ impl Selectable<diesel::pg::Pg> for PricedLine {
     type SelectExpression = PricedColumns;
 
     fn construct_selection() -> PricedColumns {
-        (
-            invoice_lines::calls,
-            invoice_lines::failed_calls,
-            invoice_lines::billable_calls,
-            invoice_lines::free_calls,
-            invoice_lines::charged_calls,
-            invoice_lines::unit_price,
-            invoice_lines::amount,
-        )
+        PRICED_COLUMNS
     }
 }
 

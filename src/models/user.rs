@@ -168,6 +168,19 @@ impl User {
         Ok(())
     }
 
+    /// Locks the user's row until the transaction ends, to serialise changes
+    /// that span other tables (e.g. the active-key limit). `NO KEY UPDATE`:
+    /// rows that reference the user (foreign keys) are not blocked.
+    pub async fn lock(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
+        users::table
+            .find(id)
+            .select(users::id)
+            .for_no_key_update()
+            .first::<Uuid>(conn)
+            .await
+            .map(|_| ())
+    }
+
     /// (id, email) of the users with these ids.
     pub async fn emails(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<(Uuid, String)>> {
         users::table

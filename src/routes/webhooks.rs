@@ -16,11 +16,10 @@ use crate::routes::conn;
 
 /// A payment provider's event, applied once per `id`. Only
 /// `payment.succeeded` is acted on; other types are acknowledged and ignored.
+// Parsed as plain JSON first (anything that does not parse is `invalid_json`,
+// as before), then its text fields are checked (`validation_failed`)
+// whatever the event type.
 #[derive(Deserialize, ToSchema)]
-///
-/// Parsed as plain JSON first (anything that does not parse is
-/// `invalid_json`, as providers expect), then its text fields are checked
-/// (`validation_failed`) whatever the event type.
 pub struct PaymentEvent {
     // The provider's event id: each is applied once.
     #[schema(value_type = EventId, inline)]

@@ -757,6 +757,14 @@ async fn no_schema_is_unsatisfiable_by_an_all_of_with_an_empty_object() {
                     if typed.len() > 1 {
                         found.push(format!("{at}: allOf of types {typed:?}"));
                     }
+                    let empty_object = |m: &Value| {
+                        m["type"] == "object"
+                            && m.get("properties").is_none()
+                            && m.get("additionalProperties").is_none()
+                    };
+                    if all.len() > 1 && all.iter().any(empty_object) {
+                        found.push(format!("{at}: allOf with an empty object"));
+                    }
                 }
                 for (k, v) in map {
                     walk(v, &format!("{at}/{k}"), found);
