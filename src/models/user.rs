@@ -106,7 +106,7 @@ impl User {
             .optional()
     }
 
-    /// `email` must already be normalised (see `auth::normalize_email`).
+    /// `email` must already be normalised (see `domain::text::Email`).
     pub async fn find_by_email(conn: &mut AsyncPgConnection, email: &str) -> QueryResult<Option<User>> {
         users::table
             .filter(users::email.eq(email))
