@@ -109,6 +109,8 @@ pub enum LogFormat {
 }
 
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// The payment webhook's HMAC key: as long as an HMAC-SHA256 key should be.
+pub const MIN_WEBHOOK_SECRET_BYTES: usize = 32;
 
 impl Config {
     /// Reads the process environment (after loading `.env` if present).
@@ -132,6 +134,19 @@ impl Config {
                 message: format!(
                     "is {} bytes long; at least {MIN_JWT_SECRET_BYTES} are required",
                     jwt_secret.len()
+                ),
+            });
+        }
+
+        let webhook_secret = var("PAYG_WEBHOOK_SECRET");
+        if let Some(secret) = &webhook_secret
+            && secret.len() < MIN_WEBHOOK_SECRET_BYTES
+        {
+            return Err(ConfigError {
+                var: "PAYG_WEBHOOK_SECRET",
+                message: format!(
+                    "is {} bytes long; at least {MIN_WEBHOOK_SECRET_BYTES} are required",
+                    secret.len()
                 ),
             });
         }
@@ -222,7 +237,7 @@ impl Config {
                 close_grace: duration_or("PAYG_CLOSE_GRACE", var("PAYG_CLOSE_GRACE"), Duration::from_secs(600))?,
                 invoice_due_days: parse_or("PAYG_INVOICE_DUE_DAYS", var("PAYG_INVOICE_DUE_DAYS"), Some(14))?,
                 overdue_days: parse_or("PAYG_OVERDUE_DAYS", var("PAYG_OVERDUE_DAYS"), Some(30))?,
-                webhook_secret: var("PAYG_WEBHOOK_SECRET").map(Secret::new),
+                webhook_secret: webhook_secret.map(Secret::new),
             },
             log_format: match var("PAYG_LOG_FORMAT").as_deref() {
                 None | Some("pretty") => LogFormat::Pretty,
@@ -325,6 +340,10 @@ mod tests {
         let err = config(&[("JWT_SECRET", "short")]).unwrap_err();
         assert_eq!(err.var, "JWT_SECRET");
         assert!(err.to_string().contains("32"));
+        let jwt = ("JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        let err = config(&[jwt, ("PAYG_WEBHOOK_SECRET", "whsec_short")]).unwrap_err();
+        assert_eq!(err.var, "PAYG_WEBHOOK_SECRET");
+        assert!(config(&[jwt, ("PAYG_WEBHOOK_SECRET", &"w".repeat(32))]).is_ok());
     }
 
     #[test]

@@ -52,8 +52,9 @@ impl Application {
         let server = HttpServer::new(move || {
             // actix runs the LAST .wrap() FIRST. Outside-in, a request meets:
             //   1. request_telemetry — request id, one log line, HTTP metrics
-            //   2. ErrorHandlers     — gives actix's own 404/405/413 the JSON envelope
-            //   3. routing; the metered scope adds metered_call (auth, limits,
+            //   2. DefaultHeaders    — `X-Content-Type-Options: nosniff` on every answer
+            //   3. ErrorHandlers     — gives actix's own 404/405/413 the JSON envelope
+            //   4. routing; the metered scope adds metered_call (auth, limits,
             //      counting), every other /api/v1 route authenticate_first
             App::new()
                 .app_data(app_state.clone())
@@ -72,6 +73,10 @@ impl Application {
                     ErrorHandlers::new()
                         .default_handler_client(error::envelope_framework_errors)
                         .default_handler_server(error::envelope_framework_errors),
+                )
+                .wrap(
+                    actix_web::middleware::DefaultHeaders::new()
+                        .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
                 )
                 .wrap(actix_web::middleware::from_fn(telemetry::request_telemetry))
                 .configure(routes::configure_root)

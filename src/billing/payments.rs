@@ -223,7 +223,11 @@ pub async fn record_webhook_payment(
 
 /// Signatures older (or further in the future) than this are refused, so a
 /// captured request cannot be replayed later.
-pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
+pub const SIGNATURE_TOLERANCE_SECS: u64 = 300;
+
+/// At most this many `v1=` signatures are checked per request (two cover a
+/// secret rotation): each one re-hashes the whole body.
+pub const MAX_SIGNATURES: usize = 4;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
@@ -268,6 +272,7 @@ pub fn verify_signature(
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", v)) => timestamp = Some(v.parse::<i64>().map_err(|_| SignatureError::Malformed)?),
+            Some(("v1", _)) if candidates.len() == MAX_SIGNATURES => return Err(SignatureError::Malformed),
             Some(("v1", v)) => candidates.push(hex::decode(v).map_err(|_| SignatureError::Malformed)?),
             Some(_) => {}
             None => return Err(SignatureError::Malformed),
@@ -277,7 +282,8 @@ pub fn verify_signature(
     if candidates.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now.timestamp() - timestamp).abs() > SIGNATURE_TOLERANCE_SECS {
+    // abs_diff: `now - t` overflows for a `t` near i64::MIN.
+    if now.timestamp().abs_diff(timestamp) > SIGNATURE_TOLERANCE_SECS {
         return Err(SignatureError::Stale);
     }
     let ok = candidates
@@ -325,5 +331,34 @@ mod tests {
         );
         let rotated = format!("t={t},v1={},v1={sig}", sign(b"old", t, body));
         assert_eq!(verify_signature(Some(&rotated), body, b"whsec", now), Ok(()));
+    }
+
+    #[test]
+    fn a_timestamp_near_the_edge_of_i64_is_stale_not_an_overflow() {
+        let now = Utc::now();
+        let body = b"{}";
+        for t in [i64::MIN, now.timestamp().wrapping_sub(i64::MAX), i64::MAX] {
+            let header = format!("t={t},v1={}", sign(b"whsec", t, body));
+            assert_eq!(
+                verify_signature(Some(&header), body, b"whsec", now),
+                Err(SignatureError::Stale),
+                "t={t}"
+            );
+        }
+    }
+
+    #[test]
+    fn more_signatures_than_a_rotation_needs_are_refused_unhashed() {
+        let now = Utc::now();
+        let t = now.timestamp();
+        let body = b"{}";
+        let sig = sign(b"whsec", t, body);
+        let four = format!("t={t},v1={0},v1={0},v1={0},v1={sig}", "00".repeat(32));
+        assert_eq!(verify_signature(Some(&four), body, b"whsec", now), Ok(()));
+        let five = format!("t={t},v1={0},v1={0},v1={0},v1={0},v1={sig}", "00".repeat(32));
+        assert_eq!(
+            verify_signature(Some(&five), body, b"whsec", now),
+            Err(SignatureError::Malformed)
+        );
     }
 }

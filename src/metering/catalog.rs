@@ -18,6 +18,8 @@ pub struct CatalogEntry {
     /// The route as the HTTP metrics label it (`/random/:max`), so telemetry
     /// need not match and format it again per call.
     pub route_label: Arc<str>,
+    /// An admin switched the API off: calls to it are refused (404).
+    pub active: bool,
 }
 
 /// Keyed by the actix route pattern (`/api/v1/tools/random/{max}`), never
@@ -39,7 +41,9 @@ impl Catalog {
     /// Swaps in a new catalog (after an admin changes it).
     pub fn replace(&self, apis: &[Api], calls: &prometheus::IntCounterVec) {
         let mut map = RouteMap::new();
-        for api in apis.iter().filter(|a| a.active) {
+        // Inactive entries stay in the map: their routes must answer 404,
+        // not pass through as if they were not metered (and be free).
+        for api in apis {
             let Ok(method) = Method::from_bytes(api.method.as_bytes()) else {
                 tracing::warn!(slug = %api.slug, method = %api.method, "catalog entry has an unknown method; skipped");
                 continue;
@@ -50,6 +54,7 @@ impl Catalog {
                     api_id: api.id,
                     calls: calls.with_label_values(&[&api.slug]),
                     route_label: Arc::from(route_label(&api.route)),
+                    active: api.active,
                 },
             ));
         }

@@ -4,8 +4,9 @@
 //! Per call: resolve the API from method + route pattern (in memory),
 //! authenticate, run the handler, then count the call for the caller in the
 //! period it arrived in (`failed_calls` too when the status is ≥ 400).
-//! Calls that do not authenticate are refused and not counted; routes
-//! outside the catalog pass through uncounted.
+//! Calls that do not authenticate are refused and not counted; an API an
+//! admin switched off answers 404 (never served unmetered); routes outside
+//! the catalog pass through uncounted.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -42,6 +43,10 @@ pub async fn metered_call(
     let Some(api) = api else {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     };
+    if !api.active {
+        let err = ApiError::not_found("this API has been switched off");
+        return Ok(req.error_response(err).map_into_right_body());
+    }
     req.extensions_mut().insert(MatchedRoute(api.route_label.clone()));
     // The period is fixed when the call arrives, not when it is flushed.
     let period = Period::containing(state.clock.now(), state.billing_tz);

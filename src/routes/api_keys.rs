@@ -77,13 +77,16 @@ pub async fn create_api_key(
             format!("at most {MAX_ACTIVE_KEYS} active API keys per user; revoke one first"),
         ));
     }
-    Ok(HttpResponse::Created().json(json!({
-        "id": row.id,
-        "name": row.name,
-        "prefix": row.prefix,
-        "key": key,
-        "created_at": row.created_at,
-    })))
+    // The full key is in this body only: no cache may keep it.
+    Ok(HttpResponse::Created()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(json!({
+            "id": row.id,
+            "name": row.name,
+            "prefix": row.prefix,
+            "key": key,
+            "created_at": row.created_at,
+        })))
 }
 
 /// The caller's active keys (never the keys themselves).

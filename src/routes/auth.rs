@@ -88,6 +88,13 @@ pub struct TokenResponse {
     refresh_token: String,
 }
 
+/// Tokens must not be kept by any cache between payg and the client.
+fn token_response(session: IssuedSession) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(TokenResponse::from(session))
+}
+
 impl From<IssuedSession> for TokenResponse {
     fn from(s: IssuedSession) -> Self {
         Self {
@@ -171,7 +178,7 @@ pub async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> ApiR
     // Token lifetimes follow the real clock (jsonwebtoken checks `exp`
     // against it), not the billing clock tests may move.
     let session = sessions::start(&mut conn, issuer(&state), &user, Utc::now()).await?;
-    Ok(HttpResponse::Ok().json(TokenResponse::from(session)))
+    Ok(token_response(session))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -201,7 +208,7 @@ pub async fn refresh(state: web::Data<AppState>, body: Json<RefreshRequest>) -> 
     let mut conn = conn(&state.db).await?;
     let rotation = sessions::rotate(&mut conn, issuer(&state), &presented, Utc::now()).await?;
     match rotation {
-        Rotation::Rotated(session) => Ok(HttpResponse::Ok().json(TokenResponse::from(session))),
+        Rotation::Rotated(session) => Ok(token_response(session)),
         Rotation::Invalid | Rotation::Reused { .. } => Err(ApiError::invalid_token()),
         Rotation::Suspended => Err(ApiError::account_suspended()),
     }

@@ -259,6 +259,7 @@ fn add_common_responses(op: &mut Operation, metered: bool) {
             "`payment_required`: an invoice is overdue; metered APIs are blocked until it is paid.",
             &[],
         );
+        add(op, 404, "`not_found`: an admin has switched this API off.", &[]);
         add(
             op,
             429,

@@ -71,8 +71,8 @@ pub enum WebhookOutcome {
     path = "/api/v1/webhooks/payments",
     tag = "webhooks",
     request_body(content = PaymentEvent, content_type = "application/json"),
-    params(("Payg-Signature" = String, Header, pattern = r"^t=[0-9]+(,v1=[0-9a-f]{64})+$",
-        description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">`")),
+    params(("Payg-Signature" = String, Header, pattern = r"^t=[0-9]+(,v1=[0-9a-f]{64}){1,4}$",
+        description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">`, at most four `v1` (a rotation needs two)")),
     responses(
         (status = 201, description = "The payment was recorded", body = PaymentRecorded),
         (status = 200, description = "Acknowledged: ignored, a duplicate event, or a payment already recorded",

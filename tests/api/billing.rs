@@ -572,7 +572,7 @@ async fn the_payment_webhook_checks_signatures_and_applies_each_event_once() {
     let app = TestApp::builder()
         .clock(clock.clone())
         .env("PAYG_CLOSE_GRACE", "876000h")
-        .env("PAYG_WEBHOOK_SECRET", "whsec_test_0123456789")
+        .env("PAYG_WEBHOOK_SECRET", "whsec_test_0123456789abcdef0123456789")
         .spawn()
         .await;
     let finance = app.user_with_role("finance").await;
@@ -599,7 +599,7 @@ async fn the_payment_webhook_checks_signatures_and_applies_each_event_once() {
         (None, "invalid_signature"),
         (Some(signed("wrong-secret", now, &event)), "invalid_signature"),
         (
-            Some(signed("whsec_test_0123456789", now - 301, &event)),
+            Some(signed("whsec_test_0123456789abcdef0123456789", now - 301, &event)),
             "stale_signature",
         ),
         (Some(format!("t={now},v1=zz")), "invalid_signature"),
@@ -610,9 +610,12 @@ async fn the_payment_webhook_checks_signatures_and_applies_each_event_once() {
     }
     // A body changed after signing does not verify.
     let tampered = event.replace("1.50", "0.01");
-    let res = send(Some(signed("whsec_test_0123456789", now, &event)), tampered)
-        .await
-        .unwrap();
+    let res = send(
+        Some(signed("whsec_test_0123456789abcdef0123456789", now, &event)),
+        tampered,
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 400);
     assert_eq!(
         scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await,
@@ -620,24 +623,33 @@ async fn the_payment_webhook_checks_signatures_and_applies_each_event_once() {
         "nothing changed"
     );
 
-    let res = send(Some(signed("whsec_test_0123456789", now, &event)), event.clone())
-        .await
-        .unwrap();
+    let res = send(
+        Some(signed("whsec_test_0123456789abcdef0123456789", now, &event)),
+        event.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 201);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["invoice"]["status"], "paid");
-    let res = send(Some(signed("whsec_test_0123456789", now + 5, &event)), event.clone())
-        .await
-        .unwrap();
+    let res = send(
+        Some(signed("whsec_test_0123456789abcdef0123456789", now + 5, &event)),
+        event.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], "duplicate");
     assert_eq!(scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await, 1);
 
     let other = json!({"id": "evt_2", "type": "customer.updated"}).to_string();
-    let res = send(Some(signed("whsec_test_0123456789", now, &other)), other)
-        .await
-        .unwrap();
+    let res = send(
+        Some(signed("whsec_test_0123456789abcdef0123456789", now, &other)),
+        other,
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), 200);
 }
 

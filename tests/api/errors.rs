@@ -280,3 +280,31 @@ async fn a_field_sent_twice_is_refused() {
     let me = app.get_json("/api/v1/me", &user.token).await;
     assert_eq!(me["name"], "Test User");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_never_cached_and_no_answer_is_sniffed() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let login = app.login(&user.email, crate::helpers::PASSWORD).await;
+    assert_eq!(login.status(), 200);
+    assert_eq!(login.headers()["cache-control"], "no-store");
+    assert_eq!(login.headers()["x-content-type-options"], "nosniff");
+    let tokens: serde_json::Value = login.json().await.unwrap();
+    let refreshed = app
+        .post_json(
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(refreshed.status(), 200);
+    assert_eq!(refreshed.headers()["cache-control"], "no-store");
+    let key = app
+        .post_auth("/api/v1/api-keys", &user.token, &json!({"name": "ci"}))
+        .await;
+    assert_eq!(key.status(), 201);
+    assert_eq!(key.headers()["cache-control"], "no-store");
+    for path in ["/healthz", "/api/v1/no-such-route", "/api/v1/openapi.json"] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+}

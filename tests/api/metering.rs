@@ -470,3 +470,34 @@ async fn a_percent_encoded_path_is_metered_like_the_plain_one() {
     app.flush_meter().await;
     assert_eq!(usage_of(&app.db, user.id, "tools-uuid", &this_period()).await, (3, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switched_off_api_answers_404_and_is_never_served_unmetered() {
+    let app = TestApp::spawn().await;
+    let admin = app.user_with_role("admin").await;
+    let user = app.new_user().await;
+    assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
+    let id = api_id(&app.db, "tools-uuid").await;
+    let res = app
+        .patch_raw(
+            &format!("/api/v1/admin/apis/{id}"),
+            &admin.token,
+            r#"{"active": false}"#,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    for _ in 0..3 {
+        let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
+        assert_eq!(res.status(), 404);
+        assert_eq!(error_code(res).await, "not_found");
+    }
+    // Another tool is untouched.
+    assert_eq!(app.get_auth("/api/v1/tools/time", &user.token).await.status(), 200);
+    app.flush_meter().await;
+    assert_eq!(usage_of(&app.db, user.id, "tools-uuid", &this_period()).await, (1, 0));
+    let res = app
+        .patch_raw(&format!("/api/v1/admin/apis/{id}"), &admin.token, r#"{"active": true}"#)
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
+}

@@ -432,7 +432,7 @@ fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-const WEBHOOK_SECRET: &str = "whsec_spec_0123456789";
+const WEBHOOK_SECRET: &str = "whsec_spec_0123456789abcdef0123456789";
 
 async fn probes(app: &TestApp, cov: &mut Coverage<'_>) {
     for path in ["/healthz", "/readyz", "/api/v1/openapi.json"] {

@@ -185,7 +185,7 @@ async fn secrets_never_reach_the_logs() {
         .env("PAYG_BIND", format!("127.0.0.1:{port}"))
         .env("PAYG_METRICS_BIND", "127.0.0.1:0")
         .env("PAYG_LOG_FORMAT", "json")
-        .env("PAYG_WEBHOOK_SECRET", "whsec-never-logged-0123")
+        .env("PAYG_WEBHOOK_SECRET", "whsec-never-logged-0123456789abcdef")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -310,7 +310,7 @@ async fn secrets_never_reach_the_logs() {
         &key,
         "payg_forged-key-secret",
         TEST_JWT_SECRET,
-        "whsec-never-logged-0123",
+        "whsec-never-logged-0123456789abcdef",
         "$argon2id",
     ] {
         assert!(!log.contains(secret), "the log contains a secret: {secret}");
