@@ -152,7 +152,9 @@ fn main() -> anyhow::Result<()> {
                 sub,
                 role: "consumer",
                 iat,
-                exp: iat + 3600,
+                // Within payg's default JWT_TTL (15 min): it refuses a token
+                // that lives longer than it would issue one.
+                exp: iat + 600,
                 iss: &args.jwt_issuer,
                 aud: &args.jwt_audience,
                 jti: Uuid::new_v4(),

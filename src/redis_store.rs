@@ -15,6 +15,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use uuid::Uuid;
 
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// How long a user's version key outlives its last bump. A version only has
+/// to outlive the standings cached against it (`PAYG_AUTH_CACHE_MS`, about a
+/// second); when the key goes, the version reads as 0, which differs from
+/// any cached one, so the standing is simply read again.
+pub const USER_VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
 const TIMEOUT: Duration = Duration::from_millis(250);
 
 /// One round trip per metered call: deny-list check, user version, and a
@@ -275,9 +281,19 @@ impl RedisStore {
     /// Tells every instance to re-read the user's role, status and dues.
     pub async fn bump_user_version(&self, user: Uuid) -> bool {
         let key = self.user_key(user, "version");
-        self.run(|mut c| async move { redis::cmd("INCR").arg(&key).query_async::<i64>(&mut c).await })
-            .await
-            .is_some()
+        self.run(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .cmd("INCR")
+                .arg(&key)
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(USER_VERSION_TTL.as_secs())
+                .query_async::<(i64, i64)>(&mut c)
+                .await
+        })
+        .await
+        .is_some()
     }
 
     fn login_key(&self, email: &str) -> String {

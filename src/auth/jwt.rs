@@ -33,6 +33,9 @@ pub struct Claims {
     pub sid: Option<Uuid>,
 }
 
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+const LEEWAY_SECS: u64 = 5;
+
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -57,8 +60,10 @@ impl JwtKeys {
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        // `nbf` is never issued, but a token that carries one is held to it.
+        validation.validate_nbf = true;
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -96,11 +101,22 @@ impl JwtKeys {
         })
     }
 
-    /// Checks signature, algorithm, expiry, issuer and audience.
+    /// Checks signature, algorithm, expiry, issuer, audience and `nbf`;
+    /// refuses any `crit` header (payg understands no extension), an `iat`
+    /// in the future, and a lifetime (`exp − iat`) longer than payg issues.
+    /// Each of these needs the key to forge, so each is defence in depth.
     pub fn verify(&self, token: &str) -> Option<Claims> {
-        decode::<Claims>(token, &self.decoding, &self.validation)
-            .ok()
-            .map(|data| data.claims)
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
+        let claims = data.claims;
+        let now = chrono::Utc::now().timestamp();
+        let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
+        let longest = i64::try_from(self.ttl.as_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_add(leeway);
+        let sound = data.header.crit.is_none()
+            && claims.iat <= now.saturating_add(leeway)
+            && claims.exp.saturating_sub(claims.iat) <= longest;
+        sound.then_some(claims)
     }
 }
 
@@ -127,6 +143,44 @@ mod tests {
         assert_eq!(claims, issued.claims);
         assert_eq!(claims.sub, user);
         assert_eq!(issued.expires_in, 900);
+    }
+
+    #[test]
+    fn crit_headers_early_tokens_and_overlong_lifetimes_are_refused() {
+        let keys = JwtKeys::new(&settings("0123456789abcdef0123456789abcdef"));
+        let good = keys.issue(Uuid::new_v4(), Role::Consumer, None, Utc::now()).unwrap();
+        assert!(keys.verify(&good.token).is_some());
+        let sign = |header: &Header, claims: &serde_json::Value| encode(header, claims, &keys.encoding).unwrap();
+        let base = serde_json::to_value(&good.claims).unwrap();
+        let now = Utc::now().timestamp();
+        let with = |field: &str, value: i64| {
+            let mut c = base.clone();
+            c[field] = serde_json::json!(value);
+            c
+        };
+        let hs256 = Header::new(Algorithm::HS256);
+        assert!(
+            keys.verify(&sign(&hs256, &base)).is_some(),
+            "the same claims re-signed verify"
+        );
+        let mut crit = hs256.clone();
+        crit.crit = Some(vec!["exp".into()]);
+        assert!(keys.verify(&sign(&crit, &base)).is_none(), "crit");
+        assert!(
+            keys.verify(&sign(&hs256, &with("nbf", now + 600))).is_none(),
+            "nbf ahead"
+        );
+        assert!(
+            keys.verify(&sign(&hs256, &with("nbf", now - 1))).is_some(),
+            "nbf passed"
+        );
+        assert!(
+            keys.verify(&sign(&hs256, &with("iat", now + 600))).is_none(),
+            "iat ahead"
+        );
+        let mut long = with("exp", now + 30 * 24 * 3600);
+        long["iat"] = serde_json::json!(now);
+        assert!(keys.verify(&sign(&hs256, &long)).is_none(), "a month-long token");
     }
 
     #[test]

@@ -124,3 +124,66 @@ impl utoipa::ToSchema for DecimalString {
         std::borrow::Cow::Borrowed("DecimalString")
     }
 }
+
+/// Reads a money amount exactly as [`DecimalString`] describes it: ASCII
+/// digits (1 to 15) and at most one dot followed by 1 to 10 digits. No sign,
+/// exponent (`1e1`), separator (`1_000`) or white space, which a lenient
+/// decimal parser would take.
+pub fn parse_decimal_string(raw: &str) -> Result<rust_decimal::Decimal, String> {
+    let (whole, fraction) = match raw.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (raw, None),
+    };
+    let digits = |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole, 15) || fraction.is_some_and(|f| !digits(f, 10)) {
+        return Err(format!(
+            "{raw:?} is not a decimal amount: digits, optionally one dot and up to 10 decimals (e.g. \"12.50\")"
+        ));
+    }
+    raw.parse().map_err(|e| format!("{raw:?} is not a decimal amount: {e}"))
+}
+
+/// `#[serde(with = "decimal_string")]` for a required amount.
+pub mod decimal_string {
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let raw = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        super::parse_decimal_string(&raw).map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        rust_decimal::serde::str::serialize(value, s)
+    }
+}
+
+/// `#[serde(default, with = "decimal_string_option")]` for an optional amount.
+pub mod decimal_string_option {
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        Option::<std::borrow::Cow<'de, str>>::deserialize(d)?
+            .map(|raw| super::parse_decimal_string(&raw).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_digits_and_one_dot_only() {
+        for good in ["0", "12", "12.50", "0.0001", "999999999999999.9999999999"] {
+            assert!(parse_decimal_string(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "", "1e1", "1E+1", "1_000", "-1", "+1", " 1", "1 ", "1.", ".5", "1.2.3", "1,5", "0x10", "１",
+        ] {
+            assert!(parse_decimal_string(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_decimal_string("12.50").unwrap().to_string(), "12.50");
+    }
+}

@@ -28,7 +28,7 @@ pub struct Tier {
     #[schema(minimum = 1)]
     pub up_to: Option<i64>,
     // Per call in this tier (no doc comment: see `NewPriceRequest`).
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::domain::currency::decimal_string")]
     #[schema(value_type = DecimalString, inline)]
     pub unit_price: Decimal,
 }

@@ -175,7 +175,7 @@ pub async fn update_api(
 pub struct NewPriceRequest {
     // Per call, not negative (no doc comment: utoipa would wrap the inline
     // schema in an allOf with an object, which no client can satisfy).
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::domain::currency::decimal_string")]
     #[schema(value_type = DecimalString, inline)]
     unit_price: Decimal,
     /// Must be the billing currency when given.

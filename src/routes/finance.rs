@@ -222,7 +222,7 @@ pub async fn export_invoices(
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
     // In the invoice's currency.
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::domain::currency::decimal_string")]
     #[schema(value_type = DecimalString, inline)]
     amount: Decimal,
     // Recording the same reference again for the same amount is a no-op (200).

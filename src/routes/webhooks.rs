@@ -31,9 +31,10 @@ pub struct PaymentEvent {
     #[schema(value_type = Option<ProviderText>, inline)]
     invoice_number: Option<String>,
     /// Required for `payment.succeeded`: a decimal string.
-    #[serde(default, with = "rust_decimal::serde::str_option")]
+    #[serde(default, with = "crate::domain::currency::decimal_string_option")]
     #[schema(value_type = Option<DecimalString>, inline)]
     amount: Option<Decimal>,
+    /// Required for `payment.succeeded`: the invoice's currency.
     #[schema(value_type = Option<Currency>)]
     currency: Option<String>,
     /// Required for `payment.succeeded`: the provider's payment reference.
@@ -111,14 +112,18 @@ pub async fn payment_webhook(
         // Providers send many event types; acknowledging the rest stops retries.
         return Ok(HttpResponse::Ok().json(json!({"status": "ignored"})));
     }
-    let (Some(number), Some(amount), Some(reference)) = (event.invoice_number, event.amount, event.reference) else {
+    // The currency is required: an amount without one could be read in the
+    // wrong unit.
+    let (Some(number), Some(amount), Some(currency), Some(reference)) =
+        (event.invoice_number, event.amount, event.currency, event.reference)
+    else {
         return Err(ApiError::validation(
-            "payment.succeeded needs invoice_number, amount and reference",
+            "payment.succeeded needs invoice_number, amount, currency and reference",
         ));
     };
     let input = PaymentInput {
         amount,
-        currency: event.currency.as_deref().map(str::parse::<Currency>).transpose()?,
+        currency: Some(currency.parse::<Currency>()?),
         reference,
         method: "webhook".into(),
         source: PaymentSource::Webhook,

@@ -496,6 +496,16 @@ async fn payments_are_idempotent_and_settle_the_invoice() {
             400,
             "validation_failed",
         ),
+        (
+            json!({"amount": "3e0", "reference": "wire-2", "method": "wire"}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"amount": "3_00", "reference": "wire-2", "method": "wire"}),
+            400,
+            "validation_failed",
+        ),
     ] {
         let res = pay(body.clone()).await;
         assert_eq!(res.status(), status, "{body}");
@@ -617,6 +627,22 @@ async fn the_payment_webhook_checks_signatures_and_applies_each_event_once() {
     .await
     .unwrap();
     assert_eq!(res.status(), 400);
+    // Signed, but not an amount as the spec writes one, or without a
+    // currency: refused before anything is recorded.
+    for bad in [
+        json!({"id": "evt_bad_1", "type": "payment.succeeded", "invoice_number": number,
+               "amount": "1.5e0", "currency": "USD", "reference": "ch_bad"}),
+        json!({"id": "evt_bad_2", "type": "payment.succeeded", "invoice_number": number,
+               "amount": "1_50", "currency": "USD", "reference": "ch_bad"}),
+        json!({"id": "evt_bad_3", "type": "payment.succeeded", "invoice_number": number,
+               "amount": "1.50", "reference": "ch_bad"}),
+    ] {
+        let body = bad.to_string();
+        let res = send(Some(signed("whsec_test_0123456789abcdef0123456789", now, &body)), body)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
     assert_eq!(
         scalar_i64(&app.db, "SELECT count(*) AS n FROM payments").await,
         0,

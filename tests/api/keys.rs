@@ -515,3 +515,25 @@ async fn concurrent_creations_never_pass_the_key_limit() {
     let listed: Value = app.get_json("/api/v1/api-keys", &user.token).await;
     assert_eq!(listed["api_keys"].as_array().unwrap().len(), 25);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_version_keys_expire_instead_of_living_forever() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    app.state.authenticator.user_changed(user.id).await;
+    let key = format!("{}{{{}}}:version", app.state.config.redis_prefix, user.id);
+    let ttl: i64 = tokio::task::spawn_blocking(move || {
+        let mut conn = redis::Client::open("redis://127.0.0.1:6379")
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("TTL").arg(&key).query(&mut conn).unwrap()
+    })
+    .await
+    .unwrap();
+    let day = i64::try_from(payg::redis_store::USER_VERSION_TTL.as_secs()).unwrap();
+    assert!((day - 60..=day).contains(&ttl), "TTL {ttl}s (-1: none, -2: no key)");
+    // A stale cache is never trusted over an expired version: a new user
+    // version still takes effect.
+    assert_eq!(app.get_auth("/api/v1/me", &user.token).await.status(), 200);
+}
