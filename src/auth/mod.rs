@@ -70,9 +70,11 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Finance and admin routes take a signed-in session, not an API key: a
-    /// leaked key of a finance user must not be able to move money.
-    fn require_access_token(&self) -> Result<(), AuthError> {
+    /// Everything but metered calls and reading one's own usage, cost and
+    /// invoices takes a signed-in session, not an API key: a leaked key must
+    /// not be able to mint or revoke keys (and so outlive its own
+    /// revocation), end sessions, change the billing profile, or move money.
+    pub fn require_access_token(&self) -> Result<(), AuthError> {
         match self.credential {
             Credential::AccessToken { .. } => Ok(()),
             Credential::ApiKey { .. } => Err(AuthError::AccessTokenRequired),

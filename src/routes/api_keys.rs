@@ -13,7 +13,7 @@ use crate::domain::text::KeyName;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::api_key::{ApiKey, MAX_ACTIVE_KEYS};
 use crate::routes::conn;
-use crate::routes::extract::AuthUser;
+use crate::routes::extract::SessionUser;
 use crate::routes::json::Json;
 
 #[derive(Deserialize, ToSchema)]
@@ -45,7 +45,7 @@ pub struct ApiKeyList {
     post,
     path = "/api/v1/api-keys",
     tag = "keys",
-    security(("bearerAuth" = []), ("apiKey" = [])),
+    security(("bearerAuth" = [])),
     responses(
         (status = 201, description = "The new key, in full this once", body = CreatedApiKey),
         (status = 400, description = "`validation_failed`: a bad name", body = ErrorBody),
@@ -55,7 +55,7 @@ pub struct ApiKeyList {
 )]
 pub async fn create_api_key(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: SessionUser,
     body: Json<NewKeyRequest>,
 ) -> ApiResult<HttpResponse> {
     let name = body.into_inner().name.into_inner();
@@ -94,10 +94,10 @@ pub async fn create_api_key(
     get,
     path = "/api/v1/api-keys",
     tag = "keys",
-    security(("bearerAuth" = []), ("apiKey" = [])),
+    security(("bearerAuth" = [])),
     responses((status = 200, description = "Active keys, newest first", body = ApiKeyList))
 )]
-pub async fn list_api_keys(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
+pub async fn list_api_keys(state: web::Data<AppState>, user: SessionUser) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let keys = ApiKey::active_for_user(&mut conn, user.id()).await?;
     Ok(HttpResponse::Ok().json(json!({ "api_keys": keys })))
@@ -110,7 +110,7 @@ pub async fn list_api_keys(state: web::Data<AppState>, user: AuthUser) -> ApiRes
     path = "/api/v1/api-keys/{id}",
     tag = "keys",
     params(("id" = Uuid, Path, description = "The key's id")),
-    security(("bearerAuth" = []), ("apiKey" = [])),
+    security(("bearerAuth" = [])),
     responses(
         (status = 204, description = "Revoked"),
         (status = 404, description = "`not_found`: no such active key of the caller's, or `id` is not a UUID",
@@ -119,7 +119,7 @@ pub async fn list_api_keys(state: web::Data<AppState>, user: AuthUser) -> ApiRes
 )]
 pub async fn revoke_api_key(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: SessionUser,
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;

@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::UserStatus;
 use crate::models::user::{NewUser, Role, User};
 use crate::routes::conn;
-use crate::routes::extract::AuthUser;
+use crate::routes::extract::SessionUser;
 use crate::routes::json::Json;
 
 /// A new consumer account. The email is unique, case-insensitively.
@@ -232,11 +232,11 @@ pub struct LogoutRequest {
     security(("bearerAuth" = [])),
     responses(
         (status = 204, description = "Logged out"),
-        (status = 400, description = "`validation_failed`: the credential is an API key, not an access token, \
-            or the body has unknown fields; `invalid_json`: the body is not JSON", body = ErrorBody),
+        (status = 400, description = "`validation_failed`: the body has unknown fields; \
+            `invalid_json`: the body is not JSON", body = ErrorBody),
     )
 )]
-pub async fn logout(state: web::Data<AppState>, user: AuthUser, body: web::Bytes) -> ApiResult<HttpResponse> {
+pub async fn logout(state: web::Data<AppState>, user: SessionUser, body: web::Bytes) -> ApiResult<HttpResponse> {
     // The body is optional (absent or `null`), but one that is sent must be
     // a valid request.
     let body: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -254,11 +254,10 @@ pub async fn logout(state: web::Data<AppState>, user: AuthUser, body: web::Bytes
         jti,
         session,
         expires_at,
-    } = user.0.credential
+    } = user.0.0.credential
     else {
-        return Err(ApiError::validation(
-            "logout ends an access-token session; revoke API keys with DELETE /api/v1/api-keys/{id}",
-        ));
+        // SessionUser has refused API keys already.
+        return Err(ApiError::access_token_required());
     };
     let now = Utc::now();
     let ttl = Duration::from_secs(u64::try_from(expires_at - now.timestamp()).unwrap_or(0) + 1);

@@ -1,5 +1,6 @@
-//! Who is calling, as handlers take it: the [`AuthUser`], [`FinanceUser`]
-//! and [`AdminUser`] extractors, and the [`authenticate_first`] middleware.
+//! Who is calling, as handlers take it: the [`AuthUser`], [`SessionUser`],
+//! [`FinanceUser`] and [`AdminUser`] extractors, and the
+//! [`authenticate_first`] middleware.
 //! The checks themselves are `auth`'s; this is the web glue around them.
 
 use std::future::Future;
@@ -51,6 +52,13 @@ impl FromRequest for AuthUser {
     }
 }
 
+/// An [`AuthUser`] signed in with an access token (an API key gets 401
+/// `access_token_required`): for managing keys, sessions and the profile.
+/// Plain [`AuthUser`] — which takes a key too — is for metered calls and for
+/// reading the caller's own usage, cost and invoices, and nothing else.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionUser(pub AuthUser);
+
 /// An [`AuthUser`] with the finance or admin role, signed in with an access
 /// token. Checked as the handler's arguments are extracted, so a caller
 /// without the role gets 403 whatever the body holds.
@@ -86,6 +94,7 @@ macro_rules! role_extractor {
         }
     };
 }
+role_extractor!(SessionUser, require_access_token);
 role_extractor!(FinanceUser, require_finance);
 role_extractor!(AdminUser, require_admin);
 

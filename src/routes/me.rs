@@ -10,7 +10,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::User;
 use crate::models::user::ProfileChanges;
 use crate::routes::conn;
-use crate::routes::extract::AuthUser;
+use crate::routes::extract::SessionUser;
 use crate::routes::json::Json;
 
 /// The caller's account and billing details.
@@ -18,10 +18,10 @@ use crate::routes::json::Json;
     get,
     path = "/api/v1/me",
     tag = "profile",
-    security(("bearerAuth" = []), ("apiKey" = [])),
+    security(("bearerAuth" = [])),
     responses((status = 200, description = "The caller", body = User))
 )]
-pub async fn get_me(state: web::Data<AppState>, user: AuthUser) -> ApiResult<HttpResponse> {
+pub async fn get_me(state: web::Data<AppState>, user: SessionUser) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let me = User::find(&mut conn, user.id())
         .await?
@@ -81,7 +81,7 @@ impl From<UpdateProfile> for ProfileChanges {
     patch,
     path = "/api/v1/me",
     tag = "profile",
-    security(("bearerAuth" = []), ("apiKey" = [])),
+    security(("bearerAuth" = [])),
     responses(
         (status = 200, description = "The updated account", body = User),
         (status = 400, description = "`validation_failed`: a field too long, with control characters, \
@@ -90,7 +90,7 @@ impl From<UpdateProfile> for ProfileChanges {
 )]
 pub async fn update_me(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: SessionUser,
     body: Json<UpdateProfile>,
 ) -> ApiResult<HttpResponse> {
     let changes = ProfileChanges::from(body.into_inner());

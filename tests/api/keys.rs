@@ -74,17 +74,45 @@ async fn an_api_key_is_shown_once_stored_hashed_and_meters_like_a_token() {
         .await
         .unwrap();
     assert_eq!(header.status(), 200);
-    let me: Value = app
-        .client
-        .get(app.url("/api/v1/me"))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(me["id"], user.id.to_string());
+    // A key reads its user's own usage, cost and invoices …
+    for path in ["/api/v1/usage", "/api/v1/billing/current", "/api/v1/invoices"] {
+        let res = app
+            .client
+            .get(app.url(path))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    // … and nothing else: keys, sessions and the profile need a session, so
+    // a leaked key cannot mint a key, revoke itself or change the profile.
+    let key_id = created["id"].as_str().unwrap().to_owned();
+    let attempts = [
+        app.client.get(app.url("/api/v1/me")),
+        app.client
+            .patch(app.url("/api/v1/me"))
+            .json(&json!({"company": "Evil"})),
+        app.client.get(app.url("/api/v1/api-keys")),
+        app.client
+            .post(app.url("/api/v1/api-keys"))
+            .json(&json!({"name": "minted"})),
+        app.client.delete(app.url(&format!("/api/v1/api-keys/{key_id}"))),
+        app.client.post(app.url("/api/v1/auth/logout")),
+    ];
+    for attempt in attempts {
+        let res = attempt.header("x-api-key", &key).send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(error_code(res).await, "access_token_required");
+    }
+    let keys: Value = app.get_json("/api/v1/api-keys", &user.token).await;
+    assert_eq!(
+        keys["api_keys"].as_array().unwrap().len(),
+        1,
+        "no key minted, none revoked"
+    );
+    let me: Value = app.get_json("/api/v1/me", &user.token).await;
+    assert!(me["company"].is_null(), "the profile is unchanged");
     let wrong = app
         .client
         .get(app.url("/api/v1/tools/uuid"))

@@ -258,8 +258,9 @@ async fn security_schemes_are_declared_and_each_route_names_what_it_accepts() {
             Value::Null
         } else if path.starts_with("/api/v1/finance/") || path.starts_with("/api/v1/admin/") {
             bearer.clone()
-        } else if path == "/api/v1/auth/logout" {
-            // Logout ends an access-token session; an API key gets a 400.
+        } else if path == "/api/v1/auth/logout" || path == "/api/v1/me" || path.starts_with("/api/v1/api-keys") {
+            // Sessions, the profile and keys need an access token (an API
+            // key gets 401 `access_token_required`).
             bearer.clone()
         } else {
             either.clone()
