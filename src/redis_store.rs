@@ -27,11 +27,12 @@ const TIMEOUT: Duration = Duration::from_millis(250);
 /// GCRA rate-limit step, atomically. All keys share the user's hash tag so
 /// the script also runs on Redis Cluster.
 ///
-/// KEYS: rate, deny (for the token's jti), version.
+/// KEYS: rate, deny (for the token's jti), version, deny (for its session).
 /// ARGV: emission interval µs, burst tolerance µs, 1 = apply the limit.
 /// Returns {denied, version, allowed, remaining, retry_after_µs, reset_µs}.
 const CHECK_CALL_LUA: &str = r"
-local denied = redis.call('EXISTS', KEYS[2])
+local denied = redis.call('EXISTS', KEYS[2], KEYS[4])
+if denied > 0 then denied = 1 end
 local version = tonumber(redis.call('GET', KEYS[3]) or '0')
 if denied == 1 or ARGV[3] ~= '1' then
   return {denied, version, 1, -1, 0, 0}
@@ -210,12 +211,23 @@ impl RedisStore {
             .is_some()
     }
 
-    /// The per-call check. `jti` is the access token's id (None for API keys).
-    pub async fn check_call(&self, user: Uuid, jti: Option<Uuid>, limit: Option<RateLimit>) -> Option<CallVerdict> {
+    /// The per-call check. `jti` is the access token's id and `session` its
+    /// login session (both None for API keys).
+    pub async fn check_call(
+        &self,
+        user: Uuid,
+        jti: Option<Uuid>,
+        session: Option<Uuid>,
+        limit: Option<RateLimit>,
+    ) -> Option<CallVerdict> {
         let rate_key = self.user_key(user, "rate");
         let deny_key = match jti {
             Some(j) => self.user_key(user, &format!("deny:{j}")),
             None => self.user_key(user, "deny:-"),
+        };
+        let session_key = match session {
+            Some(s) => self.user_key(user, &format!("deny-session:{s}")),
+            None => self.user_key(user, "deny-session:-"),
         };
         let version_key = self.user_key(user, "version");
         let (interval_us, tolerance_us, apply) = match limit {
@@ -234,6 +246,7 @@ impl RedisStore {
                     .key(&rate_key)
                     .key(&deny_key)
                     .key(&version_key)
+                    .key(&session_key)
                     .arg(interval_us)
                     .arg(tolerance_us)
                     .arg(apply)
@@ -261,9 +274,21 @@ impl RedisStore {
         })
     }
 
+    /// Ends a login session on every instance: every access token issued in
+    /// it is refused for `ttl`, which must cover the longest an access token
+    /// lives (none can be issued in it afterwards: its refresh tokens are
+    /// revoked in PostgreSQL).
+    pub async fn deny_session(&self, user: Uuid, session: Uuid, ttl: Duration) -> bool {
+        self.set_denied(self.user_key(user, &format!("deny-session:{session}")), ttl)
+            .await
+    }
+
     /// Puts an access token on the deny-list until it would have expired.
     pub async fn deny_token(&self, user: Uuid, jti: Uuid, ttl: Duration) -> bool {
-        let key = self.user_key(user, &format!("deny:{jti}"));
+        self.set_denied(self.user_key(user, &format!("deny:{jti}")), ttl).await
+    }
+
+    async fn set_denied(&self, key: String, ttl: Duration) -> bool {
         let secs = ttl.as_secs().max(1);
         self.run(|mut c| async move {
             redis::cmd("SET")

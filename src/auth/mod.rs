@@ -264,16 +264,16 @@ impl Authenticator {
                 (user_id, Credential::ApiKey { key_id })
             }
         };
-        let jti = match credential {
-            Credential::AccessToken { jti, .. } => Some(jti),
-            Credential::ApiKey { .. } => None,
+        let (jti, session) = match credential {
+            Credential::AccessToken { jti, session, .. } => (Some(jti), session),
+            Credential::ApiKey { .. } => (None, None),
         };
         let limit = if purpose == Purpose::Metered {
             self.rate_limit
         } else {
             None
         };
-        let verdict = self.redis.check_call(user_id, jti, limit).await;
+        let verdict = self.redis.check_call(user_id, jti, session, limit).await;
         if verdict.is_some_and(|v| v.denied) {
             return Err(AuthError::InvalidToken);
         }

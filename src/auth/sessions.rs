@@ -89,9 +89,11 @@ pub enum Rotation {
     Rotated(IssuedSession),
     /// Unknown, expired or revoked token.
     Invalid,
-    /// A retired token came back: the family has been revoked.
+    /// A retired token came back: the family (the login session) has been
+    /// revoked; its access tokens must be refused too.
     Reused {
         user_id: Uuid,
+        session: Uuid,
     },
     Suspended,
 }
@@ -121,7 +123,10 @@ pub async fn rotate(
             }
             if token.retired_at.is_some() {
                 RefreshToken::revoke_family(conn, token.family_id, token.user_id, now).await?;
-                return Ok(Rotation::Reused { user_id: token.user_id });
+                return Ok(Rotation::Reused {
+                    user_id: token.user_id,
+                    session: token.family_id,
+                });
             }
             let Some(user) = User::find(conn, token.user_id).await? else {
                 return Ok(Rotation::Invalid);
@@ -134,7 +139,7 @@ pub async fn rotate(
             Ok(Rotation::Rotated(session))
         })
         .await?;
-    if let Rotation::Reused { user_id } = &outcome {
+    if let Rotation::Reused { user_id, .. } = &outcome {
         tracing::warn!(user_id = %user_id, "a retired refresh token was presented again; its session was revoked");
     }
     Ok(outcome)

@@ -114,6 +114,12 @@ fn issuer(state: &AppState) -> sessions::Issuer<'_> {
     }
 }
 
+/// How long an ended session stays deny-listed: as long as any access token
+/// issued in it can live (plus the verifier's skew).
+fn session_deny_ttl(state: &AppState) -> Duration {
+    state.config.jwt.ttl + Duration::from_secs(10)
+}
+
 /// Failed logins allowed per email per window before 429.
 pub const MAX_LOGIN_FAILURES: u32 = 10;
 pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -209,7 +215,19 @@ pub async fn refresh(state: web::Data<AppState>, body: Json<RefreshRequest>) -> 
     let rotation = sessions::rotate(&mut conn, issuer(&state), &presented, Utc::now()).await?;
     match rotation {
         Rotation::Rotated(session) => Ok(token_response(session)),
-        Rotation::Invalid | Rotation::Reused { .. } => Err(ApiError::invalid_token()),
+        Rotation::Reused { user_id, session } => {
+            // A stolen refresh token came back: the thief's access tokens
+            // die with the session, not at their expiry.
+            if !state
+                .redis
+                .deny_session(user_id, session, session_deny_ttl(&state))
+                .await
+            {
+                tracing::warn!(user_id = %user_id, "could not deny-list a reused session (Redis unavailable)");
+            }
+            Err(ApiError::invalid_token())
+        }
+        Rotation::Invalid => Err(ApiError::invalid_token()),
         Rotation::Suspended => Err(ApiError::account_suspended()),
     }
 }
@@ -221,9 +239,10 @@ pub struct LogoutRequest {
     refresh_token: Option<String>,
 }
 
-/// Ends the session: the presented access token stops working at once on
-/// every instance (its `jti` is deny-listed in Redis until it would have
-/// expired) and the session's refresh tokens are revoked.
+/// Ends the session: every access token of it (not only the one presented)
+/// stops working at once on every instance — the session is deny-listed in
+/// Redis for as long as its tokens could live — and its refresh tokens are
+/// revoked.
 #[utoipa::path(
     post,
     path = "/api/v1/auth/logout",
@@ -261,9 +280,20 @@ pub async fn logout(state: web::Data<AppState>, user: SessionUser, body: web::By
     };
     let now = Utc::now();
     let ttl = Duration::from_secs(u64::try_from(expires_at - now.timestamp()).unwrap_or(0) + 1);
-    if !state.redis.deny_token(user.id(), jti, ttl).await {
-        // Redis is down: the token lapses at its expiry (minutes) instead.
-        tracing::warn!(user_id = %user.id(), "logout could not deny-list the access token (Redis unavailable)");
+    // The whole session ends: every access token issued in it, not only the
+    // one presented.
+    let denied = match session {
+        Some(session) => {
+            state
+                .redis
+                .deny_session(user.id(), session, session_deny_ttl(&state))
+                .await
+        }
+        None => state.redis.deny_token(user.id(), jti, ttl).await,
+    };
+    if !denied {
+        // Redis is down: the tokens lapse at their expiry (minutes) instead.
+        tracing::warn!(user_id = %user.id(), "logout could not deny-list the session (Redis unavailable)");
     }
     let mut conn = conn(&state.db).await?;
     let mut families: Vec<Uuid> = session.into_iter().collect();

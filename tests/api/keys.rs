@@ -256,6 +256,11 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
         .post_json("/api/v1/auth/refresh", &json!({"refresh_token": first}))
         .await;
     assert_eq!(res.status(), 401);
+    assert_eq!(
+        app.get_auth("/api/v1/me", access).await.status(),
+        401,
+        "the session's access tokens die with it, not at their expiry"
+    );
     let res = app
         .post_json("/api/v1/auth/refresh", &json!({"refresh_token": second}))
         .await;
@@ -289,8 +294,18 @@ async fn logout_kills_the_access_token_at_once_on_every_instance() {
         .spawn()
         .await;
     let user = a.new_user().await;
-    let (access, refresh) = login_pair(&a, &user.email).await;
+    let (earlier, refresh) = login_pair(&a, &user.email).await;
+    // A refresh gives the same session a second access token; logging out
+    // with it must end the earlier one too.
+    let res = a
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let rotated: Value = res.json().await.unwrap();
+    let access = rotated["access_token"].as_str().unwrap().to_owned();
+    let refresh = rotated["refresh_token"].as_str().unwrap().to_owned();
     assert_eq!(b.get_auth("/api/v1/me", &access).await.status(), 200);
+    assert_eq!(b.get_auth("/api/v1/me", &earlier).await.status(), 200);
     let res = a
         .client
         .post(a.url("/api/v1/auth/logout"))
@@ -301,8 +316,10 @@ async fn logout_kills_the_access_token_at_once_on_every_instance() {
         .unwrap();
     assert_eq!(res.status(), 204);
     for app in [&a, &b] {
-        assert_eq!(app.get_auth("/api/v1/me", &access).await.status(), 401);
-        assert_eq!(app.get_auth("/api/v1/tools/uuid", &access).await.status(), 401);
+        for token in [&access, &earlier] {
+            assert_eq!(app.get_auth("/api/v1/me", token).await.status(), 401);
+            assert_eq!(app.get_auth("/api/v1/tools/uuid", token).await.status(), 401);
+        }
     }
     let res = b
         .post_json("/api/v1/auth/refresh", &json!({"refresh_token": refresh}))
