@@ -3,7 +3,7 @@
 //! startup with one line naming the variable.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use chrono_tz::Tz;
@@ -63,6 +63,65 @@ pub struct Config {
     pub meter: MeterSettings,
     pub billing: BillingSettings,
     pub log_format: LogFormat,
+    /// Proxies whose `X-Forwarded-For` names the client
+    /// (`PAYG_TRUSTED_PROXIES`, comma-separated CIDRs; default none: the
+    /// peer address is the client).
+    pub trusted_proxies: Vec<IpCidr>,
+}
+
+/// An IP network: an address and how many leading bits of it count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpCidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpCidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |addr: IpAddr| -> (u128, u8) {
+            match addr {
+                IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+                IpAddr::V6(a) => (u128::from(a), 128),
+            }
+        };
+        // An IPv4 client may arrive as an IPv4-mapped IPv6 address.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.addr), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let host_bits = u32::from(width - self.prefix);
+        let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
+        (net & mask) == (addr & mask)
+    }
+}
+
+impl std::str::FromStr for IpCidr {
+    type Err = String;
+
+    /// `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +298,18 @@ impl Config {
                 overdue_days: parse_or("PAYG_OVERDUE_DAYS", var("PAYG_OVERDUE_DAYS"), Some(30))?,
                 webhook_secret: webhook_secret.map(Secret::new),
             },
+            trusted_proxies: match var("PAYG_TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .filter(|c| !c.trim().is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, String>>()
+                    .map_err(|message| ConfigError {
+                        var: "PAYG_TRUSTED_PROXIES",
+                        message,
+                    })?,
+            },
             log_format: match var("PAYG_LOG_FORMAT").as_deref() {
                 None | Some("pretty") => LogFormat::Pretty,
                 Some("json") => LogFormat::Json,
@@ -344,6 +415,24 @@ mod tests {
         let err = config(&[jwt, ("PAYG_WEBHOOK_SECRET", "whsec_short")]).unwrap_err();
         assert_eq!(err.var, "PAYG_WEBHOOK_SECRET");
         assert!(config(&[jwt, ("PAYG_WEBHOOK_SECRET", &"w".repeat(32))]).is_ok());
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs() {
+        let c = config(&[SECRET, ("PAYG_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7, ::1/128")]).unwrap();
+        let [net, host, v6] = c.trusted_proxies.as_slice() else {
+            panic!("three entries")
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(net.contains(ip("10.200.3.4")) && !net.contains(ip("11.0.0.1")));
+        assert!(net.contains(ip("::ffff:10.1.2.3")), "IPv4-mapped");
+        assert!(host.contains(ip("192.168.1.7")) && !host.contains(ip("192.168.1.8")));
+        assert!(v6.contains(ip("::1")) && !v6.contains(ip("127.0.0.1")));
+        assert!("0.0.0.0/0".parse::<IpCidr>().unwrap().contains(ip("8.8.8.8")));
+        for bad in ["10.0.0.0/33", "nope", "::1/129"] {
+            let err = config(&[SECRET, ("PAYG_TRUSTED_PROXIES", bad)]).unwrap_err();
+            assert_eq!(err.var, "PAYG_TRUSTED_PROXIES", "{bad}");
+        }
     }
 
     #[test]

@@ -177,6 +177,17 @@ impl ApiError {
         )
     }
 
+    /// 503 at login: the lockout's state is unknown (Redis unreachable), so
+    /// the login is refused rather than let guesses through uncounted.
+    pub fn login_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "login_unavailable",
+            "logins are paused while the lockout cannot be checked; retry shortly",
+        )
+        .with_retry_after(1)
+    }
+
     /// 503: the payment webhook has no secret to check signatures with.
     pub fn webhooks_disabled() -> Self {
         Self::new(

@@ -79,12 +79,50 @@ pub struct RateOutcome {
     pub retry_after_secs: u64,
 }
 
+/// One login attempt taken from two budgets at once: KEYS[1] counts the
+/// attempts of one email from one client address, KEYS[2] those of the
+/// email from anywhere. Every attempt counts when it arrives (a success
+/// gives it back, see `login_succeeded`); the window starts at the first.
+///
+/// ARGV: per-client max, its window ms, per-email max, its window ms.
+/// Returns {allowed, retry_after_ms}.
+const RESERVE_LOGIN_LUA: &str = r"
+local from = redis.call('INCR', KEYS[1])
+if from == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local all = redis.call('INCR', KEYS[2])
+if all == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+if from > tonumber(ARGV[1]) then
+  return {0, redis.call('PTTL', KEYS[1])}
+end
+if all > tonumber(ARGV[3]) then
+  return {0, redis.call('PTTL', KEYS[2])}
+end
+return {1, 0}
+";
+
+/// The login lockout's budgets (see `routes::auth::LOGIN_LIMITS`).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    pub per_client: u32,
+    pub per_client_window: Duration,
+    pub per_email: u32,
+    pub per_email_window: Duration,
+}
+
+/// What [`RedisStore::reserve_login`] decided.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginAttempt {
+    pub allowed: bool,
+    pub retry_after_secs: u64,
+}
+
 pub struct RedisStore {
     client: redis::Client,
     prefix: String,
     manager: RwLock<Option<ConnectionManager>>,
     connecting: tokio::sync::Mutex<()>,
     script: redis::Script,
+    login_script: redis::Script,
     down_since: Mutex<Option<Instant>>,
     last_failure: Mutex<Option<Instant>>,
     in_outage: AtomicBool,
@@ -99,6 +137,7 @@ impl RedisStore {
             manager: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
             script: redis::Script::new(CHECK_CALL_LUA),
+            login_script: redis::Script::new(RESERVE_LOGIN_LUA),
             down_since: Mutex::new(None),
             last_failure: Mutex::new(None),
             in_outage: AtomicBool::new(false),
@@ -321,52 +360,61 @@ impl RedisStore {
         .is_some()
     }
 
-    fn login_key(&self, email: &str) -> String {
+    /// The two lockout counters of a login: per (email, client address) and
+    /// per email. Hashed so Redis never holds email addresses; one hash tag,
+    /// so the script also runs on Redis Cluster.
+    fn login_keys(&self, email: &str, client: &str) -> (String, String) {
         use sha2::Digest;
-        // Hashed so Redis never holds email addresses.
-        self.key(&format!(
-            "login-failures:{}",
-            hex::encode(sha2::Sha256::digest(email.as_bytes()))
-        ))
+        let email = hex::encode(sha2::Sha256::digest(email.as_bytes()));
+        let client = hex::encode(sha2::Sha256::digest(client.as_bytes()));
+        (
+            self.key(&format!("login:{{{email}}}:from:{client}")),
+            self.key(&format!("login:{{{email}}}:all")),
+        )
     }
 
-    /// Failed logins for this email in the current window, and the seconds
-    /// until the window ends.
-    pub async fn login_failures(&self, email: &str) -> Option<(u32, u64)> {
-        let key = self.login_key(email);
-        self.run(|mut c| async move {
-            let (count, ttl): (Option<u32>, i64) = redis::pipe()
-                .cmd("GET")
-                .arg(&key)
-                .cmd("TTL")
-                .arg(&key)
-                .query_async(&mut c)
-                .await?;
-            Ok((count.unwrap_or(0), u64::try_from(ttl).unwrap_or(0)))
+    /// Takes one login attempt out of both budgets *before* the password is
+    /// verified, in one atomic step, so parallel guesses cannot all pass a
+    /// check made before any of them counted. `None`: Redis could not say
+    /// (the caller must refuse the login: the lockout fails closed).
+    pub async fn reserve_login(&self, email: &str, client: &str, limits: LoginLimits) -> Option<LoginAttempt> {
+        let (client_key, email_key) = self.login_keys(email, client);
+        let script = &self.login_script;
+        let raw: Vec<i64> = self
+            .run(|mut c| async move {
+                script
+                    .key(&client_key)
+                    .key(&email_key)
+                    .arg(limits.per_client)
+                    .arg(u64::try_from(limits.per_client_window.as_millis()).unwrap_or(u64::MAX))
+                    .arg(limits.per_email)
+                    .arg(u64::try_from(limits.per_email_window.as_millis()).unwrap_or(u64::MAX))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let [allowed, retry_ms] = raw.as_slice() else {
+            return None;
+        };
+        Some(LoginAttempt {
+            allowed: *allowed == 1,
+            retry_after_secs: u64::try_from(*retry_ms).unwrap_or(0).div_ceil(1000).max(1),
         })
-        .await
     }
 
-    pub async fn record_login_failure(&self, email: &str, window: Duration) {
-        let key = self.login_key(email);
-        let secs = window.as_secs();
+    /// A reserved attempt succeeded: it was no failure. The client's
+    /// counter restarts; the email's gives the attempt back.
+    pub async fn login_succeeded(&self, email: &str, client: &str) {
+        let (client_key, email_key) = self.login_keys(email, client);
         self.run(|mut c| async move {
             redis::pipe()
-                .cmd("INCR")
-                .arg(&key)
-                .cmd("EXPIRE")
-                .arg(&key)
-                .arg(secs)
-                .arg("NX")
+                .cmd("DEL")
+                .arg(&client_key)
+                .cmd("DECR")
+                .arg(&email_key)
                 .query_async::<()>(&mut c)
                 .await
         })
         .await;
-    }
-
-    pub async fn clear_login_failures(&self, email: &str) {
-        let key = self.login_key(email);
-        self.run(|mut c| async move { redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await })
-            .await;
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,8 +15,9 @@ use crate::domain::text::{Email, Name, Password};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::UserStatus;
 use crate::models::user::{NewUser, Role, User};
+use crate::redis_store::LoginLimits;
 use crate::routes::conn;
-use crate::routes::extract::SessionUser;
+use crate::routes::extract::{SessionUser, client_address};
 use crate::routes::json::Json;
 
 /// A new consumer account. The email is unique, case-insensitively.
@@ -120,9 +121,17 @@ fn session_deny_ttl(state: &AppState) -> Duration {
     state.config.jwt.ttl + Duration::from_secs(10)
 }
 
-/// Failed logins allowed per email per window before 429.
-pub const MAX_LOGIN_FAILURES: u32 = 10;
-pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// The login lockout. Attempts are counted per email *and client address*
+/// (10 per 15 minutes), so a stranger guessing from elsewhere cannot lock
+/// the owner out of their own address; and per email from anywhere (100 per
+/// hour), a slower bound on a guesser with many addresses. Each attempt is
+/// reserved before the password is checked; a success gives it back.
+pub const LOGIN_LIMITS: LoginLimits = LoginLimits {
+    per_client: 10,
+    per_client_window: Duration::from_secs(15 * 60),
+    per_email: 100,
+    per_email_window: Duration::from_secs(3600),
+};
 
 /// Logs in with email and password: an access token and a refresh token.
 #[utoipa::path(
@@ -133,19 +142,28 @@ pub const LOGIN_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
         (status = 200, description = "A new session", body = TokenResponse),
         (status = 401, description = "`invalid_credentials`: unknown email or wrong password", body = ErrorBody),
         (status = 403, description = "`account_suspended`: the account is suspended", body = ErrorBody),
-        (status = 429, description = "`too_many_attempts`: too many failed logins for this email", body = ErrorBody,
+        (status = 429, description = "`too_many_attempts`: too many logins for this email from this address, \
+            or for this email from anywhere", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until another attempt is allowed"))),
+        (status = 503, description = "`login_unavailable`: the lockout cannot be checked (Redis is unreachable); \
+            logins fail closed rather than allow unlimited guessing", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
-pub async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> ApiResult<HttpResponse> {
+pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: Json<LoginRequest>) -> ApiResult<HttpResponse> {
     let LoginRequest { email, password } = body.into_inner();
     // The lockout counts attempts per email string whether or not an account
     // exists, so it reveals nothing about which emails are registered.
     let lockout_key = email.trim().to_lowercase();
-    if let Some((failures, retry_after)) = state.redis.login_failures(&lockout_key).await
-        && failures >= MAX_LOGIN_FAILURES
-    {
-        return Err(ApiError::too_many_attempts(retry_after));
+    let client =
+        client_address(&req, &state.config.trusted_proxies).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    match state.redis.reserve_login(&lockout_key, &client, LOGIN_LIMITS).await {
+        None => return Err(ApiError::login_unavailable()),
+        Some(attempt) if !attempt.allowed => {
+            tracing::warn!(client = %client, "login refused by the lockout");
+            return Err(ApiError::too_many_attempts(attempt.retry_after_secs));
+        }
+        Some(_) => {}
     }
     // A malformed email cannot belong to anyone: same answer as a wrong one.
     let user = match email.parse::<Email>() {
@@ -169,14 +187,12 @@ pub async fn login(state: web::Data<AppState>, body: Json<LoginRequest>) -> ApiR
     let user = match user {
         Some(user) if verified => user,
         _ => {
-            state
-                .redis
-                .record_login_failure(&lockout_key, LOGIN_FAILURE_WINDOW)
-                .await;
+            // The reserved attempt stays counted: it was a failure.
+            tracing::info!(client = %client, "login failed");
             return Err(ApiError::invalid_credentials());
         }
     };
-    state.redis.clear_login_failures(&lockout_key).await;
+    state.redis.login_succeeded(&lockout_key, &client).await;
     if user.status == UserStatus::Suspended {
         return Err(ApiError::account_suspended());
     }

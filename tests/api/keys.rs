@@ -422,6 +422,80 @@ async fn logins_are_locked_after_ten_failures_per_email_without_revealing_accoun
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_cannot_race_past_the_lockout() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    // 40 guesses at once: each takes its attempt before any password is
+    // checked, so at most 10 are verified, whatever the interleaving.
+    let guesses = (0..40).map(|i| {
+        let (client, url, email) = (app.client.clone(), app.url("/api/v1/auth/login"), user.email.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"email": email, "password": format!("wrong guess {i}")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for guess in guesses.collect::<Vec<_>>() {
+        statuses.push(guess.await.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((checked, refused), (10, 30), "{statuses:?}");
+    assert_eq!(
+        app.login(&user.email, PASSWORD).await.status(),
+        429,
+        "the right password waits too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_elsewhere_cannot_lock_the_owner_out() {
+    // Behind a trusted proxy (here: loopback), X-Forwarded-For names the client.
+    let app = TestApp::builder()
+        .env("PAYG_TRUSTED_PROXIES", "127.0.0.1/32, ::1/128")
+        .spawn()
+        .await;
+    let user = app.new_user().await;
+    let login_from = |from: &'static str, password: &'static str| {
+        app.client
+            .post(app.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", from)
+            .json(&json!({"email": user.email, "password": password}))
+            .send()
+    };
+    for _ in 0..10 {
+        assert_eq!(
+            login_from("198.51.100.66", "wrong password").await.unwrap().status(),
+            401
+        );
+    }
+    assert_eq!(
+        login_from("198.51.100.66", PASSWORD).await.unwrap().status(),
+        429,
+        "the guesser is locked"
+    );
+    // A forged first hop does not help: the proxy's view (the last entry) counts.
+    assert_eq!(
+        login_from("203.0.113.5, 198.51.100.66", PASSWORD)
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    assert_eq!(
+        login_from("203.0.113.5", PASSWORD).await.unwrap().status(),
+        200,
+        "the owner, from their own address, is not"
+    );
+}
+
 /// A Redis server of the test's own, so it can be stopped and started.
 struct OwnRedis {
     port: u16,
@@ -474,7 +548,7 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_redis_down_calls_are_still_served_and_everything_resumes_when_it_returns() {
+async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resumes_when_it_returns() {
     let mut redis = OwnRedis::start(free_port());
     let app = TestApp::builder()
         .env("REDIS_URL", &format!("redis://127.0.0.1:{}", redis.port))
@@ -492,8 +566,12 @@ async fn with_redis_down_calls_are_still_served_and_everything_resumes_when_it_r
         assert_eq!(res.status(), 200, "rate limiting fails open");
         assert!(res.headers().get("ratelimit-limit").is_none());
     }
-    let (_, refresh) = login_pair(&app, &user.email).await;
-    assert!(!refresh.is_empty(), "login works without Redis");
+    // The lockout cannot be checked: logins fail closed (no unlimited
+    // guessing while Redis is away); existing sessions and keys still work.
+    let res = app.login(&user.email, PASSWORD).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().get("retry-after").is_some());
+    assert_eq!(error_code(res).await, "login_unavailable");
     let ready: Value = app
         .client
         .get(app.url("/readyz"))
@@ -527,6 +605,8 @@ async fn with_redis_down_calls_are_still_served_and_everything_resumes_when_it_r
         .await
         .unwrap();
     assert_eq!(ready["status"], "ready");
+    let (_, refresh) = login_pair(&app, &user.email).await;
+    assert!(!refresh.is_empty(), "logins resume with Redis");
     app.flush_meter().await;
     let (calls, _) = usage_of(&app.db, user.id, "tools-uuid", &this_period()).await;
     assert!(calls >= 7, "every served call was counted: {calls}");
