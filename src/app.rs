@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::auth::password::PasswordPool;
 use crate::auth::tokens::TokenHasher;
 use crate::auth::{AuthSettings, Authenticator, JwtKeys};
 use crate::billing::close::{self, CloseError, CloseOutcome};
@@ -25,6 +26,8 @@ pub struct AppState {
     pub db: DbPool,
     pub redis: Arc<RedisStore>,
     pub authenticator: Arc<Authenticator>,
+    /// argon2 on threads of its own, bounded (logins and registrations).
+    pub passwords: PasswordPool,
     pub catalog: Arc<Catalog>,
     pub meter: Arc<Meter>,
     /// What the metering middleware gets as its own app data.
@@ -74,7 +77,10 @@ impl AppState {
             billing_tz: config.billing_tz,
             rate_limit_refusals: metrics.rate_limit_refusals.clone(),
         });
+        let passwords = PasswordPool::new(config.password_threads, config.password_queue)
+            .map_err(|e| anyhow::anyhow!("starting the password hashing threads: {e}"))?;
         Ok(Self {
+            passwords,
             catalog,
             metering,
             metrics,

@@ -67,6 +67,11 @@ pub struct Config {
     /// (`PAYG_TRUSTED_PROXIES`, comma-separated CIDRs; default none: the
     /// peer address is the client).
     pub trusted_proxies: Vec<IpCidr>,
+    /// Threads that run argon2 (`PAYG_PASSWORD_THREADS`), and logins or
+    /// registrations that may wait for one (`PAYG_PASSWORD_QUEUE`) before
+    /// the next gets 503 `busy`.
+    pub password_threads: usize,
+    pub password_queue: usize,
 }
 
 /// An IP network: an address and how many leading bits of it count.
@@ -298,6 +303,8 @@ impl Config {
                 overdue_days: parse_or("PAYG_OVERDUE_DAYS", var("PAYG_OVERDUE_DAYS"), Some(30))?,
                 webhook_secret: webhook_secret.map(Secret::new),
             },
+            password_threads: parse_or("PAYG_PASSWORD_THREADS", var("PAYG_PASSWORD_THREADS"), Some(2usize))?.max(1),
+            password_queue: parse_or("PAYG_PASSWORD_QUEUE", var("PAYG_PASSWORD_QUEUE"), Some(16usize))?,
             trusted_proxies: match var("PAYG_TRUSTED_PROXIES") {
                 None => Vec::new(),
                 Some(list) => list

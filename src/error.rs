@@ -465,6 +465,19 @@ impl From<crate::billing::export::ExportError> for ApiError {
     }
 }
 
+/// Password hashing is saturated: 503 `busy` at once, rather than queueing
+/// memory and threads behind a flood of logins.
+impl From<crate::auth::password::PoolBusy> for ApiError {
+    fn from(_: crate::auth::password::PoolBusy) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many logins and registrations at once; retry shortly",
+        )
+        .with_retry_after(1)
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {

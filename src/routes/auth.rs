@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::auth::Credential;
 use crate::auth::sessions::{self, IssuedSession, Rotation};
-use crate::auth::{Credential, password};
 use crate::domain::text::{Email, Name, Password};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::UserStatus;
@@ -43,11 +43,15 @@ pub struct RegisterRequest {
         (status = 400, description = "`validation_failed`: a malformed email, a password of the wrong length, \
             or a bad name", body = ErrorBody),
         (status = 409, description = "`email_taken`: an account with this email already exists", body = ErrorBody),
+        (status = 503, description = "`busy`: too many logins and registrations at once", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 pub async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> ApiResult<HttpResponse> {
     let RegisterRequest { email, password, name } = body.into_inner();
-    let hash = web::block(move || password::hash_password(password.as_str()))
+    let hash = state
+        .passwords
+        .hash(password.into_inner())
         .await?
         .map_err(ApiError::internal)?;
     let mut conn = conn(&state.db).await?;
@@ -146,7 +150,7 @@ pub const LOGIN_LIMITS: LoginLimits = LoginLimits {
             or for this email from anywhere", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until another attempt is allowed"))),
         (status = 503, description = "`login_unavailable`: the lockout cannot be checked (Redis is unreachable); \
-            logins fail closed rather than allow unlimited guessing", body = ErrorBody,
+            logins fail closed rather than allow unlimited guessing. `busy`: too many logins at once", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
@@ -176,14 +180,7 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: Json<Logi
     // Always run one argon2 verification so unknown emails take as long as
     // wrong passwords.
     let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
-    let verified = web::block(move || match stored_hash {
-        Some(hash) => password::verify_password(&password, &hash),
-        None => {
-            let _ = password::verify_password(&password, &password::DUMMY_HASH);
-            false
-        }
-    })
-    .await?;
+    let verified = state.passwords.verify(password, stored_hash).await?;
     let user = match user {
         Some(user) if verified => user,
         _ => {

@@ -235,3 +235,50 @@ async fn a_role_change_applies_on_the_next_call() {
         "role comes from the database, not the token"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_is_refused_as_busy_instead_of_queued() {
+    // One hashing thread and one waiting place: a flood of logins (unknown
+    // emails, each its own lockout) cannot pile argon2 work up in memory.
+    let app = TestApp::builder()
+        .env("PAYG_PASSWORD_THREADS", "1")
+        .env("PAYG_PASSWORD_QUEUE", "1")
+        .spawn()
+        .await;
+    let user = app.new_user().await;
+    let flood = (0..60).map(|i| {
+        let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
+        tokio::spawn(async move {
+            let res = client
+                .post(url)
+                .json(&json!({"email": format!("nobody{i}@example.com"), "password": "not a password"}))
+                .send()
+                .await
+                .unwrap();
+            let retry = res.headers().get("retry-after").is_some();
+            let status = res.status().as_u16();
+            let code = res.json::<Value>().await.unwrap()["error"]["code"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            (status, code, retry)
+        })
+    });
+    let mut answers = Vec::new();
+    for answer in flood.collect::<Vec<_>>() {
+        answers.push(answer.await.unwrap());
+    }
+    let busy = answers
+        .iter()
+        .filter(|(s, c, r)| *s == 503 && c == "busy" && *r)
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|(s, c, _)| *s == 401 && c == "invalid_credentials")
+        .count();
+    assert_eq!(busy + refused, answers.len(), "only 401 or 503 busy: {answers:?}");
+    assert!(busy > 0, "the flood saturated the pool: {answers:?}");
+    assert!(refused > 0, "and some were still checked");
+    // Once the flood is over, logins work again.
+    assert_eq!(app.login(&user.email, PASSWORD).await.status(), 200);
+}
