@@ -486,6 +486,12 @@ impl From<AuthError> for ApiError {
             AuthError::AmbiguousCredentials => Self::ambiguous_credentials(),
             AuthError::AccessTokenRequired => Self::access_token_required(),
             AuthError::Suspended => Self::account_suspended(),
+            AuthError::RevocationsUnknown => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth_unavailable",
+                "finance and admin routes are paused while revoked sessions cannot be checked; retry shortly",
+            )
+            .with_retry_after(1),
             AuthError::Forbidden(why) => Self::forbidden(why),
             AuthError::Database(e) => e.into(),
             AuthError::Pool(e) => e.into(),

@@ -67,6 +67,11 @@ pub struct Caller {
     /// metered APIs refuse such a caller with 402 until it is paid.
     pub overdue: bool,
     pub credential: Credential,
+    /// Whether the Redis deny-list (logouts, reused sessions) could be
+    /// consulted. Without it an access token is trusted only where failing
+    /// open is the stated policy (metered calls, the caller's own reads);
+    /// finance and admin routes refuse (503).
+    pub revocations_checked: bool,
 }
 
 impl Caller {
@@ -82,8 +87,19 @@ impl Caller {
     }
 
     /// Finance routes: the finance or admin role, with an access token.
+    /// Finance and admin routes fail closed: a logged-out session must not
+    /// move money or change the catalog while Redis cannot say it ended.
+    fn require_revocations_checked(&self) -> Result<(), AuthError> {
+        if self.revocations_checked {
+            Ok(())
+        } else {
+            Err(AuthError::RevocationsUnknown)
+        }
+    }
+
     pub fn require_finance(&self) -> Result<(), AuthError> {
         self.require_access_token()?;
+        self.require_revocations_checked()?;
         if self.role.can_do_finance() {
             Ok(())
         } else {
@@ -94,6 +110,7 @@ impl Caller {
     /// Admin routes: the admin role, with an access token.
     pub fn require_admin(&self) -> Result<(), AuthError> {
         self.require_access_token()?;
+        self.require_revocations_checked()?;
         if self.role == Role::Admin {
             Ok(())
         } else {
@@ -127,6 +144,10 @@ pub enum AuthError {
     AccessTokenRequired,
     #[error("the account is suspended")]
     Suspended,
+    /// The deny-list could not be consulted (Redis unreachable) on a route
+    /// that fails closed.
+    #[error("revocations cannot be checked")]
+    RevocationsUnknown,
     /// The caller's role does not allow the route.
     #[error("{0}")]
     Forbidden(&'static str),
@@ -289,6 +310,8 @@ impl Authenticator {
                 role: cached.standing.role,
                 overdue: cached.overdue,
                 credential,
+                // API keys are revoked in PostgreSQL, never in Redis.
+                revocations_checked: verdict.is_some() || matches!(credential, Credential::ApiKey { .. }),
             },
             rate: verdict.and_then(|v| v.rate),
         })

@@ -162,9 +162,21 @@ impl Modify for CommonResponses {
                 continue;
             }
             let metered = path.starts_with(&format!("{}/", super::TOOLS_PREFIX));
+            let privileged = ["finance", "admin"]
+                .iter()
+                .any(|area| path.starts_with(&format!("{}/{area}/", super::API_PREFIX)));
             for op in operations_mut(item) {
                 query_parameters_are_never_null(op);
                 add_common_responses(op, metered);
+                if privileged {
+                    add(
+                        op,
+                        503,
+                        "`auth_unavailable`: Redis is unreachable, so a logged-out session cannot be told \
+                         apart; finance and admin routes fail closed.",
+                        &[("Retry-After", Type::Integer, "Seconds to wait")],
+                    );
+                }
             }
         }
     }

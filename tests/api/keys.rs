@@ -556,11 +556,20 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
         .spawn()
         .await;
     let user = app.new_user().await;
+    let finance = app.user_with_role("finance").await;
     let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("ratelimit-limit").is_some());
+    assert_eq!(
+        app.get_auth("/api/v1/finance/invoices", &finance.token).await.status(),
+        200
+    );
 
     redis.stop();
+    // Finance and admin fail closed: a logged-out session could not be told apart.
+    let res = app.get_auth("/api/v1/finance/invoices", &finance.token).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(error_code(res).await, "auth_unavailable");
     for _ in 0..5 {
         let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
         assert_eq!(res.status(), 200, "rate limiting fails open");
@@ -605,6 +614,10 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
         .await
         .unwrap();
     assert_eq!(ready["status"], "ready");
+    assert_eq!(
+        app.get_auth("/api/v1/finance/invoices", &finance.token).await.status(),
+        200
+    );
     let (_, refresh) = login_pair(&app, &user.email).await;
     assert!(!refresh.is_empty(), "logins resume with Redis");
     app.flush_meter().await;
