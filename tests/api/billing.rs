@@ -415,6 +415,32 @@ async fn a_price_change_never_reprices_calls_already_made() {
     assert!(conn.batch_execute("UPDATE invoice_lines SET amount = 0").await.is_err());
     assert!(conn.batch_execute("UPDATE invoices SET total = 0").await.is_err());
     assert!(conn.batch_execute("DELETE FROM invoices").await.is_err());
+    // Every snapshot column, and only the transitions payments and voids make.
+    for change in [
+        "UPDATE invoices SET due_at = due_at + interval '1 year'",
+        "UPDATE invoices SET billing_company = 'Someone Else Ltd'",
+        "UPDATE invoices SET billing_tax_id = 'XX-0'",
+        "UPDATE invoices SET status = 'paid', paid_at = now()",
+        "UPDATE invoices SET amount_paid = total + 1",
+        "UPDATE invoices SET status = 'void', amount_paid = 0.01, voided_at = now() WHERE amount_paid = 0",
+        "INSERT INTO invoice_lines (invoice_id, position, api_id, api_slug, api_name, calls, failed_calls, \
+         billable_calls, free_calls, charged_calls, unit_price, amount) \
+         SELECT id, 99, (SELECT id FROM apis LIMIT 1), 'extra', 'Extra', 1, 0, 1, 0, 1, 1, 1 FROM invoices LIMIT 1",
+    ] {
+        assert!(conn.batch_execute(change).await.is_err(), "{change}");
+    }
+    assert!(
+        conn.batch_execute("UPDATE invoices SET status = 'void', voided_at = now() WHERE amount_paid = 0")
+            .await
+            .is_ok(),
+        "issued → void, nothing paid, is a transition the database allows"
+    );
+    assert!(
+        conn.batch_execute("UPDATE invoices SET status = 'issued', voided_at = NULL")
+            .await
+            .is_err(),
+        "void → issued is not"
+    );
 }
 
 async fn issued_invoice(

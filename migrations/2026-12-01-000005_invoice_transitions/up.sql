@@ -1,0 +1,45 @@
+-- Issued invoices are immutable, now to the letter: every snapshot column
+-- is frozen, the status moves only issued → paid (when paid in full) or
+-- issued → void (when nothing was paid), what was paid only grows up to the
+-- total, and no line is added to an invoice after the transaction that
+-- issued it.
+CREATE OR REPLACE FUNCTION refuse_invoice_amount_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (NEW.id, NEW.number, NEW.user_id, NEW.period, NEW.currency, NEW.subtotal, NEW.total,
+        NEW.issued_at, NEW.due_at, NEW.billing_email, NEW.billing_name, NEW.billing_company,
+        NEW.billing_address_line1, NEW.billing_address_line2, NEW.billing_city,
+        NEW.billing_postal_code, NEW.billing_country, NEW.billing_tax_id)
+       IS DISTINCT FROM
+       (OLD.id, OLD.number, OLD.user_id, OLD.period, OLD.currency, OLD.subtotal, OLD.total,
+        OLD.issued_at, OLD.due_at, OLD.billing_email, OLD.billing_name, OLD.billing_company,
+        OLD.billing_address_line1, OLD.billing_address_line2, OLD.billing_city,
+        OLD.billing_postal_code, OLD.billing_country, OLD.billing_tax_id) THEN
+        RAISE EXCEPTION 'issued invoices are immutable';
+    END IF;
+    IF NEW.amount_paid < OLD.amount_paid OR NEW.amount_paid > NEW.total THEN
+        RAISE EXCEPTION 'an invoice''s paid amount only grows, up to its total';
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status AND NOT (
+           (OLD.status = 'issued' AND NEW.status = 'paid' AND NEW.amount_paid = NEW.total)
+        OR (OLD.status = 'issued' AND NEW.status = 'void' AND NEW.amount_paid = 0)
+    ) THEN
+        RAISE EXCEPTION 'an invoice moves only issued → paid (paid in full) or issued → void (nothing paid)';
+    END IF;
+    IF OLD.status <> 'issued' AND NEW.amount_paid <> OLD.amount_paid THEN
+        RAISE EXCEPTION 'a paid or void invoice takes no payment';
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- Lines are written by the close that issues their invoice, in the same
+-- transaction; afterwards none may be added.
+CREATE FUNCTION refuse_late_invoice_line() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT xmin::text FROM invoices WHERE id = NEW.invoice_id)
+       IS DISTINCT FROM (txid_current() % 4294967296)::text THEN
+        RAISE EXCEPTION 'lines are added only when their invoice is issued';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER invoice_lines_only_at_issue BEFORE INSERT ON invoice_lines
+    FOR EACH ROW EXECUTE FUNCTION refuse_late_invoice_line();
