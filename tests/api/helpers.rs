@@ -464,3 +464,22 @@ pub async fn error_code(res: reqwest::Response) -> String {
     );
     code
 }
+
+/// Sends the requests all at once and returns their statuses in order: for
+/// tests that race requests against a limit.
+pub async fn statuses_of_concurrent(requests: impl IntoIterator<Item = reqwest::RequestBuilder>) -> Vec<u16> {
+    let sent: Vec<_> = requests
+        .into_iter()
+        .map(|req| tokio::spawn(async move { req.send().await.expect("request").status().as_u16() }))
+        .collect();
+    let mut statuses = Vec::with_capacity(sent.len());
+    for request in sent {
+        statuses.push(request.await.expect("request task"));
+    }
+    statuses
+}
+
+/// How many of `statuses` are `status`.
+pub fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}

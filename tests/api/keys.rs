@@ -6,7 +6,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{PASSWORD, Registered, TEST_JWT_SECRET, TestApp, TestDb, error_code, scalar_i64, usage_of};
+use crate::helpers::{
+    PASSWORD, Registered, TEST_JWT_SECRET, TestApp, TestDb, count, error_code, scalar_i64, statuses_of_concurrent,
+    usage_of,
+};
 
 async fn create_key(app: &TestApp, user: &Registered, name: &str) -> Value {
     let res = app
@@ -428,26 +431,13 @@ async fn parallel_guesses_cannot_race_past_the_lockout() {
     let user = app.new_user().await;
     // 40 guesses at once: each takes its attempt before any password is
     // checked, so at most 10 are verified, whatever the interleaving.
-    let guesses = (0..40).map(|i| {
-        let (client, url, email) = (app.client.clone(), app.url("/api/v1/auth/login"), user.email.clone());
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"email": email, "password": format!("wrong guess {i}")}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    });
-    let mut statuses = Vec::new();
-    for guess in guesses.collect::<Vec<_>>() {
-        statuses.push(guess.await.unwrap());
-    }
-    let checked = statuses.iter().filter(|s| **s == 401).count();
-    let refused = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!((checked, refused), (10, 30), "{statuses:?}");
+    let statuses = statuses_of_concurrent((0..40).map(|i| {
+        app.client
+            .post(app.url("/api/v1/auth/login"))
+            .json(&json!({"email": user.email, "password": format!("wrong guess {i}")}))
+    }))
+    .await;
+    assert_eq!((count(&statuses, 401), count(&statuses, 429)), (10, 30), "{statuses:?}");
     assert_eq!(
         app.login(&user.email, PASSWORD).await.status(),
         429,
@@ -629,27 +619,14 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
 async fn concurrent_creations_never_pass_the_key_limit() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
-    let attempts = (0..40).map(|i| {
-        let (client, url, token) = (app.client.clone(), app.url("/api/v1/api-keys"), user.token.clone());
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"name": format!("k{i}")}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    });
-    let mut statuses = Vec::new();
-    for attempt in attempts.collect::<Vec<_>>() {
-        statuses.push(attempt.await.unwrap());
-    }
-    let created = statuses.iter().filter(|s| **s == 201).count();
-    let refused = statuses.iter().filter(|s| **s == 409).count();
-    assert_eq!((created, refused), (25, 15), "{statuses:?}");
+    let statuses = statuses_of_concurrent((0..40).map(|i| {
+        app.client
+            .post(app.url("/api/v1/api-keys"))
+            .bearer_auth(&user.token)
+            .json(&json!({"name": format!("k{i}")}))
+    }))
+    .await;
+    assert_eq!((count(&statuses, 201), count(&statuses, 409)), (25, 15), "{statuses:?}");
     let listed: Value = app.get_json("/api/v1/api-keys", &user.token).await;
     assert_eq!(listed["api_keys"].as_array().unwrap().len(), 25);
 }
