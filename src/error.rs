@@ -14,8 +14,10 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::auth::password::PoolBusy;
 use crate::auth::sessions::SessionError;
 use crate::billing::close::CloseError;
+use crate::billing::export::ExportError;
 use crate::billing::payments::{PaymentError, SignatureError, VoidError};
 use crate::domain::currency::UnknownCurrency;
 use crate::domain::period::BadPeriod;
@@ -455,20 +457,20 @@ impl From<SignatureError> for ApiError {
     }
 }
 
-impl From<crate::billing::export::ExportError> for ApiError {
-    fn from(err: crate::billing::export::ExportError) -> Self {
+impl From<ExportError> for ApiError {
+    fn from(err: ExportError) -> Self {
         match err {
-            crate::billing::export::ExportError::Unavailable(e) => e.into(),
-            crate::billing::export::ExportError::Database(e) => e.into(),
-            e @ crate::billing::export::ExportError::Encoding(_) => Self::internal(e),
+            ExportError::Unavailable(e) => e.into(),
+            ExportError::Database(e) => e.into(),
+            e @ ExportError::Encoding(_) => Self::internal(e),
         }
     }
 }
 
 /// Password hashing is saturated: 503 `busy` at once, rather than queueing
 /// memory and threads behind a flood of logins.
-impl From<crate::auth::password::PoolBusy> for ApiError {
-    fn from(_: crate::auth::password::PoolBusy) -> Self {
+impl From<PoolBusy> for ApiError {
+    fn from(_: PoolBusy) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
