@@ -58,6 +58,10 @@ pub struct Config {
     /// Keys the hashes of API keys and refresh tokens.
     pub api_key_secret: Secret,
     pub refresh_ttl: Duration,
+    /// How long after a refresh token is rotated presenting it again counts
+    /// as the client's retry (it receives the pair already issued) rather
+    /// than as theft (`PAYG_REFRESH_RETRY_GRACE`, default 10 s).
+    pub refresh_retry_grace: Duration,
     pub jwt: JwtSettings,
     pub billing_tz: Tz,
     pub meter: MeterSettings,
@@ -255,6 +259,11 @@ impl Config {
                 "PAYG_REFRESH_TTL",
                 var("PAYG_REFRESH_TTL"),
                 Duration::from_secs(30 * 86_400),
+            )?,
+            refresh_retry_grace: duration_or(
+                "PAYG_REFRESH_RETRY_GRACE",
+                var("PAYG_REFRESH_RETRY_GRACE"),
+                Duration::from_secs(10),
             )?,
             jwt: JwtSettings {
                 secret: Secret::new(jwt_secret.clone()),

@@ -81,22 +81,36 @@ impl JwtKeys {
         session: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
-        let ttl = self.ttl.as_secs();
-        let iat = now.timestamp();
+        self.issue_as(user_id, role, session, Uuid::new_v4(), now.timestamp(), now)
+    }
+
+    /// Signs a token with the given id and issue time. HS256 is
+    /// deterministic, so signing the same claims again yields the same
+    /// token: a retried refresh receives the very token it was issued.
+    pub fn issue_as(
+        &self,
+        user_id: Uuid,
+        role: Role,
+        session: Option<Uuid>,
+        jti: Uuid,
+        iat: i64,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
+        let exp = iat.saturating_add_unsigned(self.ttl.as_secs());
         let claims = Claims {
             sub: user_id,
             role: Some(role),
             iat,
-            exp: iat.saturating_add_unsigned(ttl),
+            exp,
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
-            jti: Uuid::new_v4(),
+            jti,
             sid: session,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         Ok(IssuedToken {
             token,
-            expires_in: ttl,
+            expires_in: u64::try_from(exp - now.timestamp()).unwrap_or(0),
             claims,
         })
     }

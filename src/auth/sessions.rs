@@ -1,7 +1,9 @@
 //! Login sessions: a short-lived JWT access token plus an opaque refresh
 //! token, rotated on every use. Tokens of one session form a family;
 //! presenting a retired refresh token again is taken as theft and revokes
-//! the whole family.
+//! the whole family — unless it comes back within the retry grace while its
+//! successor is still unused: that is a client retrying a rotation whose
+//! answer it lost (or sent twice), and it receives the pair already issued.
 
 use std::time::Duration;
 
@@ -39,27 +41,31 @@ pub struct Issuer<'a> {
     pub jwt: &'a JwtKeys,
     pub hasher: &'a TokenHasher,
     pub refresh_ttl: Duration,
+    pub retry_grace: Duration,
 }
 
-/// Adds a refresh token to `family` and issues the matching access token.
+/// Adds `refresh_token` to `family` and issues the matching access token,
+/// whose id is the refresh token's row id (so a retry can sign it again).
 async fn issue(
     conn: &mut AsyncPgConnection,
     issuer: Issuer<'_>,
     user_id: Uuid,
     role: Role,
     family_id: Uuid,
+    refresh_token: String,
     now: DateTime<Utc>,
 ) -> Result<IssuedSession, SessionError> {
     let Issuer {
         jwt,
         hasher,
         refresh_ttl,
+        ..
     } = issuer;
-    let refresh_token = tokens::generate(REFRESH_TOKEN_PREFIX);
+    let id = Uuid::new_v4();
     RefreshToken::insert(
         conn,
         &RefreshToken {
-            id: Uuid::new_v4(),
+            id,
             family_id,
             user_id,
             token_hash: hasher.hash(&refresh_token),
@@ -70,7 +76,7 @@ async fn issue(
         },
     )
     .await?;
-    let access = jwt.issue(user_id, role, Some(family_id), now)?;
+    let access = jwt.issue_as(user_id, role, Some(family_id), id, now.timestamp(), now)?;
     Ok(IssuedSession { access, refresh_token })
 }
 
@@ -81,7 +87,8 @@ pub async fn start(
     user: &User,
     now: DateTime<Utc>,
 ) -> Result<IssuedSession, SessionError> {
-    issue(conn, issuer, user.id, user.role, Uuid::new_v4(), now).await
+    let refresh_token = tokens::generate(REFRESH_TOKEN_PREFIX);
+    issue(conn, issuer, user.id, user.role, Uuid::new_v4(), refresh_token, now).await
 }
 
 #[derive(Debug)]
@@ -105,7 +112,8 @@ impl std::fmt::Debug for IssuedSession {
 }
 
 /// Exchanges a refresh token for a new pair, retiring the old one — under a
-/// row lock, so two concurrent uses of one token cannot both succeed.
+/// row lock, so two concurrent uses of one token cannot both rotate it: the
+/// second waits, then finds it retired and is answered as a retry.
 pub async fn rotate(
     conn: &mut AsyncPgConnection,
     issuer: Issuer<'_>,
@@ -113,6 +121,7 @@ pub async fn rotate(
     now: DateTime<Utc>,
 ) -> Result<Rotation, SessionError> {
     let hash = issuer.hasher.hash(presented);
+    let successor = issuer.hasher.successor(REFRESH_TOKEN_PREFIX, presented);
     let outcome = conn
         .transaction::<_, SessionError, _>(async |conn| {
             let Some(token) = RefreshToken::lock_by_hash(conn, &hash).await? else {
@@ -121,7 +130,16 @@ pub async fn rotate(
             if token.revoked_at.is_some() || token.expires_at <= now {
                 return Ok(Rotation::Invalid);
             }
-            if token.retired_at.is_some() {
+            if let Some(retired_at) = token.retired_at {
+                let grace = chrono::Duration::from_std(issuer.retry_grace)?;
+                if now < retired_at + grace
+                    && let Some(next) = RefreshToken::lock_by_hash(conn, &issuer.hasher.hash(&successor)).await?
+                    && next.family_id == token.family_id
+                    && next.retired_at.is_none()
+                    && next.revoked_at.is_none()
+                {
+                    return reissue(conn, issuer, &next, successor, now).await;
+                }
                 RefreshToken::revoke_family(conn, token.family_id, token.user_id, now).await?;
                 return Ok(Rotation::Reused {
                     user_id: token.user_id,
@@ -135,7 +153,7 @@ pub async fn rotate(
                 return Ok(Rotation::Suspended);
             }
             RefreshToken::retire(conn, token.id, now).await?;
-            let session = issue(conn, issuer, user.id, user.role, token.family_id, now).await?;
+            let session = issue(conn, issuer, user.id, user.role, token.family_id, successor, now).await?;
             Ok(Rotation::Rotated(session))
         })
         .await?;
@@ -143,6 +161,33 @@ pub async fn rotate(
         tracing::warn!(user_id = %user_id, "a retired refresh token was presented again; its session was revoked");
     }
     Ok(outcome)
+}
+
+/// A retried rotation: the pair issued the first time, signed again (the
+/// access token's id and issue time are the refresh token's row id and
+/// creation time, so it comes out identical).
+async fn reissue(
+    conn: &mut AsyncPgConnection,
+    issuer: Issuer<'_>,
+    next: &RefreshToken,
+    refresh_token: String,
+    now: DateTime<Utc>,
+) -> Result<Rotation, SessionError> {
+    let Some(user) = User::find(conn, next.user_id).await? else {
+        return Ok(Rotation::Invalid);
+    };
+    if user.status == UserStatus::Suspended {
+        return Ok(Rotation::Suspended);
+    }
+    let access = issuer.jwt.issue_as(
+        user.id,
+        user.role,
+        Some(next.family_id),
+        next.id,
+        next.created_at.timestamp(),
+        now,
+    )?;
+    Ok(Rotation::Rotated(IssuedSession { access, refresh_token }))
 }
 
 /// Ends a session: every refresh token of the family stops working.

@@ -45,6 +45,15 @@ impl TokenHasher {
         mac.update(token.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
+
+    /// The token that succeeds `token` when it is rotated: `prefix` + a keyed
+    /// hash of it, so a retried rotation can hand out the very token it
+    /// issued without payg ever storing it. Unpredictable without the key;
+    /// kept apart from [`TokenHasher::hash`] by its label (a stored hash is
+    /// never a successor).
+    pub fn successor(&self, prefix: &str, token: &str) -> String {
+        format!("{prefix}{}", self.hash(&format!("successor\0{token}")))
+    }
 }
 
 #[cfg(test)]
@@ -62,5 +71,10 @@ mod tests {
         assert_eq!(h.hash(&a), h.hash(&a));
         assert_ne!(h.hash(&a), TokenHasher::new(b"k2").hash(&a));
         assert_eq!(h.hash(&a).len(), 64);
+        let next = h.successor("payg_rt_", &a);
+        assert_eq!(next, h.successor("payg_rt_", &a), "a retry derives the same successor");
+        assert_ne!(next, TokenHasher::new(b"k2").successor("payg_rt_", &a));
+        assert!(next.starts_with("payg_rt_") && next.len() == 72);
+        assert_ne!(next[8..], h.hash(&a), "a successor is not the stored hash");
     }
 }

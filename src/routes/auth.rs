@@ -116,6 +116,7 @@ fn issuer(state: &AppState) -> sessions::Issuer<'_> {
         jwt: state.authenticator.jwt(),
         hasher: state.authenticator.hasher(),
         refresh_ttl: state.config.refresh_ttl,
+        retry_grace: state.config.refresh_retry_grace,
     }
 }
 
@@ -207,7 +208,9 @@ pub struct RefreshRequest {
 }
 
 /// Rotates a refresh token: a new access and refresh token, the old one
-/// retired. A retired token presented again revokes the whole session.
+/// retired. A retired token presented again revokes the whole session —
+/// except a retry: within `PAYG_REFRESH_RETRY_GRACE` (10 s) of the rotation,
+/// and while the new refresh token is unused, the same pair is returned.
 #[utoipa::path(
     post,
     path = "/api/v1/auth/refresh",

@@ -253,8 +253,17 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
     assert_ne!(second, first);
     let access = rotated["access_token"].as_str().unwrap();
     assert_eq!(app.get_auth("/api/v1/me", access).await.status(), 200);
+    // The session moves on: the second token is rotated too.
+    let res = app
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": second}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let rotated: Value = res.json().await.unwrap();
+    let third = rotated["refresh_token"].as_str().unwrap().to_owned();
+    let access = rotated["access_token"].as_str().unwrap();
 
-    // The retired token comes back (stolen?): refused, and the whole family dies.
+    // The first token comes back after its successor was used: no client
+    // retries that late, so it was stolen. Refused, and the whole family dies.
     let res = app
         .post_json("/api/v1/auth/refresh", &json!({"refresh_token": first}))
         .await;
@@ -265,9 +274,9 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
         "the session's access tokens die with it, not at their expiry"
     );
     let res = app
-        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": second}))
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": third}))
         .await;
-    assert_eq!(res.status(), 401, "the rotated token was revoked with its family");
+    assert_eq!(res.status(), 401, "the newest token was revoked with its family");
     // Stored hashed.
     assert_eq!(
         scalar_i64(
@@ -280,6 +289,45 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
     for bad in [json!({"refresh_token": "payg_rt_nope"}), json!({"refresh_token": ""})] {
         assert_eq!(app.post_json("/api/v1/auth/refresh", &bad).await.status(), 401);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_refresh_gets_the_same_pair_and_the_session_lives_on() {
+    let app = TestApp::builder().env("PAYG_REFRESH_RETRY_GRACE", "2s").spawn().await;
+    let user = app.new_user().await;
+    let (_, first) = login_pair(&app, &user.email).await;
+    // A client sends its refresh twice at once (a retry after a timeout).
+    let body = json!({"refresh_token": first});
+    let (a, b) = tokio::join!(
+        app.post_json("/api/v1/auth/refresh", &body),
+        app.post_json("/api/v1/auth/refresh", &body)
+    );
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a["refresh_token"], b["refresh_token"], "the pair already issued");
+    assert_eq!(a["access_token"], b["access_token"]);
+    let access = a["access_token"].as_str().unwrap();
+    let second = a["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.get_auth("/api/v1/me", access).await.status(),
+        200,
+        "the session lives on"
+    );
+    // A third, sequential retry within the grace is still a retry.
+    let res = app.post_json("/api/v1/auth/refresh", &body).await;
+    assert_eq!(res.status(), 200);
+    let c: Value = res.json().await.unwrap();
+    assert_eq!(c["refresh_token"], a["refresh_token"]);
+
+    // Past the grace the first token is a reused one: the session ends.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let res = app.post_json("/api/v1/auth/refresh", &body).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(app.get_auth("/api/v1/me", access).await.status(), 401);
+    let res = app
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": second}))
+        .await;
+    assert_eq!(res.status(), 401, "its successor died with the session");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
