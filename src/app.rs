@@ -13,6 +13,7 @@ use crate::auth::tokens::TokenHasher;
 use crate::auth::{AuthSettings, Authenticator, JwtKeys};
 use crate::billing::close::{self, CloseError, CloseOutcome};
 use crate::billing::payments::Recorded;
+use crate::clients::Clients;
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::domain::{Clock, Period};
@@ -34,6 +35,8 @@ pub struct AppState {
     pub metering: Arc<Metering>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// Client addresses and the per-address buckets of unauthenticated routes.
+    pub clients: Arc<Clients>,
 }
 
 impl AppState {
@@ -50,12 +53,18 @@ impl AppState {
                 .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))?;
             Api::all(&mut conn).await?
         };
+        let clients = Arc::new(Clients::new(
+            config.trusted_proxies.clone(),
+            config.client_auth_limit,
+            config.client_webhook_limit,
+        ));
         let authenticator = Arc::new(Authenticator::new(
             JwtKeys::new(&config.jwt),
             db.clone(),
             redis.clone(),
             TokenHasher::new(config.api_key_secret.expose().as_bytes()),
             clock.clone(),
+            clients.clone(),
             AuthSettings {
                 standing_ttl: config.auth_cache_ttl,
                 overdue_days: config.billing.overdue_days,
@@ -80,6 +89,7 @@ impl AppState {
         let passwords = PasswordPool::new(config.password_threads, config.password_queue)
             .map_err(|e| anyhow::anyhow!("starting the password hashing threads: {e}"))?;
         Ok(Self {
+            clients,
             passwords,
             catalog,
             metering,

@@ -3,11 +3,12 @@
 //! startup with one line naming the variable.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono_tz::Tz;
 
+use crate::clients::{ClientLimit, IpCidr};
 use crate::domain::currency::Currency;
 use crate::redis_store::RateLimit;
 
@@ -71,66 +72,18 @@ pub struct Config {
     /// (`PAYG_TRUSTED_PROXIES`, comma-separated CIDRs; default none: the
     /// peer address is the client).
     pub trusted_proxies: Vec<IpCidr>,
+    /// Per client address, per instance: logins, registrations, refreshes
+    /// and unknown API keys (`PAYG_CLIENT_AUTH_PER_MINUTE`, default 60, and
+    /// `PAYG_CLIENT_AUTH_BURST`, default 20), and payment webhooks
+    /// (`PAYG_CLIENT_WEBHOOK_PER_MINUTE`, default 600, `_BURST`, default
+    /// 100). 0 per minute switches a bucket off.
+    pub client_auth_limit: Option<ClientLimit>,
+    pub client_webhook_limit: Option<ClientLimit>,
     /// Threads that run argon2 (`PAYG_PASSWORD_THREADS`), and logins or
     /// registrations that may wait for one (`PAYG_PASSWORD_QUEUE`) before
     /// the next gets 503 `busy`.
     pub password_threads: usize,
     pub password_queue: usize,
-}
-
-/// An IP network: an address and how many leading bits of it count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpCidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpCidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let bits = |addr: IpAddr| -> (u128, u8) {
-            match addr {
-                IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
-                IpAddr::V6(a) => (u128::from(a), 128),
-            }
-        };
-        // An IPv4 client may arrive as an IPv4-mapped IPv6 address.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let ((net, width), (addr, addr_width)) = (bits(self.addr), bits(ip));
-        if width != addr_width {
-            return false;
-        }
-        let host_bits = u32::from(width - self.prefix);
-        let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
-        (net & mask) == (addr & mask)
-    }
-}
-
-impl std::str::FromStr for IpCidr {
-    type Err = String;
-
-    /// `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = match s.trim().split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s.trim(), None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
-            None => max,
-        };
-        Ok(Self { addr, prefix })
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +267,13 @@ impl Config {
             },
             password_threads: parse_or("PAYG_PASSWORD_THREADS", var("PAYG_PASSWORD_THREADS"), Some(2usize))?.max(1),
             password_queue: parse_or("PAYG_PASSWORD_QUEUE", var("PAYG_PASSWORD_QUEUE"), Some(16usize))?,
+            client_auth_limit: client_limit(&var, "PAYG_CLIENT_AUTH_PER_MINUTE", "PAYG_CLIENT_AUTH_BURST", (60, 20))?,
+            client_webhook_limit: client_limit(
+                &var,
+                "PAYG_CLIENT_WEBHOOK_PER_MINUTE",
+                "PAYG_CLIENT_WEBHOOK_BURST",
+                (600, 100),
+            )?,
             trusted_proxies: match var("PAYG_TRUSTED_PROXIES") {
                 None => Vec::new(),
                 Some(list) => list
@@ -374,6 +334,21 @@ where
 }
 
 /// Accepts `900`, `900s`, `15m` or `1h`; a bare number is seconds.
+/// A client bucket from its two variables; `None` when switched off.
+fn client_limit(
+    var: &impl Fn(&'static str) -> Option<String>,
+    per_minute_var: &'static str,
+    burst_var: &'static str,
+    (per_minute, burst): (u32, u32),
+) -> Result<Option<ClientLimit>, ConfigError> {
+    let per_minute: u32 = parse_or(per_minute_var, var(per_minute_var), Some(per_minute))?;
+    let burst: u32 = parse_or(burst_var, var(burst_var), Some(burst))?;
+    Ok((per_minute > 0).then_some(ClientLimit {
+        per_minute,
+        burst: burst.max(1),
+    }))
+}
+
 fn duration_or(name: &'static str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     let Some(raw) = value else { return Ok(default) };
     let v = raw.trim();
@@ -439,7 +414,7 @@ mod tests {
         let [net, host, v6] = c.trusted_proxies.as_slice() else {
             panic!("three entries")
         };
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         assert!(net.contains(ip("10.200.3.4")) && !net.contains(ip("11.0.0.1")));
         assert!(net.contains(ip("::ffff:10.1.2.3")), "IPv4-mapped");
         assert!(host.contains(ip("192.168.1.7")) && !host.contains(ip("192.168.1.8")));

@@ -19,6 +19,7 @@ use crate::auth::sessions::SessionError;
 use crate::billing::close::CloseError;
 use crate::billing::export::ExportError;
 use crate::billing::payments::{PaymentError, SignatureError, VoidError};
+use crate::clients::Throttled;
 use crate::domain::currency::UnknownCurrency;
 use crate::domain::period::BadPeriod;
 use crate::domain::pricing::InvalidPrice;
@@ -480,6 +481,19 @@ impl From<PoolBusy> for ApiError {
     }
 }
 
+/// A client address past its bucket on an unauthenticated route (or with
+/// too many unknown API keys): 429 before any password, query or HMAC.
+impl From<Throttled> for ApiError {
+    fn from(t: Throttled) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many requests from this address; slow down",
+        )
+        .with_retry_after(t.retry_after_secs.max(1))
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
@@ -495,6 +509,7 @@ impl From<AuthError> for ApiError {
             )
             .with_retry_after(1),
             AuthError::Forbidden(why) => Self::forbidden(why),
+            AuthError::Throttled(t) => t.into(),
             AuthError::Database(e) => e.into(),
             AuthError::Pool(e) => e.into(),
         }

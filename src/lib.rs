@@ -13,6 +13,7 @@
 pub mod app;
 pub mod auth;
 pub mod billing;
+pub mod clients;
 pub mod config;
 pub mod db;
 pub mod domain;

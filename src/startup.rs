@@ -49,6 +49,7 @@ impl Application {
         let authenticator = web::Data::from(state.authenticator.clone());
         let metrics = web::Data::from(state.metrics.clone());
         let metering = web::Data::from(state.metering.clone());
+        let clients = web::Data::from(state.clients.clone());
         let server = HttpServer::new(move || {
             // actix runs the LAST .wrap() FIRST. Outside-in, a request meets:
             //   1. request_telemetry — request id, one log line, HTTP metrics
@@ -61,6 +62,7 @@ impl Application {
                 .app_data(authenticator.clone())
                 .app_data(metrics.clone())
                 .app_data(metering.clone())
+                .app_data(clients.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(MAX_BODY_BYTES)

@@ -22,6 +22,7 @@ use actix_web::HttpRequest;
 use actix_web::http::header;
 use uuid::Uuid;
 
+use crate::clients::{Clients, Throttled};
 use crate::db::{DbPool, PoolError};
 use crate::domain::Clock;
 use crate::models::api_key::ApiKey;
@@ -151,6 +152,9 @@ pub enum AuthError {
     /// The caller's role does not allow the route.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Too many unknown API keys from this client address.
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error(transparent)]
@@ -215,6 +219,8 @@ pub struct Authenticator {
     /// Keys whose `last_used_at` was written in the last minute.
     recently_touched: TtlCache<Uuid, ()>,
     clock: Arc<dyn Clock>,
+    /// Unknown API keys spend the client's credential bucket.
+    clients: Arc<Clients>,
     overdue_after: chrono::Duration,
     rate_limit: Option<RateLimit>,
 }
@@ -241,6 +247,7 @@ impl Authenticator {
         redis: Arc<RedisStore>,
         hasher: TokenHasher,
         clock: Arc<dyn Clock>,
+        clients: Arc<Clients>,
         settings: AuthSettings,
     ) -> Self {
         Self {
@@ -253,6 +260,7 @@ impl Authenticator {
             keys: KeyCache::new(settings.standing_ttl.min(KEY_CACHE_MAX_AGE)),
             recently_touched: TtlCache::new(Duration::from_secs(60)),
             clock,
+            clients,
             overdue_after: chrono::Duration::days(i64::from(settings.overdue_days)),
             rate_limit: settings.rate_limit,
         }
@@ -281,7 +289,7 @@ impl Authenticator {
                 (claims.sub, credential)
             }
             Presented::ApiKey(key) => {
-                let (key_id, user_id) = self.resolve_api_key(key).await?;
+                let (key_id, user_id) = self.resolve_api_key(req, key).await?;
                 (user_id, Credential::ApiKey { key_id })
             }
         };
@@ -339,7 +347,12 @@ impl Authenticator {
         Ok(cached)
     }
 
-    async fn resolve_api_key(&self, key: &str) -> Result<(Uuid, Uuid), AuthError> {
+    /// The key's id and owner. A key not in the cache costs a query; a
+    /// client whose keys keep turning out unknown (a guesser, or a client
+    /// stuck on a revoked key) is refused before that query once its
+    /// credential bucket is spent, and every key found unknown stays cached
+    /// as such, so repeating it costs nothing either.
+    async fn resolve_api_key(&self, req: &HttpRequest, key: &str) -> Result<(Uuid, Uuid), AuthError> {
         if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
             return Err(AuthError::InvalidToken);
         }
@@ -347,10 +360,14 @@ impl Authenticator {
         let found = match self.keys.get(&hash) {
             Some(found) => found,
             None => {
+                self.clients.may_look_up_key(req)?;
                 let asked_at = std::time::Instant::now();
                 let mut conn = self.db.get().await?;
                 let found = ApiKey::find_active_by_hash(&mut conn, &hash).await?;
                 self.keys.put(hash, found, asked_at);
+                if found.is_none() {
+                    self.clients.unknown_key_looked_up(req);
+                }
                 found
             }
         };

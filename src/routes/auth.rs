@@ -17,7 +17,7 @@ use crate::models::UserStatus;
 use crate::models::user::{NewUser, Role, User};
 use crate::redis_store::LoginLimits;
 use crate::routes::conn;
-use crate::routes::extract::{SessionUser, client_address};
+use crate::routes::extract::SessionUser;
 use crate::routes::json::Json;
 
 /// A new consumer account. The email is unique, case-insensitively.
@@ -43,11 +43,19 @@ pub struct RegisterRequest {
         (status = 400, description = "`validation_failed`: a malformed email, a password of the wrong length, \
             or a bad name", body = ErrorBody),
         (status = 409, description = "`email_taken`: an account with this email already exists", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`: too many logins, registrations and refreshes from \
+            this address (`PAYG_CLIENT_AUTH_PER_MINUTE`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "`busy`: too many logins and registrations at once", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
-pub async fn register(state: web::Data<AppState>, body: Json<RegisterRequest>) -> ApiResult<HttpResponse> {
+pub async fn register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Json<RegisterRequest>,
+) -> ApiResult<HttpResponse> {
+    state.clients.take_credential_attempt(&req)?;
     let RegisterRequest { email, password, name } = body.into_inner();
     let hash = state
         .passwords
@@ -148,7 +156,8 @@ pub const LOGIN_LIMITS: LoginLimits = LoginLimits {
         (status = 401, description = "`invalid_credentials`: unknown email or wrong password", body = ErrorBody),
         (status = 403, description = "`account_suspended`: the account is suspended", body = ErrorBody),
         (status = 429, description = "`too_many_attempts`: too many logins for this email from this address, \
-            or for this email from anywhere", body = ErrorBody,
+            or for this email from anywhere; `too_many_requests`: too many logins, registrations and refreshes \
+            from this address (`PAYG_CLIENT_AUTH_PER_MINUTE`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until another attempt is allowed"))),
         (status = 503, description = "`login_unavailable`: the lockout cannot be checked (Redis is unreachable); \
             logins fail closed rather than allow unlimited guessing. `busy`: too many logins at once", body = ErrorBody,
@@ -156,12 +165,15 @@ pub const LOGIN_LIMITS: LoginLimits = LoginLimits {
     )
 )]
 pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: Json<LoginRequest>) -> ApiResult<HttpResponse> {
+    state.clients.take_credential_attempt(&req)?;
     let LoginRequest { email, password } = body.into_inner();
     // The lockout counts attempts per email string whether or not an account
     // exists, so it reveals nothing about which emails are registered.
     let lockout_key = email.trim().to_lowercase();
-    let client =
-        client_address(&req, &state.config.trusted_proxies).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let client = state
+        .clients
+        .address(&req)
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     match state.redis.reserve_login(&lockout_key, &client, LOGIN_LIMITS).await {
         None => return Err(ApiError::login_unavailable()),
         Some(attempt) if !attempt.allowed => {
@@ -220,9 +232,17 @@ pub struct RefreshRequest {
         (status = 401, description = "`unauthorized`: an unknown, expired, revoked or reused refresh token",
             body = ErrorBody),
         (status = 403, description = "`account_suspended`: the account is suspended", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`: too many logins, registrations and refreshes from \
+            this address (`PAYG_CLIENT_AUTH_PER_MINUTE`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
-pub async fn refresh(state: web::Data<AppState>, body: Json<RefreshRequest>) -> ApiResult<HttpResponse> {
+pub async fn refresh(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Json<RefreshRequest>,
+) -> ApiResult<HttpResponse> {
+    state.clients.take_credential_attempt(&req)?;
     let presented = body.into_inner().refresh_token;
     if !presented.starts_with(sessions::REFRESH_TOKEN_PREFIX) || presented.len() > 128 {
         return Err(ApiError::invalid_token());

@@ -10,10 +10,7 @@ use actix_web::http::header;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use uuid::Uuid;
 
-use std::net::IpAddr;
-
 use crate::auth::{Authenticator, Caller, Purpose};
-use crate::config::IpCidr;
 use crate::error::ApiError;
 
 /// Extractor for handlers that need an authenticated caller. Reuses the
@@ -123,65 +120,4 @@ pub async fn authenticate_first(
         req.extensions_mut().insert(PreAuthenticated(outcome));
     }
     next.call(req).await
-}
-
-/// The client's address: the peer's, unless the peer is a trusted proxy —
-/// then the last `X-Forwarded-For` entry that is not a trusted proxy (each
-/// proxy appends what it saw, so entries to the left of it are the
-/// client's to forge).
-pub fn client_address(req: &HttpRequest, trusted: &[IpCidr]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(peer) {
-        return Some(peer);
-    }
-    let forwarded: Vec<IpAddr> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
-        .collect();
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(**ip))
-        .or(forwarded.first())
-        .copied()
-        .or(Some(peer))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use actix_web::test::TestRequest;
-
-    #[test]
-    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
-        let trusted: Vec<IpCidr> = vec!["10.0.0.0/8".parse().unwrap()];
-        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        let direct = TestRequest::default()
-            .peer_addr("203.0.113.9:5000".parse().unwrap())
-            .insert_header(("x-forwarded-for", "198.51.100.1"))
-            .to_http_request();
-        assert_eq!(
-            client_address(&direct, &trusted),
-            ip("203.0.113.9"),
-            "a forged header is ignored"
-        );
-        let proxied = TestRequest::default()
-            .peer_addr("10.0.0.2:5000".parse().unwrap())
-            .insert_header(("x-forwarded-for", "1.1.1.1, 198.51.100.1, 10.0.0.7"))
-            .to_http_request();
-        assert_eq!(
-            client_address(&proxied, &trusted),
-            ip("198.51.100.1"),
-            "the last untrusted hop, not what the client wrote first"
-        );
-        assert_eq!(
-            client_address(&proxied, &[]),
-            ip("10.0.0.2"),
-            "no trusted proxies: the peer"
-        );
-    }
 }

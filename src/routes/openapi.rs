@@ -263,6 +263,13 @@ fn add_common_responses(op: &mut Operation, metered: bool) {
             )],
         );
         add(op, 403, "`account_suspended`: the account is suspended.", &[]);
+        add(
+            op,
+            429,
+            "`too_many_requests`: an API key payg does not know, from an address that has sent too many \
+             of them (`PAYG_CLIENT_AUTH_PER_MINUTE`).",
+            &[("Retry-After", Type::Integer, "Seconds to wait")],
+        );
     }
     if metered {
         add(

@@ -86,6 +86,9 @@ pub enum WebhookOutcome {
             `reference_reused`: the reference was used for a different payment", body = ErrorBody),
         (status = 422, description = "`overpayment`: more than is outstanding; \
             `currency_mismatch`: not the invoice's currency", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`: too many webhooks from this address \
+            (`PAYG_CLIENT_WEBHOOK_PER_MINUTE`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "`webhooks_disabled`: `PAYG_WEBHOOK_SECRET` is not set", body = ErrorBody),
     )
 )]
@@ -97,6 +100,8 @@ pub async fn payment_webhook(
     let Some(secret) = state.config.billing.webhook_secret.as_ref() else {
         return Err(ApiError::webhooks_disabled());
     };
+    // Before the HMAC: a flood of forged events costs no hashing.
+    state.clients.take_webhook(&req)?;
     let header = req.headers().get("Payg-Signature").and_then(|v| v.to_str().ok());
     payments::verify_signature(header, &body, secret.expose().as_bytes(), state.now())?;
     let event: PaymentEvent = serde_json::from_slice(&body)

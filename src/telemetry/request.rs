@@ -1,6 +1,7 @@
 //! Per-request telemetry, the outermost middleware (`from_fn`): a request
 //! id (taken from `X-Request-Id` when sane, generated otherwise, echoed in
-//! the response), one log line per request, and the HTTP metrics.
+//! the response), one log line per request (with the client's address),
+//! and the HTTP metrics. Needs `web::Data<Metrics>` and `web::Data<Clients>`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -13,6 +14,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 
 use crate::auth::Caller;
+use crate::clients::Clients;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{method_label, route_label, status_class};
 
@@ -53,12 +55,22 @@ pub async fn request_telemetry(
         .map_or_else(new_request_id, str::to_owned);
     let method = method_label(req.method());
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    // Who sent it, through trusted proxies: every line names the client.
+    let client = req
+        .app_data::<web::Data<Clients>>()
+        .and_then(|c| c.address(req.request()));
     let result = next.call(req).await;
     let elapsed = started.elapsed();
     let mut res = match result {
         Ok(res) => res,
         Err(err) => {
-            tracing::warn!(request_id = %id, method, error = %err, "request failed before a response");
+            tracing::warn!(
+                request_id = %id,
+                method,
+                client = client.map(tracing::field::display),
+                error = %err,
+                "request failed before a response"
+            );
             return Err(err);
         }
     };
@@ -89,6 +101,7 @@ pub async fn request_telemetry(
         status,
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         user_id = user_id.map(tracing::field::display),
+        client = client.map(tracing::field::display),
         "request"
     );
     drop(route);

@@ -282,3 +282,78 @@ async fn a_login_flood_is_refused_as_busy_instead_of_queued() {
     // Once the flood is over, logins work again.
     assert_eq!(app.login(&user.email, PASSWORD).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_spends_its_bucket_on_logins_registrations_and_refreshes() {
+    // Burst 6: the user's registration and login take two.
+    let app = TestApp::builder()
+        .env("PAYG_CLIENT_AUTH_PER_MINUTE", "1")
+        .env("PAYG_CLIENT_AUTH_BURST", "6")
+        .spawn()
+        .await;
+    let user = app.new_user().await;
+    for _ in 0..3 {
+        assert_eq!(app.login(&user.email, "wrong password!").await.status(), 401);
+    }
+    let refresh = app
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": "payg_rt_unknown"}))
+        .await;
+    assert_eq!(refresh.status(), 401, "the sixth attempt is still admitted");
+    for res in [
+        app.login(&user.email, PASSWORD).await,
+        app.register("late@example.com", "Late").await,
+        app.post_json("/api/v1/auth/refresh", &json!({"refresh_token": "payg_rt_unknown"}))
+            .await,
+    ] {
+        assert_eq!(res.status(), 429);
+        let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert_eq!(error_code(res).await, "too_many_requests");
+    }
+    // The account itself is not locked: only this address is slowed down,
+    // and an authenticated session carries on.
+    assert_eq!(app.get_auth("/api/v1/me", &user.token).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_api_keys_spend_the_bucket_known_ones_do_not() {
+    let app = TestApp::builder()
+        .env("PAYG_AUTH_CACHE_MS", "1000")
+        .env("PAYG_CLIENT_AUTH_PER_MINUTE", "1")
+        .env("PAYG_CLIENT_AUTH_BURST", "4")
+        .spawn()
+        .await;
+    let user = app.new_user().await;
+    let res = app
+        .post_auth("/api/v1/api-keys", &user.token, &json!({"name": "ci"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let key: Value = res.json().await.unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    let call = |key: String| {
+        app.client
+            .get(app.url("/api/v1/tools/uuid"))
+            .header("x-api-key", key)
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            call(key.clone()).await.unwrap().status(),
+            200,
+            "a known key costs nothing"
+        );
+    }
+    let guessed = |i: u32| format!("payg_guessed{i:0>40}");
+    for i in 0..2 {
+        assert_eq!(call(guessed(i)).await.unwrap().status(), 401);
+    }
+    let res = call(guessed(2)).await.unwrap();
+    assert_eq!(res.status(), 429, "the bucket is spent: no query for another guess");
+    assert_eq!(error_code(res).await, "too_many_requests");
+    assert_eq!(
+        call(guessed(0)).await.unwrap().status(),
+        401,
+        "a key already found unknown is answered from the cache"
+    );
+    assert_eq!(call(key).await.unwrap().status(), 200, "the known key still works");
+}

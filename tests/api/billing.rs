@@ -800,3 +800,33 @@ async fn the_scheduler_closes_the_previous_period_after_the_grace() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_flood_from_one_address_is_refused_before_any_hmac() {
+    let app = TestApp::builder()
+        .env("PAYG_WEBHOOK_SECRET", "whsec_test_0123456789abcdef0123456789")
+        .env("PAYG_CLIENT_WEBHOOK_PER_MINUTE", "1")
+        .env("PAYG_CLIENT_WEBHOOK_BURST", "2")
+        .spawn()
+        .await;
+    let forged = || {
+        app.client
+            .post(app.url("/api/v1/webhooks/payments"))
+            .header("content-type", "application/json")
+            .header(
+                "Payg-Signature",
+                format!("t={},v1={}", Utc::now().timestamp(), "0".repeat(64)),
+            )
+            .body(r#"{"id":"evt_x","type":"payment.succeeded"}"#)
+            .send()
+    };
+    for _ in 0..2 {
+        let res = forged().await.unwrap();
+        assert_eq!(res.status(), 400);
+        assert_eq!(error_code(res).await, "invalid_signature");
+    }
+    let res = forged().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(error_code(res).await, "too_many_requests");
+}

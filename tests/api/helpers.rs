@@ -232,6 +232,10 @@ impl TestApp {
                 ("PAYG_AUTH_CACHE_MS".into(), "0".into()),
                 // Rate limits off unless a test sets one.
                 ("PAYG_RATE_LIMIT_PER_MINUTE".into(), "0".into()),
+                // Every test client is 127.0.0.1: per-address buckets off
+                // unless a test sets one.
+                ("PAYG_CLIENT_AUTH_PER_MINUTE".into(), "0".into()),
+                ("PAYG_CLIENT_WEBHOOK_PER_MINUTE".into(), "0".into()),
                 (
                     "PAYG_REDIS_PREFIX".into(),
                     format!("payg-test-{}:", Uuid::new_v4().simple()),

@@ -1,0 +1,323 @@
+//! Who the client is before anyone has authenticated, and how fast it may
+//! knock: its address (the peer's, or `X-Forwarded-For` behind a trusted
+//! proxy) and per-address token buckets for the routes anyone can call.
+//!
+//! The buckets live in this instance's memory, not Redis: they are what
+//! still holds when Redis is slow or gone, they cost no round trip, and
+//! each instance admitting its own share is enough to keep a flood from
+//! reaching argon2, PostgreSQL or the webhook's HMAC.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::HttpRequest;
+
+/// An IP network: an address and how many leading bits of it count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpCidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpCidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |addr: IpAddr| -> (u128, u8) {
+            match addr {
+                IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+                IpAddr::V6(a) => (u128::from(a), 128),
+            }
+        };
+        // An IPv4 client may arrive as an IPv4-mapped IPv6 address.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.addr), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let host_bits = u32::from(width - self.prefix);
+        let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
+        (net & mask) == (addr & mask)
+    }
+}
+
+impl std::str::FromStr for IpCidr {
+    type Err = String;
+
+    /// `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// A bucket: `per_minute` requests sustained, `burst` at once. A
+/// `per_minute` of 0 switches the bucket off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimit {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// Addresses tracked per bucket at most. A full bucket is the same as none,
+/// so idle addresses are dropped first; past this many busy ones a new
+/// address is refused rather than growing memory without bound.
+const MAX_CLIENTS: usize = 100_000;
+
+/// A request refused by a client bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many requests from this client address")]
+pub struct Throttled {
+    pub retry_after_secs: u64,
+}
+
+/// GCRA over a map of client → theoretical arrival time: the same
+/// algorithm as the per-user limit in Redis, in memory.
+pub struct Throttle {
+    interval: Duration,
+    tolerance: Duration,
+    started: Instant,
+    /// Client → theoretical arrival time, as time since `started`.
+    arrivals: Mutex<HashMap<ClientKey, Duration>>,
+}
+
+/// IPv4 addresses count one by one; IPv6 ones by their /64, the smallest
+/// block a single subscriber is usually given (one host can pick any
+/// address inside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ClientKey {
+    V4(u32),
+    V6(u64),
+    Unknown,
+}
+
+impl From<Option<IpAddr>> for ClientKey {
+    fn from(ip: Option<IpAddr>) -> Self {
+        match ip {
+            Some(IpAddr::V4(v4)) => ClientKey::V4(v4.to_bits()),
+            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey::V4(v4.to_bits()),
+                None => ClientKey::V6(u64::try_from(Ipv6Addr::to_bits(v6) >> 64).unwrap_or(u64::MAX)),
+            },
+            None => ClientKey::Unknown,
+        }
+    }
+}
+
+impl Throttle {
+    /// `None` (or a zero rate): every request is admitted.
+    pub fn new(limit: Option<ClientLimit>) -> Option<Self> {
+        let limit = limit.filter(|l| l.per_minute > 0)?;
+        let interval = Duration::from_secs(60) / limit.per_minute;
+        Some(Self {
+            interval,
+            tolerance: interval * limit.burst.max(1),
+            started: Instant::now(),
+            arrivals: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes one request from the client's bucket, or says how long to wait.
+    pub fn take(&self, client: Option<IpAddr>) -> Result<(), Throttled> {
+        self.step(client.into(), true)
+    }
+
+    /// Whether [`Throttle::take`] would admit the client now, without taking.
+    pub fn would_admit(&self, client: Option<IpAddr>) -> Result<(), Throttled> {
+        self.step(client.into(), false)
+    }
+
+    fn step(&self, key: ClientKey, take: bool) -> Result<(), Throttled> {
+        let now = self.started.elapsed();
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
+        let next = tat + self.interval;
+        if next - now > self.tolerance {
+            let wait = next - self.tolerance - now;
+            return Err(Throttled {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            });
+        }
+        if !take {
+            return Ok(());
+        }
+        if arrivals.len() >= MAX_CLIENTS && !arrivals.contains_key(&key) {
+            arrivals.retain(|_, tat| *tat > now);
+            if arrivals.len() >= MAX_CLIENTS {
+                return Err(Throttled { retry_after_secs: 1 });
+            }
+        }
+        arrivals.insert(key, next);
+        Ok(())
+    }
+}
+
+/// The client-facing side of every request: its address and the buckets
+/// of the unauthenticated routes.
+pub struct Clients {
+    trusted_proxies: Vec<IpCidr>,
+    /// Logins, registrations, refreshes and lookups of unknown API keys:
+    /// what a credential guesser spends.
+    credentials: Option<Throttle>,
+    /// Payment-provider webhooks (each verified with an HMAC of the body).
+    webhooks: Option<Throttle>,
+}
+
+impl Clients {
+    pub fn new(trusted_proxies: Vec<IpCidr>, credentials: Option<ClientLimit>, webhooks: Option<ClientLimit>) -> Self {
+        Self {
+            trusted_proxies,
+            credentials: Throttle::new(credentials),
+            webhooks: Throttle::new(webhooks),
+        }
+    }
+
+    /// The client's address: the peer's, unless the peer is a trusted proxy
+    /// — then the last `X-Forwarded-For` entry that is not a trusted proxy
+    /// (each proxy appends what it saw, so entries to the left of it are the
+    /// client's to forge).
+    pub fn address(&self, req: &HttpRequest) -> Option<IpAddr> {
+        client_address(req, &self.trusted_proxies)
+    }
+
+    /// One credential attempt (login, register, refresh) from this client.
+    pub fn take_credential_attempt(&self, req: &HttpRequest) -> Result<(), Throttled> {
+        self.credentials.as_ref().map_or(Ok(()), |t| t.take(self.address(req)))
+    }
+
+    /// Whether this client may look up an API key payg has not seen: the
+    /// lookup costs a query, so unknown keys spend the credential bucket
+    /// (see [`Clients::unknown_key_looked_up`]); known ones never do.
+    pub fn may_look_up_key(&self, req: &HttpRequest) -> Result<(), Throttled> {
+        self.credentials
+            .as_ref()
+            .map_or(Ok(()), |t| t.would_admit(self.address(req)))
+    }
+
+    pub fn unknown_key_looked_up(&self, req: &HttpRequest) {
+        if let Some(t) = &self.credentials {
+            // Refused or not, the lookup is done; this only charges for it.
+            let _ = t.take(self.address(req));
+        }
+    }
+
+    pub fn take_webhook(&self, req: &HttpRequest) -> Result<(), Throttled> {
+        self.webhooks.as_ref().map_or(Ok(()), |t| t.take(self.address(req)))
+    }
+}
+
+fn client_address(req: &HttpRequest, trusted: &[IpCidr]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(**ip))
+        .or(forwarded.first())
+        .copied()
+        .or(Some(peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        let trusted: Vec<IpCidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let direct = TestRequest::default()
+            .peer_addr("203.0.113.9:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "198.51.100.1"))
+            .to_http_request();
+        assert_eq!(
+            client_address(&direct, &trusted),
+            ip("203.0.113.9"),
+            "a forged header is ignored"
+        );
+        let proxied = TestRequest::default()
+            .peer_addr("10.0.0.2:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "1.1.1.1, 198.51.100.1, 10.0.0.7"))
+            .to_http_request();
+        assert_eq!(
+            client_address(&proxied, &trusted),
+            ip("198.51.100.1"),
+            "the last untrusted hop, not what the client wrote first"
+        );
+        assert_eq!(
+            client_address(&proxied, &[]),
+            ip("10.0.0.2"),
+            "no trusted proxies: the peer"
+        );
+    }
+
+    #[test]
+    fn a_bucket_admits_its_burst_then_one_per_interval_per_client() {
+        let throttle = Throttle::new(Some(ClientLimit {
+            per_minute: 60,
+            burst: 3,
+        }))
+        .unwrap();
+        let a = Some("203.0.113.9".parse().unwrap());
+        let b = Some("203.0.113.10".parse().unwrap());
+        for _ in 0..3 {
+            assert_eq!(throttle.take(a), Ok(()));
+        }
+        assert_eq!(throttle.would_admit(a), Err(Throttled { retry_after_secs: 1 }));
+        assert_eq!(throttle.take(a), Err(Throttled { retry_after_secs: 1 }));
+        assert_eq!(throttle.take(b), Ok(()), "another address has its own bucket");
+        assert!(
+            Throttle::new(Some(ClientLimit {
+                per_minute: 0,
+                burst: 5
+            }))
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64() {
+        let throttle = Throttle::new(Some(ClientLimit {
+            per_minute: 1,
+            burst: 1,
+        }))
+        .unwrap();
+        assert_eq!(throttle.take(Some("2001:db8:1:2::1".parse().unwrap())), Ok(()));
+        assert!(throttle.take(Some("2001:db8:1:2:ffff::9".parse().unwrap())).is_err());
+        assert_eq!(throttle.take(Some("2001:db8:1:3::1".parse().unwrap())), Ok(()));
+        assert!(
+            throttle.take(Some("::ffff:192.0.2.1".parse().unwrap())).is_ok()
+                && throttle.take(Some("192.0.2.1".parse().unwrap())).is_err(),
+            "a mapped IPv4 address is that IPv4 address"
+        );
+    }
+}
