@@ -505,7 +505,7 @@ impl From<AuthError> for ApiError {
             AuthError::RevocationsUnknown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
-                "finance and admin routes are paused while revoked sessions cannot be checked; retry shortly",
+                "signed-in routes are paused while logged-out sessions cannot be told apart; retry shortly",
             )
             .with_retry_after(1),
             AuthError::Forbidden(why) => Self::forbidden(why),

@@ -1,11 +1,16 @@
 //! Redis: the store shared by all instances for the access-token deny-list,
 //! per-user rate limits, "user changed" versions and login lockouts.
 //!
-//! Redis is never required to serve: every operation returns `None` when
-//! Redis is unreachable and callers fail open. After a failure the store
-//! does not try Redis again for a second (a circuit breaker), so an outage
-//! costs no latency per call; the outage is logged once when it starts and
-//! once when it ends.
+//! Redis is never required to serve metered calls: every operation returns
+//! `None` when Redis cannot answer, and each says by its [`Policy`] what
+//! that `None` may mean. Metered calls fail open behind a circuit breaker:
+//! after a failure they do not try Redis for a second, so an outage costs
+//! them no latency. Security decisions (the lockout, the deny-list outside
+//! metered calls, writing a logout) ignore the breaker and ask every time,
+//! and their callers fail closed: the breaker can open because payg itself
+//! is overloaded (a starved worker times out its own Redis call), and that
+//! must never switch off a lockout or a logout. The outage is logged once
+//! when it starts and once when it ends.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -22,6 +27,18 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// any cached one, so the standing is simply read again.
 pub const USER_VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
 const TIMEOUT: Duration = Duration::from_millis(250);
+
+/// What an operation does while Redis is failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Skipped while the breaker is open; any failure opens it. For what
+    /// may fail open: metered calls' rate limit and deny-list check.
+    FailOpen,
+    /// Always asked, breaker or not; a timeout does not open the breaker
+    /// (it may be payg's own overload, not Redis). For security decisions,
+    /// whose callers refuse when the answer is `None`.
+    FailClosed,
+}
 
 /// One round trip per metered call: deny-list check, user version, and a
 /// GCRA rate-limit step, atomically. All keys share the user's hash tag so
@@ -201,7 +218,7 @@ impl RedisStore {
             *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             tracing::error!(
                 error,
-                "Redis unreachable: rate limits and logout checks fail open until it returns"
+                "Redis unreachable: metered calls skip rate limits and logout checks, logins and signed-in routes are refused, until it returns"
             );
         }
     }
@@ -218,13 +235,14 @@ impl RedisStore {
         }
     }
 
-    /// Runs one Redis operation with the breaker and a timeout; `None` on failure.
-    async fn run<T, F, Fut>(&self, op: F) -> Option<T>
+    /// Runs one Redis operation with a timeout, and the breaker as `policy`
+    /// says; `None` on failure.
+    async fn run<T, F, Fut>(&self, policy: Policy, op: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        if self.circuit_open() {
+        if policy == Policy::FailOpen && self.circuit_open() {
             return None;
         }
         let conn = self.connection().await?;
@@ -237,6 +255,11 @@ impl RedisStore {
                 self.failed(&e.to_string());
                 None
             }
+            Err(_) if policy == Policy::FailClosed => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("a Redis command for a security decision timed out; refused, breaker left closed");
+                None
+            }
             Err(_) => {
                 self.failed("command timed out");
                 None
@@ -245,9 +268,11 @@ impl RedisStore {
     }
 
     pub async fn ping(&self) -> bool {
-        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-            .await
-            .is_some()
+        self.run(Policy::FailClosed, |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .is_some()
     }
 
     /// The per-call check. `jti` is the access token's id and `session` its
@@ -258,6 +283,7 @@ impl RedisStore {
         jti: Option<Uuid>,
         session: Option<Uuid>,
         limit: Option<RateLimit>,
+        policy: Policy,
     ) -> Option<CallVerdict> {
         let rate_key = self.user_key(user, "rate");
         let deny_key = match jti {
@@ -280,7 +306,7 @@ impl RedisStore {
         };
         let script = &self.script;
         let raw: Vec<i64> = self
-            .run(|mut c| async move {
+            .run(policy, |mut c| async move {
                 script
                     .key(&rate_key)
                     .key(&deny_key)
@@ -329,7 +355,7 @@ impl RedisStore {
 
     async fn set_denied(&self, key: String, ttl: Duration) -> bool {
         let secs = ttl.as_secs().max(1);
-        self.run(|mut c| async move {
+        self.run(Policy::FailClosed, |mut c| async move {
             redis::cmd("SET")
                 .arg(&key)
                 .arg(1)
@@ -345,7 +371,7 @@ impl RedisStore {
     /// Tells every instance to re-read the user's role, status and dues.
     pub async fn bump_user_version(&self, user: Uuid) -> bool {
         let key = self.user_key(user, "version");
-        self.run(|mut c| async move {
+        self.run(Policy::FailClosed, |mut c| async move {
             redis::pipe()
                 .atomic()
                 .cmd("INCR")
@@ -381,7 +407,7 @@ impl RedisStore {
         let (client_key, email_key) = self.login_keys(email, client);
         let script = &self.login_script;
         let raw: Vec<i64> = self
-            .run(|mut c| async move {
+            .run(Policy::FailClosed, |mut c| async move {
                 script
                     .key(&client_key)
                     .key(&email_key)
@@ -406,7 +432,7 @@ impl RedisStore {
     /// counter restarts; the email's gives the attempt back.
     pub async fn login_succeeded(&self, email: &str, client: &str) {
         let (client_key, email_key) = self.login_keys(email, client);
-        self.run(|mut c| async move {
+        self.run(Policy::FailClosed, |mut c| async move {
             redis::pipe()
                 .cmd("DEL")
                 .arg(&client_key)

@@ -28,7 +28,7 @@ use crate::domain::Clock;
 use crate::models::api_key::ApiKey;
 use crate::models::user::Standing;
 use crate::models::{Role, User, UserStatus};
-use crate::redis_store::{RateLimit, RateOutcome, RedisStore};
+use crate::redis_store::{Policy, RateLimit, RateOutcome, RedisStore};
 use key_cache::KeyCache;
 use tokens::TokenHasher;
 use ttl_cache::TtlCache;
@@ -68,11 +68,6 @@ pub struct Caller {
     /// metered APIs refuse such a caller with 402 until it is paid.
     pub overdue: bool,
     pub credential: Credential,
-    /// Whether the Redis deny-list (logouts, reused sessions) could be
-    /// consulted. Without it an access token is trusted only where failing
-    /// open is the stated policy (metered calls, the caller's own reads);
-    /// finance and admin routes refuse (503).
-    pub revocations_checked: bool,
 }
 
 impl Caller {
@@ -88,19 +83,8 @@ impl Caller {
     }
 
     /// Finance routes: the finance or admin role, with an access token.
-    /// Finance and admin routes fail closed: a logged-out session must not
-    /// move money or change the catalog while Redis cannot say it ended.
-    fn require_revocations_checked(&self) -> Result<(), AuthError> {
-        if self.revocations_checked {
-            Ok(())
-        } else {
-            Err(AuthError::RevocationsUnknown)
-        }
-    }
-
     pub fn require_finance(&self) -> Result<(), AuthError> {
         self.require_access_token()?;
-        self.require_revocations_checked()?;
         if self.role.can_do_finance() {
             Ok(())
         } else {
@@ -111,7 +95,6 @@ impl Caller {
     /// Admin routes: the admin role, with an access token.
     pub fn require_admin(&self) -> Result<(), AuthError> {
         self.require_access_token()?;
-        self.require_revocations_checked()?;
         if self.role == Role::Admin {
             Ok(())
         } else {
@@ -145,8 +128,8 @@ pub enum AuthError {
     AccessTokenRequired,
     #[error("the account is suspended")]
     Suspended,
-    /// The deny-list could not be consulted (Redis unreachable) on a route
-    /// that fails closed.
+    /// The deny-list could not be consulted (Redis unreachable) for an
+    /// access token outside a metered call.
     #[error("revocations cannot be checked")]
     RevocationsUnknown,
     /// The caller's role does not allow the route.
@@ -302,9 +285,21 @@ impl Authenticator {
         } else {
             None
         };
-        let verdict = self.redis.check_call(user_id, jti, session, limit).await;
-        if verdict.is_some_and(|v| v.denied) {
-            return Err(AuthError::InvalidToken);
+        // Only metered calls trust an access token that Redis could not
+        // check against the deny-list (availability first: a token lives
+        // minutes, and a metered call changes nothing but a count). Every
+        // other route would let a logged-out session read or act, so there
+        // the check fails closed, and asks Redis even while the breaker is
+        // open. API keys are revoked in PostgreSQL and never need Redis.
+        let policy = match (credential, purpose) {
+            (Credential::AccessToken { .. }, Purpose::Plain) => Policy::FailClosed,
+            _ => Policy::FailOpen,
+        };
+        let verdict = self.redis.check_call(user_id, jti, session, limit, policy).await;
+        match verdict {
+            Some(v) if v.denied => return Err(AuthError::InvalidToken),
+            None if policy == Policy::FailClosed => return Err(AuthError::RevocationsUnknown),
+            _ => {}
         }
         let cached = self.standing(user_id, verdict.map(|v| v.user_version)).await?;
         if cached.standing.status == UserStatus::Suspended {
@@ -318,8 +313,6 @@ impl Authenticator {
                 role: cached.standing.role,
                 overdue: cached.overdue,
                 credential,
-                // API keys are revoked in PostgreSQL, never in Redis.
-                revocations_checked: verdict.is_some() || matches!(credential, Credential::ApiKey { .. }),
             },
             rate: verdict.and_then(|v| v.rate),
         })

@@ -162,18 +162,17 @@ impl Modify for CommonResponses {
                 continue;
             }
             let metered = path.starts_with(&format!("{}/", super::TOOLS_PREFIX));
-            let privileged = ["finance", "admin"]
-                .iter()
-                .any(|area| path.starts_with(&format!("{}/{area}/", super::API_PREFIX)));
             for op in operations_mut(item) {
                 query_parameters_are_never_null(op);
                 add_common_responses(op, metered);
-                if privileged {
+                let signed_in = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                if signed_in && !metered {
                     add(
                         op,
                         503,
                         "`auth_unavailable`: Redis is unreachable, so a logged-out session cannot be told \
-                         apart; finance and admin routes fail closed.",
+                         apart; routes other than metered calls refuse access tokens until it returns \
+                         (API keys are unaffected).",
                         &[("Retry-After", Type::Integer, "Seconds to wait")],
                     );
                 }

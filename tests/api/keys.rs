@@ -603,11 +603,23 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
         200
     );
 
+    let key = create_key(&app, &user, "during the outage").await;
+    let key = key["key"].as_str().unwrap().to_owned();
+
     redis.stop();
-    // Finance and admin fail closed: a logged-out session could not be told apart.
-    let res = app.get_auth("/api/v1/finance/invoices", &finance.token).await;
-    assert_eq!(res.status(), 503);
-    assert_eq!(error_code(res).await, "auth_unavailable");
+    // Outside metered calls access tokens fail closed: a logged-out session
+    // could not be told apart. API keys never needed Redis.
+    for (path, token) in [
+        ("/api/v1/finance/invoices", &finance.token),
+        ("/api/v1/me", &user.token),
+        ("/api/v1/usage", &user.token),
+    ] {
+        let res = app.get_auth(path, token).await;
+        assert_eq!(res.status(), 503, "{path}");
+        assert!(res.headers().contains_key("retry-after"));
+        assert_eq!(error_code(res).await, "auth_unavailable");
+    }
+    assert_eq!(app.get_auth("/api/v1/usage", &key).await.status(), 200);
     for _ in 0..5 {
         let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
         assert_eq!(res.status(), 200, "rate limiting fails open");
@@ -661,6 +673,61 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
     app.flush_meter().await;
     let (calls, _) = usage_of(&app.db, user.id, "tools-uuid", &this_period()).await;
     assert!(calls >= 7, "every served call was counted: {calls}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_opens_the_breaker_for_metered_calls_only_never_for_security_decisions() {
+    let redis = OwnRedis::start(free_port());
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let app = TestApp::builder().env("REDIS_URL", &url).spawn().await;
+    let user = app.new_user().await;
+    let (logged_out, _) = login_pair(&app, &user.email).await;
+    let res = app.post_auth("/api/v1/auth/logout", &logged_out, &json!({})).await;
+    assert_eq!(res.status(), 204);
+    // Lock the account from this address (10 failures per 15 minutes).
+    for _ in 0..10 {
+        assert_eq!(app.login(&user.email, "wrong password!").await.status(), 401);
+    }
+
+    // Redis stalls for 600 ms (as it seems to an overloaded instance whose
+    // calls time out): a metered call times out and opens the breaker.
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "600", "ALL"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
+    assert_eq!(res.status(), 200, "a metered call fails open");
+    // Redis answers again; the breaker (one second) is still open.
+    tokio::time::sleep(Duration::from_millis(650).saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        app.get_auth("/api/v1/tools/uuid", &user.token)
+            .await
+            .headers()
+            .get("ratelimit-limit"),
+        None,
+        "the breaker is open for metered calls"
+    );
+    // Security decisions still ask Redis: no bypass.
+    assert_eq!(
+        app.get_auth("/api/v1/me", &logged_out).await.status(),
+        401,
+        "a logged-out token stays logged out"
+    );
+    let res = app.login(&user.email, PASSWORD).await;
+    assert_eq!(res.status(), 429, "a locked account stays locked");
+    assert_eq!(error_code(res).await, "too_many_attempts");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_200),
+        "all inside the breaker's second"
+    );
+    assert_eq!(app.get_auth("/api/v1/me", &user.token).await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
