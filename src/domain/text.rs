@@ -19,34 +19,81 @@ use uuid::Uuid;
 #[error("{0}")]
 pub struct InvalidText(pub Cow<'static, str>);
 
-/// Text without control characters (Unicode Cc: U+0000–U+001F, U+007F–U+009F).
-const NO_CONTROL: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
-/// The same, with at least one character that is not white space.
-const NOT_BLANK: &str =
-    r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$";
+/// The characters no text field takes, as a regex class body: control
+/// characters (Unicode Cc) and the format characters (Cf) of the Basic
+/// Multilingual Plane — the soft hyphen, zero-width spaces and joiners, bidi
+/// embeddings, overrides and isolates, the byte-order mark — which render
+/// as nothing and so let two different names look alike (or reorder what an
+/// invoice shows). [`REFUSED`] is the same set for the code; a test keeps
+/// the two equal. (The few Cf characters beyond the BMP — tag characters,
+/// musical formatting — are left alone: a pattern cannot name them in a way
+/// every JSON Schema dialect reads alike.)
+macro_rules! refused {
+    () => {
+        r"\u0000-\u001F\u007F-\u009F\u00AD\u0600-\u0605\u061C\u06DD\u070F\u0890-\u0891\u08E2\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u206F\uFEFF\uFFF9-\uFFFB"
+    };
+}
 
-/// A plain-text rule: no control characters, at most `max` characters
-/// (Unicode scalar values, as the OpenAPI spec counts them) and at least
-/// `min`, and for a `not_blank` field something besides white space. The
-/// checks read the value as sent — what its schema describes; a `trim`med
-/// value is then stored without its surrounding white space.
+const REFUSED: &[(char, char)] = &[
+    ('\u{0000}', '\u{001F}'),
+    ('\u{007F}', '\u{009F}'),
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+];
+
+/// A control or format character (see [`refused!`]).
+fn is_refused(c: char) -> bool {
+    REFUSED.iter().any(|&(from, to)| (from..=to).contains(&c))
+}
+
+/// Text without refused characters.
+const NO_CONTROL: &str = concat!("^[^", refused!(), "]*$");
+/// The same, with at least one character that is not white space.
+const NOT_BLANK: &str = concat!("^[^", refused!(), "]*[^\\s", refused!(), "][^", refused!(), "]*$");
+
+/// Unicode NFC: one spelling of `é`, whether sent composed or decomposed.
+fn nfc(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfc().collect()
+}
+
+/// A plain-text rule: no control or format characters, at most `max`
+/// characters (Unicode scalar values, as the OpenAPI spec counts them) and
+/// at least `min`, and for a `not_blank` field something besides white
+/// space. The checks read the value as sent — what its schema describes; a
+/// `trim`med value is then stored without its surrounding white space, and
+/// text people read (`nfc`) in Unicode NFC. Text a payment provider sends
+/// is kept exactly as sent, to match what the provider holds.
 struct TextRule {
     what: &'static str,
     min: usize,
     max: usize,
     not_blank: bool,
     trim: bool,
+    nfc: bool,
 }
 
 impl TextRule {
     fn check(&self, raw: &str) -> Result<String, InvalidText> {
         let chars = raw.chars().count();
         let blank = raw.trim().is_empty();
-        if (self.not_blank && blank) || chars < self.min || chars > self.max || raw.chars().any(char::is_control) {
+        if (self.not_blank && blank) || chars < self.min || chars > self.max || raw.chars().any(is_refused) {
             let size = match (self.min, self.max) {
                 (0, usize::MAX) => {
                     return Err(InvalidText(Cow::Owned(format!(
-                        "{} must not contain control characters",
+                        "{} must not contain control or format characters",
                         self.what
                     ))));
                 }
@@ -56,11 +103,12 @@ impl TextRule {
             };
             let blank = if self.not_blank { ", not blank," } else { "" };
             return Err(InvalidText(Cow::Owned(format!(
-                "{} must be{size}{blank} without control characters",
+                "{} must be{size}{blank} without control or format characters",
                 self.what
             ))));
         }
-        Ok(if self.trim { raw.trim() } else { raw }.to_owned())
+        let kept = if self.trim { raw.trim() } else { raw };
+        Ok(if self.nfc { nfc(kept) } else { kept.to_owned() })
     }
 
     fn schema(&self, description: &str) -> RefOr<Schema> {
@@ -107,7 +155,7 @@ macro_rules! checked_string {
 
 /// Declares a newtype over `String` checked by a [`TextRule`].
 macro_rules! plain_text {
-    ($desc:literal $name:ident { what: $what:literal, min: $min:literal, max: $max:expr, not_blank: $not_blank:literal, trim: $trim:literal }) => {
+    ($desc:literal $name:ident { what: $what:literal, min: $min:literal, max: $max:expr, not_blank: $not_blank:literal, trim: $trim:literal, nfc: $nfc:literal }) => {
         #[doc = $desc]
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name(String);
@@ -119,6 +167,7 @@ macro_rules! plain_text {
                 max: $max,
                 not_blank: $not_blank,
                 trim: $trim,
+                nfc: $nfc,
             };
 
             pub fn as_str(&self) -> &str {
@@ -149,43 +198,43 @@ macro_rules! plain_text {
 }
 
 plain_text! {
-    "A person's, company's or API's name: 1 to 200 characters, not blank, no control characters; stored without surrounding spaces."
-    Name { what: "name", min: 1, max: 200, not_blank: true, trim: true }
+    "A person's, company's or API's name: 1 to 200 characters, not blank, no control or format characters; stored without surrounding spaces."
+    Name { what: "name", min: 1, max: 200, not_blank: true, trim: true, nfc: true }
 }
 
 plain_text! {
-    "An API key's label, for telling keys apart: 1 to 100 characters, not blank, no control characters; stored without surrounding spaces."
-    KeyName { what: "name", min: 1, max: 100, not_blank: true, trim: true }
+    "An API key's label, for telling keys apart: 1 to 100 characters, not blank, no control or format characters; stored without surrounding spaces."
+    KeyName { what: "name", min: 1, max: 100, not_blank: true, trim: true, nfc: true }
 }
 
 plain_text! {
-    "A payment provider's reference: 1 to 200 characters, not blank, no control characters; stored without surrounding spaces."
-    Reference { what: "reference", min: 1, max: 200, not_blank: true, trim: true }
+    "A payment provider's reference: 1 to 200 characters, not blank, no control or format characters; stored without surrounding spaces."
+    Reference { what: "reference", min: 1, max: 200, not_blank: true, trim: true, nfc: false }
 }
 
 plain_text! {
-    "How money was paid, e.g. `bank_transfer`: 1 to 50 characters, not blank, no control characters; stored without surrounding spaces."
-    PaymentMethod { what: "method", min: 1, max: 50, not_blank: true, trim: true }
+    "How money was paid, e.g. `bank_transfer`: 1 to 50 characters, not blank, no control or format characters; stored without surrounding spaces."
+    PaymentMethod { what: "method", min: 1, max: 50, not_blank: true, trim: true, nfc: true }
 }
 
 plain_text! {
-    "Free text: at most 2000 characters, no control characters."
-    Description { what: "description", min: 0, max: 2000, not_blank: false, trim: false }
+    "Free text: at most 2000 characters, no control or format characters."
+    Description { what: "description", min: 0, max: 2000, not_blank: false, trim: false, nfc: true }
 }
 
 plain_text! {
-    "A billing detail (company, address, tax id): at most 200 characters, no control characters; stored without surrounding spaces, and blank clears it."
-    BillingText { what: "a billing field", min: 0, max: 200, not_blank: false, trim: true }
+    "A billing detail (company, address, tax id): at most 200 characters, no control or format characters; stored without surrounding spaces, and blank clears it."
+    BillingText { what: "a billing field", min: 0, max: 200, not_blank: false, trim: true, nfc: true }
 }
 
 plain_text! {
-    "A payment provider's event id: 1 to 200 characters, no control characters."
-    EventId { what: "event id", min: 1, max: 200, not_blank: false, trim: false }
+    "A payment provider's event id: 1 to 200 characters, no control or format characters."
+    EventId { what: "event id", min: 1, max: 200, not_blank: false, trim: false, nfc: false }
 }
 
 plain_text! {
-    "Text a payment provider sends (an invoice number, a reference): no control characters."
-    ProviderText { what: "invoice_number and reference", min: 0, max: usize::MAX, not_blank: false, trim: false }
+    "Text a payment provider sends (an invoice number, a reference): no control or format characters."
+    ProviderText { what: "invoice_number and reference", min: 0, max: usize::MAX, not_blank: false, trim: false, nfc: false }
 }
 
 // `plain_text!` derives no `Default` (an empty `Name` would skip its
@@ -197,9 +246,9 @@ impl Default for Description {
     }
 }
 
-/// A lower-cased email address. Deliberately simple: one `@`, 1 to 64
-/// characters before it, a dotted domain after it, no spaces or control
-/// characters, at most 254 characters.
+/// A lower-cased email address in Unicode NFC. Deliberately simple: one
+/// `@`, 1 to 64 characters before it, a dotted domain after it, no spaces,
+/// control or format characters, at most 254 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -207,7 +256,15 @@ pub struct Email(String);
 /// trimming and lower-casing).
 macro_rules! email_pattern {
     () => {
-        r"[^@\s\u0000-\u001F\u007F-\u009F]{1,64}@[^@\s.\u0000-\u001F\u007F-\u009F]+(\.[^@\s.\u0000-\u001F\u007F-\u009F]+)+"
+        concat!(
+            r"[^@\s",
+            refused!(),
+            r"]{1,64}@[^@\s.",
+            refused!(),
+            r"]+(\.[^@\s.",
+            refused!(),
+            r"]+)+"
+        )
     };
 }
 
@@ -221,13 +278,22 @@ impl Email {
     }
 }
 
+impl Email {
+    /// The one spelling of what a client typed as an email, valid or not:
+    /// trimmed, lower-cased, NFC. What the login lockout counts under, so
+    /// case, spaces or composition cannot open a fresh budget.
+    pub fn canonical(raw: &str) -> String {
+        nfc(&raw.trim().to_lowercase())
+    }
+}
+
 impl FromStr for Email {
     type Err = InvalidText;
 
     fn from_str(raw: &str) -> Result<Self, InvalidText> {
         let email = raw.trim().to_lowercase();
         let valid = email.chars().count() <= 254
-            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+            && !email.chars().any(|c| c.is_whitespace() || is_refused(c))
             && match email.split_once('@') {
                 Some((local, domain)) => {
                     !local.is_empty()
@@ -241,7 +307,9 @@ impl FromStr for Email {
                 None => false,
             };
         if valid {
-            Ok(Self(email))
+            // Stored in NFC, so `josé@` sent composed and decomposed is one
+            // account. Checked before, as sent: NFC can lengthen a string.
+            Ok(Self(nfc(&email)))
         } else {
             Err(InvalidText(Cow::Borrowed("email is not a valid address")))
         }
@@ -613,9 +681,61 @@ mod tests {
             "a b@example.com",
             "a@b@c.com",
             "ada@.com",
+            "ada\u{200B}@example.com",
+            "ad\u{202E}moc.elpmaxe@a.io",
+            "\u{FEFF}ada@example.com",
         ] {
             assert!(bad.parse::<Email>().is_err(), "{bad:?}");
         }
+        let composed = "jos\u{E9}@example.com".parse::<Email>().unwrap();
+        let decomposed = "JOSE\u{301}@example.com".parse::<Email>().unwrap();
+        assert_eq!(composed, decomposed, "one spelling of josé");
+        assert_eq!(composed.as_str(), "jos\u{E9}@example.com");
+    }
+
+    #[test]
+    fn names_are_stored_in_nfc_without_format_characters() {
+        assert_eq!(
+            "Jose\u{301}".parse::<Name>().unwrap().as_str(),
+            "Jos\u{E9}",
+            "decomposed arrives composed"
+        );
+        for bad in [
+            "Ada\u{200D}",
+            "\u{202E}evil",
+            "a\u{2066}b",
+            "soft\u{AD}hyphen",
+            "\u{180E}",
+        ] {
+            assert!(bad.parse::<Name>().is_err(), "{bad:?}");
+            assert!(bad.parse::<KeyName>().is_err(), "{bad:?}");
+            assert!(bad.parse::<BillingText>().is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            "ref\u{301}".parse::<ProviderText>().unwrap().as_str(),
+            "ref\u{301}",
+            "what a provider sends is kept as sent"
+        );
+    }
+
+    #[test]
+    fn the_schema_patterns_refuse_exactly_what_the_code_refuses() {
+        let mut listed = String::new();
+        for &(from, to) in REFUSED {
+            listed.push_str(&format!("\\u{:04X}", u32::from(from)));
+            if to != from {
+                listed.push_str(&format!("-\\u{:04X}", u32::from(to)));
+            }
+        }
+        assert_eq!(listed, refused!());
+        // Every Cc and every BMP Cf character (by Unicode's own table) is
+        // refused, and nothing else.
+        use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+        for c in '\u{0}'..='\u{FFFF}' {
+            let refused = c.is_control() || c.general_category() == GeneralCategory::Format;
+            assert_eq!(is_refused(c), refused, "U+{:04X}", u32::from(c));
+        }
+        assert!(('\u{0}'..='\u{9F}').filter(|c| c.is_control()).all(is_refused));
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: Json<Logi
     let LoginRequest { email, password } = body.into_inner();
     // The lockout counts attempts per email string whether or not an account
     // exists, so it reveals nothing about which emails are registered.
-    let lockout_key = email.trim().to_lowercase();
+    let lockout_key = Email::canonical(&email);
     let client = state
         .clients
         .address(&req)

@@ -1,0 +1,2 @@
+-- Nothing to undo: the decomposed spellings were not kept.
+SELECT 1;
