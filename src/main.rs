@@ -244,7 +244,9 @@ fn not_found_as(err: diesel::result::Error, email: &str) -> anyhow::Error {
     }
 }
 
-/// PAYG_PASSWORD, or a prompt when stdin is a terminal.
+/// PAYG_PASSWORD, or a prompt when stdin is a terminal. The prompt does not
+/// echo (the password would stay on screen and in terminal scrollback) and
+/// asks twice, since a typo cannot be seen.
 fn read_password() -> anyhow::Result<String> {
     if let Ok(p) = std::env::var("PAYG_PASSWORD") {
         return Ok(p);
@@ -252,8 +254,10 @@ fn read_password() -> anyhow::Result<String> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("set PAYG_PASSWORD (no terminal to prompt on)");
     }
-    eprint!("password for the new user (input is shown): ");
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
-    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    let password = rpassword::prompt_password("password for the new user: ")?;
+    let again = rpassword::prompt_password("the same password again: ")?;
+    if password != again {
+        anyhow::bail!("the two passwords differ");
+    }
+    Ok(password)
 }

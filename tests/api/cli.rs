@@ -95,3 +95,54 @@ async fn operators_create_users_and_grant_roles_from_the_cli() {
     assert!(!out.status.success());
     assert_eq!(app.count_users().await, 1);
 }
+
+/// Reads the child's output until `marker` appears (or it ends).
+fn read_until(out: &mut impl std::io::Read, seen: &mut String, marker: &str) {
+    let mut buf = [0u8; 256];
+    while !seen.contains(marker) {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_prompt_does_not_echo() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let app = TestApp::spawn().await;
+    // `script` gives the command a real terminal; whatever the terminal
+    // echoes comes back on its output.
+    let command = format!(
+        "{} user create --email typed@example.com --role consumer",
+        env!("CARGO_BIN_EXE_payg")
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &app.db.url)
+        .env("JWT_SECRET", TEST_JWT_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs the command on a terminal");
+    let (mut input, mut output) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let mut seen = String::new();
+    for prompt in ["password", "again"] {
+        read_until(&mut output, &mut seen, prompt);
+        assert!(seen.contains(prompt), "the prompt is shown: {seen:?}");
+        // Let the prompt switch echo off before typing (as a person would).
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        input.write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+        input.flush().unwrap();
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut output, &mut rest).unwrap();
+    seen.push_str(&rest);
+    assert!(child.wait().unwrap().success(), "{seen}");
+    assert!(!seen.contains(PASSWORD), "the typed password was echoed: {seen:?}");
+    assert_eq!(app.login("typed@example.com", PASSWORD).await.status(), 200);
+}
