@@ -53,11 +53,7 @@ impl AppState {
                 .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))?;
             Api::all(&mut conn).await?
         };
-        let clients = Arc::new(Clients::new(
-            config.trusted_proxies.clone(),
-            config.client_auth_limit,
-            config.client_webhook_limit,
-        ));
+        let clients = Arc::new(Clients::new(config.trusted_proxies.clone(), config.client_limits));
         let authenticator = Arc::new(Authenticator::new(
             JwtKeys::new(&config.jwt),
             db.clone(),

@@ -77,6 +77,14 @@ pub struct ClientLimit {
     pub burst: u32,
 }
 
+/// The buckets (see `config::Config::client_limits`); `None` switches one off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub credentials: Option<ClientLimit>,
+    pub unknown_keys: Option<ClientLimit>,
+    pub webhooks: Option<ClientLimit>,
+}
+
 /// Addresses tracked per bucket at most. A full bucket is the same as none,
 /// so idle addresses are dropped first; past this many busy ones a new
 /// address is refused rather than growing memory without bound.
@@ -137,15 +145,21 @@ impl Throttle {
 
     /// Takes one request from the client's bucket, or says how long to wait.
     pub fn take(&self, client: Option<IpAddr>) -> Result<(), Throttled> {
-        self.step(client.into(), true)
+        self.step(client.into())
     }
 
-    /// Whether [`Throttle::take`] would admit the client now, without taking.
-    pub fn would_admit(&self, client: Option<IpAddr>) -> Result<(), Throttled> {
-        self.step(client.into(), false)
+    /// Returns a request taken by [`Throttle::take`] that turned out not to
+    /// count (a key that was found after all).
+    pub fn give_back(&self, client: Option<IpAddr>) {
+        let key = ClientKey::from(client);
+        let now = self.started.elapsed();
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tat) = arrivals.get_mut(&key) {
+            *tat = tat.saturating_sub(self.interval).max(now);
+        }
     }
 
-    fn step(&self, key: ClientKey, take: bool) -> Result<(), Throttled> {
+    fn step(&self, key: ClientKey) -> Result<(), Throttled> {
         let now = self.started.elapsed();
         let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
         let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
@@ -155,9 +169,6 @@ impl Throttle {
             return Err(Throttled {
                 retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
             });
-        }
-        if !take {
-            return Ok(());
         }
         if arrivals.len() >= MAX_CLIENTS && !arrivals.contains_key(&key) {
             arrivals.retain(|_, tat| *tat > now);
@@ -174,19 +185,24 @@ impl Throttle {
 /// of the unauthenticated routes.
 pub struct Clients {
     trusted_proxies: Vec<IpCidr>,
-    /// Logins, registrations, refreshes and lookups of unknown API keys:
-    /// what a credential guesser spends.
+    /// Logins, registrations and refreshes: what a password or token
+    /// guesser spends.
     credentials: Option<Throttle>,
+    /// Lookups of API keys not in the cache that turn out unknown (each
+    /// costs a query): a key guesser, or a client stuck on a revoked key.
+    /// A bucket of its own, so neither can block the address's logins.
+    unknown_keys: Option<Throttle>,
     /// Payment-provider webhooks (each verified with an HMAC of the body).
     webhooks: Option<Throttle>,
 }
 
 impl Clients {
-    pub fn new(trusted_proxies: Vec<IpCidr>, credentials: Option<ClientLimit>, webhooks: Option<ClientLimit>) -> Self {
+    pub fn new(trusted_proxies: Vec<IpCidr>, limits: ClientLimits) -> Self {
         Self {
             trusted_proxies,
-            credentials: Throttle::new(credentials),
-            webhooks: Throttle::new(webhooks),
+            credentials: Throttle::new(limits.credentials),
+            unknown_keys: Throttle::new(limits.unknown_keys),
+            webhooks: Throttle::new(limits.webhooks),
         }
     }
 
@@ -203,19 +219,17 @@ impl Clients {
         self.credentials.as_ref().map_or(Ok(()), |t| t.take(self.address(req)))
     }
 
-    /// Whether this client may look up an API key payg has not seen: the
-    /// lookup costs a query, so unknown keys spend the credential bucket
-    /// (see [`Clients::unknown_key_looked_up`]); known ones never do.
-    pub fn may_look_up_key(&self, req: &HttpRequest) -> Result<(), Throttled> {
-        self.credentials
-            .as_ref()
-            .map_or(Ok(()), |t| t.would_admit(self.address(req)))
+    /// Takes one lookup of an API key payg has not cached (it costs a
+    /// query) from the client's unknown-key bucket, before the query, so
+    /// parallel guesses cannot all pass; [`Clients::key_was_known`] gives it
+    /// back when the key exists, so known keys never spend the bucket.
+    pub fn take_key_lookup(&self, req: &HttpRequest) -> Result<(), Throttled> {
+        self.unknown_keys.as_ref().map_or(Ok(()), |t| t.take(self.address(req)))
     }
 
-    pub fn unknown_key_looked_up(&self, req: &HttpRequest) {
-        if let Some(t) = &self.credentials {
-            // Refused or not, the lookup is done; this only charges for it.
-            let _ = t.take(self.address(req));
+    pub fn key_was_known(&self, req: &HttpRequest) {
+        if let Some(t) = &self.unknown_keys {
+            t.give_back(self.address(req));
         }
     }
 
@@ -230,20 +244,50 @@ fn client_address(req: &HttpRequest, trusted: &[IpCidr]) -> Option<IpAddr> {
     if !is_trusted(peer) {
         return Some(peer);
     }
-    let forwarded: Vec<IpAddr> = req
+    // Walk the chain from the right (the nearest hop first), past trusted
+    // proxies, to the first address one of them saw. An entry that does not
+    // parse ends the walk: skipping it would hand the choice to whatever the
+    // client wrote to its left.
+    let hops: Vec<&str> = req
         .headers()
         .get_all("x-forwarded-for")
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
+        .map(str::trim)
         .collect();
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(**ip))
-        .or(forwarded.first())
-        .copied()
-        .or(Some(peer))
+    let mut nearest_trusted = peer;
+    for hop in hops.iter().rev() {
+        match parse_hop(hop) {
+            Some(ip) if is_trusted(ip) => nearest_trusted = ip,
+            Some(ip) => return Some(ip),
+            None => return Some(nearest_trusted),
+        }
+    }
+    // Every hop was a trusted proxy: the leftmost is as far as anyone saw.
+    Some(nearest_trusted)
+}
+
+/// One `X-Forwarded-For` entry: `ip`, `ip:port` or `[ipv6]:port` (some
+/// proxies append the port).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Ok(addr) = hop.parse::<std::net::SocketAddr>() {
+        return Some(addr.ip());
+    }
+    hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
+/// How the login lockout names a client: its address, or its /64 for IPv6
+/// (as the buckets count it), so one host cannot rotate through its block
+/// for fresh lockout budgets.
+pub fn lockout_label(client: Option<IpAddr>) -> String {
+    match ClientKey::from(client) {
+        ClientKey::V4(bits) => std::net::Ipv4Addr::from_bits(bits).to_string(),
+        ClientKey::V6(prefix) => format!("{}/64", Ipv6Addr::from_bits(u128::from(prefix) << 64)),
+        ClientKey::Unknown => "unknown".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +322,26 @@ mod tests {
             ip("10.0.0.2"),
             "no trusted proxies: the peer"
         );
+        let with_ports = TestRequest::default()
+            .peer_addr("10.0.0.2:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "1.1.1.1, 198.51.100.1:4711, [2001:db8::7]:443"))
+            .to_http_request();
+        assert_eq!(
+            client_address(&with_ports, &trusted),
+            ip("2001:db8::7"),
+            "a port appended by the proxy is not a reason to look further left"
+        );
+        let garbled = TestRequest::default()
+            .peer_addr("10.0.0.2:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "1.1.1.1, not-an-address, 10.0.0.7"))
+            .to_http_request();
+        assert_eq!(
+            client_address(&garbled, &trusted),
+            ip("10.0.0.7"),
+            "an unreadable hop stops the walk at the last proxy"
+        );
+        assert_eq!(lockout_label(ip("2001:db8:1:2::9")), "2001:db8:1:2::/64");
+        assert_eq!(lockout_label(ip("192.0.2.1")), "192.0.2.1");
     }
 
     #[test]
@@ -292,7 +356,9 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(throttle.take(a), Ok(()));
         }
-        assert_eq!(throttle.would_admit(a), Err(Throttled { retry_after_secs: 1 }));
+        assert_eq!(throttle.take(a), Err(Throttled { retry_after_secs: 1 }));
+        throttle.give_back(a);
+        assert_eq!(throttle.take(a), Ok(()), "a request given back can be taken again");
         assert_eq!(throttle.take(a), Err(Throttled { retry_after_secs: 1 }));
         assert_eq!(throttle.take(b), Ok(()), "another address has its own bucket");
         assert!(

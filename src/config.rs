@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-use crate::clients::{ClientLimit, IpCidr};
+use crate::clients::{ClientLimit, ClientLimits, IpCidr};
 use crate::domain::currency::Currency;
 use crate::redis_store::RateLimit;
 
@@ -72,13 +72,13 @@ pub struct Config {
     /// (`PAYG_TRUSTED_PROXIES`, comma-separated CIDRs; default none: the
     /// peer address is the client).
     pub trusted_proxies: Vec<IpCidr>,
-    /// Per client address, per instance: logins, registrations, refreshes
-    /// and unknown API keys (`PAYG_CLIENT_AUTH_PER_MINUTE`, default 60, and
-    /// `PAYG_CLIENT_AUTH_BURST`, default 20), and payment webhooks
-    /// (`PAYG_CLIENT_WEBHOOK_PER_MINUTE`, default 600, `_BURST`, default
-    /// 100). 0 per minute switches a bucket off.
-    pub client_auth_limit: Option<ClientLimit>,
-    pub client_webhook_limit: Option<ClientLimit>,
+    /// Per client address, per instance: logins, registrations and
+    /// refreshes (`PAYG_CLIENT_AUTH_PER_MINUTE`, default 60, and
+    /// `PAYG_CLIENT_AUTH_BURST`, default 20), lookups of unknown API keys
+    /// (`PAYG_CLIENT_UNKNOWN_KEYS_PER_MINUTE`, 60, `_BURST`, 20), and payment
+    /// webhooks (`PAYG_CLIENT_WEBHOOK_PER_MINUTE`, 600, `_BURST`, 100).
+    /// 0 per minute switches a bucket off.
+    pub client_limits: ClientLimits,
     /// Threads that run argon2 (`PAYG_PASSWORD_THREADS`), and logins or
     /// registrations that may wait for one (`PAYG_PASSWORD_QUEUE`) before
     /// the next gets 503 `busy`.
@@ -213,11 +213,22 @@ impl Config {
                 var("PAYG_REFRESH_TTL"),
                 Duration::from_secs(30 * 86_400),
             )?,
-            refresh_retry_grace: duration_or(
-                "PAYG_REFRESH_RETRY_GRACE",
-                var("PAYG_REFRESH_RETRY_GRACE"),
-                Duration::from_secs(10),
-            )?,
+            refresh_retry_grace: {
+                let grace = duration_or(
+                    "PAYG_REFRESH_RETRY_GRACE",
+                    var("PAYG_REFRESH_RETRY_GRACE"),
+                    Duration::from_secs(10),
+                )?;
+                // A retry comes within seconds; a longer grace only widens
+                // what a thief with an old token can still exchange.
+                if grace > Duration::from_secs(60) {
+                    return Err(ConfigError {
+                        var: "PAYG_REFRESH_RETRY_GRACE",
+                        message: "must be at most 60s".into(),
+                    });
+                }
+                grace
+            },
             jwt: JwtSettings {
                 secret: Secret::new(jwt_secret.clone()),
                 ttl: duration_or("JWT_TTL", var("JWT_TTL"), Duration::from_secs(15 * 60))?,
@@ -267,13 +278,21 @@ impl Config {
             },
             password_threads: parse_or("PAYG_PASSWORD_THREADS", var("PAYG_PASSWORD_THREADS"), Some(2usize))?.max(1),
             password_queue: parse_or("PAYG_PASSWORD_QUEUE", var("PAYG_PASSWORD_QUEUE"), Some(16usize))?,
-            client_auth_limit: client_limit(&var, "PAYG_CLIENT_AUTH_PER_MINUTE", "PAYG_CLIENT_AUTH_BURST", (60, 20))?,
-            client_webhook_limit: client_limit(
-                &var,
-                "PAYG_CLIENT_WEBHOOK_PER_MINUTE",
-                "PAYG_CLIENT_WEBHOOK_BURST",
-                (600, 100),
-            )?,
+            client_limits: ClientLimits {
+                credentials: client_limit(&var, "PAYG_CLIENT_AUTH_PER_MINUTE", "PAYG_CLIENT_AUTH_BURST", (60, 20))?,
+                unknown_keys: client_limit(
+                    &var,
+                    "PAYG_CLIENT_UNKNOWN_KEYS_PER_MINUTE",
+                    "PAYG_CLIENT_UNKNOWN_KEYS_BURST",
+                    (60, 20),
+                )?,
+                webhooks: client_limit(
+                    &var,
+                    "PAYG_CLIENT_WEBHOOK_PER_MINUTE",
+                    "PAYG_CLIENT_WEBHOOK_BURST",
+                    (600, 100),
+                )?,
+            },
             trusted_proxies: match var("PAYG_TRUSTED_PROXIES") {
                 None => Vec::new(),
                 Some(list) => list
@@ -333,7 +352,6 @@ where
     }
 }
 
-/// Accepts `900`, `900s`, `15m` or `1h`; a bare number is seconds.
 /// A client bucket from its two variables; `None` when switched off.
 fn client_limit(
     var: &impl Fn(&'static str) -> Option<String>,
@@ -349,6 +367,7 @@ fn client_limit(
     }))
 }
 
+/// Accepts `900`, `900s`, `15m` or `1h`; a bare number is seconds.
 fn duration_or(name: &'static str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     let Some(raw) = value else { return Ok(default) };
     let v = raw.trim();
@@ -406,6 +425,9 @@ mod tests {
         let err = config(&[jwt, ("PAYG_WEBHOOK_SECRET", "whsec_short")]).unwrap_err();
         assert_eq!(err.var, "PAYG_WEBHOOK_SECRET");
         assert!(config(&[jwt, ("PAYG_WEBHOOK_SECRET", &"w".repeat(32))]).is_ok());
+        let err = config(&[jwt, ("PAYG_REFRESH_RETRY_GRACE", "61s")]).unwrap_err();
+        assert_eq!(err.var, "PAYG_REFRESH_RETRY_GRACE");
+        assert!(config(&[jwt, ("PAYG_REFRESH_RETRY_GRACE", "1m")]).is_ok());
     }
 
     #[test]

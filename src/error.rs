@@ -191,6 +191,19 @@ impl ApiError {
         .with_retry_after(1)
     }
 
+    /// 503 at logout: the session's refresh tokens are revoked, but its
+    /// access tokens could not be deny-listed (Redis unreachable); a retry
+    /// finishes the job.
+    pub fn logout_incomplete() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "logout_incomplete",
+            "the session's refresh tokens are revoked, but its access tokens could not be ended at once; \
+             retry the logout shortly",
+        )
+        .with_retry_after(1)
+    }
+
     /// 503: the payment webhook has no secret to check signatures with.
     pub fn webhooks_disabled() -> Self {
         Self::new(

@@ -184,6 +184,12 @@ impl RedisStore {
         if let Some(m) = self.manager.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             return Some(m.clone());
         }
+        // Whoever held the lock before just failed to connect: do not queue
+        // every waiting call behind one more attempt each (security
+        // decisions skip the breaker, so they would).
+        if self.circuit_open() {
+            return None;
+        }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
@@ -223,6 +229,13 @@ impl RedisStore {
         }
     }
 
+    /// A security decision's command timed out: it is refused, and the
+    /// breaker stays as it was (the timeout may be payg's own overload).
+    fn security_timeout(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("a Redis command for a security decision timed out; refused, breaker left as it was");
+    }
+
     fn succeeded(&self) {
         if self.in_outage.swap(false, Ordering::Relaxed) {
             let down_for = self
@@ -251,13 +264,18 @@ impl RedisStore {
                 self.succeeded();
                 Some(v)
             }
+            // The connection's own response timeout may fire first: the
+            // same timeout, the same rule.
+            Ok(Err(e)) if policy == Policy::FailClosed && e.is_timeout() => {
+                self.security_timeout();
+                None
+            }
             Ok(Err(e)) => {
                 self.failed(&e.to_string());
                 None
             }
             Err(_) if policy == Policy::FailClosed => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("a Redis command for a security decision timed out; refused, breaker left closed");
+                self.security_timeout();
                 None
             }
             Err(_) => {

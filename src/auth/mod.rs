@@ -144,11 +144,16 @@ pub enum AuthError {
     Pool(#[from] PoolError),
 }
 
-/// Metered calls count against the caller's rate limit; others do not.
+/// What a request is authenticated for. Metered calls count against the
+/// caller's rate limit and trust an access token Redis could not check;
+/// plain routes refuse such a token; ending a session accepts it, since
+/// logging out a session that may have ended already does no harm, and
+/// refusing it would keep its refresh tokens alive through an outage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Plain,
     Metered,
+    EndSession,
 }
 
 /// API keys are recognisable by their prefix; anything else is a JWT.
@@ -202,7 +207,7 @@ pub struct Authenticator {
     /// Keys whose `last_used_at` was written in the last minute.
     recently_touched: TtlCache<Uuid, ()>,
     clock: Arc<dyn Clock>,
-    /// Unknown API keys spend the client's credential bucket.
+    /// Unknown API keys spend the client's unknown-key bucket.
     clients: Arc<Clients>,
     overdue_after: chrono::Duration,
     rate_limit: Option<RateLimit>,
@@ -292,13 +297,15 @@ impl Authenticator {
         // the check fails closed, and asks Redis even while the breaker is
         // open. API keys are revoked in PostgreSQL and never need Redis.
         let policy = match (credential, purpose) {
-            (Credential::AccessToken { .. }, Purpose::Plain) => Policy::FailClosed,
+            (Credential::AccessToken { .. }, Purpose::Plain | Purpose::EndSession) => Policy::FailClosed,
             _ => Policy::FailOpen,
         };
         let verdict = self.redis.check_call(user_id, jti, session, limit, policy).await;
         match verdict {
             Some(v) if v.denied => return Err(AuthError::InvalidToken),
-            None if policy == Policy::FailClosed => return Err(AuthError::RevocationsUnknown),
+            None if policy == Policy::FailClosed && purpose != Purpose::EndSession => {
+                return Err(AuthError::RevocationsUnknown);
+            }
             _ => {}
         }
         let cached = self.standing(user_id, verdict.map(|v| v.user_version)).await?;
@@ -343,8 +350,8 @@ impl Authenticator {
     /// The key's id and owner. A key not in the cache costs a query; a
     /// client whose keys keep turning out unknown (a guesser, or a client
     /// stuck on a revoked key) is refused before that query once its
-    /// credential bucket is spent, and every key found unknown stays cached
-    /// as such, so repeating it costs nothing either.
+    /// unknown-key bucket is spent (a key found gives its token back). A key
+    /// found unknown is cached as such for the cache's short lifetime.
     async fn resolve_api_key(&self, req: &HttpRequest, key: &str) -> Result<(Uuid, Uuid), AuthError> {
         if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
             return Err(AuthError::InvalidToken);
@@ -353,13 +360,13 @@ impl Authenticator {
         let found = match self.keys.get(&hash) {
             Some(found) => found,
             None => {
-                self.clients.may_look_up_key(req)?;
+                self.clients.take_key_lookup(req)?;
                 let asked_at = std::time::Instant::now();
                 let mut conn = self.db.get().await?;
                 let found = ApiKey::find_active_by_hash(&mut conn, &hash).await?;
                 self.keys.put(hash, found, asked_at);
-                if found.is_none() {
-                    self.clients.unknown_key_looked_up(req);
+                if found.is_some() {
+                    self.clients.key_was_known(req);
                 }
                 found
             }

@@ -26,7 +26,7 @@ pub enum SessionError {
     Database(#[from] DieselError),
     #[error("signing the access token: {0}")]
     Signing(#[from] jsonwebtoken::errors::Error),
-    #[error("PAYG_REFRESH_TTL is out of range")]
+    #[error("a session lifetime (PAYG_REFRESH_TTL or PAYG_REFRESH_RETRY_GRACE) is out of range")]
     Lifetime(#[from] chrono::OutOfRangeError),
 }
 
@@ -137,6 +137,7 @@ pub async fn rotate(
                     && next.family_id == token.family_id
                     && next.retired_at.is_none()
                     && next.revoked_at.is_none()
+                    && next.expires_at > now
                 {
                     return reissue(conn, issuer, &next, successor, now).await;
                 }

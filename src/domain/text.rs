@@ -291,10 +291,12 @@ impl FromStr for Email {
     type Err = InvalidText;
 
     fn from_str(raw: &str) -> Result<Self, InvalidText> {
-        let email = raw.trim().to_lowercase();
-        let valid = email.chars().count() <= 254
-            && !email.chars().any(|c| c.is_whitespace() || is_refused(c))
-            && match email.split_once('@') {
+        // Checked as sent (trimmed), as the schema counts: lower-casing and
+        // NFC can both lengthen a string.
+        let sent = raw.trim();
+        let valid = sent.chars().count() <= 254
+            && !sent.chars().any(|c| c.is_whitespace() || is_refused(c))
+            && match sent.split_once('@') {
                 Some((local, domain)) => {
                     !local.is_empty()
                         && local.chars().count() <= 64
@@ -306,15 +308,20 @@ impl FromStr for Email {
                 }
                 None => false,
             };
-        if valid {
-            // Stored in NFC, so `josé@` sent composed and decomposed is one
-            // account. Checked before, as sent: NFC can lengthen a string.
-            Ok(Self(nfc(&email)))
+        // Stored lower-cased and in NFC, so `josé@` sent composed and
+        // decomposed, or in any case, is one account.
+        let stored = Email::canonical(sent);
+        if valid && stored.chars().count() <= MAX_STORED_EMAIL_CHARS {
+            Ok(Self(stored))
         } else {
             Err(InvalidText(Cow::Borrowed("email is not a valid address")))
         }
     }
 }
+
+/// What the database's check allows (`users.email`): room for an address
+/// of 254 characters as sent to grow in lower-casing and NFC.
+const MAX_STORED_EMAIL_CHARS: usize = 1024;
 
 impl PartialSchema for Email {
     fn schema() -> RefOr<Schema> {
@@ -479,7 +486,7 @@ impl PartialSchema for HttpMethod {
 checked_string!(HttpMethod);
 
 /// An actix route pattern such as `/api/v1/tools/random/{max}`: starts with
-/// `/`, at most 200 bytes, no white space or control characters.
+/// `/`, at most 200 bytes, no white space, control or format characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePattern(String);
 
@@ -493,7 +500,7 @@ impl FromStr for RoutePattern {
     type Err = InvalidText;
 
     fn from_str(s: &str) -> Result<Self, InvalidText> {
-        if s.starts_with('/') && s.len() <= 200 && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if s.starts_with('/') && s.len() <= 200 && !s.chars().any(|c| c.is_whitespace() || is_refused(c)) {
             Ok(Self(s.to_owned()))
         } else {
             Err(InvalidText(Cow::Borrowed(
@@ -509,10 +516,10 @@ impl PartialSchema for RoutePattern {
             .schema_type(Type::String)
             .description(Some(
                 "An actix route pattern, e.g. `/api/v1/tools/random/{max}`: starts with `/`, \
-                 at most 200 bytes, no spaces or control characters.",
+                 at most 200 bytes, no spaces, control or format characters.",
             ))
             .max_length(Some(200))
-            .pattern(Some(r"^/[^\s\u0000-\u001F\u007F-\u009F]*$"))
+            .pattern(Some(concat!(r"^/[^\s", refused!(), "]*$")))
             .examples([json!("/api/v1/tools/uuid")])
             .into()
     }

@@ -11,13 +11,14 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::Credential;
 use crate::auth::sessions::{self, IssuedSession, Rotation};
+use crate::clients::lockout_label;
 use crate::domain::text::{Email, Name, Password};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::UserStatus;
 use crate::models::user::{NewUser, Role, User};
 use crate::redis_store::LoginLimits;
 use crate::routes::conn;
-use crate::routes::extract::SessionUser;
+use crate::routes::extract::EndingSession;
 use crate::routes::json::Json;
 
 /// A new consumer account. The email is unique, case-insensitively.
@@ -170,10 +171,9 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: Json<Logi
     // The lockout counts attempts per email string whether or not an account
     // exists, so it reveals nothing about which emails are registered.
     let lockout_key = Email::canonical(&email);
-    let client = state
-        .clients
-        .address(&req)
-        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let address = state.clients.address(&req);
+    // IPv6 clients by their /64: a host may pick any address in it.
+    let client = lockout_label(address);
     match state.redis.reserve_login(&lockout_key, &client, LOGIN_LIMITS).await {
         None => return Err(ApiError::login_unavailable()),
         Some(attempt) if !attempt.allowed => {
@@ -289,9 +289,13 @@ pub struct LogoutRequest {
         (status = 204, description = "Logged out"),
         (status = 400, description = "`validation_failed`: the body has unknown fields; \
             `invalid_json`: the body is not JSON", body = ErrorBody),
+        (status = 503, description = "`logout_incomplete`: the refresh tokens are revoked but Redis could not \
+            take the deny-list entry that ends the access tokens at once; retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
-pub async fn logout(state: web::Data<AppState>, user: SessionUser, body: web::Bytes) -> ApiResult<HttpResponse> {
+pub async fn logout(state: web::Data<AppState>, user: EndingSession, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let user = user.0;
     // The body is optional (absent or `null`), but one that is sent must be
     // a valid request.
     let body: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -309,15 +313,27 @@ pub async fn logout(state: web::Data<AppState>, user: SessionUser, body: web::By
         jti,
         session,
         expires_at,
-    } = user.0.0.credential
+    } = user.0.credential
     else {
-        // SessionUser has refused API keys already.
+        // EndingSession has refused API keys already.
         return Err(ApiError::access_token_required());
     };
     let now = Utc::now();
+    // First what lasts: the session's refresh tokens, in PostgreSQL.
+    let mut conn = conn(&state.db).await?;
+    let mut families: Vec<Uuid> = session.into_iter().collect();
+    if let Some(token) = body.refresh_token
+        && let Some(family) = sessions::family_of(&mut conn, state.authenticator.hasher(), &token, user.id()).await?
+    {
+        families.push(family);
+    }
+    for family in families {
+        sessions::revoke_family(&mut conn, family, user.id(), now).await?;
+    }
+    drop(conn);
+    // Then every access token issued in the session, not only the one
+    // presented, on every instance.
     let ttl = Duration::from_secs(u64::try_from(expires_at - now.timestamp()).unwrap_or(0) + 1);
-    // The whole session ends: every access token issued in it, not only the
-    // one presented.
     let denied = match session {
         Some(session) => {
             state
@@ -328,18 +344,10 @@ pub async fn logout(state: web::Data<AppState>, user: SessionUser, body: web::By
         None => state.redis.deny_token(user.id(), jti, ttl).await,
     };
     if !denied {
-        // Redis is down: the tokens lapse at their expiry (minutes) instead.
+        // Redis cannot take the deny-list entry: say so, so the client
+        // retries (the retry is accepted and finishes the job).
         tracing::warn!(user_id = %user.id(), "logout could not deny-list the session (Redis unavailable)");
-    }
-    let mut conn = conn(&state.db).await?;
-    let mut families: Vec<Uuid> = session.into_iter().collect();
-    if let Some(token) = body.refresh_token
-        && let Some(family) = sessions::family_of(&mut conn, state.authenticator.hasher(), &token, user.id()).await?
-    {
-        families.push(family);
-    }
-    for family in families {
-        sessions::revoke_family(&mut conn, family, user.id(), now).await?;
+        return Err(ApiError::logout_incomplete());
     }
     Ok(HttpResponse::NoContent().finish())
 }

@@ -95,6 +95,33 @@ macro_rules! role_extractor {
     };
 }
 role_extractor!(SessionUser, require_access_token);
+
+/// The caller of `POST /auth/logout`: an access token, accepted even while
+/// Redis cannot say whether its session already ended (see
+/// `auth::Purpose::EndSession`), so a logout during an outage still
+/// revokes the session's refresh tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct EndingSession(pub AuthUser);
+
+impl FromRequest for EndingSession {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        // What `authenticate_first` found was for a plain route; ask again.
+        req.extensions_mut().remove::<PreAuthenticated>();
+        let req = req.clone();
+        Box::pin(async move {
+            let authenticator = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| {
+                ApiError::internal(anyhow::anyhow!("the Authenticator is not registered as app data"))
+            })?;
+            let caller = authenticator.authenticate(&req, Purpose::EndSession).await?.caller;
+            caller.require_access_token()?;
+            req.extensions_mut().insert(caller);
+            Ok(EndingSession(AuthUser(caller)))
+        })
+    }
+}
 role_extractor!(FinanceUser, require_finance);
 role_extractor!(AdminUser, require_admin);
 

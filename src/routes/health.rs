@@ -19,7 +19,8 @@ pub struct Health {
 #[serde(rename_all = "lowercase")]
 pub enum ReadyState {
     Ready,
-    /// Redis is down: payg serves, with rate limits and logout checks open.
+    /// Redis is down: payg serves metered calls (their rate limits and
+    /// logout checks open); logins and other signed-in routes are refused.
     Degraded,
     /// PostgreSQL is down (503).
     Unavailable,
@@ -67,8 +68,9 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// Ready when PostgreSQL is reachable (503 naming it otherwise). Without
-/// Redis payg still serves — rate limits and logout checks fail open — so
-/// it stays ready and reports itself `degraded`.
+/// Redis payg still serves metered calls and API keys (rate limits and
+/// logout checks fail open for metered calls; logins and access tokens
+/// elsewhere are refused), so it stays ready and reports itself `degraded`.
 #[utoipa::path(
     get,
     path = "/readyz",

@@ -130,6 +130,16 @@ async fn the_password_prompt_does_not_echo() {
         .spawn()
         .expect("script (util-linux) runs the command on a terminal");
     let (mut input, mut output) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    // A prompt that never comes must fail the test, not hang it.
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(20));
+        // Only if that pid is still our `script` (pids are reused).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("typed@example.com") {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    });
     let mut seen = String::new();
     for prompt in ["password", "again"] {
         read_until(&mut output, &mut seen, prompt);

@@ -235,6 +235,7 @@ impl TestApp {
                 // Every test client is 127.0.0.1: per-address buckets off
                 // unless a test sets one.
                 ("PAYG_CLIENT_AUTH_PER_MINUTE".into(), "0".into()),
+                ("PAYG_CLIENT_UNKNOWN_KEYS_PER_MINUTE".into(), "0".into()),
                 ("PAYG_CLIENT_WEBHOOK_PER_MINUTE".into(), "0".into()),
                 (
                     "PAYG_REDIS_PREFIX".into(),

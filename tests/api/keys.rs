@@ -605,6 +605,7 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
 
     let key = create_key(&app, &user, "during the outage").await;
     let key = key["key"].as_str().unwrap().to_owned();
+    let (leaving, leaving_refresh) = login_pair(&app, &user.email).await;
 
     redis.stop();
     // Outside metered calls access tokens fail closed: a logged-out session
@@ -620,6 +621,16 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
         assert_eq!(error_code(res).await, "auth_unavailable");
     }
     assert_eq!(app.get_auth("/api/v1/usage", &key).await.status(), 200);
+    // A logout still revokes the session's refresh tokens, and says that
+    // its access tokens could not be ended at once.
+    let res = app.post_auth("/api/v1/auth/logout", &leaving, &json!({})).await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(error_code(res).await, "logout_incomplete");
+    let res = app
+        .post_json("/api/v1/auth/refresh", &json!({"refresh_token": leaving_refresh}))
+        .await;
+    assert_eq!(res.status(), 401, "the refresh token died with the logout");
     for _ in 0..5 {
         let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
         assert_eq!(res.status(), 200, "rate limiting fails open");
@@ -670,6 +681,9 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
     );
     let (_, refresh) = login_pair(&app, &user.email).await;
     assert!(!refresh.is_empty(), "logins resume with Redis");
+    let res = app.post_auth("/api/v1/auth/logout", &leaving, &json!({})).await;
+    assert_eq!(res.status(), 204, "the retried logout finishes the job");
+    assert_eq!(app.get_auth("/api/v1/me", &leaving).await.status(), 401);
     app.flush_meter().await;
     let (calls, _) = usage_of(&app.db, user.id, "tools-uuid", &this_period()).await;
     assert!(calls >= 7, "every served call was counted: {calls}");
@@ -679,8 +693,19 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
 async fn a_stalled_redis_opens_the_breaker_for_metered_calls_only_never_for_security_decisions() {
     let redis = OwnRedis::start(free_port());
     let url = format!("redis://127.0.0.1:{}", redis.port);
-    let app = TestApp::builder().env("REDIS_URL", &url).spawn().await;
+    let app = TestApp::builder()
+        .env("REDIS_URL", &url)
+        .env("PAYG_RATE_LIMIT_PER_MINUTE", "100000")
+        .spawn()
+        .await;
     let user = app.new_user().await;
+    let limited = || async {
+        app.get_auth("/api/v1/tools/uuid", &user.token)
+            .await
+            .headers()
+            .contains_key("ratelimit-limit")
+    };
+    assert!(limited().await, "metered calls are rate-limited through Redis");
     let (logged_out, _) = login_pair(&app, &user.email).await;
     let res = app.post_auth("/api/v1/auth/logout", &logged_out, &json!({})).await;
     assert_eq!(res.status(), 204);
@@ -704,6 +729,10 @@ async fn a_stalled_redis_opens_the_breaker_for_metered_calls_only_never_for_secu
     let started = std::time::Instant::now();
     let res = app.get_auth("/api/v1/tools/uuid", &user.token).await;
     assert_eq!(res.status(), 200, "a metered call fails open");
+    assert!(
+        !res.headers().contains_key("ratelimit-limit"),
+        "its Redis step timed out"
+    );
     // Redis answers again; the breaker (one second) is still open.
     tokio::time::sleep(Duration::from_millis(650).saturating_sub(started.elapsed())).await;
     assert_eq!(
@@ -724,10 +753,26 @@ async fn a_stalled_redis_opens_the_breaker_for_metered_calls_only_never_for_secu
     assert_eq!(res.status(), 429, "a locked account stays locked");
     assert_eq!(error_code(res).await, "too_many_attempts");
     assert!(
-        started.elapsed() < Duration::from_millis(1_200),
-        "all inside the breaker's second"
+        !limited().await,
+        "the breaker was open all along: the answers above were given while it was"
     );
     assert_eq!(app.get_auth("/api/v1/me", &user.token).await.status(), 200);
+
+    // The other way round: a security decision that times out is refused
+    // and leaves the breaker closed (the timeout may be payg's own load).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(limited().await, "the breaker closed again");
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "400", "ALL"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let res = app.get_auth("/api/v1/me", &user.token).await;
+    assert_eq!(res.status(), 503, "refused, not let through unchecked");
+    assert_eq!(error_code(res).await, "auth_unavailable");
+    tokio::time::sleep(Duration::from_millis(450).saturating_sub(started.elapsed())).await;
+    assert!(limited().await, "metered calls did not lose their rate limit to it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,7 +62,8 @@ async fn invalid_profile_updates_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_looking_and_unicode_input_is_stored_and_returned_literally() {
     let app = TestApp::spawn().await;
-    let name = "Robert'); DROP TABLE users;-- 🦀 Zoë Ñandú 東京 \u{202e}";
+    // (Bidi overrides and other format characters are refused: auth.rs.)
+    let name = "Robert'); DROP TABLE users;-- 🦀 Zoë Ñandú 東京 ";
     let email = "o'brien+tag@exämple.com";
     let res = app.register(email, name).await;
     assert_eq!(res.status(), 201);
