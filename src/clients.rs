@@ -90,6 +90,9 @@ pub struct ClientLimits {
 /// address is refused rather than growing memory without bound.
 const MAX_CLIENTS: usize = 100_000;
 
+/// How far past its burst [`Throttle::charge`] can put a client.
+const MAX_DEBT: Duration = Duration::from_secs(24 * 3600);
+
 /// A request refused by a client bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("too many requests from this client address")]
@@ -148,15 +151,41 @@ impl Throttle {
         self.step(client.into())
     }
 
-    /// Returns a request taken by [`Throttle::take`] that turned out not to
-    /// count (a key that was found after all).
-    pub fn give_back(&self, client: Option<IpAddr>) {
+    /// Whether the client's bucket has room now, without taking from it.
+    pub fn check(&self, client: Option<IpAddr>) -> Result<(), Throttled> {
+        let key = ClientKey::from(client);
+        let now = self.started.elapsed();
+        let arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
+        self.refusal(tat + self.interval, now).map_or(Ok(()), Err)
+    }
+
+    /// Charges one request after the fact, room or not: what parallel
+    /// requests that all passed [`Throttle::check`] cost. Beyond the burst
+    /// the client goes into debt and waits it off (at most a day), so a
+    /// wide parallel burst buys no more than a narrow one over time.
+    pub fn charge(&self, client: Option<IpAddr>) {
         let key = ClientKey::from(client);
         let now = self.started.elapsed();
         let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tat) = arrivals.get_mut(&key) {
-            *tat = tat.saturating_sub(self.interval).max(now);
+        if arrivals.len() >= MAX_CLIENTS && !arrivals.contains_key(&key) {
+            arrivals.retain(|_, tat| *tat > now);
         }
+        let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
+        let most = now + self.tolerance + MAX_DEBT;
+        arrivals.insert(key, (tat + self.interval).min(most));
+    }
+
+    /// `Some` when a request whose theoretical arrival would be `next` is
+    /// refused at `now`.
+    fn refusal(&self, next: Duration, now: Duration) -> Option<Throttled> {
+        if next - now <= self.tolerance {
+            return None;
+        }
+        let wait = next - self.tolerance - now;
+        Some(Throttled {
+            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        })
     }
 
     fn step(&self, key: ClientKey) -> Result<(), Throttled> {
@@ -164,11 +193,8 @@ impl Throttle {
         let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
         let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
         let next = tat + self.interval;
-        if next - now > self.tolerance {
-            let wait = next - self.tolerance - now;
-            return Err(Throttled {
-                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            });
+        if let Some(refused) = self.refusal(next, now) {
+            return Err(refused);
         }
         if arrivals.len() >= MAX_CLIENTS && !arrivals.contains_key(&key) {
             arrivals.retain(|_, tat| *tat > now);
@@ -190,7 +216,8 @@ pub struct Clients {
     credentials: Option<Throttle>,
     /// Lookups of API keys not in the cache that turn out unknown (each
     /// costs a query): a key guesser, or a client stuck on a revoked key.
-    /// A bucket of its own, so neither can block the address's logins.
+    /// A bucket of its own, so neither can block the address's logins;
+    /// charged after the query, so known keys never spend it.
     unknown_keys: Option<Throttle>,
     /// Payment-provider webhooks (each verified with an HMAC of the body).
     webhooks: Option<Throttle>,
@@ -219,17 +246,21 @@ impl Clients {
         self.credentials.as_ref().map_or(Ok(()), |t| t.take(self.address(req)))
     }
 
-    /// Takes one lookup of an API key payg has not cached (it costs a
-    /// query) from the client's unknown-key bucket, before the query, so
-    /// parallel guesses cannot all pass; [`Clients::key_was_known`] gives it
-    /// back when the key exists, so known keys never spend the bucket.
-    pub fn take_key_lookup(&self, req: &HttpRequest) -> Result<(), Throttled> {
-        self.unknown_keys.as_ref().map_or(Ok(()), |t| t.take(self.address(req)))
+    /// Whether this client may look up an API key payg has not cached (it
+    /// costs a query). Only keys that turn out unknown are charged
+    /// ([`Clients::unknown_key_looked_up`]), after the query, so a client's
+    /// known keys never spend its bucket, however many are looked up at
+    /// once (a restart, a cold cache); parallel unknown ones put it into
+    /// debt instead of slipping through.
+    pub fn may_look_up_key(&self, req: &HttpRequest) -> Result<(), Throttled> {
+        self.unknown_keys
+            .as_ref()
+            .map_or(Ok(()), |t| t.check(self.address(req)))
     }
 
-    pub fn key_was_known(&self, req: &HttpRequest) {
+    pub fn unknown_key_looked_up(&self, req: &HttpRequest) {
         if let Some(t) = &self.unknown_keys {
-            t.give_back(self.address(req));
+            t.charge(self.address(req));
         }
     }
 
@@ -356,10 +387,13 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(throttle.take(a), Ok(()));
         }
+        assert_eq!(throttle.check(a), Err(Throttled { retry_after_secs: 1 }));
         assert_eq!(throttle.take(a), Err(Throttled { retry_after_secs: 1 }));
-        throttle.give_back(a);
-        assert_eq!(throttle.take(a), Ok(()), "a request given back can be taken again");
-        assert_eq!(throttle.take(a), Err(Throttled { retry_after_secs: 1 }));
+        // Charges after the fact go into debt: ten more, ten more seconds.
+        for _ in 0..10 {
+            throttle.charge(a);
+        }
+        assert_eq!(throttle.check(a), Err(Throttled { retry_after_secs: 11 }));
         assert_eq!(throttle.take(b), Ok(()), "another address has its own bucket");
         assert!(
             Throttle::new(Some(ClientLimit {

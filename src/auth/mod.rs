@@ -350,8 +350,9 @@ impl Authenticator {
     /// The key's id and owner. A key not in the cache costs a query; a
     /// client whose keys keep turning out unknown (a guesser, or a client
     /// stuck on a revoked key) is refused before that query once its
-    /// unknown-key bucket is spent (a key found gives its token back). A key
-    /// found unknown is cached as such for the cache's short lifetime.
+    /// unknown-key bucket is spent (only unknown keys are charged, after
+    /// the query). A key found unknown is cached as such for the cache's
+    /// short lifetime.
     async fn resolve_api_key(&self, req: &HttpRequest, key: &str) -> Result<(Uuid, Uuid), AuthError> {
         if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
             return Err(AuthError::InvalidToken);
@@ -360,13 +361,13 @@ impl Authenticator {
         let found = match self.keys.get(&hash) {
             Some(found) => found,
             None => {
-                self.clients.take_key_lookup(req)?;
+                self.clients.may_look_up_key(req)?;
                 let asked_at = std::time::Instant::now();
                 let mut conn = self.db.get().await?;
                 let found = ApiKey::find_active_by_hash(&mut conn, &hash).await?;
                 self.keys.put(hash, found, asked_at);
-                if found.is_some() {
-                    self.clients.key_was_known(req);
+                if found.is_none() {
+                    self.clients.unknown_key_looked_up(req);
                 }
                 found
             }
