@@ -155,7 +155,10 @@ impl Throttle {
     pub fn check(&self, client: Option<IpAddr>) -> Result<(), Throttled> {
         let key = ClientKey::from(client);
         let now = self.started.elapsed();
-        let arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        if !has_room(&mut arrivals, key, now) {
+            return Err(Throttled { retry_after_secs: 1 });
+        }
         let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
         self.refusal(tat + self.interval, now).map_or(Ok(()), Err)
     }
@@ -168,8 +171,8 @@ impl Throttle {
         let key = ClientKey::from(client);
         let now = self.started.elapsed();
         let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
-        if arrivals.len() >= MAX_CLIENTS && !arrivals.contains_key(&key) {
-            arrivals.retain(|_, tat| *tat > now);
+        if !has_room(&mut arrivals, key, now) {
+            return;
         }
         let tat = arrivals.get(&key).copied().unwrap_or(now).max(now);
         let most = now + self.tolerance + MAX_DEBT;
@@ -196,15 +199,24 @@ impl Throttle {
         if let Some(refused) = self.refusal(next, now) {
             return Err(refused);
         }
-        if arrivals.len() >= MAX_CLIENTS && !arrivals.contains_key(&key) {
-            arrivals.retain(|_, tat| *tat > now);
-            if arrivals.len() >= MAX_CLIENTS {
-                return Err(Throttled { retry_after_secs: 1 });
-            }
+        if !has_room(&mut arrivals, key, now) {
+            return Err(Throttled { retry_after_secs: 1 });
         }
         arrivals.insert(key, next);
         Ok(())
     }
+}
+
+/// Whether `key` has or can get an entry: a full map first drops the
+/// addresses whose buckets are full again (the same as no entry); if every
+/// tracked address is still busy, a new one is refused rather than let the
+/// map grow.
+fn has_room(arrivals: &mut HashMap<ClientKey, Duration>, key: ClientKey, now: Duration) -> bool {
+    if arrivals.len() < MAX_CLIENTS || arrivals.contains_key(&key) {
+        return true;
+    }
+    arrivals.retain(|_, tat| *tat > now);
+    arrivals.len() < MAX_CLIENTS
 }
 
 /// The client-facing side of every request: its address and the buckets
@@ -279,16 +291,18 @@ fn client_address(req: &HttpRequest, trusted: &[IpCidr]) -> Option<IpAddr> {
     // proxies, to the first address one of them saw. An entry that does not
     // parse ends the walk: skipping it would hand the choice to whatever the
     // client wrote to its left.
-    let hops: Vec<&str> = req
+    // A header line that is not text counts as an unreadable hop too.
+    let hops: Vec<Option<&str>> = req
         .headers()
         .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| match v.to_str() {
+            Ok(text) => text.split(',').map(|hop| Some(hop.trim())).collect::<Vec<_>>(),
+            Err(_) => vec![None],
+        })
         .collect();
     let mut nearest_trusted = peer;
     for hop in hops.iter().rev() {
-        match parse_hop(hop) {
+        match hop.and_then(parse_hop) {
             Some(ip) if is_trusted(ip) => nearest_trusted = ip,
             Some(ip) => return Some(ip),
             None => return Some(nearest_trusted),
@@ -370,6 +384,19 @@ mod tests {
             client_address(&garbled, &trusted),
             ip("10.0.0.7"),
             "an unreadable hop stops the walk at the last proxy"
+        );
+        let not_text = TestRequest::default()
+            .peer_addr("10.0.0.2:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "6.6.6.6"))
+            .append_header((
+                "x-forwarded-for",
+                actix_web::http::header::HeaderValue::from_bytes(b"\x80, 198.51.100.1").unwrap(),
+            ))
+            .to_http_request();
+        assert_eq!(
+            client_address(&not_text, &trusted),
+            ip("10.0.0.2"),
+            "a line that is not text stops the walk too: 6.6.6.6 is the client's to forge"
         );
         assert_eq!(lockout_label(ip("2001:db8:1:2::9")), "2001:db8:1:2::/64");
         assert_eq!(lockout_label(ip("192.0.2.1")), "192.0.2.1");

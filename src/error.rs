@@ -232,6 +232,12 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
+
+    /// Whether this is `AuthError::RevocationsUnknown`'s answer (which a
+    /// logout, unlike other routes, can do without).
+    pub fn is_revocations_unknown(&self) -> bool {
+        self.code == REVOCATIONS_UNKNOWN
+    }
 }
 
 /// The `error` member of a `GET /readyz` answer when PostgreSQL is down.
@@ -507,6 +513,8 @@ impl From<Throttled> for ApiError {
     }
 }
 
+const REVOCATIONS_UNKNOWN: &str = "auth_unavailable";
+
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
@@ -517,7 +525,7 @@ impl From<AuthError> for ApiError {
             AuthError::Suspended => Self::account_suspended(),
             AuthError::RevocationsUnknown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "auth_unavailable",
+                REVOCATIONS_UNKNOWN,
                 "signed-in routes are paused while logged-out sessions cannot be told apart; retry shortly",
             )
             .with_retry_after(1),

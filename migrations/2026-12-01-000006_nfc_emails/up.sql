@@ -37,6 +37,6 @@ BEGIN
     FROM candidates c
     WHERE c.id NOT IN (SELECT id FROM moved);
     IF skipped IS NOT NULL THEN
-        RAISE NOTICE 'emails left as they were (an NFC twin exists): %', skipped;
+        RAISE NOTICE 'emails left as they were (an NFC twin exists, or the NFC form is not lower case): %', skipped;
     END IF;
 END $$;

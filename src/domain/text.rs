@@ -252,8 +252,8 @@ impl Default for Description {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
-/// The email rule as a pattern (what [`Email::from_str`] accepts after
-/// trimming and lower-casing).
+/// The email rule as a pattern (what [`Email::from_str`] accepts, as sent
+/// but for surrounding spaces).
 macro_rules! email_pattern {
     () => {
         concat!(

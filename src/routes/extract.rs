@@ -108,8 +108,22 @@ impl FromRequest for EndingSession {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        // What `authenticate_first` found was for a plain route; ask again.
-        req.extensions_mut().remove::<PreAuthenticated>();
+        // What `authenticate_first` found stands, except a refusal for not
+        // knowing the deny-list, which ending a session does not need:
+        // only then ask again, for this purpose.
+        let pre = req.extensions_mut().remove::<PreAuthenticated>();
+        match pre {
+            Some(PreAuthenticated(Ok(caller))) => {
+                return Box::pin(async move {
+                    caller.require_access_token()?;
+                    Ok(EndingSession(AuthUser(caller)))
+                });
+            }
+            Some(PreAuthenticated(Err(err))) if !err.is_revocations_unknown() => {
+                return Box::pin(async move { Err(err) });
+            }
+            _ => {}
+        }
         let req = req.clone();
         Box::pin(async move {
             let authenticator = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| {

@@ -20,7 +20,8 @@ pub struct Health {
 pub enum ReadyState {
     Ready,
     /// Redis is down: payg serves metered calls (their rate limits and
-    /// logout checks open); logins and other signed-in routes are refused.
+    /// logout checks open) and API keys; logins, and access tokens outside
+    /// metered calls, are refused.
     Degraded,
     /// PostgreSQL is down (503).
     Unavailable,

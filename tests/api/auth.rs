@@ -370,3 +370,41 @@ async fn unknown_api_keys_spend_a_bucket_of_their_own_known_ones_do_not() {
     // The address's logins are a budget of their own (one left of three).
     assert_eq!(app.login(&user.email, PASSWORD).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_email_is_one_account_however_it_is_composed_and_invisible_characters_are_refused() {
+    let app = TestApp::spawn().await;
+    let composed = "jos\u{E9}@example.com";
+    let decomposed = "jose\u{301}@example.com";
+    let res = app.register(composed, "Jos\u{E9}").await;
+    assert_eq!(res.status(), 201);
+    let res = app.register(decomposed, "Jose\u{301}").await;
+    assert_eq!(res.status(), 409, "the same address, decomposed");
+    assert_eq!(error_code(res).await, "email_taken");
+    let res = app.login(decomposed, PASSWORD).await;
+    assert_eq!(res.status(), 200, "either spelling logs in");
+
+    for (email, name) in [
+        ("ada\u{200B}@example.com", "Ada"),
+        ("ada@example.com", "Ada\u{200D}"),
+        ("ada@example.com", "\u{202E}adA"),
+        ("ada@example.com", "Ada\u{2066}"),
+    ] {
+        let res = app.register(email, name).await;
+        assert_eq!(res.status(), 400, "{email:?} {name:?}");
+        assert_eq!(error_code(res).await, "validation_failed");
+    }
+    assert_eq!(app.count_users().await, 1, "bad input stored nothing");
+    let token = app.token_for(composed).await;
+    let res = app
+        .client
+        .patch(app.url("/api/v1/me"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Jose\u{301} Mari\u{301}a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let me: Value = res.json().await.unwrap();
+    assert_eq!(me["name"], "Jos\u{E9} Mar\u{ED}a", "names are stored in NFC");
+}
