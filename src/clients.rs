@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
 
+/// A bucket: `per_minute` requests sustained, `burst` at once (the shape
+/// of the per-user limit); a `per_minute` of 0 switches it off.
+pub use crate::redis_store::RateLimit;
+
 /// An IP network: an address and how many leading bits of it count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpCidr {
@@ -69,20 +73,12 @@ impl std::str::FromStr for IpCidr {
     }
 }
 
-/// A bucket: `per_minute` requests sustained, `burst` at once. A
-/// `per_minute` of 0 switches the bucket off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientLimit {
-    pub per_minute: u32,
-    pub burst: u32,
-}
-
 /// The buckets (see `config::Config::client_limits`); `None` switches one off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientLimits {
-    pub credentials: Option<ClientLimit>,
-    pub unknown_keys: Option<ClientLimit>,
-    pub webhooks: Option<ClientLimit>,
+    pub credentials: Option<RateLimit>,
+    pub unknown_keys: Option<RateLimit>,
+    pub webhooks: Option<RateLimit>,
 }
 
 /// Addresses tracked per bucket at most. A full bucket is the same as none,
@@ -135,7 +131,7 @@ impl From<Option<IpAddr>> for ClientKey {
 
 impl Throttle {
     /// `None` (or a zero rate): every request is admitted.
-    pub fn new(limit: Option<ClientLimit>) -> Option<Self> {
+    pub fn new(limit: Option<RateLimit>) -> Option<Self> {
         let limit = limit.filter(|l| l.per_minute > 0)?;
         let interval = Duration::from_secs(60) / limit.per_minute;
         Some(Self {
@@ -404,7 +400,7 @@ mod tests {
 
     #[test]
     fn a_bucket_admits_its_burst_then_one_per_interval_per_client() {
-        let throttle = Throttle::new(Some(ClientLimit {
+        let throttle = Throttle::new(Some(RateLimit {
             per_minute: 60,
             burst: 3,
         }))
@@ -423,7 +419,7 @@ mod tests {
         assert_eq!(throttle.check(a), Err(Throttled { retry_after_secs: 11 }));
         assert_eq!(throttle.take(b), Ok(()), "another address has its own bucket");
         assert!(
-            Throttle::new(Some(ClientLimit {
+            Throttle::new(Some(RateLimit {
                 per_minute: 0,
                 burst: 5
             }))
@@ -433,7 +429,7 @@ mod tests {
 
     #[test]
     fn ipv6_clients_share_a_bucket_per_64() {
-        let throttle = Throttle::new(Some(ClientLimit {
+        let throttle = Throttle::new(Some(RateLimit {
             per_minute: 1,
             burst: 1,
         }))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-use crate::clients::{ClientLimit, ClientLimits, IpCidr};
+use crate::clients::{ClientLimits, IpCidr};
 use crate::domain::currency::Currency;
 use crate::redis_store::RateLimit;
 
@@ -193,18 +193,7 @@ impl Config {
                 var("PAYG_AUTH_CACHE_MS"),
                 Some(1000u64),
             )?),
-            rate_limit: {
-                let per_minute: u32 = parse_or(
-                    "PAYG_RATE_LIMIT_PER_MINUTE",
-                    var("PAYG_RATE_LIMIT_PER_MINUTE"),
-                    Some(600),
-                )?;
-                let burst: u32 = parse_or("PAYG_RATE_LIMIT_BURST", var("PAYG_RATE_LIMIT_BURST"), Some(per_minute))?;
-                (per_minute > 0).then_some(RateLimit {
-                    per_minute,
-                    burst: burst.max(1),
-                })
-            },
+            rate_limit: rate_limit(&var, "PAYG_RATE_LIMIT_PER_MINUTE", "PAYG_RATE_LIMIT_BURST", (600, None))?,
             api_key_secret: Secret::new(
                 var("PAYG_API_KEY_SECRET").unwrap_or_else(|| derived_secret(&jwt_secret, "payg api keys")),
             ),
@@ -279,18 +268,23 @@ impl Config {
             password_threads: parse_or("PAYG_PASSWORD_THREADS", var("PAYG_PASSWORD_THREADS"), Some(2usize))?.max(1),
             password_queue: parse_or("PAYG_PASSWORD_QUEUE", var("PAYG_PASSWORD_QUEUE"), Some(16usize))?,
             client_limits: ClientLimits {
-                credentials: client_limit(&var, "PAYG_CLIENT_AUTH_PER_MINUTE", "PAYG_CLIENT_AUTH_BURST", (60, 20))?,
-                unknown_keys: client_limit(
+                credentials: rate_limit(
+                    &var,
+                    "PAYG_CLIENT_AUTH_PER_MINUTE",
+                    "PAYG_CLIENT_AUTH_BURST",
+                    (60, Some(20)),
+                )?,
+                unknown_keys: rate_limit(
                     &var,
                     "PAYG_CLIENT_UNKNOWN_KEYS_PER_MINUTE",
                     "PAYG_CLIENT_UNKNOWN_KEYS_BURST",
-                    (60, 20),
+                    (60, Some(20)),
                 )?,
-                webhooks: client_limit(
+                webhooks: rate_limit(
                     &var,
                     "PAYG_CLIENT_WEBHOOK_PER_MINUTE",
                     "PAYG_CLIENT_WEBHOOK_BURST",
-                    (600, 100),
+                    (600, Some(100)),
                 )?,
             },
             trusted_proxies: match var("PAYG_TRUSTED_PROXIES") {
@@ -352,16 +346,18 @@ where
     }
 }
 
-/// A client bucket from its two variables; `None` when switched off.
-fn client_limit(
+/// A rate limit from its two variables (each defaulting as given); `None`
+/// when switched off.
+fn rate_limit(
     var: &impl Fn(&'static str) -> Option<String>,
     per_minute_var: &'static str,
     burst_var: &'static str,
-    (per_minute, burst): (u32, u32),
-) -> Result<Option<ClientLimit>, ConfigError> {
+    (per_minute, burst): (u32, Option<u32>),
+) -> Result<Option<RateLimit>, ConfigError> {
     let per_minute: u32 = parse_or(per_minute_var, var(per_minute_var), Some(per_minute))?;
-    let burst: u32 = parse_or(burst_var, var(burst_var), Some(burst))?;
-    Ok((per_minute > 0).then_some(ClientLimit {
+    // No default burst: as many at once as per minute.
+    let burst: u32 = parse_or(burst_var, var(burst_var), Some(burst.unwrap_or(per_minute)))?;
+    Ok((per_minute > 0).then_some(RateLimit {
         per_minute,
         burst: burst.max(1),
     }))

@@ -232,12 +232,6 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
-
-    /// Whether this is `AuthError::RevocationsUnknown`'s answer (which a
-    /// logout, unlike other routes, can do without).
-    pub fn is_revocations_unknown(&self) -> bool {
-        self.code == REVOCATIONS_UNKNOWN
-    }
 }
 
 /// The `error` member of a `GET /readyz` answer when PostgreSQL is down.
@@ -513,8 +507,6 @@ impl From<Throttled> for ApiError {
     }
 }
 
-const REVOCATIONS_UNKNOWN: &str = "auth_unavailable";
-
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
@@ -525,7 +517,7 @@ impl From<AuthError> for ApiError {
             AuthError::Suspended => Self::account_suspended(),
             AuthError::RevocationsUnknown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                REVOCATIONS_UNKNOWN,
+                "auth_unavailable",
                 "signed-in routes are paused while logged-out sessions cannot be told apart; retry shortly",
             )
             .with_retry_after(1),

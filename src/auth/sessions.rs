@@ -130,31 +130,59 @@ pub async fn rotate(
             if token.revoked_at.is_some() || token.expires_at <= now {
                 return Ok(Rotation::Invalid);
             }
-            if let Some(retired_at) = token.retired_at {
-                let grace = chrono::Duration::from_std(issuer.retry_grace)?;
-                if now < retired_at + grace
-                    && let Some(next) = RefreshToken::lock_by_hash(conn, &issuer.hasher.hash(&successor)).await?
-                    && next.family_id == token.family_id
-                    && next.retired_at.is_none()
-                    && next.revoked_at.is_none()
-                    && next.expires_at > now
-                {
-                    return reissue(conn, issuer, &next, successor, now).await;
+            // A retired token is a retry while the grace lasts and its
+            // successor is unused (then the pair is signed again), else theft.
+            let retried = match token.retired_at {
+                None => None,
+                Some(retired_at) => {
+                    let grace = chrono::Duration::from_std(issuer.retry_grace)?;
+                    let next = if now < retired_at + grace {
+                        RefreshToken::lock_by_hash(conn, &issuer.hasher.hash(&successor)).await?
+                    } else {
+                        None
+                    };
+                    match next.filter(|next| {
+                        next.family_id == token.family_id
+                            && next.retired_at.is_none()
+                            && next.revoked_at.is_none()
+                            && next.expires_at > now
+                    }) {
+                        Some(next) => Some(next),
+                        None => {
+                            RefreshToken::revoke_family(conn, token.family_id, token.user_id, now).await?;
+                            return Ok(Rotation::Reused {
+                                user_id: token.user_id,
+                                session: token.family_id,
+                            });
+                        }
+                    }
                 }
-                RefreshToken::revoke_family(conn, token.family_id, token.user_id, now).await?;
-                return Ok(Rotation::Reused {
-                    user_id: token.user_id,
-                    session: token.family_id,
-                });
-            }
+            };
             let Some(user) = User::find(conn, token.user_id).await? else {
                 return Ok(Rotation::Invalid);
             };
             if user.status == UserStatus::Suspended {
                 return Ok(Rotation::Suspended);
             }
-            RefreshToken::retire(conn, token.id, now).await?;
-            let session = issue(conn, issuer, user.id, user.role, token.family_id, successor, now).await?;
+            let session = match retried {
+                // The access token's id and issue time are the successor's
+                // row id and creation time, so it comes out identical.
+                Some(next) => IssuedSession {
+                    access: issuer.jwt.issue_as(
+                        user.id,
+                        user.role,
+                        Some(next.family_id),
+                        next.id,
+                        next.created_at.timestamp(),
+                        now,
+                    )?,
+                    refresh_token: successor,
+                },
+                None => {
+                    RefreshToken::retire(conn, token.id, now).await?;
+                    issue(conn, issuer, user.id, user.role, token.family_id, successor, now).await?
+                }
+            };
             Ok(Rotation::Rotated(session))
         })
         .await?;
@@ -162,33 +190,6 @@ pub async fn rotate(
         tracing::warn!(user_id = %user_id, "a retired refresh token was presented again; its session was revoked");
     }
     Ok(outcome)
-}
-
-/// A retried rotation: the pair issued the first time, signed again (the
-/// access token's id and issue time are the refresh token's row id and
-/// creation time, so it comes out identical).
-async fn reissue(
-    conn: &mut AsyncPgConnection,
-    issuer: Issuer<'_>,
-    next: &RefreshToken,
-    refresh_token: String,
-    now: DateTime<Utc>,
-) -> Result<Rotation, SessionError> {
-    let Some(user) = User::find(conn, next.user_id).await? else {
-        return Ok(Rotation::Invalid);
-    };
-    if user.status == UserStatus::Suspended {
-        return Ok(Rotation::Suspended);
-    }
-    let access = issuer.jwt.issue_as(
-        user.id,
-        user.role,
-        Some(next.family_id),
-        next.id,
-        next.created_at.timestamp(),
-        now,
-    )?;
-    Ok(Rotation::Rotated(IssuedSession { access, refresh_token }))
 }
 
 /// Ends a session: every refresh token of the family stops working.

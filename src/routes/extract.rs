@@ -10,7 +10,7 @@ use actix_web::http::header;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use uuid::Uuid;
 
-use crate::auth::{Authenticator, Caller, Purpose};
+use crate::auth::{AuthError, Authenticator, Caller, Purpose};
 use crate::error::ApiError;
 
 /// Extractor for handlers that need an authenticated caller. Reuses the
@@ -38,18 +38,22 @@ impl FromRequest for AuthUser {
             if let Ok(caller) = &outcome {
                 req.extensions_mut().insert(*caller);
             }
-            return Box::pin(async move { outcome.map(AuthUser) });
+            return Box::pin(async move { outcome.map(AuthUser).map_err(ApiError::from) });
         }
         let req = req.clone();
-        Box::pin(async move {
-            let authenticator = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| {
-                ApiError::internal(anyhow::anyhow!("the Authenticator is not registered as app data"))
-            })?;
-            let auth = authenticator.authenticate(&req, Purpose::Plain).await?;
-            req.extensions_mut().insert(auth.caller);
-            Ok(AuthUser(auth.caller))
-        })
+        Box::pin(async move { authenticate_now(&req, Purpose::Plain).await.map(AuthUser) })
     }
+}
+
+/// Authenticates `req` for `purpose` and leaves the caller in its
+/// extensions, for the extractors that found nothing authenticated yet.
+async fn authenticate_now(req: &HttpRequest, purpose: Purpose) -> Result<Caller, ApiError> {
+    let authenticator = req
+        .app_data::<web::Data<Authenticator>>()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the Authenticator is not registered as app data")))?;
+    let caller = authenticator.authenticate(req, purpose).await?.caller;
+    req.extensions_mut().insert(caller);
+    Ok(caller)
 }
 
 /// An [`AuthUser`] signed in with an access token (an API key gets 401
@@ -112,26 +116,16 @@ impl FromRequest for EndingSession {
         // knowing the deny-list, which ending a session does not need:
         // only then ask again, for this purpose.
         let pre = req.extensions_mut().remove::<PreAuthenticated>();
-        match pre {
-            Some(PreAuthenticated(Ok(caller))) => {
-                return Box::pin(async move {
-                    caller.require_access_token()?;
-                    Ok(EndingSession(AuthUser(caller)))
-                });
-            }
-            Some(PreAuthenticated(Err(err))) if !err.is_revocations_unknown() => {
-                return Box::pin(async move { Err(err) });
-            }
-            _ => {}
-        }
         let req = req.clone();
         Box::pin(async move {
-            let authenticator = req.app_data::<web::Data<Authenticator>>().ok_or_else(|| {
-                ApiError::internal(anyhow::anyhow!("the Authenticator is not registered as app data"))
-            })?;
-            let caller = authenticator.authenticate(&req, Purpose::EndSession).await?.caller;
+            let caller = match pre {
+                Some(PreAuthenticated(Ok(caller))) => caller,
+                None | Some(PreAuthenticated(Err(AuthError::RevocationsUnknown))) => {
+                    authenticate_now(&req, Purpose::EndSession).await?
+                }
+                Some(PreAuthenticated(Err(err))) => return Err(err.into()),
+            };
             caller.require_access_token()?;
-            req.extensions_mut().insert(caller);
             Ok(EndingSession(AuthUser(caller)))
         })
     }
@@ -140,7 +134,7 @@ role_extractor!(FinanceUser, require_finance);
 role_extractor!(AdminUser, require_admin);
 
 /// What [`authenticate_first`] found, for the [`AuthUser`] extractor.
-struct PreAuthenticated(Result<Caller, ApiError>);
+struct PreAuthenticated(Result<Caller, AuthError>);
 
 /// Middleware for the API routes that are not metered (the metering
 /// middleware authenticates those): authenticates a request that carries a
@@ -156,8 +150,7 @@ pub async fn authenticate_first(
         let outcome = authenticator
             .authenticate(req.request(), Purpose::Plain)
             .await
-            .map(|auth| auth.caller)
-            .map_err(ApiError::from);
+            .map(|auth| auth.caller);
         req.extensions_mut().insert(PreAuthenticated(outcome));
     }
     next.call(req).await
