@@ -17,6 +17,7 @@ use crate::clients::Clients;
 use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::domain::{Clock, Period};
+use crate::gateway::TlsSettings;
 use crate::metering::{Catalog, Meter, Metering};
 use crate::models::Api;
 use crate::redis_store::RedisStore;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Client addresses and the per-address buckets of unauthenticated routes.
     pub clients: Arc<Clients>,
+    /// TLS for https upstreams (each worker builds its clients from it).
+    pub upstream_tls: TlsSettings,
 }
 
 impl AppState {
@@ -51,7 +54,7 @@ impl AppState {
                 .get()
                 .await
                 .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))?;
-            Api::all(&mut conn).await?
+            Api::all_with_upstreams(&mut conn).await?
         };
         let clients = Arc::new(Clients::new(config.trusted_proxies.clone(), config.client_limits));
         let authenticator = Arc::new(Authenticator::new(
@@ -73,7 +76,7 @@ impl AppState {
             db.clone(),
             metrics.clone(),
         ));
-        let catalog = Arc::new(Catalog::new(&apis, &metrics.metered_calls));
+        let catalog = Arc::new(Catalog::new(&apis, &metrics));
         let metering = Arc::new(Metering {
             catalog: catalog.clone(),
             meter: meter.clone(),
@@ -82,9 +85,11 @@ impl AppState {
             billing_tz: config.billing_tz,
             rate_limit_refusals: metrics.rate_limit_refusals.clone(),
         });
+        let upstream_tls = TlsSettings::new(config.upstream_ca_file.as_deref())?;
         let passwords = PasswordPool::new(config.password_threads, config.password_queue)
             .map_err(|e| anyhow::anyhow!("starting the password hashing threads: {e}"))?;
         Ok(Self {
+            upstream_tls,
             clients,
             passwords,
             catalog,
@@ -160,8 +165,8 @@ impl AppState {
     /// periodically to pick up changes made through other instances).
     pub async fn reload_catalog(&self) -> Result<(), crate::error::ApiError> {
         let mut conn = self.db.get().await?;
-        let apis = Api::all(&mut conn).await?;
-        self.catalog.replace(&apis, &self.metrics.metered_calls);
+        let apis = Api::all_with_upstreams(&mut conn).await?;
+        self.catalog.replace(&apis, &self.metrics);
         Ok(())
     }
 }

@@ -215,6 +215,14 @@ fn has_room(arrivals: &mut HashMap<ClientKey, Duration>, key: ClientKey, now: Du
     arrivals.len() < MAX_CLIENTS
 }
 
+/// The `X-Forwarded-*` values a gateway call sends upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    pub for_chain: String,
+    pub proto: String,
+    pub host: Option<String>,
+}
+
 /// The client-facing side of every request: its address and the buckets
 /// of the unauthenticated routes.
 pub struct Clients {
@@ -247,6 +255,46 @@ impl Clients {
     /// client's to forge).
     pub fn address(&self, req: &HttpRequest) -> Option<IpAddr> {
         client_address(req, &self.trusted_proxies)
+    }
+
+    /// What a gateway tells its upstream about the client: `X-Forwarded-For`,
+    /// `-Proto` and `-Host`. A chain the client sent is kept only when the
+    /// peer is a trusted proxy (then the peer is appended to it, as every
+    /// proxy does); otherwise the peer alone is the chain and payg's own
+    /// view (plain HTTP, the `Host` asked for) is the rest.
+    pub fn forwarded(&self, req: &HttpRequest) -> Forwarded {
+        let peer = req.peer_addr().map(|a| a.ip());
+        let trusted = peer.is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(ip)));
+        let incoming = |name: &str| {
+            trusted
+                .then(|| {
+                    let values: Vec<&str> = req
+                        .headers()
+                        .get_all(name)
+                        .filter_map(|v| v.to_str().ok())
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .collect();
+                    (!values.is_empty()).then(|| values.join(", "))
+                })
+                .flatten()
+        };
+        let peer_text = peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        Forwarded {
+            for_chain: match incoming("x-forwarded-for") {
+                Some(chain) => format!("{chain}, {peer_text}"),
+                None => peer_text,
+            },
+            // payg listens on plain HTTP (TLS ends at a proxy in front of
+            // it); `connection_info()` would believe the client's headers.
+            proto: incoming("x-forwarded-proto").unwrap_or_else(|| "http".to_owned()),
+            host: incoming("x-forwarded-host").or_else(|| {
+                req.headers()
+                    .get(actix_web::http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            }),
+        }
     }
 
     /// One credential attempt (login, register, refresh) from this client.

@@ -84,6 +84,12 @@ pub struct Config {
     /// the next gets 503 `busy`.
     pub password_threads: usize,
     pub password_queue: usize,
+    /// Extra CA certificates (PEM) trusted for https upstreams besides the
+    /// public roots (`PAYG_UPSTREAM_CA_FILE`, default none).
+    pub upstream_ca_file: Option<std::path::PathBuf>,
+    /// How often each instance re-reads the catalog, picking up changes
+    /// made through others (`PAYG_CATALOG_REFRESH_MS`, default 1000).
+    pub catalog_refresh: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +305,13 @@ impl Config {
                         message,
                     })?,
             },
+            upstream_ca_file: var("PAYG_UPSTREAM_CA_FILE").map(std::path::PathBuf::from),
+            catalog_refresh: Duration::from_millis(parse_or(
+                "PAYG_CATALOG_REFRESH_MS",
+                var("PAYG_CATALOG_REFRESH_MS"),
+                Some(1000u64),
+            )?)
+            .max(Duration::from_millis(50)),
             log_format: match var("PAYG_LOG_FORMAT").as_deref() {
                 None | Some("pretty") => LogFormat::Pretty,
                 Some("json") => LogFormat::Json,

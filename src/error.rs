@@ -21,9 +21,11 @@ use crate::billing::export::ExportError;
 use crate::billing::payments::{PaymentError, SignatureError, VoidError};
 use crate::clients::Throttled;
 use crate::domain::currency::UnknownCurrency;
+use crate::domain::gateway::PathEscape;
 use crate::domain::period::BadPeriod;
 use crate::domain::pricing::InvalidPrice;
 use crate::domain::text::InvalidText;
+use crate::gateway::{UpstreamAnswer, UpstreamError};
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -507,6 +509,45 @@ impl From<Throttled> for ApiError {
     }
 }
 
+/// A gateway call that got no answer from its upstream (an answer, 4xx or
+/// 5xx included, passes through as the upstream sent it).
+impl From<UpstreamError> for ApiError {
+    fn from(err: UpstreamError) -> Self {
+        match err {
+            UpstreamError::Unavailable(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the API's upstream could not be reached; the call was not billed",
+            ),
+            UpstreamError::Timeout(after) => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!(
+                    "the API's upstream sent no response within {} ms; the call was not billed",
+                    after.as_millis()
+                ),
+            ),
+            UpstreamError::TooLarge { limit } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body exceeds this API's limit of {limit} bytes"),
+            ),
+            UpstreamError::ClientBody(why) => Self::bad_request("invalid_body", why),
+            UpstreamError::UpgradeNotSupported => Self::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "upgrade_not_supported",
+                "protocol upgrades (WebSocket) are not supported through the gateway",
+            ),
+        }
+    }
+}
+
+impl From<PathEscape> for ApiError {
+    fn from(err: PathEscape) -> Self {
+        Self::bad_request("invalid_path", err.to_string())
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
@@ -583,6 +624,10 @@ pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
 /// payload limits of non-JSON extractors): give them the envelope unless they
 /// already carry a JSON body.
 pub fn envelope_framework_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    // An upstream's own answer passes through as it was sent.
+    if res.response().extensions().get::<UpstreamAnswer>().is_some() {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
     let is_json = res
         .response()
         .headers()

@@ -72,12 +72,14 @@ pub async fn close_due_periods(state: &AppState) -> anyhow::Result<Vec<CloseOutc
     Ok(outcomes)
 }
 
-/// Picks up catalog changes made through other instances.
+/// Picks up catalog changes made through other instances, every
+/// `PAYG_CATALOG_REFRESH_MS` (one small query; an unchanged catalog is not
+/// rebuilt).
 pub fn spawn_catalog_refresh(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = tokio::time::sleep(state.config.catalog_refresh) => {}
                 _ = shutdown.changed() => return,
             }
             if let Err(e) = state.reload_catalog().await {

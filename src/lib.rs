@@ -7,6 +7,7 @@
 //! - prices, periods, currencies and the clock in [`domain`], the pure core;
 //! - close, invoices, export and payments in [`billing`];
 //! - who is calling, and with which role, in [`auth`];
+//! - forwarding a gateway API's calls to its upstream in [`gateway`];
 //! - every error status in [`error`];
 //! - the server and middleware order in [`startup`]; background loops in [`jobs`].
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod gateway;
 pub mod jobs;
 pub mod metering;
 pub mod models;

@@ -14,6 +14,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    api_upstreams (api_id) {
+        api_id -> Int4,
+        url -> Text,
+        timeout_ms -> Int4,
+        connect_timeout_ms -> Int4,
+        max_body_bytes -> Int8,
+        preserve_host -> Bool,
+        signing_secret -> Text,
+        previous_signing_secret -> Nullable<Text>,
+        previous_secret_expires_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     apis (id) {
         id -> Int4,
         slug -> Text,
@@ -184,6 +198,7 @@ diesel::table! {
 }
 
 diesel::joinable!(api_keys -> users (user_id));
+diesel::joinable!(api_upstreams -> apis (api_id));
 diesel::joinable!(invoice_lines -> apis (api_id));
 diesel::joinable!(invoice_lines -> invoices (invoice_id));
 diesel::joinable!(invoices -> users (user_id));
@@ -197,6 +212,7 @@ diesel::joinable!(usage_records -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
+    api_upstreams,
     apis,
     closed_periods,
     invoice_lines,

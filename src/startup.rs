@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use crate::app::AppState;
 use crate::config::Config;
 use crate::domain::Clock;
-use crate::error::{self, ApiError};
-use crate::{jobs, metering, routes, telemetry};
+use crate::error;
+use crate::{gateway, jobs, metering, routes, telemetry};
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -50,19 +50,24 @@ impl Application {
         let metrics = web::Data::from(state.metrics.clone());
         let metering = web::Data::from(state.metering.clone());
         let clients = web::Data::from(state.clients.clone());
+        let upstream_tls = state.upstream_tls.clone();
         let server = HttpServer::new(move || {
             // actix runs the LAST .wrap() FIRST. Outside-in, a request meets:
             //   1. request_telemetry — request id, one log line, HTTP metrics
             //   2. DefaultHeaders    — `X-Content-Type-Options: nosniff` on every answer
             //   3. ErrorHandlers     — gives actix's own 404/405/413 the JSON envelope
             //   4. routing; the metered scope adds metered_call (auth, limits,
-            //      counting), every other /api/v1 route authenticate_first
+            //      counting), every other /api/v1 route authenticate_first;
+            //      any other path reaches the gateway's catch-all, inside
+            //      metered_call too
             App::new()
                 .app_data(app_state.clone())
                 .app_data(authenticator.clone())
                 .app_data(metrics.clone())
                 .app_data(metering.clone())
                 .app_data(clients.clone())
+                // Upstream clients are per worker (awc is single-threaded).
+                .app_data(web::Data::new(gateway::Pools::new(&upstream_tls)))
                 .app_data(
                     web::JsonConfig::default()
                         .limit(MAX_BODY_BYTES)
@@ -97,9 +102,7 @@ impl Application {
                                 .configure(routes::configure_api),
                         ),
                 )
-                .default_service(web::to(|| async {
-                    Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))
-                }))
+                .configure(routes::configure_gateway)
         })
         .workers(workers)
         // We handle signals ourselves so the meter is flushed after the

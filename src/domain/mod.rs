@@ -6,10 +6,12 @@
 //! - [`currency`]: ISO 4217 codes with their minor units;
 //! - [`clock`]: the one source of "now";
 //! - [`pricing`]: the one pricing function, usage → money;
-//! - [`text`]: names, references, slugs, emails — each rule written once.
+//! - [`text`]: names, references, slugs, emails — each rule written once;
+//! - [`gateway`]: which path a gateway prefix matches, and payg's signature.
 
 pub mod clock;
 pub mod currency;
+pub mod gateway;
 pub mod period;
 pub mod pricing;
 pub mod text;

@@ -444,15 +444,23 @@ impl PartialSchema for Slug {
 
 checked_string!(Slug);
 
-/// The HTTP methods a catalog entry can meter, upper-cased (any case accepted).
+/// The HTTP methods a catalog entry can meter, upper-cased (any case
+/// accepted), or `*`: any method (only for an entry with an upstream).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpMethod(&'static str);
 
-const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"];
 
 impl HttpMethod {
+    /// `*`: a gateway entry that takes every method.
+    pub const ANY: &'static str = "*";
+
     pub fn as_str(&self) -> &'static str {
         self.0
+    }
+
+    pub fn is_any(&self) -> bool {
+        self.0 == Self::ANY
     }
 }
 
@@ -465,7 +473,7 @@ impl FromStr for HttpMethod {
             .find(|m| m.eq_ignore_ascii_case(s))
             .map(|m| Self(m))
             .ok_or(InvalidText(Cow::Borrowed(
-                "method must be one of GET, POST, PUT, PATCH, DELETE",
+                "method must be one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, or * (any)",
             )))
     }
 }
@@ -474,9 +482,12 @@ impl PartialSchema for HttpMethod {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .description(Some("GET, POST, PUT, PATCH or DELETE (any case)."))
+            .description(Some(
+                "GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS (any case), or `*` for any method \
+                 (only with an `upstream`).",
+            ))
             .pattern(Some(
-                r"^([Gg][Ee][Tt]|[Pp][Oo][Ss][Tt]|[Pp][Uu][Tt]|[Pp][Aa][Tt][Cc][Hh]|[Dd][Ee][Ll][Ee][Tt][Ee])$",
+                r"^([Gg][Ee][Tt]|[Hh][Ee][Aa][Dd]|[Pp][Oo][Ss][Tt]|[Pp][Uu][Tt]|[Pp][Aa][Tt][Cc][Hh]|[Dd][Ee][Ll][Ee][Tt][Ee]|[Oo][Pp][Tt][Ii][Oo][Nn][Ss]|\*)$",
             ))
             .examples([json!("GET")])
             .into()
@@ -484,6 +495,169 @@ impl PartialSchema for HttpMethod {
 }
 
 checked_string!(HttpMethod);
+
+/// The public path prefix of a gateway API, such as `/weather` or
+/// `/maps/v2`: one or more segments of `a-z 0-9 - _ .` (not `.` or `..`), at
+/// most 200 bytes, neither `/` nor under a path payg serves itself
+/// ([`RESERVED_PREFIXES`]; compared segment by segment, so `/apis` is free
+/// while `/api/x` is not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayPrefix(String);
+
+/// Paths payg serves (or will: the console and its assets); a gateway
+/// prefix can never shadow them.
+pub const RESERVED_PREFIXES: [&str; 6] = ["/api", "/console", "/assets", "/healthz", "/readyz", "/metrics"];
+
+impl GatewayPrefix {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The prefix's segments (`/maps/v2` → `maps`, `v2`).
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0[1..].split('/')
+    }
+}
+
+/// True when `path` is `prefix` or lies under it, segment by segment.
+fn under(path: &str, prefix: &str) -> bool {
+    path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+impl FromStr for GatewayPrefix {
+    type Err = InvalidText;
+
+    fn from_str(s: &str) -> Result<Self, InvalidText> {
+        let segment_ok = |seg: &str| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        };
+        let Some(rest) = s.strip_prefix('/') else {
+            return Err(InvalidText(Cow::Borrowed("a gateway route must start with '/'")));
+        };
+        if s.len() > 200 || !rest.split('/').all(segment_ok) {
+            return Err(InvalidText(Cow::Borrowed(
+                "a gateway route is a path prefix such as /weather: segments of a-z, 0-9, '-', '_' and '.' \
+                 (not '.' or '..'), no trailing '/', at most 200 bytes",
+            )));
+        }
+        if let Some(reserved) = RESERVED_PREFIXES.iter().find(|r| under(s, r)) {
+            return Err(InvalidText(Cow::Owned(format!(
+                "a gateway route cannot lie under {reserved}: payg serves that path itself"
+            ))));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// An upstream's base URL: `http` or `https`, a host (and port), an
+/// optional base path; no user info, query or fragment. Kept without a
+/// trailing `/`, so the path after a gateway prefix is appended as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl(String);
+
+impl UpstreamUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl FromStr for UpstreamUrl {
+    type Err = InvalidText;
+
+    fn from_str(s: &str) -> Result<Self, InvalidText> {
+        let refuse = |why: &'static str| Err(InvalidText(Cow::Borrowed(why)));
+        let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
+        let (scheme, rest) = if lower.starts_with("https://") {
+            ("https", &s[8..])
+        } else if lower.starts_with("http://") {
+            ("http", &s[7..])
+        } else {
+            return refuse("an upstream url must start with http:// or https://");
+        };
+        if s.len() > 2000 || s.chars().any(|c| c.is_whitespace() || is_refused(c) || !c.is_ascii()) {
+            return refuse("an upstream url is at most 2000 ASCII characters without spaces or control characters");
+        }
+        if s.contains('#') {
+            return refuse("an upstream url has no fragment (#...)");
+        }
+        if s.contains('?') {
+            return refuse("an upstream url has no query string: a call's query is forwarded as it is");
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.contains('@') {
+            return refuse("an upstream url has no user info (user:password@)");
+        }
+        let (host_ok, port) = match authority.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((addr, port)) => (addr.parse::<std::net::Ipv6Addr>().is_ok(), port),
+                None => (false, ""),
+            },
+            None => {
+                let (host, port) = match authority.rfind(':') {
+                    Some(at) => authority.split_at(at),
+                    None => (authority, ""),
+                };
+                let name_ok = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+                (!host.is_empty() && host.bytes().all(name_ok), port)
+            }
+        };
+        let port_ok = port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+        if !host_ok || !port_ok {
+            return refuse("an upstream url needs a host name or address, and a port of 1 to 65535 if any");
+        }
+        let path = path.trim_end_matches('/');
+        if path.split('/').any(|seg| seg == "." || seg == "..") {
+            return refuse("an upstream url's path has no '.' or '..' segments");
+        }
+        Ok(Self(format!("{scheme}://{authority}{path}")))
+    }
+}
+
+impl PartialSchema for UpstreamUrl {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "The upstream's base URL: http or https, no user info, query or fragment. A call to \
+                 `<route>/<rest>` is forwarded to `<url>/<rest>`.",
+            ))
+            .max_length(Some(2000))
+            .pattern(Some(r"^[Hh][Tt][Tt][Pp][Ss]?://[^@/?#\s]+(/[^?#\s]*)?$"))
+            .examples([json!("http://127.0.0.1:9000/v2")])
+            .into()
+    }
+}
+
+checked_string!(UpstreamUrl);
+
+impl PartialSchema for GatewayPrefix {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A gateway API's public path prefix, e.g. `/weather`: segments of a-z, 0-9, `-`, `_`, `.`; \
+                 not `/` nor under /api, /console, /assets, /healthz, /readyz or /metrics.",
+            ))
+            .max_length(Some(200))
+            .pattern(Some(r"^(/[a-z0-9._-]+)+$"))
+            .examples([json!("/weather")])
+            .into()
+    }
+}
+
+checked_string!(GatewayPrefix);
 
 /// An actix route pattern such as `/api/v1/tools/random/{max}`: starts with
 /// `/`, at most 200 bytes, no white space, control or format characters.
@@ -803,6 +977,58 @@ mod tests {
         }
         assert_eq!("patch".parse::<HttpMethod>().unwrap().as_str(), "PATCH");
         assert!("TRACE".parse::<HttpMethod>().is_err());
+        assert!("*".parse::<HttpMethod>().unwrap().is_any());
+        assert_eq!("/weather".parse::<GatewayPrefix>().unwrap().as_str(), "/weather");
+        assert!("/maps/v2.1/x_y".parse::<GatewayPrefix>().is_ok());
+        assert!(
+            "/apis".parse::<GatewayPrefix>().is_ok(),
+            "only /api itself and below are reserved"
+        );
+        for bad in [
+            "/",
+            "",
+            "weather",
+            "/weather/",
+            "/a//b",
+            "/a/../b",
+            "/..",
+            "/Weather",
+            "/a b",
+            "/api",
+            "/api/v1/tools",
+            "/healthz",
+            "/metrics/x",
+            "/console",
+            "/assets/app.js",
+            "/readyz",
+        ] {
+            assert!(bad.parse::<GatewayPrefix>().is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            "HTTP://127.0.0.1:9000/v2/".parse::<UpstreamUrl>().unwrap().as_str(),
+            "http://127.0.0.1:9000/v2"
+        );
+        assert_eq!(
+            "https://api.example.com".parse::<UpstreamUrl>().unwrap().as_str(),
+            "https://api.example.com"
+        );
+        assert!("http://[::1]:8080/x".parse::<UpstreamUrl>().is_ok());
+        for bad in [
+            "ftp://h/",
+            "http://",
+            "http://u:p@h/",
+            "http://h/#f",
+            "http://h/?q=1",
+            "http://h:0/",
+            "http://h:99999/",
+            "http://h/a/../b",
+            "http://h /",
+            "http://[::1/",
+            "http://h:x/",
+            "//h/",
+        ] {
+            assert!(bad.parse::<UpstreamUrl>().is_err(), "{bad:?}");
+        }
         assert!("/a/{id}".parse::<RoutePattern>().is_ok());
         assert!("a/b".parse::<RoutePattern>().is_err());
         assert!("/a b".parse::<RoutePattern>().is_err());

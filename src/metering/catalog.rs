@@ -1,12 +1,18 @@
 //! Route → API map, held in memory so the hot path never asks the database
-//! which API a call belongs to.
+//! which API a call belongs to. Built-in APIs are found by their actix route
+//! pattern; gateway APIs by the longest path prefix that matches the call
+//! (at an equal prefix, an exact method before `*`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use actix_web::http::Method;
 
+use crate::domain::gateway::{Segment, rest_after};
+use crate::gateway::{UpstreamMetrics, UpstreamTarget};
 use crate::models::Api;
+use crate::models::api::Upstream;
+use crate::telemetry::Metrics;
 use crate::telemetry::metrics::route_label;
 
 #[derive(Debug, Clone)]
@@ -15,57 +21,143 @@ pub struct CatalogEntry {
     /// `payg_metered_calls_total{api="<slug>"}`, resolved once here so the
     /// hot path only does an atomic add.
     pub calls: prometheus::IntCounter,
-    /// The route as the HTTP metrics label it (`/random/:max`), so telemetry
-    /// need not match and format it again per call.
+    /// The route as the HTTP metrics label it (`/random/:max`, or a
+    /// gateway's prefix), so telemetry need not match and format it again.
     pub route_label: Arc<str>,
     /// An admin switched the API off: calls to it are refused (404).
     pub active: bool,
+    /// A gateway API's upstream; `None` for a built-in API.
+    pub upstream: Option<Arc<UpstreamTarget>>,
 }
 
 /// Keyed by the actix route pattern (`/api/v1/tools/random/{max}`), never
 /// the raw path, so `/random/7` and `/random/8` are one API.
 type RouteMap = HashMap<String, Vec<(Method, CatalogEntry)>>;
 
+/// A gateway API: its prefix's segments, its method (`None`: any).
+struct GatewayRoute {
+    prefix: Vec<String>,
+    method: Option<Method>,
+    entry: CatalogEntry,
+}
+
+#[derive(Default)]
+struct Maps {
+    by_route: RouteMap,
+    /// Longest prefix first; at an equal prefix, an exact method first.
+    gateway: Vec<GatewayRoute>,
+    /// What these maps were built from, to skip rebuilding them unchanged.
+    rows: Vec<(Api, Option<Upstream>)>,
+}
+
 #[derive(Default)]
 pub struct Catalog {
-    by_route: RwLock<RouteMap>,
+    maps: RwLock<Maps>,
 }
 
 impl Catalog {
-    pub fn new(apis: &[Api], calls: &prometheus::IntCounterVec) -> Self {
+    pub fn new(apis: &[(Api, Option<Upstream>)], metrics: &Metrics) -> Self {
         let catalog = Self::default();
-        catalog.replace(apis, calls);
+        catalog.replace(apis, metrics);
         catalog
     }
 
-    /// Swaps in a new catalog (after an admin changes it).
-    pub fn replace(&self, apis: &[Api], calls: &prometheus::IntCounterVec) {
-        let mut map = RouteMap::new();
-        // Inactive entries stay in the map: their routes must answer 404,
-        // not pass through as if they were not metered (and be free).
-        for api in apis {
-            let Ok(method) = Method::from_bytes(api.method.as_bytes()) else {
-                tracing::warn!(slug = %api.slug, method = %api.method, "catalog entry has an unknown method; skipped");
-                continue;
-            };
-            map.entry(api.route.clone()).or_default().push((
-                method,
-                CatalogEntry {
-                    api_id: api.id,
-                    calls: calls.with_label_values(&[&api.slug]),
-                    route_label: Arc::from(route_label(&api.route)),
-                    active: api.active,
-                },
-            ));
+    /// Swaps in a new catalog (after an admin changes it, here or through
+    /// another instance). Rows equal to the current ones change nothing.
+    pub fn replace(&self, apis: &[(Api, Option<Upstream>)], metrics: &Metrics) {
+        if self.maps.read().unwrap_or_else(|e| e.into_inner()).rows == apis {
+            return;
         }
-        *self.by_route.write().unwrap_or_else(|e| e.into_inner()) = map;
+        let mut maps = Maps {
+            rows: apis.to_vec(),
+            ..Maps::default()
+        };
+        // Inactive entries stay in the maps: their routes must answer 404,
+        // not pass through as if they were not metered (and be free).
+        for (api, upstream) in apis {
+            let method = if api.method == "*" {
+                None
+            } else {
+                match Method::from_bytes(api.method.as_bytes()) {
+                    Ok(m) => Some(m),
+                    Err(_) => {
+                        tracing::warn!(slug = %api.slug, method = %api.method, "catalog entry has an unknown method; skipped");
+                        continue;
+                    }
+                }
+            };
+            let mut entry = CatalogEntry {
+                api_id: api.id,
+                calls: metrics.metered_calls.with_label_values(&[&api.slug]),
+                route_label: Arc::from(route_label(&api.route)),
+                active: api.active,
+                upstream: None,
+            };
+            match (upstream, method) {
+                (Some(up), method) => {
+                    entry.upstream = Some(Arc::new(UpstreamTarget::new(
+                        &api.slug,
+                        up,
+                        upstream_metrics(metrics, &api.slug),
+                    )));
+                    maps.gateway.push(GatewayRoute {
+                        prefix: api
+                            .route
+                            .trim_start_matches('/')
+                            .split('/')
+                            .map(str::to_owned)
+                            .collect(),
+                        method,
+                        entry,
+                    });
+                }
+                (None, Some(method)) => maps
+                    .by_route
+                    .entry(api.route.clone())
+                    .or_default()
+                    .push((method, entry)),
+                (None, None) => {
+                    tracing::warn!(slug = %api.slug, "a built-in catalog entry cannot take any method; skipped");
+                }
+            }
+        }
+        maps.gateway
+            .sort_by_key(|r| (std::cmp::Reverse(r.prefix.len()), r.method.is_none()));
+        *self.maps.write().unwrap_or_else(|e| e.into_inner()) = maps;
     }
 
+    /// A built-in API by its route pattern.
     pub fn lookup(&self, method: &Method, route_pattern: &str) -> Option<CatalogEntry> {
-        let map = self.by_route.read().unwrap_or_else(|e| e.into_inner());
-        map.get(route_pattern)?
+        let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
+        maps.by_route
+            .get(route_pattern)?
             .iter()
             .find(|(m, _)| m == method)
             .map(|(_, entry)| entry.clone())
+    }
+
+    /// A gateway API by the call's path (`segments` of `raw_path`), with the
+    /// raw rest of the path after its prefix.
+    pub fn lookup_gateway<'a>(
+        &self,
+        method: &Method,
+        raw_path: &'a str,
+        segments: &[Segment<'a>],
+    ) -> Option<(CatalogEntry, &'a str)> {
+        let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
+        maps.gateway
+            .iter()
+            .filter(|r| r.method.as_ref().is_none_or(|m| m == method))
+            .find_map(|r| rest_after(&r.prefix, raw_path, segments).map(|rest| (r.entry.clone(), rest)))
+    }
+}
+
+fn upstream_metrics(metrics: &Metrics, slug: &str) -> UpstreamMetrics {
+    let class = |c: &str| metrics.upstream_responses.with_label_values(&[slug, c]);
+    UpstreamMetrics {
+        responses: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+        duration: metrics.upstream_duration.with_label_values(&[slug]),
+        connect_errors: metrics.upstream_connect_errors.with_label_values(&[slug]),
+        timeouts: metrics.upstream_timeouts.with_label_values(&[slug]),
     }
 }

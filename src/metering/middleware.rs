@@ -1,9 +1,12 @@
 //! The metering middleware, wrapped around the metered scope with
 //! `actix_web::middleware::from_fn`.
 //!
-//! Per call: resolve the API from method + route pattern (in memory),
+//! Per call: resolve the API from method + route pattern, or for the
+//! gateway's catch-all resource from method + path prefix (in memory),
 //! authenticate, run the handler, then count the call for the caller in the
-//! period it arrived in (`failed_calls` too when the status is ≥ 400).
+//! period it arrived in (`failed_calls` too when the status is ≥ 400). A
+//! gateway call is counted when its response head is known: a client that
+//! hangs up mid-body was served.
 //! Calls that do not authenticate are refused and not counted; an API an
 //! admin switched off answers 404 (never served unmetered); routes outside
 //! the catalog pass through uncounted.
@@ -17,8 +20,11 @@ use actix_web::{HttpMessage, web};
 use crate::auth::Purpose;
 use crate::config::MeterMode;
 use crate::domain::Period;
+use crate::domain::gateway;
 use crate::error::ApiError;
-use crate::metering::Metering;
+use crate::gateway::GatewayCall;
+use crate::metering::catalog::CatalogEntry;
+use crate::metering::{GATEWAY_RESOURCE, Metering};
 use crate::models::usage::{UsageDelta, UsageKey};
 use crate::redis_store::RateOutcome;
 use crate::telemetry::MatchedRoute;
@@ -34,14 +40,10 @@ pub async fn metered_call(
         let err = ApiError::internal(anyhow::anyhow!("Metering is not registered as app data"));
         return Ok(req.error_response(err).map_into_right_body());
     };
-    // Matched against the decoded path, as the router matches it: the raw
-    // path would let `/tools/%75uid` reach the handler unmetered.
-    let api = req
-        .resource_map()
-        .match_name(req.match_info().as_str())
-        .and_then(|pattern| state.catalog.lookup(req.method(), pattern));
-    let Some(api) = api else {
-        return next.call(req).await.map(ServiceResponse::map_into_left_body);
+    let (api, gateway_rest) = match resolve(&req, &state) {
+        Ok(Some(found)) => found,
+        Ok(None) => return next.call(req).await.map(ServiceResponse::map_into_left_body),
+        Err(escape) => return Ok(req.error_response(ApiError::from(escape)).map_into_right_body()),
     };
     if !api.active {
         let err = ApiError::not_found("this API has been switched off");
@@ -73,6 +75,12 @@ pub async fn metered_call(
         rate_limit_headers(res.headers_mut(), &rate);
         return Ok(res.map_into_right_body());
     }
+    if let (Some(target), Some(rest)) = (&api.upstream, gateway_rest) {
+        req.extensions_mut().insert(GatewayCall {
+            target: target.clone(),
+            rest,
+        });
+    }
     req.extensions_mut().insert(caller);
 
     let mut result = next.call(req).await;
@@ -98,6 +106,30 @@ pub async fn metered_call(
         rate_limit_headers(res.headers_mut(), &rate);
     }
     result.map(ServiceResponse::map_into_left_body)
+}
+
+/// The API a call is for, and for a gateway API the raw path after its
+/// prefix. Built-in routes are matched by resource name against the
+/// decoded path, as the router matches it (the raw path would let
+/// `/tools/%75uid` reach the handler unmetered); gateway calls by their
+/// segments, decoded the same way, after refusing any path that could step
+/// outside the upstream's base path.
+fn resolve(
+    req: &ServiceRequest,
+    state: &Metering,
+) -> Result<Option<(CatalogEntry, Option<String>)>, gateway::PathEscape> {
+    let Some(name) = req.resource_map().match_name(req.match_info().as_str()) else {
+        return Ok(None);
+    };
+    if name != GATEWAY_RESOURCE {
+        return Ok(state.catalog.lookup(req.method(), name).map(|api| (api, None)));
+    }
+    let raw_path = req.uri().path();
+    let segments = gateway::segments(raw_path)?;
+    Ok(state
+        .catalog
+        .lookup_gateway(req.method(), raw_path, &segments)
+        .map(|(api, rest)| (api, Some(rest.to_owned()))))
 }
 
 /// Counts one call in the configured mode. Only `sync` can fail: its

@@ -3,7 +3,7 @@
 //!
 //! - [`middleware`]: the actix middleware on the metered scope (authenticate,
 //!   resolve the API, call the handler, record the outcome).
-//! - [`catalog`]: method + route pattern → API, in memory.
+//! - [`catalog`]: method + route pattern (or gateway prefix) → API, in memory.
 //! - [`recorder`]: in-memory pending deltas (batched mode).
 //! - [`Meter`] (here): the mode switch and the flush that moves pending
 //!   deltas into `usage_records` with one atomic multi-row upsert
@@ -31,6 +31,10 @@ use crate::telemetry::Metrics;
 pub use catalog::Catalog;
 pub use middleware::metered_call;
 pub use recorder::Recorder;
+
+/// The name of the catch-all resource that serves gateway APIs (registered
+/// after every route payg serves itself, wrapped in [`metered_call`]).
+pub const GATEWAY_RESOURCE: &str = "payg-gateway";
 
 /// What the metering middleware needs, registered as app data of its own
 /// (built once in `app.rs`), so metering does not depend on `AppState`.

@@ -5,12 +5,13 @@ use serde::Serialize;
 
 use crate::domain::Period;
 use crate::domain::pricing::PriceVersion;
-use crate::domain::text::{Description, HttpMethod, Name, RoutePattern, Slug};
+use crate::domain::text::{Description, HttpMethod, Name, Slug, UpstreamUrl};
 use crate::models::price::PriceRow;
-use crate::schema::apis;
+use crate::schema::{api_upstreams, apis};
 
-/// A catalog entry: one metered endpoint (method + actix route pattern).
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable, Serialize, utoipa::ToSchema)]
+/// A catalog entry: one metered endpoint (method + actix route pattern), or
+/// a gateway API (method or `*` + public path prefix, with an [`Upstream`]).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = apis, check_for_backend(diesel::pg::Pg))]
 pub struct Api {
     pub id: i32,
@@ -23,13 +24,92 @@ pub struct Api {
     pub created_at: DateTime<Utc>,
 }
 
-/// A new catalog entry, every field checked.
+/// A new catalog entry, every field checked (`route` by `RoutePattern` for
+/// a built-in API, by `GatewayPrefix` for a gateway one).
 pub struct NewApi {
     pub slug: Slug,
     pub method: HttpMethod,
-    pub route: RoutePattern,
+    pub route: String,
     pub name: Name,
     pub description: Description,
+}
+
+/// Where a gateway API's calls are forwarded, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = api_upstreams, check_for_backend(diesel::pg::Pg))]
+pub struct Upstream {
+    pub api_id: i32,
+    pub url: String,
+    pub timeout_ms: i32,
+    pub connect_timeout_ms: i32,
+    pub max_body_bytes: i64,
+    pub preserve_host: bool,
+    pub signing_secret: String,
+    pub previous_signing_secret: Option<String>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+/// A new upstream's settings, checked.
+#[derive(Debug, Clone)]
+pub struct NewUpstream {
+    pub url: UpstreamUrl,
+    pub timeout_ms: i32,
+    pub connect_timeout_ms: i32,
+    pub max_body_bytes: i64,
+    pub preserve_host: bool,
+    pub signing_secret: String,
+}
+
+/// A partial update of an upstream: `None` leaves a field alone.
+#[derive(Debug, Default, Clone, AsChangeset)]
+#[diesel(table_name = api_upstreams)]
+pub struct UpstreamChanges {
+    pub url: Option<String>,
+    pub timeout_ms: Option<i32>,
+    pub connect_timeout_ms: Option<i32>,
+    pub max_body_bytes: Option<i64>,
+    pub preserve_host: Option<bool>,
+}
+
+/// What an update does to an entry's upstream.
+#[derive(Debug, Clone)]
+pub enum UpstreamUpdate {
+    Keep,
+    Change(UpstreamChanges),
+    /// The entry becomes a gateway API.
+    Add(NewUpstream),
+}
+
+impl Upstream {
+    /// A new signing secret; the current one keeps signing until
+    /// `previous_until`. `None` if the entry has no upstream.
+    pub async fn rotate_secret(
+        conn: &mut AsyncPgConnection,
+        api_id: i32,
+        new_secret: &str,
+        previous_until: DateTime<Utc>,
+    ) -> QueryResult<Option<Upstream>> {
+        diesel::update(api_upstreams::table.find(api_id))
+            .set((
+                api_upstreams::previous_signing_secret.eq(api_upstreams::signing_secret.nullable()),
+                api_upstreams::previous_secret_expires_at.eq(previous_until),
+                api_upstreams::signing_secret.eq(new_secret),
+            ))
+            .returning(Upstream::as_returning())
+            .get_result(conn)
+            .await
+            .optional()
+    }
+}
+
+impl UpstreamChanges {
+    fn is_empty(&self) -> bool {
+        self.url.is_none()
+            && self.timeout_ms.is_none()
+            && self.connect_timeout_ms.is_none()
+            && self.max_body_bytes.is_none()
+            && self.preserve_host.is_none()
+    }
 }
 
 /// A partial update: `None` leaves a field alone.
@@ -44,7 +124,13 @@ pub struct ApiChanges {
 impl Api {
     /// Inserts the entry and its first price, in one transaction. No call
     /// can predate the API, so that price covers all time (from 1970-01).
-    pub async fn create(conn: &mut AsyncPgConnection, new: &NewApi, first_price: &PriceVersion) -> QueryResult<Api> {
+    /// A gateway API's upstream is inserted in the same transaction.
+    pub async fn create(
+        conn: &mut AsyncPgConnection,
+        new: &NewApi,
+        first_price: &PriceVersion,
+        upstream: Option<&NewUpstream>,
+    ) -> QueryResult<(Api, Option<Upstream>)> {
         conn.transaction(async |conn| {
             let api: Api = diesel::insert_into(apis::table)
                 .values((
@@ -58,25 +144,108 @@ impl Api {
                 .get_result(conn)
                 .await?;
             PriceRow::upsert(conn, api.id, Period::EPOCH, first_price).await?;
-            Ok(api)
+            let upstream = match upstream {
+                Some(up) => Some(
+                    diesel::insert_into(api_upstreams::table)
+                        .values((
+                            api_upstreams::api_id.eq(api.id),
+                            api_upstreams::url.eq(up.url.as_str()),
+                            api_upstreams::timeout_ms.eq(up.timeout_ms),
+                            api_upstreams::connect_timeout_ms.eq(up.connect_timeout_ms),
+                            api_upstreams::max_body_bytes.eq(up.max_body_bytes),
+                            api_upstreams::preserve_host.eq(up.preserve_host),
+                            api_upstreams::signing_secret.eq(&up.signing_secret),
+                        ))
+                        .returning(Upstream::as_returning())
+                        .get_result(conn)
+                        .await?,
+                ),
+                None => None,
+            };
+            Ok((api, upstream))
         })
         .await
     }
 
-    /// Applies `changes` (all absent: reads the entry unchanged).
-    pub async fn update(conn: &mut AsyncPgConnection, id: i32, changes: &ApiChanges) -> QueryResult<Api> {
-        if changes.name.is_none() && changes.description.is_none() && changes.active.is_none() {
-            return apis::table.find(id).select(Api::as_select()).first(conn).await;
-        }
-        diesel::update(apis::table.find(id))
-            .set(changes)
-            .returning(Api::as_returning())
-            .get_result(conn)
-            .await
+    /// Applies `changes` and the upstream's, in one transaction (all absent:
+    /// reads the entry unchanged). `None` if there is no such entry.
+    pub async fn update(
+        conn: &mut AsyncPgConnection,
+        id: i32,
+        changes: &ApiChanges,
+        upstream: &UpstreamUpdate,
+    ) -> QueryResult<Option<(Api, Option<Upstream>)>> {
+        conn.transaction(async |conn| {
+            if changes.name.is_some() || changes.description.is_some() || changes.active.is_some() {
+                let updated = diesel::update(apis::table.find(id)).set(changes).execute(conn).await?;
+                if updated == 0 {
+                    return Ok(None);
+                }
+            }
+            match upstream {
+                UpstreamUpdate::Keep => {}
+                UpstreamUpdate::Change(c) if c.is_empty() => {}
+                UpstreamUpdate::Change(c) => {
+                    diesel::update(api_upstreams::table.find(id))
+                        .set(c)
+                        .execute(conn)
+                        .await?;
+                }
+                UpstreamUpdate::Add(up) => {
+                    diesel::insert_into(api_upstreams::table)
+                        .values((
+                            api_upstreams::api_id.eq(id),
+                            api_upstreams::url.eq(up.url.as_str()),
+                            api_upstreams::timeout_ms.eq(up.timeout_ms),
+                            api_upstreams::connect_timeout_ms.eq(up.connect_timeout_ms),
+                            api_upstreams::max_body_bytes.eq(up.max_body_bytes),
+                            api_upstreams::preserve_host.eq(up.preserve_host),
+                            api_upstreams::signing_secret.eq(&up.signing_secret),
+                        ))
+                        .execute(conn)
+                        .await?;
+                }
+            }
+            Self::find_with_upstream(conn, id).await
+        })
+        .await
     }
 
     pub async fn all(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Api>> {
         apis::table.order(apis::id).select(Api::as_select()).load(conn).await
+    }
+
+    /// Every entry with its upstream, if it is a gateway API (by id).
+    pub async fn all_with_upstreams(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(Api, Option<Upstream>)>> {
+        apis::table
+            .left_join(api_upstreams::table)
+            .order(apis::id)
+            .select((Api::as_select(), Option::<Upstream>::as_select()))
+            .load(conn)
+            .await
+    }
+
+    /// One entry with its upstream.
+    pub async fn find_with_upstream(
+        conn: &mut AsyncPgConnection,
+        id: i32,
+    ) -> QueryResult<Option<(Api, Option<Upstream>)>> {
+        apis::table
+            .left_join(api_upstreams::table)
+            .filter(apis::id.eq(id))
+            .select((Api::as_select(), Option::<Upstream>::as_select()))
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    pub async fn find_by_slug(conn: &mut AsyncPgConnection, slug: &str) -> QueryResult<Option<Api>> {
+        apis::table
+            .filter(apis::slug.eq(slug))
+            .select(Api::as_select())
+            .first(conn)
+            .await
+            .optional()
     }
 
     pub async fn active(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Api>> {

@@ -7,22 +7,65 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
+use crate::auth::tokens;
 use crate::domain::currency::DecimalString;
+use crate::domain::gateway::{self as gw, ROTATION_GRACE};
 use crate::domain::pricing::{PriceVersion, PriceView, Tier};
-use crate::domain::text::{Description, HttpMethod, Name, RoutePattern, Slug};
+use crate::domain::text::{Description, GatewayPrefix, HttpMethod, Name, RoutePattern, Slug, UpstreamUrl};
 use crate::domain::{Currency, Period};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::Api;
-use crate::models::api::{ApiChanges, NewApi};
+use crate::models::api::{ApiChanges, NewApi, NewUpstream, Upstream, UpstreamChanges, UpstreamUpdate};
 use crate::models::price::{PriceBook, PriceRow};
 use crate::routes::conn;
 use crate::routes::extract::AdminUser;
 use crate::routes::json::Json;
 
+/// A gateway API's upstream as admins see it. The signing secret is shown
+/// only in the answers that create or rotate it.
+#[derive(Serialize, ToSchema)]
+pub struct UpstreamView {
+    url: String,
+    timeout_ms: i32,
+    connect_timeout_ms: i32,
+    max_body_bytes: i64,
+    preserve_host: bool,
+    /// Shown once, when it is generated (create, rotate): keep it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_secret: Option<String>,
+    /// Until when the previous secret signs too (after a rotation).
+    previous_secret_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl UpstreamView {
+    fn new(up: &Upstream, show_secret: bool) -> Self {
+        Self {
+            url: up.url.clone(),
+            timeout_ms: up.timeout_ms,
+            connect_timeout_ms: up.connect_timeout_ms,
+            max_body_bytes: up.max_body_bytes,
+            preserve_host: up.preserve_host,
+            signing_secret: show_secret.then(|| up.signing_secret.clone()),
+            previous_secret_expires_at: up.previous_secret_expires_at,
+        }
+    }
+}
+
+/// A catalog entry as admins see it: with its upstream, if it is a gateway API.
+#[derive(Serialize, ToSchema)]
+pub struct AdminApi {
+    #[serde(flatten)]
+    api: Api,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<UpstreamView>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct AdminApiView {
     #[serde(flatten)]
     api: Api,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<UpstreamView>,
     current_price: Option<PriceView>,
 }
 
@@ -45,13 +88,14 @@ pub struct AdminApiList {
 )]
 pub async fn list_apis(state: web::Data<AppState>, _admin: AdminUser) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
-    let all = Api::all(&mut conn).await?;
+    let all = Api::all_with_upstreams(&mut conn).await?;
     let book = PriceBook::load(&mut conn, None).await?;
     let period = state.current_period();
     let apis: Vec<AdminApiView> = all
         .into_iter()
-        .map(|api| AdminApiView {
+        .map(|(api, upstream)| AdminApiView {
             current_price: book.for_period(api.id, period).map(|v| PriceView::new(period, v)),
+            upstream: upstream.as_ref().map(|u| UpstreamView::new(u, false)),
             api,
         })
         .collect();
@@ -72,19 +116,93 @@ pub struct NewApiRequest {
     #[serde(default)]
     #[schema(inline)]
     description: Description,
+    /// Makes it a gateway API: calls to `route` (a path prefix) are
+    /// forwarded to this upstream.
+    upstream: Option<UpstreamRequest>,
 }
 
-/// Adds a catalog entry. It is metered once a route with that method and
-/// pattern is served; it starts at the default price (0.001 per call).
+fn default_timeout_ms() -> i32 {
+    gw::DEFAULT_TIMEOUT_MS
+}
+fn default_connect_timeout_ms() -> i32 {
+    gw::DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_max_body_bytes() -> i64 {
+    gw::DEFAULT_MAX_BODY_BYTES
+}
+
+/// A gateway API's upstream (defaults as shown).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamRequest {
+    #[schema(inline)]
+    url: UpstreamUrl,
+    /// Milliseconds until the response head (default 30000).
+    #[serde(default = "default_timeout_ms")]
+    #[schema(minimum = 1, maximum = 3600000, default = 30000)]
+    timeout_ms: i32,
+    /// Milliseconds to connect (default 2000).
+    #[serde(default = "default_connect_timeout_ms")]
+    #[schema(minimum = 1, maximum = 600000, default = 2000)]
+    connect_timeout_ms: i32,
+    /// Largest request body forwarded, in bytes (default 10485760).
+    #[serde(default = "default_max_body_bytes")]
+    #[schema(minimum = 0, default = 10485760)]
+    max_body_bytes: i64,
+    /// Send the client's `Host` upstream instead of the upstream's own.
+    #[serde(default)]
+    preserve_host: bool,
+}
+
+impl UpstreamRequest {
+    fn into_new(self) -> Result<NewUpstream, ApiError> {
+        gw::check_limits(self.timeout_ms, self.connect_timeout_ms, self.max_body_bytes)
+            .map_err(ApiError::validation)?;
+        Ok(NewUpstream {
+            url: self.url,
+            timeout_ms: self.timeout_ms,
+            connect_timeout_ms: self.connect_timeout_ms,
+            max_body_bytes: self.max_body_bytes,
+            preserve_host: self.preserve_host,
+            signing_secret: new_signing_secret(),
+        })
+    }
+}
+
+/// `pgs_` + 43 base62 characters (about 256 bits).
+fn new_signing_secret() -> String {
+    tokens::generate("pgs_")
+}
+
+/// The route a new entry takes: a path prefix for a gateway API (checked by
+/// `GatewayPrefix`), an actix route pattern otherwise; `*` only for a
+/// gateway API.
+fn checked_route(route: RoutePattern, method: &HttpMethod, gateway: bool) -> Result<String, ApiError> {
+    if gateway {
+        Ok(route.as_str().parse::<GatewayPrefix>()?.as_str().to_owned())
+    } else if method.is_any() {
+        Err(ApiError::validation(
+            "method * (any) is only for an API with an upstream",
+        ))
+    } else {
+        Ok(route.as_str().to_owned())
+    }
+}
+
+/// Adds a catalog entry. A built-in entry is metered once a route with that
+/// method and pattern is served; a gateway entry (with `upstream`) at once,
+/// on every instance within about a second. It starts at the default price
+/// (0.001 per call).
 #[utoipa::path(
     post,
     path = "/api/v1/admin/apis",
     tag = "admin",
     security(("bearerAuth" = [])),
     responses(
-        (status = 201, description = "The new catalog entry", body = Api),
-        (status = 400, description = "`validation_failed`: a bad slug, method, route, name or description",
-            body = ErrorBody),
+        (status = 201, description = "The new catalog entry (a gateway API's signing secret is shown \
+            this once)", body = AdminApi),
+        (status = 400, description = "`validation_failed`: a bad slug, method, route, name, description or \
+            upstream; a gateway route under a path payg serves", body = ErrorBody),
         (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
         (status = 409, description = "`api_exists`: the slug, or the method and route, is taken", body = ErrorBody),
     )
@@ -95,10 +213,12 @@ pub async fn create_api(
     body: Json<NewApiRequest>,
 ) -> ApiResult<HttpResponse> {
     let b = body.into_inner();
+    let route = checked_route(b.route, &b.method, b.upstream.is_some())?;
+    let upstream = b.upstream.map(UpstreamRequest::into_new).transpose()?;
     let new = NewApi {
         slug: b.slug,
         method: b.method,
-        route: b.route,
+        route,
         name: b.name,
         description: b.description,
     };
@@ -109,11 +229,14 @@ pub async fn create_api(
         tiers: vec![],
     };
     let mut conn = conn(&state.db).await?;
-    match Api::create(&mut conn, &new, &default_price).await {
-        Ok(api) => {
+    match Api::create(&mut conn, &new, &default_price, upstream.as_ref()).await {
+        Ok((api, upstream)) => {
             drop(conn);
             state.reload_catalog().await?;
-            Ok(HttpResponse::Created().json(api))
+            Ok(HttpResponse::Created().json(AdminApi {
+                upstream: upstream.as_ref().map(|u| UpstreamView::new(u, true)),
+                api,
+            }))
         }
         Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
             Err(ApiError::conflict(
@@ -134,9 +257,28 @@ pub struct UpdateApiRequest {
     #[schema(inline)]
     description: Option<Description>,
     active: Option<bool>,
+    /// Changes the given upstream fields; on an entry without an upstream,
+    /// `url` makes it a gateway API (its route must then be a path prefix).
+    upstream: Option<UpstreamPatch>,
 }
 
-/// Renames, re-describes, or (de)activates a catalog entry.
+/// A partial update of an upstream: absent fields are left alone.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamPatch {
+    #[schema(inline)]
+    url: Option<UpstreamUrl>,
+    #[schema(minimum = 1, maximum = 3600000)]
+    timeout_ms: Option<i32>,
+    #[schema(minimum = 1, maximum = 600000)]
+    connect_timeout_ms: Option<i32>,
+    #[schema(minimum = 0)]
+    max_body_bytes: Option<i64>,
+    preserve_host: Option<bool>,
+}
+
+/// Renames, re-describes, (de)activates a catalog entry, or changes its
+/// upstream; every instance follows within about a second.
 #[utoipa::path(
     patch,
     path = "/api/v1/admin/apis/{id}",
@@ -144,9 +286,9 @@ pub struct UpdateApiRequest {
     params(("id" = i32, Path, description = "The catalog entry's id")),
     security(("bearerAuth" = [])),
     responses(
-        (status = 200, description = "The updated entry", body = Api),
-        (status = 400, description = "`validation_failed`: an empty or too long name, or a too long description",
-            body = ErrorBody),
+        (status = 200, description = "The updated entry", body = AdminApi),
+        (status = 400, description = "`validation_failed`: an empty or too long name, a too long description, \
+            or a bad upstream", body = ErrorBody),
         (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
         (status = 404, description = "`not_found`: no such API, or `id` is not an integer", body = ErrorBody),
     )
@@ -164,10 +306,89 @@ pub async fn update_api(
         active: b.active,
     };
     let mut conn = conn(&state.db).await?;
-    let api = Api::update(&mut conn, *id, &changes).await?;
+    let Some((api, current)) = Api::find_with_upstream(&mut conn, *id).await? else {
+        return Err(ApiError::not_found("no such API"));
+    };
+    let upstream = match (b.upstream, current) {
+        (None, _) => UpstreamUpdate::Keep,
+        (Some(patch), Some(current)) => {
+            gw::check_limits(
+                patch.timeout_ms.unwrap_or(current.timeout_ms),
+                patch.connect_timeout_ms.unwrap_or(current.connect_timeout_ms),
+                patch.max_body_bytes.unwrap_or(current.max_body_bytes),
+            )
+            .map_err(ApiError::validation)?;
+            UpstreamUpdate::Change(UpstreamChanges {
+                url: patch.url.map(UpstreamUrl::into_inner),
+                timeout_ms: patch.timeout_ms,
+                connect_timeout_ms: patch.connect_timeout_ms,
+                max_body_bytes: patch.max_body_bytes,
+                preserve_host: patch.preserve_host,
+            })
+        }
+        (Some(patch), None) => {
+            let Some(url) = patch.url else {
+                return Err(ApiError::validation(
+                    "upstream.url is required to make this API a gateway API",
+                ));
+            };
+            api.route.parse::<GatewayPrefix>()?;
+            let new = UpstreamRequest {
+                url,
+                timeout_ms: patch.timeout_ms.unwrap_or(gw::DEFAULT_TIMEOUT_MS),
+                connect_timeout_ms: patch.connect_timeout_ms.unwrap_or(gw::DEFAULT_CONNECT_TIMEOUT_MS),
+                max_body_bytes: patch.max_body_bytes.unwrap_or(gw::DEFAULT_MAX_BODY_BYTES),
+                preserve_host: patch.preserve_host.unwrap_or(false),
+            };
+            UpstreamUpdate::Add(new.into_new()?)
+        }
+    };
+    let added = matches!(upstream, UpstreamUpdate::Add(_));
+    let Some((api, upstream)) = Api::update(&mut conn, *id, &changes, &upstream).await? else {
+        return Err(ApiError::not_found("no such API"));
+    };
     drop(conn);
     state.reload_catalog().await?;
-    Ok(HttpResponse::Ok().json(api))
+    Ok(HttpResponse::Ok().json(AdminApi {
+        upstream: upstream.as_ref().map(|u| UpstreamView::new(u, added)),
+        api,
+    }))
+}
+
+/// Rotates a gateway API's signing secret: the answer shows the new one
+/// once; the previous one keeps signing beside it for 24 hours, so the
+/// upstream can move to the new secret without refusing a call.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/apis/{id}/signing-secret",
+    tag = "admin",
+    params(("id" = i32, Path, description = "The catalog entry's id")),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The entry with its new signing secret", body = AdminApi),
+        (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such API, or it has no upstream", body = ErrorBody),
+    )
+)]
+pub async fn rotate_signing_secret(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    id: web::Path<i32>,
+) -> ApiResult<HttpResponse> {
+    let mut conn = conn(&state.db).await?;
+    let until = state.now() + ROTATION_GRACE;
+    Upstream::rotate_secret(&mut conn, *id, &new_signing_secret(), until)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such API with an upstream"))?;
+    let Some((api, upstream)) = Api::find_with_upstream(&mut conn, *id).await? else {
+        return Err(ApiError::not_found("no such API"));
+    };
+    drop(conn);
+    state.reload_catalog().await?;
+    Ok(HttpResponse::Ok().json(AdminApi {
+        upstream: upstream.as_ref().map(|u| UpstreamView::new(u, true)),
+        api,
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -57,6 +57,7 @@ pub mod auth;
 pub mod billing;
 pub mod extract;
 pub mod finance;
+pub mod gateway;
 pub mod health;
 pub mod invoices;
 pub mod json;
@@ -117,10 +118,23 @@ route_table! {
     "/admin/apis" => get: admin::list_apis, post: admin::create_api;
     "/admin/apis/{id}" => patch: admin::update_api;
     "/admin/apis/{id}/prices" => post: admin::create_price;
+    "/admin/apis/{id}/signing-secret" => post: admin::rotate_signing_secret;
     // Payment provider callbacks (signed, no user).
     "/webhooks/payments" => post: webhooks::payment_webhook;
     // This API's own description (public, not metered).
     "/openapi.json" => get: openapi::openapi_spec;
+}
+
+/// The gateway's catch-all resource, registered after everything payg
+/// serves itself (so it can never shadow a payg route), inside the
+/// metering middleware. Every method reaches it.
+pub fn configure_gateway(cfg: &mut actix_web::web::ServiceConfig) {
+    cfg.service(
+        actix_web::web::resource("/{gateway_path:.*}")
+            .name(crate::metering::GATEWAY_RESOURCE)
+            .wrap(actix_web::middleware::from_fn(crate::metering::metered_call))
+            .default_service(actix_web::web::to(gateway::forward)),
+    );
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ use utoipa::{Modify, OpenApi};
 use crate::billing::export::ExportFormat;
 use crate::domain::currency::DecimalString;
 use crate::domain::text::{
-    BillingText, CountryCode, Description, Email, EventId, HttpMethod, KeyName, Name, Password, PaymentMethod,
-    ProviderText, Reference, RoutePattern, Slug, UserRef,
+    BillingText, CountryCode, Description, Email, EventId, GatewayPrefix, HttpMethod, KeyName, Name, Password,
+    PaymentMethod, ProviderText, Reference, RoutePattern, Slug, UpstreamUrl, UserRef,
 };
 use crate::domain::{Currency, Period};
 use crate::error::{ErrorBody, ErrorDetail};
@@ -68,6 +68,7 @@ use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoi
         admin::create_api,
         admin::update_api,
         admin::create_price,
+        admin::rotate_signing_secret,
         webhooks::payment_webhook,
         tools::uuid,
         tools::random,
@@ -79,7 +80,7 @@ use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoi
     components(schemas(
         ErrorBody, ErrorDetail, Period, Currency, DecimalString, tools::TimeZoneName, ExportFormat,
         Name, KeyName, Reference, PaymentMethod, Description, BillingText, EventId, ProviderText,
-        Email, Password, Slug, HttpMethod, RoutePattern, CountryCode, UserRef,
+        Email, Password, Slug, HttpMethod, RoutePattern, GatewayPrefix, UpstreamUrl, CountryCode, UserRef,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
     tags(

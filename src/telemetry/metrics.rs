@@ -25,6 +25,10 @@ pub struct Metrics {
     pub rate_limit_refusals: IntCounter,
     pub invoices_issued: IntCounter,
     pub payments_recorded: IntCounter,
+    pub upstream_responses: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_connect_errors: IntCounterVec,
+    pub upstream_timeouts: IntCounterVec,
 }
 
 /// `/random/{max}` → `/random/:max`: the pattern, in a form every
@@ -110,6 +114,37 @@ impl Metrics {
         let rate_limit_refusals = IntCounter::new("rate_limit_refusals_total", "Metered calls refused with 429")?;
         let invoices_issued = IntCounter::new("invoices_issued_total", "Invoices issued by month close")?;
         let payments_recorded = IntCounter::new("payments_recorded_total", "Payments recorded (finance or webhook)")?;
+        let upstream_responses = IntCounterVec::new(
+            Opts::new(
+                "upstream_responses_total",
+                "Gateway upstream responses by API slug and status class",
+            ),
+            &["api", "status"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Gateway upstream latency until the response head, by API slug",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["api"],
+        )?;
+        let upstream_connect_errors = IntCounterVec::new(
+            Opts::new(
+                "upstream_connect_errors_total",
+                "Gateway calls whose upstream was unreachable, refused or reset, by API slug",
+            ),
+            &["api"],
+        )?;
+        let upstream_timeouts = IntCounterVec::new(
+            Opts::new(
+                "upstream_timeouts_total",
+                "Gateway calls with no upstream response head in time, by API slug",
+            ),
+            &["api"],
+        )?;
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -125,6 +160,10 @@ impl Metrics {
             Box::new(rate_limit_refusals.clone()),
             Box::new(invoices_issued.clone()),
             Box::new(payments_recorded.clone()),
+            Box::new(upstream_responses.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_connect_errors.clone()),
+            Box::new(upstream_timeouts.clone()),
         ] {
             registry.register(c)?;
         }
@@ -144,6 +183,10 @@ impl Metrics {
             rate_limit_refusals,
             invoices_issued,
             payments_recorded,
+            upstream_responses,
+            upstream_duration,
+            upstream_connect_errors,
+            upstream_timeouts,
         })
     }
 

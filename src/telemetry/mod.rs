@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 pub use metrics::Metrics;
-pub use request::{MatchedRoute, request_telemetry};
+pub use request::{MatchedRoute, RequestId, request_telemetry};
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

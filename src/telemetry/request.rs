@@ -15,6 +15,7 @@ use actix_web::{HttpMessage, web};
 
 use crate::auth::Caller;
 use crate::clients::Clients;
+use crate::gateway::UpstreamAnswer;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{method_label, route_label, status_class};
 
@@ -25,6 +26,11 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// not match and format the route again.
 #[derive(Debug, Clone)]
 pub struct MatchedRoute(pub Arc<str>);
+
+/// The request's id, in its extensions for handlers that pass it on (the
+/// gateway sends it upstream as `X-Payg-Request-Id`).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
 
 /// Ids are `<random per process>-<counter>`: unique, and cheaper than a
 /// random UUID per request.
@@ -59,6 +65,7 @@ pub async fn request_telemetry(
     let client = req
         .app_data::<web::Data<Clients>>()
         .and_then(|c| c.address(req.request()));
+    req.extensions_mut().insert(RequestId(id.clone()));
     let result = next.call(req).await;
     let elapsed = started.elapsed();
     let mut res = match result {
@@ -94,6 +101,7 @@ pub async fn request_telemetry(
             .observe(elapsed.as_secs_f64());
     }
     let user_id = res.request().extensions().get::<Caller>().map(|c| c.user_id);
+    let upstream = res.response().extensions().get::<UpstreamAnswer>().copied();
     tracing::info!(
         request_id = %id,
         method,
@@ -102,6 +110,8 @@ pub async fn request_telemetry(
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         user_id = user_id.map(tracing::field::display),
         client = client.map(tracing::field::display),
+        upstream_status = upstream.map(|u| u.status),
+        upstream_latency_ms = upstream.map(|u| u.latency.as_secs_f64() * 1000.0),
         "request"
     );
     drop(route);

@@ -467,6 +467,32 @@ async fn admin(app: &TestApp, cov: &mut Coverage<'_>) -> String {
         .await
         .unwrap();
     cov.json("PATCH", "/api/v1/admin/apis/{id}", 200, res).await;
+    // A gateway API: its upstream and signing secret in the answers.
+    let res = app
+        .post_auth(
+            "/api/v1/admin/apis",
+            &admin.token,
+            &json!({"slug": "spec-gateway", "method": "*", "route": "/spec-gateway", "name": "Spec gateway",
+                "upstream": {"url": "http://127.0.0.1:9/v1"}}),
+        )
+        .await;
+    let gateway = cov.json("POST", "/api/v1/admin/apis", 201, res).await;
+    assert!(gateway["upstream"]["signing_secret"].is_string(), "{gateway}");
+    let gateway_id = gateway["id"].as_i64().unwrap();
+    let res = app
+        .post_auth(
+            &format!("/api/v1/admin/apis/{gateway_id}/signing-secret"),
+            &admin.token,
+            &json!({}),
+        )
+        .await;
+    let rotated = cov
+        .json("POST", "/api/v1/admin/apis/{id}/signing-secret", 200, res)
+        .await;
+    assert!(
+        rotated["upstream"]["previous_secret_expires_at"].is_string(),
+        "{rotated}"
+    );
     // Before any call this period, so it applies now: invoices below have
     // amounts worth paying.
     let uuid = api_id(&app.db, "tools-uuid").await;
