@@ -142,6 +142,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_path_payg_serves_can_be_taken_by_a_gateway_api() {
+        use crate::domain::text::GatewayPrefix;
+        let served = ROOT_ROUTES
+            .iter()
+            .map(|(_, p)| (*p).to_owned())
+            .chain(API_ROUTES.iter().map(|(_, p)| format!("{API_PREFIX}{p}")))
+            .chain(tools::TOOL_ROUTES.iter().map(|(_, p)| format!("{TOOLS_PREFIX}{p}")))
+            .chain(["/metrics".to_owned(), API_PREFIX.to_owned()]);
+        for path in served {
+            // Every prefix of the served path, segment by segment.
+            let segments: Vec<&str> = path[1..].split('/').collect();
+            for n in 1..=segments.len() {
+                let prefix = format!("/{}", segments[..n].join("/"));
+                assert!(
+                    prefix.parse::<GatewayPrefix>().is_err(),
+                    "{prefix} (of {path}) was accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_tools_prefix_is_the_api_prefix_and_the_tools_scope() {
         // Resources are named (and calls metered) by these prefixes: a
         // mismatch would leave the tools unmetered.
