@@ -7,6 +7,7 @@
 //! - prices, periods, currencies and the clock in [`domain`], the pure core;
 //! - close, invoices, export and payments in [`billing`];
 //! - who is calling, and with which role, in [`auth`];
+//! - what a catalog entry must be, and catalog as code, in [`catalog`];
 //! - forwarding a gateway API's calls to its upstream in [`gateway`];
 //! - every error status in [`error`];
 //! - the server and middleware order in [`startup`]; background loops in [`jobs`].
@@ -14,6 +15,7 @@
 pub mod app;
 pub mod auth;
 pub mod billing;
+pub mod catalog;
 pub mod clients;
 pub mod config;
 pub mod db;

@@ -15,6 +15,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use payg::billing::close;
 use payg::billing::export::{self, ExportFormat};
+use payg::catalog;
 use payg::config::Config;
 use payg::db;
 use payg::domain::{Period, SystemClock};
@@ -51,6 +52,22 @@ enum Command {
     /// Invoice export.
     #[command(subcommand)]
     Invoices(InvoicesCommand),
+    /// The API catalog as code (TOML).
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Create or update the entries and prices a TOML file describes
+    /// (idempotent; running instances follow within about a second).
+    Apply {
+        /// The catalog file (see `payg catalog export` for its shape).
+        file: std::path::PathBuf,
+    },
+    /// Print the whole catalog, with each entry's latest price, as TOML
+    /// (never a signing secret).
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -150,6 +167,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Catalog(cmd) => catalog_command(&config, cmd).await,
         Command::Invoices(InvoicesCommand::Export { period, format }) => {
             let pool = db::build_pool(config.database_url.expose(), 1)?;
             let mut chunks = std::pin::pin!(export::stream(pool, period, format).await?);
@@ -164,6 +182,34 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn catalog_command(config: &Config, cmd: CatalogCommand) -> anyhow::Result<()> {
+    let pool = db::build_pool(config.database_url.expose(), 1)?;
+    let mut conn = pool.get().await?;
+    match cmd {
+        CatalogCommand::Apply { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let parsed: catalog::CatalogFile =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let current = Period::containing(Utc::now(), config.billing_tz);
+            let applied = catalog::apply(&mut conn, &parsed, current, config.billing.currency).await?;
+            if applied.changes.is_empty() {
+                println!("no changes: the catalog already matches {}", file.display());
+            }
+            for change in &applied.changes {
+                println!("{change}");
+            }
+            for (slug, secret) in &applied.new_secrets {
+                println!("{slug}: signing secret {secret} (shown this once; give it to the upstream)");
+            }
+        }
+        CatalogCommand::Export => {
+            let file = catalog::export(&mut conn).await?;
+            print!("{}", toml::to_string(&file)?);
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -103,7 +103,7 @@ impl Upstream {
 }
 
 impl UpstreamChanges {
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.url.is_none()
             && self.timeout_ms.is_none()
             && self.connect_timeout_ms.is_none()

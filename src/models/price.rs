@@ -107,6 +107,11 @@ impl PriceBook {
         idx.checked_sub(1).map(|i| &versions[i].1)
     }
 
+    /// The latest version scheduled (in force now, or from a later period).
+    pub fn latest(&self, api_id: i32) -> Option<&PriceVersion> {
+        self.versions.get(&api_id)?.last().map(|(_, v)| v)
+    }
+
     /// Like [`for_period`](Self::for_period), with a zero price when an API
     /// has no version yet (an API is free until it is priced).
     pub fn for_period_or_free(&self, api_id: i32, period: Period, currency: Currency) -> PriceVersion {

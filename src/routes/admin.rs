@@ -7,7 +7,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::auth::tokens;
+use crate::catalog::{self, UpstreamSettings};
 use crate::domain::currency::DecimalString;
 use crate::domain::gateway::{self as gw, ROTATION_GRACE};
 use crate::domain::pricing::{PriceVersion, PriceView, Tier};
@@ -15,7 +15,7 @@ use crate::domain::text::{Description, GatewayPrefix, HttpMethod, Name, RoutePat
 use crate::domain::{Currency, Period};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::Api;
-use crate::models::api::{ApiChanges, NewApi, NewUpstream, Upstream, UpstreamChanges, UpstreamUpdate};
+use crate::models::api::{ApiChanges, Upstream, UpstreamChanges, UpstreamUpdate};
 use crate::models::price::{PriceBook, PriceRow};
 use crate::routes::conn;
 use crate::routes::extract::AdminUser;
@@ -118,75 +118,7 @@ pub struct NewApiRequest {
     description: Description,
     /// Makes it a gateway API: calls to `route` (a path prefix) are
     /// forwarded to this upstream.
-    upstream: Option<UpstreamRequest>,
-}
-
-fn default_timeout_ms() -> i32 {
-    gw::DEFAULT_TIMEOUT_MS
-}
-fn default_connect_timeout_ms() -> i32 {
-    gw::DEFAULT_CONNECT_TIMEOUT_MS
-}
-fn default_max_body_bytes() -> i64 {
-    gw::DEFAULT_MAX_BODY_BYTES
-}
-
-/// A gateway API's upstream (defaults as shown).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamRequest {
-    #[schema(inline)]
-    url: UpstreamUrl,
-    /// Milliseconds until the response head (default 30000).
-    #[serde(default = "default_timeout_ms")]
-    #[schema(minimum = 1, maximum = 3600000, default = 30000)]
-    timeout_ms: i32,
-    /// Milliseconds to connect (default 2000).
-    #[serde(default = "default_connect_timeout_ms")]
-    #[schema(minimum = 1, maximum = 600000, default = 2000)]
-    connect_timeout_ms: i32,
-    /// Largest request body forwarded, in bytes (default 10485760).
-    #[serde(default = "default_max_body_bytes")]
-    #[schema(minimum = 0, default = 10485760)]
-    max_body_bytes: i64,
-    /// Send the client's `Host` upstream instead of the upstream's own.
-    #[serde(default)]
-    preserve_host: bool,
-}
-
-impl UpstreamRequest {
-    fn into_new(self) -> Result<NewUpstream, ApiError> {
-        gw::check_limits(self.timeout_ms, self.connect_timeout_ms, self.max_body_bytes)
-            .map_err(ApiError::validation)?;
-        Ok(NewUpstream {
-            url: self.url,
-            timeout_ms: self.timeout_ms,
-            connect_timeout_ms: self.connect_timeout_ms,
-            max_body_bytes: self.max_body_bytes,
-            preserve_host: self.preserve_host,
-            signing_secret: new_signing_secret(),
-        })
-    }
-}
-
-/// `pgs_` + 43 base62 characters (about 256 bits).
-fn new_signing_secret() -> String {
-    tokens::generate("pgs_")
-}
-
-/// The route a new entry takes: a path prefix for a gateway API (checked by
-/// `GatewayPrefix`), an actix route pattern otherwise; `*` only for a
-/// gateway API.
-fn checked_route(route: RoutePattern, method: &HttpMethod, gateway: bool) -> Result<String, ApiError> {
-    if gateway {
-        Ok(route.as_str().parse::<GatewayPrefix>()?.as_str().to_owned())
-    } else if method.is_any() {
-        Err(ApiError::validation(
-            "method * (any) is only for an API with an upstream",
-        ))
-    } else {
-        Ok(route.as_str().to_owned())
-    }
+    upstream: Option<UpstreamSettings>,
 }
 
 /// Adds a catalog entry. A built-in entry is metered once a route with that
@@ -213,21 +145,8 @@ pub async fn create_api(
     body: Json<NewApiRequest>,
 ) -> ApiResult<HttpResponse> {
     let b = body.into_inner();
-    let route = checked_route(b.route, &b.method, b.upstream.is_some())?;
-    let upstream = b.upstream.map(UpstreamRequest::into_new).transpose()?;
-    let new = NewApi {
-        slug: b.slug,
-        method: b.method,
-        route,
-        name: b.name,
-        description: b.description,
-    };
-    let default_price = PriceVersion {
-        currency: state.config.billing.currency,
-        unit_price: Decimal::new(1, 3),
-        free_calls: 0,
-        tiers: vec![],
-    };
+    let (new, upstream) = catalog::new_entry(b.slug, b.method, &b.route, b.name, b.description, b.upstream.as_ref())?;
+    let default_price = catalog::default_price(state.config.billing.currency);
     let mut conn = conn(&state.db).await?;
     match Api::create(&mut conn, &new, &default_price, upstream.as_ref()).await {
         Ok((api, upstream)) => {
@@ -333,14 +252,14 @@ pub async fn update_api(
                 ));
             };
             api.route.parse::<GatewayPrefix>()?;
-            let new = UpstreamRequest {
+            let settings = UpstreamSettings {
                 url,
                 timeout_ms: patch.timeout_ms.unwrap_or(gw::DEFAULT_TIMEOUT_MS),
                 connect_timeout_ms: patch.connect_timeout_ms.unwrap_or(gw::DEFAULT_CONNECT_TIMEOUT_MS),
                 max_body_bytes: patch.max_body_bytes.unwrap_or(gw::DEFAULT_MAX_BODY_BYTES),
                 preserve_host: patch.preserve_host.unwrap_or(false),
             };
-            UpstreamUpdate::Add(new.into_new()?)
+            UpstreamUpdate::Add(settings.checked()?)
         }
     };
     let added = matches!(upstream, UpstreamUpdate::Add(_));
@@ -377,7 +296,7 @@ pub async fn rotate_signing_secret(
 ) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
     let until = state.now() + ROTATION_GRACE;
-    Upstream::rotate_secret(&mut conn, *id, &new_signing_secret(), until)
+    Upstream::rotate_secret(&mut conn, *id, &catalog::new_signing_secret(), until)
         .await?
         .ok_or_else(|| ApiError::not_found("no such API with an upstream"))?;
     let Some((api, upstream)) = Api::find_with_upstream(&mut conn, *id).await? else {

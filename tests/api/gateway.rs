@@ -696,3 +696,133 @@ async fn counts_are_exact_through_the_gateway_across_two_instances_and_catalog_c
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+fn payg_cli(db_url: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_payg"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db_url)
+        .env("JWT_SECRET", crate::helpers::TEST_JWT_SECRET)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn run_cli(db_url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = payg_cli(db_url).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_apply_puts_an_api_behind_payg_and_a_second_apply_changes_nothing() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn().await;
+    let dir = std::env::temp_dir().join(format!("payg-catalog-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("catalog.toml");
+    let path = file.to_str().unwrap();
+    let catalog = |timeout: u32, price: &str| {
+        format!(
+            r#"
+[[api]]
+slug = "weather"
+name = "Weather"
+description = "Forecasts"
+method = "GET"
+route = "/weather"
+
+[api.upstream]
+url = "{}"
+timeout_ms = {timeout}
+
+[api.price]
+unit_price = "{price}"
+free_calls = 1
+"#,
+            up.url("/v2")
+        )
+    };
+    std::fs::write(&file, catalog(30000, "0.50")).unwrap();
+    let (ok, out, err) = run_cli(&app.db.url, &["catalog", "apply", path]);
+    assert!(ok, "{err}");
+    assert!(out.contains("created weather"), "{out}");
+    assert!(out.contains("weather: signing secret pgs_"), "{out}");
+    let (ok, out, _) = run_cli(&app.db.url, &["catalog", "apply", path]);
+    assert!(ok);
+    assert!(
+        out.starts_with("no changes"),
+        "the second apply changed something: {out}"
+    );
+
+    // The running server picks it up within about a second, and bills it.
+    let user = app.new_user().await;
+    let started = std::time::Instant::now();
+    while app.get_auth("/weather/today", &user.token).await.status() != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the server never saw the applied API"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..2 {
+        assert_eq!(app.get_auth("/weather/today", &user.token).await.status(), 200);
+    }
+    app.flush_meter().await;
+    let bill = app.get_json("/api/v1/billing/current", &user.token).await;
+    let line = bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["slug"] == "weather")
+        .cloned()
+        .unwrap_or_else(|| panic!("no weather line: {bill}"));
+    assert_eq!(line["calls"], 3);
+    assert_eq!(line["charged_calls"], 2, "one free call: {line}");
+    assert_eq!(line["amount"], "1.00", "{line}");
+
+    // A changed timeout and price: applied once, then nothing again.
+    std::fs::write(&file, catalog(5000, "0.75")).unwrap();
+    let (ok, out, err) = run_cli(&app.db.url, &["catalog", "apply", path]);
+    assert!(ok, "{err}");
+    assert!(out.contains("updated weather: upstream"), "{out}");
+    assert!(out.contains("priced weather from"), "{out}");
+    assert!(!out.contains("pgs_"), "no new secret for an existing upstream: {out}");
+    let (_, out, _) = run_cli(&app.db.url, &["catalog", "apply", path]);
+    assert!(out.starts_with("no changes"), "{out}");
+
+    // Export: the same format, never a secret; applying it changes nothing.
+    let (ok, exported, err) = run_cli(&app.db.url, &["catalog", "export"]);
+    assert!(ok, "{err}");
+    assert!(
+        exported.contains("slug = \"weather\"") && exported.contains("timeout_ms = 5000"),
+        "{exported}"
+    );
+    assert!(
+        exported.contains("slug = \"tools-uuid\""),
+        "built-in APIs are exported too: {exported}"
+    );
+    assert!(!exported.contains("pgs_") && !exported.contains("secret"), "{exported}");
+    let exported_file = dir.join("exported.toml");
+    std::fs::write(&exported_file, &exported).unwrap();
+    let (ok, out, err) = run_cli(&app.db.url, &["catalog", "apply", exported_file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("no changes"), "{out}");
+
+    // A bad entry changes nothing, the good one beside it included.
+    let bad = format!(
+        "{}\n[[api]]\nslug = \"shadow\"\nname = \"Shadow\"\nmethod = \"*\"\nroute = \"/api/v1/me\"\n\
+         [api.upstream]\nurl = \"{}\"\n",
+        catalog(30000, "9.99"),
+        up.url("")
+    );
+    std::fs::write(&file, bad).unwrap();
+    let (ok, _, err) = run_cli(&app.db.url, &["catalog", "apply", path]);
+    assert!(!ok);
+    assert!(err.contains("shadow") && err.contains("/api"), "{err}");
+    let (_, after, _) = run_cli(&app.db.url, &["catalog", "export"]);
+    assert_eq!(after, exported, "a failed apply left the catalog as it was");
+    let _ = std::fs::remove_dir_all(&dir);
+}
