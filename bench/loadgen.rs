@@ -12,6 +12,14 @@
 //! the keys are made and hashed by payg itself, not metered) and then sends
 //! every call with `X-API-Key` instead of the JWT.
 //!
+//! With `--auth none` it sends no credential (a plain upstream, or nginx).
+//! With `--rate R` it sends R requests per second in all, each connection
+//! on its own fixed schedule, and measures each latency from the moment the
+//! request was due (so a stall is not hidden by the requests it delayed);
+//! without it, each connection sends as fast as it is answered.
+//! `--print-api-key` creates one API key for the first user, prints it and
+//! exits (for the benchmark's download through the gateway).
+//!
 //! It counts its own successful (2xx) responses per user. Every 2xx counts
 //! for that exactness tally, warm-up included; only requests sent after the
 //! warm-up and answered before the end of the measured window count for
@@ -80,6 +88,12 @@ struct Args {
     /// How each call authenticates.
     #[arg(long, value_enum, default_value_t = Auth::Jwt)]
     auth: Auth,
+    /// Requests per second in all (open loop); default: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Create an API key for the first user, print it, and exit.
+    #[arg(long)]
+    print_api_key: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,6 +102,8 @@ enum Auth {
     Jwt,
     /// `X-API-Key: <key>`, one key per user created through the API first.
     ApiKey,
+    /// No credential.
+    None,
 }
 
 /// The claims payg's `JwtKeys::verify` expects (see src/auth/jwt.rs).
@@ -125,6 +141,9 @@ struct Plan {
     /// The credential header of each user.
     auth: Vec<(HeaderName, HeaderValue)>,
     connections: usize,
+    /// Per connection: the time between two requests (open loop).
+    interval: Option<Duration>,
+    start: Instant,
     measure_from: Instant,
     end: Instant,
 }
@@ -173,9 +192,27 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
 
+    if args.print_api_key {
+        let bearer = bearers.into_iter().next().ok_or_else(|| anyhow::anyhow!("no user"))?;
+        let key = runtime.block_on(create_api_key(addr, &host, bearer))?;
+        println!("{key}");
+        return Ok(());
+    }
+    let interval = match args.rate {
+        Some(rate) => {
+            anyhow::ensure!(rate > 0.0, "--rate must be positive");
+            Some(Duration::from_secs_f64(args.connections as f64 / rate))
+        }
+        None => None,
+    };
+
     let stats = runtime.block_on(async {
         let auth = match args.auth {
             Auth::Jwt => bearers.into_iter().map(|b| (AUTHORIZATION, b)).collect(),
+            Auth::None => bearers
+                .into_iter()
+                .map(|_| (HeaderName::from_static("x-bench"), HeaderValue::from_static("1")))
+                .collect(),
             Auth::ApiKey => {
                 let x_api_key = HeaderName::from_static("x-api-key");
                 let mut auth = Vec::with_capacity(bearers.len());
@@ -194,6 +231,8 @@ fn main() -> anyhow::Result<()> {
             path: args.path.clone(),
             auth,
             connections: args.connections,
+            interval,
+            start,
             measure_from,
             end: measure_from + Duration::from_secs(args.duration_secs),
         });
@@ -257,6 +296,7 @@ fn main() -> anyhow::Result<()> {
         "warmup_secs": args.warmup_secs,
         "threads": threads,
         "auth": format!("{:?}", args.auth),
+        "rate": args.rate,
     });
     match &args.tally_file {
         Some(path) => std::fs::write(path, serde_json::to_string(&per_user_ok)?)
@@ -338,8 +378,17 @@ async fn run_connection(i: usize, plan: Arc<Plan>) -> TaskStats {
     let step = plan.connections % n;
     let mut sender: Option<Sender> = None;
     let mut connected_once = false;
+    // Open loop: connection i's requests are due at start + (i/connections
+    // + k) * interval, k = 0, 1, …
+    let mut due = plan
+        .interval
+        .map(|every| plan.start + every.mul_f64(i as f64 / plan.connections as f64));
 
     while Instant::now() < plan.end {
+        if let (Some(at), Some(every)) = (due, plan.interval) {
+            tokio::time::sleep_until(at.into()).await;
+            due = Some(at + every);
+        }
         let s = match sender.as_mut() {
             Some(s) => s,
             None => match connect(plan.addr).await {
@@ -374,7 +423,10 @@ async fn run_connection(i: usize, plan: Arc<Plan>) -> TaskStats {
                 break;
             }
         };
-        let sent = Instant::now();
+        // Open loop: latency from when the request was due, not sent.
+        let sent = due
+            .zip(plan.interval)
+            .map_or_else(Instant::now, |(next, every)| next - every);
         let outcome = async {
             let res = s.send_request(req).await?;
             let status = res.status();

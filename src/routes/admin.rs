@@ -286,7 +286,8 @@ pub async fn update_api(
     responses(
         (status = 200, description = "The entry with its new signing secret", body = AdminApi),
         (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such API, or it has no upstream", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such API, or `id` is not an integer", body = ErrorBody),
+        (status = 409, description = "`no_upstream`: the API has no upstream (nothing is signed)", body = ErrorBody),
     )
 )]
 pub async fn rotate_signing_secret(
@@ -295,10 +296,20 @@ pub async fn rotate_signing_secret(
     id: web::Path<i32>,
 ) -> ApiResult<HttpResponse> {
     let mut conn = conn(&state.db).await?;
+    match Api::find_with_upstream(&mut conn, *id).await? {
+        None => return Err(ApiError::not_found("no such API")),
+        Some((_, None)) => {
+            return Err(ApiError::conflict(
+                "no_upstream",
+                "this API has no upstream, so nothing is signed; give it one with PATCH first",
+            ));
+        }
+        Some(_) => {}
+    }
     let until = state.now() + ROTATION_GRACE;
     Upstream::rotate_secret(&mut conn, *id, &catalog::new_signing_secret(), until)
         .await?
-        .ok_or_else(|| ApiError::not_found("no such API with an upstream"))?;
+        .ok_or_else(|| ApiError::not_found("no such API"))?;
     let Some((api, upstream)) = Api::find_with_upstream(&mut conn, *id).await? else {
         return Err(ApiError::not_found("no such API"));
     };

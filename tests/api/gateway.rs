@@ -537,6 +537,17 @@ async fn a_rotated_secret_signs_beside_the_new_one_and_preserve_host_sends_the_c
     let (t, v1) = parse_signature(seen.header("payg-signature").unwrap());
     let message = format!("{t}\nGET\n/v2/q?a=1\n{}", user.id);
     assert_eq!(v1, [hmac_hex(&new, &message), hmac_hex(&old, &message)]);
+    // A built-in API has nothing to sign: 409, not a secret.
+    let uuid_api = crate::helpers::api_id(&app.db, "tools-uuid").await;
+    let res = app
+        .post_auth(
+            &format!("/api/v1/admin/apis/{uuid_api}/signing-secret"),
+            &admin.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(error_code(res).await, "no_upstream");
     // The admin list shows the upstream, never a secret.
     let list = app.get_json("/api/v1/admin/apis", &admin.token).await.to_string();
     assert!(
@@ -824,5 +835,45 @@ free_calls = 1
     assert!(err.contains("shadow") && err.contains("/api"), "{err}");
     let (_, after, _) = run_cli(&app.db.url, &["catalog", "export"]);
     assert_eq!(after, exported, "a failed apply left the catalog as it was");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_reached_through_rustls_trusting_a_private_ca_file() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let up = Upstream::start_tls(certified.cert.der().clone(), certified.signing_key.serialize_der()).await;
+    let dir = std::env::temp_dir().join(format!("payg-ca-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
+    let url = format!("https://localhost:{}/v2", up.addr.port());
+
+    let trusting = TestApp::builder()
+        .env("PAYG_UPSTREAM_CA_FILE", ca.to_str().unwrap())
+        .spawn()
+        .await;
+    let admin = trusting.user_with_role("admin").await;
+    let body = json!({"slug": "secure", "method": "GET", "route": "/secure", "name": "Secure",
+        "upstream": {"url": url}});
+    gateway_api(&trusting, &admin, body.clone()).await;
+    let user = trusting.new_user().await;
+    let res = trusting.get_auth("/secure/x?y=1", &user.token).await;
+    assert_eq!(res.status(), 200);
+    let echo: Value = res.json().await.unwrap();
+    assert_eq!(echo["path"], "/v2/x?y=1");
+    assert_eq!(
+        up.last().header("host"),
+        Some(format!("localhost:{}", up.addr.port()).as_str())
+    );
+
+    // Without the CA file, the private certificate is not trusted: 502.
+    let plain = TestApp::spawn().await;
+    let admin = plain.user_with_role("admin").await;
+    gateway_api(&plain, &admin, body).await;
+    let user = plain.new_user().await;
+    let res = plain.get_auth("/secure/x", &user.token).await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(error_code(res).await, "upstream_unavailable");
+    assert_eq!(up.seen().len(), 1, "the untrusted handshake never became a request");
     let _ = std::fs::remove_dir_all(&dir);
 }
