@@ -350,10 +350,17 @@ echo
 echo "| path | req/s | p50 | p99 | exact? |"
 echo "|---|---:|---:|---:|---|"
 for mode in "${MODES[@]}"; do
-  exact=${EXACT[$mode,1]}
-  for ((round = 2; round <= ROUNDS; round++)); do
-    [[ ${EXACT[$mode,$round]} == "${exact%% (*}"* ]] || exact="$exact; #$round ${EXACT[$mode,$round]}"
+  exact=""
+  for ((round = 1; round <= ROUNDS; round++)); do
+    e=${EXACT[$mode,$round]}
+    [[ $e == yes* || $e == n/a* ]] || exact="$exact${exact:+; }#$round $e"
   done
+  if [ -z "$exact" ]; then
+    exact=${EXACT[$mode,1]%% (*}
+    [ "$exact" != yes ] || exact="yes, all $ROUNDS rounds"
+    [ "${EXACT[$mode,1]}" != "yes (0 rows)" ] || exact="yes (0 rows), all $ROUNDS rounds"
+    [[ ${EXACT[$mode,1]} != n/a* ]] || exact="n/a (no payg)"
+  fi
   printf '| %s | %s | %s | %s | %s |\n' "${DESCRIBE[$mode]}" "${MED[$mode]}" "$(us "${MED50[$mode]}")" \
     "$(us "${MED99[$mode]}")" "$exact"
 done

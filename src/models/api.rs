@@ -81,6 +81,22 @@ pub enum UpstreamUpdate {
 }
 
 impl Upstream {
+    async fn insert(conn: &mut AsyncPgConnection, api_id: i32, up: &NewUpstream) -> QueryResult<Upstream> {
+        diesel::insert_into(api_upstreams::table)
+            .values((
+                api_upstreams::api_id.eq(api_id),
+                api_upstreams::url.eq(up.url.as_str()),
+                api_upstreams::timeout_ms.eq(up.timeout_ms),
+                api_upstreams::connect_timeout_ms.eq(up.connect_timeout_ms),
+                api_upstreams::max_body_bytes.eq(up.max_body_bytes),
+                api_upstreams::preserve_host.eq(up.preserve_host),
+                api_upstreams::signing_secret.eq(&up.signing_secret),
+            ))
+            .returning(Upstream::as_returning())
+            .get_result(conn)
+            .await
+    }
+
     /// A new signing secret; the current one keeps signing until
     /// `previous_until`. `None` if the entry has no upstream.
     pub async fn rotate_secret(
@@ -145,21 +161,7 @@ impl Api {
                 .await?;
             PriceRow::upsert(conn, api.id, Period::EPOCH, first_price).await?;
             let upstream = match upstream {
-                Some(up) => Some(
-                    diesel::insert_into(api_upstreams::table)
-                        .values((
-                            api_upstreams::api_id.eq(api.id),
-                            api_upstreams::url.eq(up.url.as_str()),
-                            api_upstreams::timeout_ms.eq(up.timeout_ms),
-                            api_upstreams::connect_timeout_ms.eq(up.connect_timeout_ms),
-                            api_upstreams::max_body_bytes.eq(up.max_body_bytes),
-                            api_upstreams::preserve_host.eq(up.preserve_host),
-                            api_upstreams::signing_secret.eq(&up.signing_secret),
-                        ))
-                        .returning(Upstream::as_returning())
-                        .get_result(conn)
-                        .await?,
-                ),
+                Some(up) => Some(Upstream::insert(conn, api.id, up).await?),
                 None => None,
             };
             Ok((api, upstream))
@@ -192,18 +194,7 @@ impl Api {
                         .await?;
                 }
                 UpstreamUpdate::Add(up) => {
-                    diesel::insert_into(api_upstreams::table)
-                        .values((
-                            api_upstreams::api_id.eq(id),
-                            api_upstreams::url.eq(up.url.as_str()),
-                            api_upstreams::timeout_ms.eq(up.timeout_ms),
-                            api_upstreams::connect_timeout_ms.eq(up.connect_timeout_ms),
-                            api_upstreams::max_body_bytes.eq(up.max_body_bytes),
-                            api_upstreams::preserve_host.eq(up.preserve_host),
-                            api_upstreams::signing_secret.eq(&up.signing_secret),
-                        ))
-                        .execute(conn)
-                        .await?;
+                    Upstream::insert(conn, id, up).await?;
                 }
             }
             Self::find_with_upstream(conn, id).await
