@@ -40,6 +40,9 @@ pub struct AppState {
     pub clients: Arc<Clients>,
     /// TLS for https upstreams (each worker builds its clients from it).
     pub upstream_tls: TlsSettings,
+    /// One catalog reload at a time, so an older read never replaces a
+    /// newer one (the refresh loop and an admin change can overlap).
+    catalog_reload: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -89,6 +92,7 @@ impl AppState {
         let passwords = PasswordPool::new(config.password_threads, config.password_queue)
             .map_err(|e| anyhow::anyhow!("starting the password hashing threads: {e}"))?;
         Ok(Self {
+            catalog_reload: tokio::sync::Mutex::new(()),
             upstream_tls,
             clients,
             passwords,
@@ -164,6 +168,7 @@ impl AppState {
     /// Re-reads the API catalog into memory (after an admin change here, and
     /// periodically to pick up changes made through other instances).
     pub async fn reload_catalog(&self) -> Result<(), crate::error::ApiError> {
+        let _one_at_a_time = self.catalog_reload.lock().await;
         let mut conn = self.db.get().await?;
         let apis = Api::all_with_upstreams(&mut conn).await?;
         self.catalog.replace(&apis, &self.metrics);

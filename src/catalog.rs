@@ -78,7 +78,8 @@ fn yes() -> bool {
 pub struct UpstreamSettings {
     #[schema(inline)]
     pub url: UpstreamUrl,
-    /// Milliseconds until the response head (default 30000).
+    /// Milliseconds from the start of the call (connecting and sending the
+    /// body included) to the response head (default 30000).
     #[serde(default = "default_timeout_ms")]
     #[schema(minimum = 1, maximum = 3600000, default = 30000)]
     pub timeout_ms: i32,
@@ -245,8 +246,9 @@ fn invalid(slug: &str, why: impl ToString) -> ApplyError {
 }
 
 /// What an apply did: one line per change, and the signing secrets it
-/// generated (shown once, like the admin route's answer).
-#[derive(Debug, Default)]
+/// generated (shown once, like the admin route's answer; no `Debug`, so
+/// they cannot end up in a log line by accident).
+#[derive(Default)]
 pub struct Applied {
     pub changes: Vec<String>,
     pub new_secrets: Vec<(String, String)>,
@@ -299,11 +301,7 @@ async fn apply_entry(
         .transpose()
         .map_err(|e| invalid(slug, e))?;
 
-    let existing = match Api::find_by_slug(conn, slug).await? {
-        Some(api) => Api::find_with_upstream(conn, api.id).await?,
-        None => None,
-    };
-    let Some((api, upstream)) = existing else {
+    let Some((api, upstream)) = Api::find_by_slug_with_upstream(conn, slug).await? else {
         let first = price.clone().unwrap_or_else(|| default_price(currency));
         let (api, created_upstream) =
             Api::create(conn, &new, &first, new_upstream.as_ref())
@@ -342,17 +340,19 @@ async fn apply_entry(
         description: (api.description != entry.description.as_str()).then(|| entry.description.as_str().to_owned()),
         active: (api.active != entry.active).then_some(entry.active),
     };
-    let upstream_update = match (&entry.upstream, upstream, new_upstream) {
-        (None, None, _) => UpstreamUpdate::Keep,
-        (None, Some(_), _) => {
+    let upstream_update = match (&entry.upstream, upstream) {
+        (None, None) => UpstreamUpdate::Keep,
+        (None, Some(_)) => {
             return Err(invalid(
                 slug,
                 "has an upstream in the catalog and none in the file; upstreams are never removed",
             ));
         }
-        (Some(settings), Some(current), _) => UpstreamUpdate::Change(settings.changes_from(&current)),
-        (Some(_), None, Some(new)) => UpstreamUpdate::Add(new),
-        (Some(_), None, None) => UpstreamUpdate::Keep,
+        (Some(settings), Some(current)) => UpstreamUpdate::Change(settings.changes_from(&current)),
+        (Some(_), None) => match new_upstream {
+            Some(new) => UpstreamUpdate::Add(new),
+            None => UpstreamUpdate::Keep,
+        },
     };
     let mut what: Vec<&str> = Vec::new();
     for (field, changed) in [

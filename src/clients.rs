@@ -265,35 +265,43 @@ impl Clients {
     pub fn forwarded(&self, req: &HttpRequest) -> Forwarded {
         let peer = req.peer_addr().map(|a| a.ip());
         let trusted = peer.is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(ip)));
-        let incoming = |name: &str| {
-            trusted
-                .then(|| {
-                    let values: Vec<&str> = req
-                        .headers()
-                        .get_all(name)
-                        .filter_map(|v| v.to_str().ok())
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty())
-                        .collect();
-                    (!values.is_empty()).then(|| values.join(", "))
-                })
-                .flatten()
+        // Every value of a header from a trusted peer, in order.
+        let incoming = |name: &str| -> Vec<&str> {
+            if !trusted {
+                return Vec::new();
+            }
+            req.headers()
+                .get_all(name)
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect()
         };
         let peer_text = peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        let chain = incoming("x-forwarded-for");
         Forwarded {
-            for_chain: match incoming("x-forwarded-for") {
-                Some(chain) => format!("{chain}, {peer_text}"),
-                None => peer_text,
+            for_chain: if chain.is_empty() {
+                peer_text
+            } else {
+                format!("{}, {peer_text}", chain.join(", "))
             },
             // payg listens on plain HTTP (TLS ends at a proxy in front of
             // it); `connection_info()` would believe the client's headers.
-            proto: incoming("x-forwarded-proto").unwrap_or_else(|| "http".to_owned()),
-            host: incoming("x-forwarded-host").or_else(|| {
-                req.headers()
-                    .get(actix_web::http::header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            }),
+            // Proto and host are one value each: the first proxy's, which
+            // faced the client.
+            proto: incoming("x-forwarded-proto")
+                .first()
+                .map_or_else(|| "http".to_owned(), |p| (*p).to_owned()),
+            host: incoming("x-forwarded-host")
+                .first()
+                .map(|h| (*h).to_owned())
+                .or_else(|| {
+                    req.headers()
+                        .get(actix_web::http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                }),
         }
     }
 

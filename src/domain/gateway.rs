@@ -6,10 +6,11 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// A request path that could reach outside an upstream's base path (a `.`
-/// or `..` segment, plain or percent-encoded, an encoded `/` or `\`, a NUL)
-/// or is not valid percent-encoding. Refused (400), never resolved.
+/// or `..` segment, plain or percent-encoded, or followed by `;` as Java
+/// servers read `..;`; an encoded `/` or `\`; a NUL) or whose
+/// percent-encoding is broken or not UTF-8. Refused (400), never resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the path has '.' or '..' segments, an encoded '/' or '\\', or broken percent-encoding")]
+#[error("the path has '.' or '..' segments, an encoded '/' or '\\', or percent-encoding that is not UTF-8")]
 pub struct PathEscape;
 
 /// One segment of a request path: as sent, and decoded (for matching).
@@ -29,7 +30,9 @@ pub fn segments(raw_path: &str) -> Result<Vec<Segment<'_>>, PathEscape> {
     rest.split('/')
         .map(|raw| {
             let decoded = percent_decode(raw)?;
-            if decoded == "." || decoded == ".." || decoded.contains(['/', '\\', '\0']) {
+            // `..;jsessionid=x` is `..` to servlet containers.
+            let dots = decoded.split(';').next().unwrap_or_default();
+            if dots == "." || dots == ".." || decoded.contains(['/', '\\', '\0']) {
                 return Err(PathEscape);
             }
             Ok(Segment { raw, decoded })
@@ -47,6 +50,10 @@ fn percent_decode(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathEscape> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = raw.get(i + 1..i + 3).ok_or(PathEscape)?;
+            // Two hex digits exactly (`from_str_radix` alone takes `+a`).
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(PathEscape);
+            }
             out.push(u8::from_str_radix(hex, 16).map_err(|_| PathEscape)?);
             i += 3;
         } else {
@@ -162,6 +169,9 @@ mod tests {
             "/weather/a%5Cb",
             "/weather/%00",
             "/weather/%zz",
+            "/weather/%+a",
+            "/weather/..;/admin",
+            "/weather/%2e%2e;x/admin",
             "/weather/%e9",
             "weather",
         ] {

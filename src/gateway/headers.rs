@@ -9,21 +9,30 @@
 //! Towards the upstream, also removed: the consumer's credentials
 //! (`Authorization`, `X-API-Key`, payg's own cookies), anything that could
 //! pass for payg (`X-Payg-*`, `Payg-Signature`, in any case, however often
-//! repeated), the forwarding headers payg sets itself (`X-Forwarded-*`,
-//! `Forwarded`), `Host` (unless the API preserves it) and `Expect` (payg
-//! answered the `100-continue` itself).
+//! repeated, and spelt with `_` for `-` too: CGI-style servers read
+//! `X_Payg_User_Id` as `X-Payg-User-Id`), the forwarding headers payg sets
+//! itself (`X-Forwarded-*`, `Forwarded`), `Host` (unless the API preserves
+//! it) and `Expect` (payg answered the `100-continue` itself).
+//!
+//! Towards the client, also removed: any `Set-Cookie` for a cookie named
+//! like payg's own, so an upstream can never set or clear a payg session.
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Cookies whose names start with these are payg's (its console session),
-/// never the upstream's.
-const PAYG_COOKIE_PREFIXES: [&str; 3] = ["payg", "__host-payg", "__secure-payg"];
+/// A cookie named `payg`, or starting with one of these (any case), is
+/// payg's own (its console session), never the upstream's.
+const PAYG_COOKIE_PREFIXES: [&str; 4] = ["payg_", "payg-", "__host-payg", "__secure-payg"];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+fn is_payg_cookie(name: &[u8]) -> bool {
+    let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+    name == "payg" || PAYG_COOKIE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+fn is_hop_by_hop_name(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    ) || name.as_str().starts_with("proxy-")
+    ) || name.starts_with("proxy-")
 }
 
 /// The header names a `Connection` header lists (they are hop-by-hop too).
@@ -37,9 +46,15 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Whether a request asks to switch protocols (a WebSocket upgrade).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+/// Whether a request asks to switch to WebSocket, which the gateway does
+/// not carry. Other upgrade offers (`h2c`) are optional for the server and
+/// are simply not passed on, like every hop-by-hop header.
+pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers.get_all(header::UPGRADE).any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .to_ascii_lowercase()
+            .contains("websocket")
+    })
 }
 
 /// The request headers that go to the upstream (repeats kept, in order).
@@ -47,8 +62,10 @@ pub fn to_upstream(headers: &HeaderMap, preserve_host: bool) -> Vec<(HeaderName,
     let connection = named_by_connection(headers);
     let mut out = Vec::with_capacity(headers.len());
     for (name, value) in headers {
-        let n = name.as_str();
-        let dropped = is_hop_by_hop(name)
+        // Compared with `_` read as `-`, as CGI-style upstreams read it.
+        let spelt = name.as_str().replace('_', "-");
+        let n = spelt.as_str();
+        let dropped = is_hop_by_hop_name(n)
             || connection.iter().any(|c| c == n)
             || n == "content-length"
             || n == "expect"
@@ -74,32 +91,39 @@ pub fn to_upstream(headers: &HeaderMap, preserve_host: bool) -> Vec<(HeaderName,
 }
 
 /// A `Cookie` header without payg's own cookies; `None` if none is left.
+/// Read as bytes: a cookie value that is not ASCII must not let the whole
+/// header (payg's cookies with it) through.
 fn without_payg_cookies(value: &HeaderValue) -> Option<HeaderValue> {
-    let Ok(text) = value.to_str() else {
-        // Not text: no cookie of payg's can be in it intact; pass it on.
-        return Some(value.clone());
-    };
-    let kept: Vec<&str> = text
-        .split(';')
-        .map(str::trim)
+    let kept: Vec<&[u8]> = value
+        .as_bytes()
+        .split(|b| *b == b';')
+        .map(<[u8]>::trim_ascii)
         .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
-            !PAYG_COOKIE_PREFIXES.iter().any(|p| name.starts_with(p))
-        })
+        .filter(|pair| !is_payg_cookie(pair.split(|b| *b == b'=').next().unwrap_or_default()))
         .collect();
     if kept.is_empty() {
         return None;
     }
-    HeaderValue::from_str(&kept.join("; ")).ok()
+    HeaderValue::from_bytes(&kept.join(&b"; "[..])).ok()
 }
 
 /// The response headers that go back to the client.
 pub fn to_client(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
     let connection = named_by_connection(headers);
-    headers.iter().filter(move |(name, _)| {
-        !is_hop_by_hop(name) && name.as_str() != "content-length" && !connection.iter().any(|c| c == name.as_str())
+    headers.iter().filter(move |(name, value)| {
+        let n = name.as_str();
+        let sets_payg_cookie =
+            n == "set-cookie" && is_payg_cookie(value.as_bytes().split(|b| *b == b'=').next().unwrap_or_default());
+        !is_hop_by_hop_name(n) && n != "content-length" && !sets_payg_cookie && !connection.iter().any(|c| c == n)
     })
+}
+
+/// A `Content-Length` as a number (absent or unreadable: `None`).
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -128,6 +152,10 @@ mod tests {
             ("x-api-key", "payg_secret"),
             ("x-payg-user-id", "someone-else"),
             ("x-payg-user-id", "again"),
+            ("x_payg_user_id", "underscored"),
+            ("payg_signature", "t=1,v1=00"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_api_key", "payg_secret"),
             ("payg-signature", "t=1,v1=00"),
             ("x-forwarded-for", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
@@ -153,11 +181,36 @@ mod tests {
     }
 
     #[test]
-    fn only_payg_cookies_are_removed() {
-        let incoming = map(&[("cookie", "a=1; payg_session=s; __Host-payg-csrf=c; b=2")]);
+    fn only_payg_cookies_are_removed_whatever_else_the_header_holds() {
+        let incoming = map(&[("cookie", "a=1; payg_session=s; __Host-payg-csrf=c; paygate=keep; b=2")]);
         let out = to_upstream(&incoming, false);
-        assert_eq!(out[0].1, "a=1; b=2");
+        assert_eq!(out[0].1, "a=1; paygate=keep; b=2");
         assert!(to_upstream(&map(&[("cookie", "payg_session=s")]), false).is_empty());
+        // A value that is not ASCII does not let payg's cookie through.
+        let mut m = HeaderMap::new();
+        m.append(
+            HeaderName::from_static("cookie"),
+            HeaderValue::from_bytes("pref=caf\u{e9}; payg_session=s".as_bytes()).unwrap(),
+        );
+        let out = to_upstream(&m, false);
+        assert_eq!(out[0].1.as_bytes(), "pref=caf\u{e9}".as_bytes());
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_is_refused() {
+        assert!(wants_websocket(&map(&[("upgrade", "WebSocket")])));
+        assert!(!wants_websocket(&map(&[("upgrade", "h2c")])));
+        assert!(
+            to_upstream(
+                &map(&[
+                    ("upgrade", "h2c"),
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                    ("http2-settings", "x")
+                ]),
+                false
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -169,6 +222,7 @@ mod tests {
             ("content-length", "10"),
             ("content-type", "text/plain"),
             ("set-cookie", "u=1"),
+            ("set-cookie", "payg_session=forged; Path=/"),
         ]);
         let mut back: Vec<&str> = to_client(&upstream).map(|(n, _)| n.as_str()).collect();
         back.sort_unstable();

@@ -71,6 +71,12 @@ impl Pools {
         }
     }
 
+    /// Forgets the client (and so its pooled connections, once calls in
+    /// flight on them end) for this connect timeout.
+    pub fn discard(&self, connect_timeout: Duration) {
+        self.clients.borrow_mut().retain(|(t, _)| *t != connect_timeout);
+    }
+
     /// The client for upstreams with this connect timeout.
     pub fn client(&self, connect_timeout: Duration) -> awc::Client {
         let mut clients = self.clients.borrow_mut();

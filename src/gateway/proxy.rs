@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::{Method, header};
+use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use awc::error::{ConnectError, SendRequestError};
 use bytes::Bytes;
@@ -55,9 +55,9 @@ pub struct UpstreamAnswer {
     pub latency: Duration,
 }
 
-/// Who is calling, as payg tells the upstream.
+/// One call to forward, and who is making it, as payg tells the upstream.
 pub struct Forward<'a> {
-    pub call: &'a GatewayCall,
+    pub gateway: &'a GatewayCall,
     pub user_id: Uuid,
     pub request_id: &'a str,
     pub forwarded: Forwarded,
@@ -98,15 +98,11 @@ pub async fn forward(
     pools: &Pools,
     call: Forward<'_>,
 ) -> Result<HttpResponse, UpstreamError> {
-    let target = &call.call.target;
-    if headers::wants_upgrade(req.headers()) {
+    let target = &call.gateway.target;
+    if headers::wants_websocket(req.headers()) {
         return Err(UpstreamError::UpgradeNotSupported);
     }
-    let length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let length = headers::content_length(req.headers());
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
     if length.is_some_and(|n| n > target.max_body_bytes) {
         return Err(UpstreamError::TooLarge {
@@ -116,7 +112,7 @@ pub async fn forward(
 
     // The path after the prefix was checked by the metering middleware
     // (`domain::gateway::segments`): it cannot step outside the base path.
-    let mut path_and_query = format!("{}{}", target.base_path, call.call.rest);
+    let mut path_and_query = format!("{}{}", target.base_path, call.gateway.rest);
     if path_and_query.is_empty() {
         path_and_query.push('/');
     }
@@ -169,8 +165,14 @@ pub async fn forward(
                     .freeze()
                     .map_err(|e| UpstreamError::Unavailable(format!("building the request: {e}")))?;
                 match frozen.send().await {
-                    // Nothing was sent: the connection was never made.
-                    Err(SendRequestError::Connect(e)) if !matches!(e, ConnectError::Timeout) => {
+                    // Nothing was sent: the connection could not be made
+                    // (refused, reset while connecting, name not resolved).
+                    // Not a connect timeout (it would double the wait), and
+                    // not `Disconnected`, which awc also reports after a
+                    // request went out.
+                    Err(SendRequestError::Connect(
+                        e @ (ConnectError::Io(_) | ConnectError::Resolver(_) | ConnectError::NoRecords),
+                    )) => {
                         tracing::debug!(api = %target.slug, error = %e, "upstream connect failed; retrying once");
                         frozen.send().await
                     }
@@ -199,27 +201,38 @@ pub async fn forward(
     let status = upstream.status();
     target.metrics.duration.observe(latency.as_secs_f64());
     target.metrics.response(status.as_u16());
+    if status.is_informational() {
+        // awc takes an interim answer (103 Early Hints, 102) for the final
+        // one and has already pooled the connection the real answer will
+        // arrive on: this worker's clients for that timeout are replaced,
+        // so no later call can read it.
+        pools.discard(target.connect_timeout);
+        tracing::warn!(api = %target.slug, status = status.as_u16(), "upstream sent an interim response; not supported");
+        return Err(UpstreamError::Unavailable(format!("interim response {status}")));
+    }
 
     let mut builder = HttpResponse::build(status);
     for (name, value) in headers::to_client(upstream.headers()) {
         builder.append_header((name.clone(), value.clone()));
     }
-    let upstream_length = upstream
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let body_less = status.is_informational()
-        || status == actix_web::http::StatusCode::NO_CONTENT
-        || status == actix_web::http::StatusCode::NOT_MODIFIED;
-    let mut response = if *req.method() == Method::HEAD || body_less {
-        // No body, but a HEAD keeps the length a GET would have.
+    let upstream_length = headers::content_length(upstream.headers());
+    let mut response = if status == StatusCode::NO_CONTENT {
+        builder.body(actix_web::body::None::new())
+    } else if status == StatusCode::NOT_MODIFIED {
+        // No body; actix writes a 304's Content-Length as set.
+        if let Some(n) = upstream_length {
+            builder.insert_header((header::CONTENT_LENGTH, n));
+        }
+        builder.body(actix_web::body::None::new())
+    } else if *req.method() == Method::HEAD {
+        // No body, but the length a GET would have (actix sends no body
+        // for a HEAD whatever its size says); none if the upstream gave none.
         match upstream_length {
-            Some(n) if !body_less => builder.body(SizedStream::new(
+            Some(n) => builder.body(SizedStream::new(
                 n,
                 futures_util::stream::empty::<Result<Bytes, BodyError>>(),
             )),
-            _ => builder.finish(),
+            None => builder.body(actix_web::body::None::new()),
         }
     } else {
         match upstream_length {

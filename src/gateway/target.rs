@@ -16,7 +16,8 @@ pub struct UpstreamMetrics {
     pub responses: [prometheus::IntCounter; 5],
     /// `payg_upstream_duration_seconds{api}`: until the response head.
     pub duration: prometheus::Histogram,
-    /// `payg_upstream_connect_errors_total{api}`: refused, unreachable, reset.
+    /// `payg_upstream_connect_errors_total{api}`: every call with no answer
+    /// but a timeout — refused, unreachable, reset, TLS refused, not HTTP.
     pub connect_errors: prometheus::IntCounter,
     /// `payg_upstream_timeouts_total{api}`: no head within `timeout_ms`.
     pub timeouts: prometheus::IntCounter,
@@ -29,8 +30,7 @@ impl UpstreamMetrics {
     }
 }
 
-/// Where a gateway API's calls go, and how.
-#[derive(Debug)]
+/// Where a gateway API's calls go, and how. (`Debug` leaves the secrets out.)
 pub struct UpstreamTarget {
     /// `X-Payg-Api` and the metrics label.
     pub slug: Arc<str>,
@@ -45,6 +45,19 @@ pub struct UpstreamTarget {
     signing_secret: String,
     previous_secret: Option<(String, DateTime<Utc>)>,
     pub metrics: UpstreamMetrics,
+}
+
+impl std::fmt::Debug for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTarget")
+            .field("slug", &self.slug)
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("preserve_host", &self.preserve_host)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamTarget {

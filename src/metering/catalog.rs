@@ -145,10 +145,29 @@ impl Catalog {
         segments: &[Segment<'a>],
     ) -> Option<(CatalogEntry, &'a str)> {
         let maps = self.maps.read().unwrap_or_else(|e| e.into_inner());
-        maps.gateway
-            .iter()
-            .filter(|r| r.method.as_ref().is_none_or(|m| m == method))
-            .find_map(|r| rest_after(&r.prefix, raw_path, segments).map(|rest| (r.entry.clone(), rest)))
+        // Routes come longest prefix first, exact methods before `*`; a
+        // HEAD may also take a GET entry (HEAD is GET without the body),
+        // after HEAD and `*` entries of the same prefix.
+        let mut head_as_get: Option<(&GatewayRoute, &'a str)> = None;
+        for route in &maps.gateway {
+            if let Some((found, _)) = head_as_get
+                && found.prefix.len() > route.prefix.len()
+            {
+                break;
+            }
+            let Some(rest) = rest_after(&route.prefix, raw_path, segments) else {
+                continue;
+            };
+            match &route.method {
+                None => return Some((route.entry.clone(), rest)),
+                Some(m) if m == method => return Some((route.entry.clone(), rest)),
+                Some(m) if *method == Method::HEAD && *m == Method::GET && head_as_get.is_none() => {
+                    head_as_get = Some((route, rest));
+                }
+                Some(_) => {}
+            }
+        }
+        head_as_get.map(|(route, rest)| (route.entry.clone(), rest))
     }
 }
 

@@ -34,8 +34,9 @@ pub struct NewApi {
     pub description: Description,
 }
 
-/// Where a gateway API's calls are forwarded, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+/// Where a gateway API's calls are forwarded, and how. (`Debug` leaves the
+/// secrets out.)
+#[derive(Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = api_upstreams, check_for_backend(diesel::pg::Pg))]
 pub struct Upstream {
     pub api_id: i32,
@@ -49,8 +50,22 @@ pub struct Upstream {
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
 }
 
-/// A new upstream's settings, checked.
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("api_id", &self.api_id)
+            .field("url", &self.url)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("preserve_host", &self.preserve_host)
+            .field("previous_secret_expires_at", &self.previous_secret_expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new upstream's settings, checked. (`Debug` leaves the secret out.)
+#[derive(Clone)]
 pub struct NewUpstream {
     pub url: UpstreamUrl,
     pub timeout_ms: i32,
@@ -58,6 +73,18 @@ pub struct NewUpstream {
     pub max_body_bytes: i64,
     pub preserve_host: bool,
     pub signing_secret: String,
+}
+
+impl std::fmt::Debug for NewUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUpstream")
+            .field("url", &self.url)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("preserve_host", &self.preserve_host)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A partial update of an upstream: `None` leaves a field alone.
@@ -230,10 +257,15 @@ impl Api {
             .optional()
     }
 
-    pub async fn find_by_slug(conn: &mut AsyncPgConnection, slug: &str) -> QueryResult<Option<Api>> {
+    /// One entry, by slug, with its upstream.
+    pub async fn find_by_slug_with_upstream(
+        conn: &mut AsyncPgConnection,
+        slug: &str,
+    ) -> QueryResult<Option<(Api, Option<Upstream>)>> {
         apis::table
+            .left_join(api_upstreams::table)
             .filter(apis::slug.eq(slug))
-            .select(Api::as_select())
+            .select((Api::as_select(), Option::<Upstream>::as_select()))
             .first(conn)
             .await
             .optional()

@@ -1,7 +1,8 @@
 //! The gateway's catch-all handler: every path payg does not serve itself
 //! reaches it, inside the metering middleware. A path that matched a
 //! gateway API (the middleware left a `GatewayCall`) is forwarded to its
-//! upstream; any other path is 404.
+//! upstream; any other path is 404 (400 `invalid_path` when the path could
+//! step outside a base path, which the middleware checks first).
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
@@ -32,7 +33,7 @@ pub async fn forward(
         .unwrap_or_default();
     let forwarded = state.clients.forwarded(&req);
     let call = Forward {
-        call: &call,
+        gateway: &call,
         user_id: caller.user_id,
         request_id: &request_id,
         forwarded,

@@ -96,6 +96,8 @@ async fn method_path_query_body_and_headers_are_forwarded_and_payg_signs_who_is_
         .header("X-Payg-User-Id", "someone-else")
         .header("x-payg-user-id", "again")
         .header("X-PAYG-API", "free-api")
+        .header("x_payg_user_id", "underscored")
+        .header("payg_signature", "t=1,v1=00")
         .header("Payg-Signature", "t=1,v1=00")
         .header("X-Forwarded-For", "6.6.6.6")
         .header("cookie", "payg_session=s; theme=dark")
@@ -120,6 +122,11 @@ async fn method_path_query_body_and_headers_are_forwarded_and_payg_signs_who_is_
     let seen = up.last();
     assert_eq!(seen.header("authorization"), None);
     assert_eq!(seen.headers_named("x-payg-user-id"), [user.id.to_string()]);
+    assert!(
+        seen.headers.iter().all(|(n, _)| !n.contains('_')),
+        "a payg header spelt with '_' reached the upstream: {:?}",
+        seen.headers
+    );
     assert_eq!(seen.headers_named("x-payg-api"), ["weather"]);
     assert_eq!(seen.header("x-payg-request-id"), Some(request_id.as_str()));
     assert_eq!(
@@ -318,6 +325,7 @@ async fn paths_that_could_escape_the_base_path_are_refused_and_reach_nothing() {
         "/weather/a%5cb",
         "/weather/./x",
         "/weather/%zz",
+        "/weather/..;/admin",
     ] {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
@@ -412,6 +420,16 @@ async fn a_gateway_route_cannot_shadow_what_payg_serves_and_the_longest_prefix_t
     assert_eq!(path_of(app.get_auth("/geo/x", &user.token).await).await, "/get/x");
     let post = app.post_auth("/geo/x", &user.token, &json!({})).await;
     assert_eq!(path_of(post).await, "/any/x");
+    // A HEAD may take a GET entry: maps-v2, the longest prefix.
+    let head = app
+        .client
+        .head(app.url("/maps/v2/t"))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(up.last().path, "/b/t");
     // A POST to /maps/v2 is not maps-v2's (GET only): /maps takes it.
     let post = app.post_auth("/maps/v2/t", &user.token, &json!({})).await;
     assert_eq!(path_of(post).await, "/a/v2/t");
@@ -421,7 +439,7 @@ async fn a_gateway_route_cannot_shadow_what_payg_serves_and_the_longest_prefix_t
     app.flush_meter().await;
     let period = this_period();
     assert_eq!(usage_of(&app.db, user.id, "maps", &period).await, (3, 0));
-    assert_eq!(usage_of(&app.db, user.id, "maps-v2", &period).await, (1, 0));
+    assert_eq!(usage_of(&app.db, user.id, "maps-v2", &period).await, (2, 0));
     assert_eq!(usage_of(&app.db, user.id, "geo-get", &period).await, (1, 0));
     assert_eq!(usage_of(&app.db, user.id, "geo-any", &period).await, (1, 0));
 }
@@ -500,6 +518,16 @@ async fn head_expect_continue_chunked_uploads_body_limits_and_upgrades() {
     let answer = raw(&app.address, upgrade.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
     assert!(answer.contains("upgrade_not_supported"), "{answer}");
+    // An h2c offer (curl --http2) is optional: served over HTTP/1.1, not passed on.
+    let h2c = format!(
+        "GET /weather/h2c HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Connection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+        user.token
+    );
+    let answer = raw(&app.address, h2c.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.last();
+    assert_eq!((seen.header("upgrade"), seen.header("http2-settings")), (None, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
