@@ -63,8 +63,12 @@ pub fn to_upstream(headers: &HeaderMap, preserve_host: bool) -> Vec<(HeaderName,
     let mut out = Vec::with_capacity(headers.len());
     for (name, value) in headers {
         // Compared with `_` read as `-`, as CGI-style upstreams read it.
-        let spelt = name.as_str().replace('_', "-");
-        let n = spelt.as_str();
+        let spelt: std::borrow::Cow<'_, str> = if name.as_str().contains('_') {
+            name.as_str().replace('_', "-").into()
+        } else {
+            name.as_str().into()
+        };
+        let n = spelt.as_ref();
         let dropped = is_hop_by_hop_name(n)
             || connection.iter().any(|c| c == n)
             || n == "content-length"
