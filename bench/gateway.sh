@@ -31,20 +31,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
+SERVER_PID=""
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
-if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
-
-DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-64}
-WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
-WORKERS=${WORKERS:-2}
-LOADGEN_THREADS=${LOADGEN_THREADS:-2}
 USERS=${USERS:-100}
-PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 PORT_BASE=${PORT_BASE:-18190}
 UPSTREAM_PORT=$PORT_BASE
 NGINX_PORT=$((PORT_BASE + 1))
@@ -55,8 +46,6 @@ MODES=(direct nginx payg-off payg)
 declare -A DESCRIBE=([direct]="direct to the upstream" [nginx]="nginx proxy_pass (keep-alive)"
   [payg-off]="payg gateway, metering off (JWT)" [payg]="payg gateway, batched + API key + rate limit")
 
-log() { echo "bench: $*" >&2; }
-die() { echo "bench: error: $*" >&2; exit 1; }
 for v in DURATION CONNECTIONS WARMUP ROUNDS WORKERS LOADGEN_THREADS USERS PORT_BASE; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got ${!v@Q})"
 done
@@ -78,29 +67,10 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/payg-gw-bench.XXXXXX")
 # nginx workers run as an unprivileged user when started as root: let them read the download.
 chmod 755 "$WORK"
-SERVER_PID="" LOADGEN_PID="" KEEP_WORK=0
+LOADGEN_PID="" KEEP_WORK=0
 NGINX_PIDS=()
 CREATED_DBS=()
 
-psql_on() { # database, psql args…
-  local db=$1
-  shift
-  PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -d "$PG_URL/$db" "$@"
-}
-
-stop_server() { # SIGTERM, wait ≤ 60 s (then SIGKILL); returns the exit status
-  local pid=$SERVER_PID rc=0 i
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 600; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null || rc=$?
-  SERVER_PID=""
-  return "$rc"
-}
 
 cleanup() {
   local rc=$? db
@@ -300,10 +270,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
   done
 done
 
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 }
-  END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%d\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-us() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2f ms", u / 1000; else printf "%d µs", u }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 declare -A MED MED50 MED99
 for mode in "${MODES[@]}"; do
   r=() a=() b=()

@@ -44,21 +44,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
+SERVER_PID=""
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
-if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
-
-DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-64}
-WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
-WORKERS=${WORKERS:-2}
-LOADGEN_THREADS=${LOADGEN_THREADS:-2}
 FLUSH_MS=${FLUSH_MS:-200}
 BENCH_PORT=${BENCH_PORT:-18089}
-PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 POOL_SIZE=16          # PAYG_DB_POOL_SIZE (the default), stated for the record
 AUTH_CACHE_MS=${AUTH_CACHE_MS:-1000}  # PAYG_AUTH_CACHE_MS (1000 is payg's default)
 # The default per-user rate limit (600/min) would answer the hot user with 429
@@ -89,8 +80,6 @@ for m in "${MODES[@]}"; do
   [ -n "${METER_OF[$m]:-}" ] || { echo "bench: error: unknown mode ${m@Q} (off batched sync limited apikey)" >&2; exit 1; }
 done
 
-log() { echo "bench: $*" >&2; }
-die() { echo "bench: error: $*" >&2; exit 1; }
 
 for v in DURATION CONNECTIONS WARMUP ROUNDS WORKERS LOADGEN_THREADS FLUSH_MS AUTH_CACHE_MS BENCH_PORT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got ${!v@Q})"
@@ -104,28 +93,6 @@ SERVER_PID=""
 CREATED_DBS=()
 KEEP_WORK=0
 
-psql_on() { # database, psql args…
-  local db=$1
-  shift
-  PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -d "$PG_URL/$db" "$@"
-}
-
-stop_server() { # Sends SIGTERM, waits (≤ 60 s, then SIGKILL); returns the exit status.
-  local pid=$SERVER_PID rc=0 i
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 600; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "server $pid did not exit within 60 s of SIGTERM; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || rc=$?
-  SERVER_PID=""
-  return "$rc"
-}
 
 cleanup() {
   local rc=$?
@@ -327,10 +294,6 @@ done
 
 # ------------------------------------------------------------------ report
 
-us() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2f ms", u / 1000; else printf "%d µs", u }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 }
-  END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%d\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 label_of() { echo "$1 ($2 user$([ "$2" -eq 1 ] || echo s))"; }
 
 # One row per scenario and mode: median req/s, p50 and p99 over the rounds,

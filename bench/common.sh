@@ -1,0 +1,48 @@
+# Shared by bench/run.sh and bench/gateway.sh (sourced, not run): the
+# toolchain on PATH, the settings both take, and the helpers both use.
+# Expects `set -euo pipefail`, the repository root as the working
+# directory, and the caller's SERVER_PID (the server under test, or "").
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
+WORKERS=${WORKERS:-2}
+LOADGEN_THREADS=${LOADGEN_THREADS:-2}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+
+log() { echo "bench: $*" >&2; }
+die() { echo "bench: error: $*" >&2; exit 1; }
+
+psql_on() { # database, psql args…
+  local db=$1
+  shift
+  PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -d "$PG_URL/$db" "$@"
+}
+
+stop_server() { # Sends SIGTERM, waits (≤ 60 s, then SIGKILL); returns the exit status.
+  local pid=$SERVER_PID rc=0 i
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 600; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "server $pid did not exit within 60 s of SIGTERM; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
+  SERVER_PID=""
+  return "$rc"
+}
+
+us() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2f ms", u / 1000; else printf "%d µs", u }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 }
+  END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%d\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
