@@ -1,7 +1,8 @@
 # Shared by bench/run.sh and bench/gateway.sh (sourced, not run): the
 # toolchain on PATH, the settings both take, and the helpers both use.
 # Expects `set -euo pipefail`, the repository root as the working
-# directory, and the caller's SERVER_PID (the server under test, or "").
+# directory (as ROOT), the caller's SERVER_PID (the server under test, or
+# "") and CREATED_DBS (the databases to drop at exit).
 
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   # shellcheck disable=SC1091
@@ -40,6 +41,25 @@ stop_server() { # Sends SIGTERM, waits (≤ 60 s, then SIGKILL); returns the exi
   wait "$pid" 2>/dev/null || rc=$?
   SERVER_PID=""
   return "$rc"
+}
+
+# Drops every database named in CREATED_DBS (at exit).
+drop_created_databases() {
+  local db
+  for db in ${CREATED_DBS[@]+"${CREATED_DBS[@]}"}; do
+    psql_on postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
+      echo "bench: could not drop database $db" >&2
+  done
+}
+
+# Services up, then the release server and load generator: sets PAYG and LOADGEN.
+build_bench_binaries() {
+  ./scripts/services.sh >&2
+  log "building (cargo build --release --example loadgen --bin payg)"
+  cargo build --release --example loadgen --bin payg >&2
+  PAYG="$ROOT/target/release/payg"
+  LOADGEN="$ROOT/target/release/examples/loadgen"
+  { [ -x "$PAYG" ] && [ -x "$LOADGEN" ]; } || die "build outputs missing"
 }
 
 us() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2f ms", u / 1000; else printf "%d µs", u }'; }

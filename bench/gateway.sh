@@ -73,7 +73,7 @@ CREATED_DBS=()
 
 
 cleanup() {
-  local rc=$? db
+  local rc=$?
   set +e
   trap - EXIT INT TERM
   [ -z "$LOADGEN_PID" ] || kill -TERM "$LOADGEN_PID" 2>/dev/null
@@ -81,9 +81,7 @@ cleanup() {
   for conf in "$WORK"/nginx-*.conf; do
     [ -f "$conf" ] && "$NGINX" -c "$conf" -p "$WORK" -s stop 2>/dev/null
   done
-  for db in ${CREATED_DBS[@]+"${CREATED_DBS[@]}"}; do
-    psql_on postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1
-  done
+  drop_created_databases
   if [ "$rc" -ne 0 ] || [ "$KEEP_WORK" -eq 1 ]; then
     echo "bench: logs kept in $WORK" >&2
   else
@@ -95,11 +93,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-./scripts/services.sh >&2
-log "building (cargo build --release --example loadgen --bin payg)"
-cargo build --release --example loadgen --bin payg >&2
-PAYG="$ROOT/target/release/payg"
-LOADGEN="$ROOT/target/release/examples/loadgen"
+build_bench_binaries
 for port in "$UPSTREAM_PORT" "$NGINX_PORT" "$PAYG_PORT"; do
   if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
     die "something already listens on 127.0.0.1:$port; set PORT_BASE"

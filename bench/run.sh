@@ -105,11 +105,7 @@ cleanup() {
   if [ -n "$SERVER_PID" ]; then
     stop_server >/dev/null 2>&1
   fi
-  local db
-  for db in ${CREATED_DBS[@]+"${CREATED_DBS[@]}"}; do
-    psql_on postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
-      echo "bench: could not drop database $db" >&2
-  done
+  drop_created_databases
   if [ "$rc" -ne 0 ] || [ "$KEEP_WORK" -eq 1 ]; then
     echo "bench: server logs and load generator output kept in $WORK" >&2
   else
@@ -123,12 +119,7 @@ trap 'exit 143' TERM
 
 # ------------------------------------------------------------------ setup
 
-./scripts/services.sh >&2
-log "building (cargo build --release --example loadgen --bin payg)"
-cargo build --release --example loadgen --bin payg >&2
-PAYG="$ROOT/target/release/payg"
-LOADGEN="$ROOT/target/release/examples/loadgen"
-{ [ -x "$PAYG" ] && [ -x "$LOADGEN" ]; } || die "build outputs missing"
+build_bench_binaries
 
 if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$BENCH_PORT/"; then
   die "something already listens on 127.0.0.1:$BENCH_PORT; set BENCH_PORT"

@@ -40,6 +40,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::tokens;
+use crate::config::Secret;
 use crate::domain::gateway as gw;
 use crate::domain::pricing::{InvalidPrice, PriceVersion, Tier};
 use crate::domain::text::{Description, GatewayPrefix, HttpMethod, InvalidText, Name, RoutePattern, Slug, UpstreamUrl};
@@ -135,8 +136,8 @@ impl UpstreamSettings {
 }
 
 /// `pgs_` + 43 base62 characters (about 256 bits).
-pub fn new_signing_secret() -> String {
-    tokens::generate("pgs_")
+pub fn new_signing_secret() -> Secret {
+    Secret::new(tokens::generate("pgs_"))
 }
 
 /// The one rule for a new entry: a gateway API's route is a path prefix
@@ -246,12 +247,11 @@ fn invalid(slug: &str, why: impl ToString) -> ApplyError {
 }
 
 /// What an apply did: one line per change, and the signing secrets it
-/// generated (shown once, like the admin route's answer; no `Debug`, so
-/// they cannot end up in a log line by accident).
-#[derive(Default)]
+/// generated (shown once, like the admin route's answer).
+#[derive(Debug, Default)]
 pub struct Applied {
     pub changes: Vec<String>,
-    pub new_secrets: Vec<(String, String)>,
+    pub new_secrets: Vec<(String, Secret)>,
 }
 
 /// Applies `file` in one transaction (see the module's documentation).
@@ -321,7 +321,9 @@ async fn apply_entry(
         }
         applied.changes.push(format!("created {slug}"));
         if let Some(up) = created_upstream {
-            applied.new_secrets.push((slug.to_owned(), up.signing_secret));
+            applied
+                .new_secrets
+                .push((slug.to_owned(), Secret::new(up.signing_secret)));
         }
         return Ok(());
     };
@@ -379,7 +381,9 @@ async fn apply_entry(
     if !what.is_empty() {
         let updated = Api::update(conn, api.id, &changes, &upstream_update).await?;
         if added_upstream && let Some((_, Some(up))) = updated {
-            applied.new_secrets.push((slug.to_owned(), up.signing_secret));
+            applied
+                .new_secrets
+                .push((slug.to_owned(), Secret::new(up.signing_secret)));
         }
         applied.changes.push(format!("updated {slug}: {}", what.join(", ")));
     }

@@ -201,6 +201,7 @@ async fn catalog_command(config: &Config, cmd: CatalogCommand) -> anyhow::Result
                 println!("{change}");
             }
             for (slug, secret) in &applied.new_secrets {
+                let secret = secret.expose();
                 println!("{slug}: signing secret {secret} (shown this once; give it to the upstream)");
             }
         }

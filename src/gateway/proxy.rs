@@ -120,8 +120,7 @@ pub async fn forward(
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
-    let origin = &target.base_url[..target.base_url.len() - target.base_path.len()];
-    let url = format!("{origin}{path_and_query}");
+    let url = format!("{}{path_and_query}", target.origin);
 
     let user_id = call.user_id.to_string();
     let timestamp = call.now.timestamp();

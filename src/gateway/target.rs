@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::Secret;
 use crate::models::api::Upstream;
 
 /// The per-API upstream metrics, resolved once per catalog load (labelled
@@ -30,34 +31,22 @@ impl UpstreamMetrics {
     }
 }
 
-/// Where a gateway API's calls go, and how. (`Debug` leaves the secrets out.)
+/// Where a gateway API's calls go, and how.
+#[derive(Debug)]
 pub struct UpstreamTarget {
     /// `X-Payg-Api` and the metrics label.
     pub slug: Arc<str>,
-    /// `scheme://authority` then the base path, without a trailing `/`.
-    pub base_url: String,
-    /// The base path alone (`/v2`, or empty), for the signed path.
+    /// `scheme://authority` of the upstream.
+    pub origin: String,
+    /// The base path (`/v2`, or empty), without a trailing `/`.
     pub base_path: String,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_body_bytes: u64,
     pub preserve_host: bool,
-    signing_secret: String,
-    previous_secret: Option<(String, DateTime<Utc>)>,
+    signing_secret: Secret,
+    previous_secret: Option<(Secret, DateTime<Utc>)>,
     pub metrics: UpstreamMetrics,
-}
-
-impl std::fmt::Debug for UpstreamTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamTarget")
-            .field("slug", &self.slug)
-            .field("base_url", &self.base_url)
-            .field("timeout", &self.timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("preserve_host", &self.preserve_host)
-            .finish_non_exhaustive()
-    }
 }
 
 impl UpstreamTarget {
@@ -67,16 +56,21 @@ impl UpstreamTarget {
         let path_at = row.url[after_scheme..]
             .find('/')
             .map_or(row.url.len(), |i| after_scheme + i);
+        let (origin, base_path) = row.url.split_at(path_at);
         Self {
             slug: Arc::from(slug),
-            base_url: row.url.clone(),
-            base_path: row.url[path_at..].to_owned(),
+            origin: origin.to_owned(),
+            base_path: base_path.to_owned(),
             timeout: Duration::from_millis(u64::try_from(row.timeout_ms).unwrap_or(1)),
             connect_timeout: Duration::from_millis(u64::try_from(row.connect_timeout_ms).unwrap_or(1)),
             max_body_bytes: u64::try_from(row.max_body_bytes).unwrap_or(0),
             preserve_host: row.preserve_host,
-            signing_secret: row.signing_secret.clone(),
-            previous_secret: row.previous_signing_secret.clone().zip(row.previous_secret_expires_at),
+            signing_secret: Secret::new(row.signing_secret.as_str()),
+            previous_secret: row
+                .previous_signing_secret
+                .as_deref()
+                .map(Secret::new)
+                .zip(row.previous_secret_expires_at),
             metrics,
         }
     }
@@ -84,11 +78,11 @@ impl UpstreamTarget {
     /// The secrets that sign a call made at `now`: the current one, and the
     /// previous one during its grace period.
     pub fn secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
-        let mut secrets = vec![self.signing_secret.as_str()];
+        let mut secrets = vec![self.signing_secret.expose()];
         if let Some((previous, until)) = &self.previous_secret
             && now < *until
         {
-            secrets.push(previous);
+            secrets.push(previous.expose());
         }
         secrets
     }

@@ -3,6 +3,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
+use crate::config::Secret;
 use crate::domain::Period;
 use crate::domain::pricing::PriceVersion;
 use crate::domain::text::{Description, HttpMethod, Name, Slug, UpstreamUrl};
@@ -64,27 +65,15 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// A new upstream's settings, checked. (`Debug` leaves the secret out.)
-#[derive(Clone)]
+/// A new upstream's settings, checked.
+#[derive(Debug, Clone)]
 pub struct NewUpstream {
     pub url: UpstreamUrl,
     pub timeout_ms: i32,
     pub connect_timeout_ms: i32,
     pub max_body_bytes: i64,
     pub preserve_host: bool,
-    pub signing_secret: String,
-}
-
-impl std::fmt::Debug for NewUpstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewUpstream")
-            .field("url", &self.url)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("preserve_host", &self.preserve_host)
-            .finish_non_exhaustive()
-    }
+    pub signing_secret: Secret,
 }
 
 /// A partial update of an upstream: `None` leaves a field alone.
@@ -117,7 +106,7 @@ impl Upstream {
                 api_upstreams::connect_timeout_ms.eq(up.connect_timeout_ms),
                 api_upstreams::max_body_bytes.eq(up.max_body_bytes),
                 api_upstreams::preserve_host.eq(up.preserve_host),
-                api_upstreams::signing_secret.eq(&up.signing_secret),
+                api_upstreams::signing_secret.eq(up.signing_secret.expose()),
             ))
             .returning(Upstream::as_returning())
             .get_result(conn)
@@ -129,14 +118,14 @@ impl Upstream {
     pub async fn rotate_secret(
         conn: &mut AsyncPgConnection,
         api_id: i32,
-        new_secret: &str,
+        new_secret: &Secret,
         previous_until: DateTime<Utc>,
     ) -> QueryResult<Option<Upstream>> {
         diesel::update(api_upstreams::table.find(api_id))
             .set((
                 api_upstreams::previous_signing_secret.eq(api_upstreams::signing_secret.nullable()),
                 api_upstreams::previous_secret_expires_at.eq(previous_until),
-                api_upstreams::signing_secret.eq(new_secret),
+                api_upstreams::signing_secret.eq(new_secret.expose()),
             ))
             .returning(Upstream::as_returning())
             .get_result(conn)

@@ -18,7 +18,8 @@ pub async fn forward(
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
 ) -> ApiResult<HttpResponse> {
-    let Some(call) = req.extensions().get::<GatewayCall>().cloned() else {
+    // Taken, not cloned: nothing after the handler needs it.
+    let Some(call) = req.extensions_mut().remove::<GatewayCall>() else {
         return Err(ApiError::not_found("no such route"));
     };
     // The middleware authenticated the call before leaving `GatewayCall`
