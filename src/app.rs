@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::db::{self, DbPool};
 use crate::domain::{Clock, Period};
 use crate::gateway::TlsSettings;
+use crate::metering::rate_limit::RateLimiter;
 use crate::metering::{Catalog, Meter, Metering};
 use crate::models::Api;
 use crate::redis_store::RedisStore;
@@ -69,8 +70,8 @@ impl AppState {
             clients.clone(),
             AuthSettings {
                 standing_ttl: config.auth_cache_ttl,
+                stale_if_error: config.stale_if_error,
                 overdue_days: config.billing.overdue_days,
-                rate_limit: config.rate_limit,
             },
         ));
         let meter = Arc::new(Meter::new(
@@ -84,6 +85,7 @@ impl AppState {
             catalog: catalog.clone(),
             meter: meter.clone(),
             authenticator: authenticator.clone(),
+            rate_limits: Arc::new(RateLimiter::new(config.rate_limit, redis.clone())),
             clock: clock.clone(),
             billing_tz: config.billing_tz,
             rate_limit_refusals: metrics.rate_limit_refusals.clone(),

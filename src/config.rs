@@ -52,8 +52,14 @@ pub struct Config {
     pub metrics_bind: SocketAddr,
     pub db_pool_size: usize,
     pub workers: usize,
-    /// How long a user's role and status are trusted from memory.
+    /// How long a user's role, status and dues are used from memory before
+    /// the database is asked again (changes made through payg reach every
+    /// instance at once by push; this bounds changes made around it, and an
+    /// invoice turning overdue).
     pub auth_cache_ttl: Duration,
+    /// How long standings and API keys already trusted stay usable while
+    /// PostgreSQL cannot answer (`PAYG_STALE_IF_ERROR`, default 60 s).
+    pub stale_if_error: Duration,
     /// Per-user limit on metered calls; `None` when disabled (limit 0).
     pub rate_limit: Option<RateLimit>,
     /// Keys the hashes of API keys and refresh tokens.
@@ -197,8 +203,13 @@ impl Config {
             auth_cache_ttl: Duration::from_millis(parse_or(
                 "PAYG_AUTH_CACHE_MS",
                 var("PAYG_AUTH_CACHE_MS"),
-                Some(1000u64),
+                Some(30_000u64),
             )?),
+            stale_if_error: duration_or(
+                "PAYG_STALE_IF_ERROR",
+                var("PAYG_STALE_IF_ERROR"),
+                Duration::from_secs(60),
+            )?,
             rate_limit: rate_limit(&var, "PAYG_RATE_LIMIT_PER_MINUTE", "PAYG_RATE_LIMIT_BURST", (600, None))?,
             api_key_secret: Secret::new(
                 var("PAYG_API_KEY_SECRET").unwrap_or_else(|| derived_secret(&jwt_secret, "payg api keys")),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -140,6 +141,38 @@ pub async fn ping(pool: &DbPool) -> bool {
         return false;
     };
     diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
+}
+
+/// Whether a database error means the connection itself failed: it was
+/// closed or reset, the server is shutting down or restarting, or an
+/// administrator terminated the backend. Such errors say nothing about the
+/// request, and a retry on a fresh connection may well succeed (`error.rs`
+/// answers 503; authentication falls back to what it trusted already).
+pub fn connection_failed(err: &DieselError) -> bool {
+    match err {
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _) => {
+            true
+        }
+        DieselError::DatabaseError(_, info) => {
+            let message = info.message();
+            // SQLSTATE class 57 (operator intervention) and 08 (connection
+            // exception), as PostgreSQL words them (in English, its default
+            // lc_messages); diesel keeps only the text. A statement timeout
+            // is not among them: it is a slow query, ours to fix (500).
+            [
+                "terminating connection",
+                "the database system is",
+                "connection closed",
+                "connection reset",
+                "server closed the connection",
+            ]
+            .iter()
+            .any(|needle| message.contains(needle))
+        }
+        DieselError::BrokenTransactionManager => true,
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => connection_failed(commit_error),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

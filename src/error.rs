@@ -10,7 +10,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::{StatusCode, header};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
 use serde::Serialize;
 
 use crate::auth::AuthError;
@@ -324,42 +324,11 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Whether a database error means the connection itself failed: it was
-/// closed or reset, the server is shutting down or restarting, or an
-/// administrator terminated the backend. Such errors say nothing about the
-/// request, and a retry on a fresh connection may well succeed: 503.
-fn connection_failed(err: &DieselError) -> bool {
-    match err {
-        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _) => {
-            true
-        }
-        DieselError::DatabaseError(_, info) => {
-            let message = info.message();
-            // SQLSTATE class 57 (operator intervention) and 08 (connection
-            // exception), as PostgreSQL words them (in English, its default
-            // lc_messages); diesel keeps only the text. A statement timeout
-            // is not among them: it is a slow query, ours to fix (500).
-            [
-                "terminating connection",
-                "the database system is",
-                "connection closed",
-                "connection reset",
-                "server closed the connection",
-            ]
-            .iter()
-            .any(|needle| message.contains(needle))
-        }
-        DieselError::BrokenTransactionManager => true,
-        DieselError::RollbackErrorOnCommit { commit_error, .. } => connection_failed(commit_error),
-        _ => false,
-    }
-}
-
 impl From<DieselError> for ApiError {
     fn from(err: DieselError) -> Self {
         match err {
             DieselError::NotFound => Self::not_found("not found"),
-            ref e if connection_failed(e) => {
+            ref e if crate::db::connection_failed(e) => {
                 tracing::warn!(error = %err, "database connection failed");
                 Self::database_unavailable()
             }
@@ -562,6 +531,7 @@ impl From<AuthError> for ApiError {
                 "signed-in routes are paused while logged-out sessions cannot be told apart; retry shortly",
             )
             .with_retry_after(1),
+            AuthError::DatabaseUnavailable => Self::database_unavailable(),
             AuthError::Forbidden(why) => Self::forbidden(why),
             AuthError::Throttled(t) => t.into(),
             AuthError::Database(e) => e.into(),
@@ -664,6 +634,7 @@ pub fn envelope_framework_errors<B>(res: ServiceResponse<B>) -> actix_web::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use diesel::result::DatabaseErrorKind;
 
     #[test]
     fn a_nul_refused_by_postgres_is_the_clients_error_other_database_errors_are_ours() {

@@ -1,18 +1,27 @@
 //! The background loops, all in one place: the meter flush, the scheduled
-//! month close, the catalog refresh and the API-key revalidation. Each runs
+//! month close, the catalog refresh, the API-key revalidation, the listener
+//! for pushed revocations and the rate-limit lease sweeper. Each runs
 //! until `shutdown` flips; `startup::Application::run_until_stopped` starts
 //! and joins them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
+use crate::auth::Authenticator;
 use crate::auth::key_cache::REVALIDATE_EVERY;
+use crate::auth::revocations::PING_EVERY;
 use crate::billing::close::{CloseOutcome, periods_due_for_close};
 use crate::metering::Meter;
+use crate::metering::rate_limit::{RateLimiter, SWEEP_EVERY};
+use crate::redis_store::{Event, RedisStore};
+
+/// How often the listener forgets expired deny-list entries and standings.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// Flushes every `interval` until `shutdown` flips, backing off (up to
 /// 5 s) while the database refuses. Prunes old flush ids hourly.
@@ -129,6 +138,96 @@ pub fn spawn_key_revalidation(state: Arc<AppState>, mut shutdown: watch::Receive
                         failing = true;
                         tracing::warn!(error = %e, "API key revalidation failed");
                     }
+                }
+            }
+        }
+    })
+}
+
+/// Listens for pushed changes (logouts, user changes, key revocations) and
+/// applies them to the authenticator's memory. Pub/sub was chosen over
+/// Streams or keyspace notifications: it is one connection and no state in
+/// Redis per message, delivery is immediate, and what it cannot do — keep
+/// messages for an instance that was not listening — is covered by reading
+/// the deny-list whole after every (re)subscription (`Revocations::resynced`);
+/// keyspace notifications would need a server setting operators forget.
+/// A ping every `PING_EVERY` proves the connection still carries messages;
+/// when it does not, memory stops being trusted (`Revocations::hearing`)
+/// and the listener reconnects, backing off up to 2 s.
+pub fn spawn_revocation_listener(
+    authenticator: Arc<Authenticator>,
+    redis: Arc<RedisStore>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        let mut last_prune = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Some((mut sink, mut messages)) = redis.subscribe().await {
+                // Subscribed first, then read: a change published between
+                // the two is both in the set and in the channel, never in
+                // neither.
+                if let Some(denied) = redis.denied_snapshot().await {
+                    let lost_by_redis = authenticator.revocations().resynced(denied);
+                    for (id, until_ms) in lost_by_redis {
+                        redis.deny(id, until_ms).await;
+                    }
+                    backoff = Duration::from_millis(50);
+                    tracing::info!("listening for revocations");
+                    let mut ping = tokio::time::interval(PING_EVERY);
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => match message {
+                                Some(message) => {
+                                    let payload: String = message.get_payload().unwrap_or_default();
+                                    authenticator.heard(&Event::decode(&payload));
+                                }
+                                None => break,
+                            },
+                            _ = ping.tick() => {
+                                // A slow pong only ages what was heard (memory is
+                                // trusted for HEARING_BOUND); a broken connection, or
+                                // silence past the bound, means reconnecting.
+                                match tokio::time::timeout(PING_EVERY, sink.ping::<redis::Value>()).await {
+                                    Ok(Ok(_)) => authenticator.revocations().heard(),
+                                    Ok(Err(_)) => break,
+                                    Err(_) if !authenticator.revocations().hearing() => break,
+                                    Err(_) => {}
+                                }
+                                if last_prune.elapsed() >= PRUNE_EVERY {
+                                    last_prune = Instant::now();
+                                    authenticator.prune();
+                                }
+                            }
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                    tracing::warn!("lost the revocation channel; reconnecting");
+                }
+            }
+            authenticator.revocations().lost();
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    })
+}
+
+/// Gives expired rate-limit leases' unused calls back every `SWEEP_EVERY`,
+/// and every lease's at shutdown (another instance may serve them).
+pub fn spawn_lease_sweeper(limiter: Arc<RateLimiter>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => limiter.sweep(false).await,
+                _ = shutdown.changed() => {
+                    limiter.sweep(true).await;
+                    return;
                 }
             }
         }

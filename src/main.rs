@@ -277,7 +277,9 @@ async fn tell_instances_user_changed(config: &Config, user_id: Uuid) {
     let store = redis::Client::open(config.redis_url.expose())
         .map(|client| payg::redis_store::RedisStore::new(client, config.redis_prefix.clone()));
     if let Ok(store) = store
-        && store.bump_user_version(user_id).await
+        && store
+            .publish(&payg::redis_store::Event::UserChanged { user: user_id })
+            .await
     {
         return;
     }

@@ -1,16 +1,19 @@
 //! Redis: the store shared by all instances for the access-token deny-list,
-//! per-user rate limits, "user changed" versions and login lockouts.
+//! the change events every instance listens to, per-user rate-limit leases
+//! and login lockouts.
 //!
-//! Redis is never required to serve metered calls: every operation returns
-//! `None` when Redis cannot answer, and each says by its [`Policy`] what
-//! that `None` may mean. Metered calls fail open behind a circuit breaker:
-//! after a failure they do not try Redis for a second, so an outage costs
-//! them no latency. Security decisions (the lockout, the deny-list outside
-//! metered calls, writing a logout) ignore the breaker and ask every time,
-//! and their callers fail closed: the breaker can open because payg itself
-//! is overloaded (a starved worker times out its own Redis call), and that
-//! must never switch off a lockout or a logout. The outage is logged once
-//! when it starts and once when it ends.
+//! No metered call waits on Redis: the deny-list and user changes reach
+//! every instance by pub/sub into memory (`auth::revocations`), and rate
+//! limits are leased in batches (`metering::rate_limit`). Every operation
+//! returns `None` when Redis cannot answer, and each says by its [`Policy`]
+//! what that `None` may mean. Lease requests fail open behind a circuit
+//! breaker: after a failure they do not try Redis for a second, so an
+//! outage costs calls no latency. Security decisions (the lockout, writing
+//! a logout) ignore the breaker and ask every time, and their callers fail
+//! closed: the breaker can open because payg itself is overloaded (a starved
+//! worker times out its own Redis call), and that must never switch off a
+//! lockout or a logout. The outage is logged once when it starts and once
+//! when it ends.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -21,11 +24,6 @@ use uuid::Uuid;
 
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
-/// How long a user's version key outlives its last bump. A version only has
-/// to outlive the standings cached against it (`PAYG_AUTH_CACHE_MS`, about a
-/// second); when the key goes, the version reads as 0, which differs from
-/// any cached one, so the standing is simply read again.
-pub const USER_VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
 const TIMEOUT: Duration = Duration::from_millis(250);
 
 /// What an operation does while Redis is failing.
@@ -40,33 +38,117 @@ pub enum Policy {
     FailClosed,
 }
 
-/// One round trip per metered call: deny-list check, user version, and a
-/// GCRA rate-limit step, atomically. All keys share the user's hash tag so
-/// the script also runs on Redis Cluster.
+/// Leases up to ARGV[3] calls of a user's GCRA budget in one step: the
+/// budget is spent in Redis now, and the instance hands the calls out from
+/// memory. Granting fewer than asked (down to none) is how the global limit
+/// holds across instances.
 ///
-/// KEYS: rate, deny (for the token's jti), version, deny (for its session).
-/// ARGV: emission interval µs, burst tolerance µs, 1 = apply the limit.
-/// Returns {denied, version, allowed, remaining, retry_after_µs, reset_µs}.
-const CHECK_CALL_LUA: &str = r"
-local denied = redis.call('EXISTS', KEYS[2], KEYS[4])
-if denied > 0 then denied = 1 end
-local version = tonumber(redis.call('GET', KEYS[3]) or '0')
-if denied == 1 or ARGV[3] ~= '1' then
-  return {denied, version, 1, -1, 0, 0}
-end
+/// KEYS: the user's theoretical arrival time (TAT) key.
+/// ARGV: emission interval µs, burst tolerance µs, calls wanted (≥ 1).
+/// Returns {granted, remaining after the grant, retry_after_µs, reset_µs}.
+const LEASE_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local new_tat = tat + interval
-if new_tat - now > tolerance then
-  return {0, version, 0, 0, new_tat - tolerance - now, tat - now}
+local room = math.floor((tolerance - (tat - now)) / interval)
+if room < 1 then
+  return {0, 0, tat + interval - tolerance - now, tat - now}
 end
+local granted = math.min(want, room)
+local new_tat = tat + granted * interval
 redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1)
-return {0, version, 1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
+return {granted, room - granted, 0, new_tat - now}
 ";
+
+/// Gives back ARGV[2] leased calls that were not used: the TAT moves back by
+/// as many intervals, never before now (a full bucket stays full). This only
+/// undoes grants, so it can never allow more than the limit.
+///
+/// KEYS: the TAT key. ARGV: emission interval µs, calls returned.
+const RETURN_LEASE_LUA: &str = r"
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local back = tat - tonumber(ARGV[1]) * tonumber(ARGV[2])
+if back <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], back, 'PX', math.floor((back - now) / 1000) + 1)
+end
+return 1
+";
+
+/// One change, as published on the events channel (see [`Event::encode`]);
+/// `auth::revocations` applies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A login session (refresh family) ended: every access token issued in
+    /// it is refused until `until_ms` (Unix ms), when all have expired.
+    SessionDenied { session: Uuid, until_ms: i64 },
+    /// One access token (without a session) was logged out.
+    TokenDenied { jti: Uuid, until_ms: i64 },
+    /// The user's role, status or dues changed: re-read the standing.
+    UserChanged { user: Uuid },
+    /// An API key was revoked (by its stored hash).
+    KeyRevoked { hash: String },
+    /// The listener's own ping, or anything else: proves the channel lives.
+    Heartbeat,
+}
+
+impl Event {
+    /// The wire form: a word and its fields, space-separated. Deny-list
+    /// members in the sorted set use the same `s:`/`t:` ids.
+    pub fn encode(&self) -> String {
+        match self {
+            Event::SessionDenied { session, until_ms } => format!("deny s:{session} {until_ms}"),
+            Event::TokenDenied { jti, until_ms } => format!("deny t:{jti} {until_ms}"),
+            Event::UserChanged { user } => format!("user {user}"),
+            Event::KeyRevoked { hash } => format!("key {hash}"),
+            Event::Heartbeat => "heartbeat".to_owned(),
+        }
+    }
+
+    /// Parses what [`Event::encode`] wrote; anything else is a heartbeat
+    /// (it still proves the channel lives, and changes nothing).
+    pub fn decode(message: &str) -> Event {
+        let mut words = message.split(' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("deny"), Some(member), Some(until)) => match (DeniedId::parse(member), until.parse()) {
+                (Some(DeniedId::Session(session)), Ok(until_ms)) => Event::SessionDenied { session, until_ms },
+                (Some(DeniedId::Token(jti)), Ok(until_ms)) => Event::TokenDenied { jti, until_ms },
+                _ => Event::Heartbeat,
+            },
+            (Some("user"), Some(user), None) => user
+                .parse()
+                .map_or(Event::Heartbeat, |user| Event::UserChanged { user }),
+            (Some("key"), Some(hash), None) => Event::KeyRevoked { hash: hash.to_owned() },
+            _ => Event::Heartbeat,
+        }
+    }
+}
+
+/// A deny-list member: `s:<session id>` or `t:<token id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeniedId {
+    Session(Uuid),
+    Token(Uuid),
+}
+
+impl DeniedId {
+    pub fn parse(member: &str) -> Option<DeniedId> {
+        let (kind, id) = member.split_once(':')?;
+        let id = id.parse().ok()?;
+        match kind {
+            "s" => Some(DeniedId::Session(id)),
+            "t" => Some(DeniedId::Token(id)),
+            _ => None,
+        }
+    }
+}
 
 /// A per-user limit: `per_minute` calls sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,25 +157,26 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// What Redis said about one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallVerdict {
-    /// The access token was logged out.
-    pub denied: bool,
-    /// Bumped whenever the user's role, status or dues change.
-    pub user_version: i64,
-    pub rate: Option<RateOutcome>,
+impl RateLimit {
+    /// The GCRA emission interval and burst tolerance, in µs (the scripts'
+    /// resolution; above 60M/min the interval would round to 0).
+    fn gcra_micros(self) -> (u64, u64) {
+        let interval = (60_000_000 / u64::from(self.per_minute.max(1))).max(1);
+        (interval, interval * u64::from(self.burst.max(1)))
+    }
 }
 
+/// What Redis granted to one lease request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateOutcome {
-    pub limit: u32,
-    pub allowed: bool,
+pub struct LeaseGrant {
+    /// Calls granted (0: the user is at the limit).
+    pub granted: u32,
+    /// Calls the shared budget still had after this grant.
     pub remaining: u32,
-    /// Seconds until the allowance is full again.
-    pub reset_secs: u64,
-    /// Seconds to wait before retrying (refused calls only).
-    pub retry_after_secs: u64,
+    /// Until a call would fit again (when none was granted).
+    pub retry_after: std::time::Duration,
+    /// Until the budget is full again.
+    pub reset: std::time::Duration,
 }
 
 /// One login attempt taken from two budgets at once: KEYS[1] counts the
@@ -138,7 +221,8 @@ pub struct RedisStore {
     prefix: String,
     manager: RwLock<Option<ConnectionManager>>,
     connecting: tokio::sync::Mutex<()>,
-    script: redis::Script,
+    lease_script: redis::Script,
+    return_script: redis::Script,
     login_script: redis::Script,
     down_since: Mutex<Option<Instant>>,
     last_failure: Mutex<Option<Instant>>,
@@ -153,7 +237,8 @@ impl RedisStore {
             prefix,
             manager: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
-            script: redis::Script::new(CHECK_CALL_LUA),
+            lease_script: redis::Script::new(LEASE_LUA),
+            return_script: redis::Script::new(RETURN_LEASE_LUA),
             login_script: redis::Script::new(RESERVE_LOGIN_LUA),
             down_since: Mutex::new(None),
             last_failure: Mutex::new(None),
@@ -293,92 +378,113 @@ impl RedisStore {
         .is_some()
     }
 
-    /// The per-call check. `jti` is the access token's id and `session` its
-    /// login session (both None for API keys).
-    pub async fn check_call(
-        &self,
-        user: Uuid,
-        jti: Option<Uuid>,
-        session: Option<Uuid>,
-        limit: Option<RateLimit>,
-        policy: Policy,
-    ) -> Option<CallVerdict> {
-        let rate_key = self.user_key(user, "rate");
-        let deny_key = match jti {
-            Some(j) => self.user_key(user, &format!("deny:{j}")),
-            None => self.user_key(user, "deny:-"),
+    /// The channel every instance listens on for [`Event`]s.
+    fn events_channel(&self) -> String {
+        self.key("events")
+    }
+
+    /// The deny-list: a sorted set of `s:<session>` / `t:<jti>` members
+    /// scored by the Unix ms until which they are refused. One key, so an
+    /// instance that (re)subscribes reads it whole in one command.
+    fn denied_key(&self) -> String {
+        self.key("denied")
+    }
+
+    /// Opens a connection subscribed to the events channel (for
+    /// `jobs::spawn_revocation_listener`); `None` if Redis cannot be reached.
+    pub async fn subscribe(&self) -> Option<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
+        let subscribed = async {
+            let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+            sink.subscribe(self.events_channel()).await?;
+            redis::RedisResult::Ok((sink, stream))
         };
-        let session_key = match session {
-            Some(s) => self.user_key(user, &format!("deny-session:{s}")),
-            None => self.user_key(user, "deny-session:-"),
-        };
-        let version_key = self.user_key(user, "version");
-        let (interval_us, tolerance_us, apply) = match limit {
-            Some(l) if l.per_minute > 0 => {
-                // µs is the script's resolution: above 60M/min the interval
-                // would round to 0 (and divide by zero in the script).
-                let interval = (60_000_000 / u64::from(l.per_minute)).max(1);
-                (interval, interval * u64::from(l.burst.max(1)), "1")
+        match tokio::time::timeout(TIMEOUT * 4, subscribed).await {
+            Ok(Ok(pair)) => Some(pair),
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                None
             }
-            _ => (1, 1, "0"),
-        };
-        let script = &self.script;
-        let raw: Vec<i64> = self
-            .run(policy, |mut c| async move {
-                script
-                    .key(&rate_key)
-                    .key(&deny_key)
-                    .key(&version_key)
-                    .key(&session_key)
-                    .arg(interval_us)
-                    .arg(tolerance_us)
-                    .arg(apply)
-                    .invoke_async(&mut c)
+            Err(_) => {
+                self.failed("subscribing timed out");
+                None
+            }
+        }
+    }
+
+    /// The whole current deny-list (expired entries are dropped first).
+    pub async fn denied_snapshot(&self) -> Option<Vec<(DeniedId, i64)>> {
+        let key = self.denied_key();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (_, members): (i64, Vec<(String, f64)>) = self
+            .run(Policy::FailClosed, |mut c| async move {
+                redis::pipe()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut c)
                     .await
             })
             .await?;
-        let [denied, version, allowed, remaining, retry_us, reset_us] = raw.as_slice() else {
-            return None;
-        };
-        let micros_to_secs = |us: i64| u64::try_from(us).unwrap_or(0).div_ceil(1_000_000);
-        Some(CallVerdict {
-            denied: *denied == 1,
-            user_version: *version,
-            rate: match (limit, apply) {
-                (Some(l), "1") => Some(RateOutcome {
-                    limit: l.per_minute,
-                    allowed: *allowed == 1,
-                    remaining: u32::try_from(*remaining).unwrap_or(0),
-                    reset_secs: micros_to_secs(*reset_us),
-                    retry_after_secs: micros_to_secs(*retry_us).max(u64::from(*allowed != 1)),
-                }),
-                _ => None,
-            },
-        })
+        // Scores are whole ms well inside f64's exact integers; Redis
+        // hands every score back as a double.
+        #[allow(clippy::cast_possible_truncation)]
+        let denied = members
+            .into_iter()
+            .filter_map(|(member, until)| Some((DeniedId::parse(&member)?, until as i64)))
+            .collect();
+        Some(denied)
     }
 
-    /// Ends a login session on every instance: every access token issued in
-    /// it is refused for `ttl`, which must cover the longest an access token
-    /// lives (none can be issued in it afterwards: its refresh tokens are
-    /// revoked in PostgreSQL).
-    pub async fn deny_session(&self, user: Uuid, session: Uuid, ttl: Duration) -> bool {
-        self.set_denied(self.user_key(user, &format!("deny-session:{session}")), ttl)
-            .await
-    }
-
-    /// Puts an access token on the deny-list until it would have expired.
-    pub async fn deny_token(&self, user: Uuid, jti: Uuid, ttl: Duration) -> bool {
-        self.set_denied(self.user_key(user, &format!("deny:{jti}")), ttl).await
-    }
-
-    async fn set_denied(&self, key: String, ttl: Duration) -> bool {
-        let secs = ttl.as_secs().max(1);
+    /// Tells every instance (this one's listener included) about `event`.
+    pub async fn publish(&self, event: &Event) -> bool {
+        let channel = self.events_channel();
+        let message = event.encode();
         self.run(Policy::FailClosed, |mut c| async move {
-            redis::cmd("SET")
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&message)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .is_some()
+    }
+
+    /// Puts a session or token on the deny-list until `until_ms` (Unix ms),
+    /// and tells every instance, in one atomic step: an instance that
+    /// subscribes meanwhile reads the entry from the set.
+    pub async fn deny(&self, id: DeniedId, until_ms: i64) -> bool {
+        let key = self.denied_key();
+        let channel = self.events_channel();
+        let (member, event) = match id {
+            DeniedId::Session(session) => (format!("s:{session}"), Event::SessionDenied { session, until_ms }),
+            DeniedId::Token(jti) => (format!("t:{jti}"), Event::TokenDenied { jti, until_ms }),
+        };
+        let message = event.encode();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        self.run(Policy::FailClosed, |mut c| async move {
+            redis::pipe()
+                .atomic()
+                .cmd("ZADD")
                 .arg(&key)
-                .arg(1)
-                .arg("EX")
-                .arg(secs)
+                .arg(until_ms)
+                .arg(&member)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now_ms)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&message)
+                .ignore()
                 .query_async::<()>(&mut c)
                 .await
         })
@@ -386,18 +492,50 @@ impl RedisStore {
         .is_some()
     }
 
-    /// Tells every instance to re-read the user's role, status and dues.
-    pub async fn bump_user_version(&self, user: Uuid) -> bool {
-        let key = self.user_key(user, "version");
-        self.run(Policy::FailClosed, |mut c| async move {
-            redis::pipe()
-                .atomic()
-                .cmd("INCR")
-                .arg(&key)
-                .cmd("EXPIRE")
-                .arg(&key)
-                .arg(USER_VERSION_TTL.as_secs())
-                .query_async::<(i64, i64)>(&mut c)
+    fn rate_key(&self, user: Uuid) -> String {
+        self.user_key(user, "rate")
+    }
+
+    /// Leases up to `want` calls of the user's budget (see [`LEASE_LUA`]).
+    /// `None` while Redis cannot answer: rate limits fail open.
+    pub async fn lease_calls(&self, user: Uuid, limit: RateLimit, want: u32) -> Option<LeaseGrant> {
+        let key = self.rate_key(user);
+        let (interval, tolerance) = limit.gcra_micros();
+        let script = &self.lease_script;
+        let raw: Vec<i64> = self
+            .run(Policy::FailOpen, |mut c| async move {
+                script
+                    .key(&key)
+                    .arg(interval)
+                    .arg(tolerance)
+                    .arg(want.max(1))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let [granted, remaining, retry_us, reset_us] = raw.as_slice() else {
+            return None;
+        };
+        let micros = |us: i64| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0));
+        Some(LeaseGrant {
+            granted: u32::try_from(*granted).unwrap_or(0),
+            remaining: u32::try_from(*remaining).unwrap_or(0),
+            retry_after: micros(*retry_us),
+            reset: micros(*reset_us),
+        })
+    }
+
+    /// Gives `calls` leased but unused calls back to the user's budget.
+    pub async fn return_calls(&self, user: Uuid, limit: RateLimit, calls: u32) -> bool {
+        let key = self.rate_key(user);
+        let (interval, _) = limit.gcra_micros();
+        let script = &self.return_script;
+        self.run(Policy::FailOpen, |mut c| async move {
+            script
+                .key(&key)
+                .arg(interval)
+                .arg(calls)
+                .invoke_async::<i64>(&mut c)
                 .await
         })
         .await
@@ -460,5 +598,33 @@ impl RedisStore {
                 .await
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_garbage_is_a_heartbeat() {
+        let events = [
+            Event::SessionDenied {
+                session: Uuid::new_v4(),
+                until_ms: 1_800_000_000_000,
+            },
+            Event::TokenDenied {
+                jti: Uuid::new_v4(),
+                until_ms: 5,
+            },
+            Event::UserChanged { user: Uuid::new_v4() },
+            Event::KeyRevoked { hash: "abc123".into() },
+            Event::Heartbeat,
+        ];
+        for event in events {
+            assert_eq!(Event::decode(&event.encode()), event);
+        }
+        for garbage in ["", "deny", "deny x:1 2", "user not-a-uuid", "key a b", "nonsense"] {
+            assert_eq!(Event::decode(garbage), Event::Heartbeat, "{garbage:?}");
+        }
     }
 }

@@ -28,7 +28,13 @@ pub struct Application {
     port: u16,
     metrics_port: u16,
     state: web::Data<AppState>,
+    shutdown: (watch::Sender<bool>, watch::Receiver<bool>),
+    revocation_listener: tokio::task::JoinHandle<()>,
 }
+
+/// How long startup waits to hear the deny-list before serving anyway
+/// (signed-in routes answer 503 until it is heard; metered calls serve).
+const FIRST_SYNC_WAIT: Duration = Duration::from_secs(2);
 
 impl Application {
     /// Binds the listener first (port 0 picks a free port, for tests), then
@@ -123,12 +129,28 @@ impl Application {
         .listen(metrics_listener)?
         .run();
 
+        // The deny-list is in memory before the first request is served.
+        let shutdown = watch::channel(false);
+        let revocation_listener =
+            jobs::spawn_revocation_listener(state.authenticator.clone(), state.redis.clone(), shutdown.1.clone());
+        let waited = tokio::time::timeout(FIRST_SYNC_WAIT, async {
+            while !state.authenticator.revocations().hearing() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!("serving before the deny-list could be read from Redis");
+        }
+
         Ok(Self {
             server,
             metrics_server,
             port,
             metrics_port,
             state,
+            shutdown,
+            revocation_listener,
         })
     }
 
@@ -153,9 +175,10 @@ impl Application {
     /// signal), then: in-flight calls finish, the flusher stops, and every
     /// pending metered call is flushed before this returns.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (shutdown_tx, shutdown_rx) = self.shutdown;
         let meter = self.state.meter.clone();
         let state = self.state.clone().into_inner();
+        let lease_sweeper = jobs::spawn_lease_sweeper(state.metering.rate_limits.clone(), shutdown_rx.clone());
         let flusher = jobs::spawn_flusher(meter.clone(), state.config.meter.flush_interval, shutdown_rx.clone());
         let scheduler = jobs::spawn_close_scheduler(state.clone(), shutdown_rx.clone());
         let catalog_refresh = jobs::spawn_catalog_refresh(state.clone(), shutdown_rx.clone());
@@ -170,6 +193,8 @@ impl Application {
         let _ = scheduler.await;
         let _ = catalog_refresh.await;
         let _ = key_revalidation.await;
+        let _ = lease_sweeper.await;
+        let _ = self.revocation_listener.await;
         let lost = meter.drain(SHUTDOWN_GRACE).await;
         if lost == 0 {
             tracing::info!("meter flushed; shut down cleanly");

@@ -8,7 +8,10 @@
 //! ([`KeyCache::revalidate`], every [`REVALIDATE_EVERY`]); calls only read.
 //! An entry not confirmed for `max_age` is not trusted whatever happens to
 //! that task, which is what bounds how long a revoked key keeps working on
-//! another instance.
+//! another instance when the revocation's push is lost (it normally arrives
+//! at once: `Authenticator::key_revoked`). While the database cannot answer,
+//! a key confirmed within the stale-if-error window keeps working
+//! ([`KeyCache::stale`]); "no such key" never does.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -20,8 +23,10 @@ use uuid::Uuid;
 /// How often the background task re-confirms the cached keys.
 pub const REVALIDATE_EVERY: Duration = Duration::from_millis(250);
 
-/// A key unused for this many rounds (≈ 10 s) is dropped from the cache.
-const IDLE_ROUNDS: u32 = 40;
+/// A key unused for this many rounds (≈ 10 s) is dropped from the cache,
+/// unless the stale-if-error window is longer: a key used within it must
+/// still be there if the database goes down.
+const MIN_IDLE_ROUNDS: u32 = 40;
 
 /// (key id, user id) of an active key; `None` caches "no such active key".
 pub type KeyLookup = Option<(Uuid, Uuid)>;
@@ -36,14 +41,20 @@ struct Entry {
 
 pub struct KeyCache {
     max_age: Duration,
+    stale_if_error: Duration,
+    idle_rounds: u32,
     entries: RwLock<HashMap<String, Entry>>,
 }
 
 impl KeyCache {
-    /// A zero `max_age` disables the cache: every call asks the database.
-    pub fn new(max_age: Duration) -> Self {
+    /// A zero `max_age` makes every call ask the database (entries are then
+    /// kept only for the stale-if-error window).
+    pub fn new(max_age: Duration, stale_if_error: Duration) -> Self {
+        let window_rounds = stale_if_error.as_millis().div_ceil(REVALIDATE_EVERY.as_millis());
         Self {
             max_age,
+            stale_if_error,
+            idle_rounds: u32::try_from(window_rounds).unwrap_or(u32::MAX).max(MIN_IDLE_ROUNDS),
             entries: RwLock::new(HashMap::new()),
         }
     }
@@ -63,9 +74,21 @@ impl KeyCache {
         Some(entry.found)
     }
 
+    /// For when the database cannot answer: the key's owner if it was
+    /// confirmed active within the stale-if-error window.
+    pub fn stale(&self, hash: &str) -> Option<(Uuid, Uuid)> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.get(hash)?;
+        if entry.confirmed_at.elapsed() >= self.stale_if_error {
+            return None;
+        }
+        entry.idle_rounds.store(0, Ordering::Relaxed);
+        entry.found
+    }
+
     /// Stores what the database said in a query that started at `asked_at`.
     pub fn put(&self, hash: String, found: KeyLookup, asked_at: Instant) {
-        if self.max_age.is_zero() {
+        if self.max_age.is_zero() && self.stale_if_error.is_zero() {
             return;
         }
         let entry = Entry {
@@ -88,7 +111,7 @@ impl KeyCache {
     pub fn to_revalidate(&self) -> Vec<String> {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.retain(|_, e| {
-            let idle = e.idle_rounds.fetch_add(1, Ordering::Relaxed) >= IDLE_ROUNDS;
+            let idle = e.idle_rounds.fetch_add(1, Ordering::Relaxed) >= self.idle_rounds;
             // "No such key" is never re-confirmed (a new key has a new hash);
             // it simply ages out.
             let keep_unknown = e.found.is_some() || e.confirmed_at.elapsed() < self.max_age;
@@ -131,7 +154,7 @@ mod tests {
 
     #[test]
     fn entries_are_trusted_for_max_age_from_the_query_start() {
-        let cache = KeyCache::new(Duration::from_secs(60));
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(1));
         let found = owner();
         cache.put("a".into(), found, Instant::now());
         assert_eq!(cache.get("a"), Some(found));
@@ -147,7 +170,7 @@ mod tests {
         // Instants in the past instead of sleeps: every assertion runs on
         // every machine, however loaded (a 60 s trust leaves no race).
         let max_age = Duration::from_secs(60);
-        let cache = KeyCache::new(max_age);
+        let cache = KeyCache::new(max_age, Duration::from_secs(1));
         let (a, b) = (owner(), owner());
         let Some(expired) = Instant::now().checked_sub(max_age + Duration::from_secs(1)) else {
             panic!("the monotonic clock starts later than a minute before now")
@@ -175,17 +198,36 @@ mod tests {
 
     #[test]
     fn idle_keys_leave_and_a_zero_max_age_stores_nothing() {
-        let cache = KeyCache::new(Duration::from_secs(60));
+        let cache = KeyCache::new(Duration::from_secs(60), Duration::from_secs(1));
         cache.put("used".into(), owner(), Instant::now());
         cache.put("idle".into(), owner(), Instant::now());
-        for _ in 0..=IDLE_ROUNDS {
+        for _ in 0..=MIN_IDLE_ROUNDS {
             assert!(cache.get("used").is_some());
             cache.to_revalidate();
         }
         assert_eq!(cache.to_revalidate(), ["used"]);
 
-        let off = KeyCache::new(Duration::ZERO);
+        let off = KeyCache::new(Duration::ZERO, Duration::ZERO);
         off.put("a".into(), owner(), Instant::now());
         assert_eq!(off.get("a"), None);
+    }
+
+    #[test]
+    fn while_the_database_is_down_known_keys_confirmed_in_the_window_still_work() {
+        let cache = KeyCache::new(Duration::ZERO, Duration::from_secs(60));
+        let found = owner();
+        cache.put("known".into(), found, Instant::now());
+        cache.put("unknown".into(), None, Instant::now());
+        assert_eq!(cache.get("known"), None, "a zero max_age: always asked");
+        assert_eq!(cache.stale("known"), found);
+        assert_eq!(cache.stale("unknown"), None, "nothing new is trusted");
+        assert_eq!(cache.stale("never-seen"), None);
+        let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(61)) else {
+            panic!("the monotonic clock starts later than a minute before now")
+        };
+        cache.put("old".into(), found, long_ago);
+        assert_eq!(cache.stale("old"), None, "past the window");
+        cache.remove("known");
+        assert_eq!(cache.stale("known"), None, "revoked: gone");
     }
 }

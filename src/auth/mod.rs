@@ -11,12 +11,14 @@
 pub mod jwt;
 pub mod key_cache;
 pub mod password;
+pub mod revocations;
 pub mod sessions;
+pub mod standings;
 pub mod tokens;
 pub mod ttl_cache;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
@@ -26,18 +28,24 @@ use crate::clients::{Clients, Throttled};
 use crate::db::{DbPool, PoolError};
 use crate::domain::Clock;
 use crate::models::api_key::ApiKey;
-use crate::models::user::Standing;
 use crate::models::{Role, User, UserStatus};
-use crate::redis_store::{Policy, RateLimit, RateOutcome, RedisStore};
+use crate::redis_store::{DeniedId, Event, RedisStore};
 use key_cache::KeyCache;
+use revocations::Revocations;
+use standings::{CachedStanding, Standings};
 use tokens::TokenHasher;
 use ttl_cache::TtlCache;
 
-/// How long an API key lookup is trusted without being re-confirmed. Kept
-/// well under the one-second promise for revocations, leaving room for
-/// scheduling delays on a loaded instance. Confirmations normally come every
-/// [`key_cache::REVALIDATE_EVERY`].
+/// How long an API key lookup is trusted without being re-confirmed. A
+/// revocation reaches every instance by push at once; this bounds it when
+/// the push is lost (Redis unreachable), well under the one-second promise.
+/// Confirmations normally come every [`key_cache::REVALIDATE_EVERY`].
 const KEY_CACHE_MAX_AGE: Duration = Duration::from_millis(750);
+
+/// After a database failure, calls use what they trusted already for this
+/// long before one of them asks the database again: an outage costs calls
+/// no waiting, and the database is not hammered while it comes back.
+const RETRY_DATABASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Hashes per revalidation query (bounds each query's array parameter and
 /// how long it runs).
@@ -103,15 +111,6 @@ impl Caller {
     }
 }
 
-/// What authentication found out about a call.
-#[derive(Debug, Clone, Copy)]
-pub struct Authenticated {
-    pub caller: Caller,
-    /// The rate-limit step for metered calls; `None` when not limited or
-    /// when Redis is unreachable (rate limits fail open).
-    pub rate: Option<RateOutcome>,
-}
-
 /// Why a request is not let through. `error.rs` decides what each means
 /// over HTTP (401, 403, 503, …).
 #[derive(Debug, thiserror::Error)]
@@ -128,10 +127,15 @@ pub enum AuthError {
     AccessTokenRequired,
     #[error("the account is suspended")]
     Suspended,
-    /// The deny-list could not be consulted (Redis unreachable) for an
-    /// access token outside a metered call.
+    /// This instance has not heard the deny-list for longer than
+    /// `revocations::HEARING_BOUND` (Redis unreachable), for an access
+    /// token outside a metered call.
     #[error("revocations cannot be checked")]
     RevocationsUnknown,
+    /// The database cannot answer and nothing trusted already covers the
+    /// call (a new key, an unknown user, a standing past stale-if-error).
+    #[error("the database is unavailable")]
+    DatabaseUnavailable,
     /// The caller's role does not allow the route.
     #[error("{0}")]
     Forbidden(&'static str),
@@ -144,9 +148,21 @@ pub enum AuthError {
     Pool(#[from] PoolError),
 }
 
-/// What a request is authenticated for. Metered calls count against the
-/// caller's rate limit and trust an access token Redis could not check;
-/// plain routes refuse such a token; ending a session accepts it, since
+impl AuthError {
+    /// The database could not be reached, or its connection broke: what
+    /// was trusted already may stand in for the answer.
+    fn is_database_unreachable(&self) -> bool {
+        match self {
+            AuthError::Pool(_) | AuthError::DatabaseUnavailable => true,
+            AuthError::Database(err) => crate::db::connection_failed(err),
+            _ => false,
+        }
+    }
+}
+
+/// What a request is authenticated for. Metered calls trust the deny-list
+/// in memory even while this instance cannot hear Redis; plain routes then
+/// refuse access tokens; ending a session accepts them, since
 /// logging out a session that may have ended already does no harm, and
 /// refusing it would keep its refresh tokens alive through an outage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,9 +215,10 @@ pub struct Authenticator {
     db: DbPool,
     redis: Arc<RedisStore>,
     hasher: TokenHasher,
-    /// User → standing, reused while fresh and while Redis reports the
-    /// same user version it was read at.
-    standings: TtlCache<Uuid, CachedStanding>,
+    /// The deny-list and user changes, pushed into memory.
+    revocations: Revocations,
+    /// User → standing (role, status, overdue).
+    standings: Standings,
     /// API key hash → (key id, user id), including "no such key".
     keys: KeyCache,
     /// Keys whose `last_used_at` was written in the last minute.
@@ -210,22 +227,17 @@ pub struct Authenticator {
     /// Unknown API keys spend the client's unknown-key bucket.
     clients: Arc<Clients>,
     overdue_after: chrono::Duration,
-    rate_limit: Option<RateLimit>,
-}
-
-/// What is cached per user: role, status, whether they owe overdue money,
-/// and the Redis "user version" it was read at.
-#[derive(Debug, Clone, Copy)]
-struct CachedStanding {
-    standing: Standing,
-    overdue: bool,
-    version: Option<i64>,
+    stale_if_error: Duration,
+    /// When a read for authentication last found the database unreachable.
+    database_failed_at: Mutex<Option<Instant>>,
 }
 
 pub struct AuthSettings {
+    /// How long a standing is used without asking the database again.
     pub standing_ttl: Duration,
+    /// How long what was trusted stays usable while the database is down.
+    pub stale_if_error: Duration,
     pub overdue_days: u32,
-    pub rate_limit: Option<RateLimit>,
 }
 
 impl Authenticator {
@@ -243,14 +255,17 @@ impl Authenticator {
             db,
             redis,
             hasher,
-            standings: TtlCache::new(settings.standing_ttl),
-            // A revoked key must stop working within a second everywhere.
-            keys: KeyCache::new(settings.standing_ttl.min(KEY_CACHE_MAX_AGE)),
+            revocations: Revocations::new(),
+            standings: Standings::new(settings.standing_ttl, settings.stale_if_error),
+            // A revoked key must stop working within a second everywhere,
+            // even when its push is lost.
+            keys: KeyCache::new(settings.standing_ttl.min(KEY_CACHE_MAX_AGE), settings.stale_if_error),
             recently_touched: TtlCache::new(Duration::from_secs(60)),
             clock,
             clients,
             overdue_after: chrono::Duration::days(i64::from(settings.overdue_days)),
-            rate_limit: settings.rate_limit,
+            stale_if_error: settings.stale_if_error,
+            database_failed_at: Mutex::new(None),
         }
     }
 
@@ -262,10 +277,14 @@ impl Authenticator {
         &self.hasher
     }
 
-    /// Authenticates a request. The database is awaited only on a cache
-    /// miss; Redis once per call (deny-list, user version and, for metered
-    /// calls, the rate limit, in one script).
-    pub async fn authenticate(&self, req: &HttpRequest, purpose: Purpose) -> Result<Authenticated, AuthError> {
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// Authenticates a request. Nothing is awaited but the database, and
+    /// that only for a standing or key not in memory: the deny-list is
+    /// pushed into memory (`revocations`).
+    pub async fn authenticate(&self, req: &HttpRequest, purpose: Purpose) -> Result<Caller, AuthError> {
         let (user_id, credential) = match presented(req)? {
             Presented::Jwt(token) => {
                 let claims = self.jwt.verify(token).ok_or(AuthError::InvalidToken)?;
@@ -281,70 +300,83 @@ impl Authenticator {
                 (user_id, Credential::ApiKey { key_id })
             }
         };
-        let (jti, session) = match credential {
-            Credential::AccessToken { jti, session, .. } => (Some(jti), session),
-            Credential::ApiKey { .. } => (None, None),
-        };
-        let limit = if purpose == Purpose::Metered {
-            self.rate_limit
-        } else {
-            None
-        };
-        // Only metered calls trust an access token that Redis could not
-        // check against the deny-list (availability first: a token lives
-        // minutes, and a metered call changes nothing but a count). Every
-        // other route would let a logged-out session read or act, so there
-        // the check fails closed, and asks Redis even while the breaker is
-        // open. API keys are revoked in PostgreSQL and never need Redis.
-        let policy = match (credential, purpose) {
-            (Credential::AccessToken { .. }, Purpose::Plain | Purpose::EndSession) => Policy::FailClosed,
-            _ => Policy::FailOpen,
-        };
-        let verdict = self.redis.check_call(user_id, jti, session, limit, policy).await;
-        match verdict {
-            Some(v) if v.denied => return Err(AuthError::InvalidToken),
-            None if policy == Policy::FailClosed && purpose != Purpose::EndSession => {
+        if let Credential::AccessToken { jti, session, .. } = credential {
+            // Ending a session that already ended does no harm, and a
+            // logout that Redis could not carry is denied here already:
+            // its retry must still finish the job.
+            if purpose != Purpose::EndSession && self.revocations.is_denied(jti, session) {
+                return Err(AuthError::InvalidToken);
+            }
+            // Memory may be missing a logout while Redis is not heard. Only
+            // metered calls go on with it (availability first: a token
+            // lives minutes, and a metered call changes nothing but a
+            // count); every other route would let a logged-out session read
+            // or act, so there it fails closed. Ending a session is let
+            // through: it only takes rights away. API keys are revoked in
+            // PostgreSQL and never depend on Redis.
+            if purpose == Purpose::Plain && !self.revocations.hearing() {
                 return Err(AuthError::RevocationsUnknown);
             }
-            _ => {}
         }
-        let cached = self.standing(user_id, verdict.map(|v| v.user_version)).await?;
+        let cached = self.standing(user_id).await?;
         if cached.standing.status == UserStatus::Suspended {
             return Err(AuthError::Suspended);
         }
-        Ok(Authenticated {
-            caller: Caller {
-                user_id,
-                // The role comes from the database, not the token, so a role
-                // change applies on the next call rather than at token expiry.
-                role: cached.standing.role,
-                overdue: cached.overdue,
-                credential,
-            },
-            rate: verdict.and_then(|v| v.rate),
+        Ok(Caller {
+            user_id,
+            // The role comes from the database, not the token, so a role
+            // change applies on the next call rather than at token expiry.
+            role: cached.standing.role,
+            overdue: cached.overdue,
+            credential,
         })
     }
 
-    async fn standing(&self, user_id: Uuid, version: Option<i64>) -> Result<CachedStanding, AuthError> {
-        let fresh = self
-            .standings
-            .get(&user_id)
-            .filter(|c| version.is_none() || c.version == version);
-        if let Some(cached) = fresh {
+    /// The user's standing: from memory while fresh, else from the
+    /// database; while the database cannot answer, what was read within
+    /// the stale-if-error window (never for a user whose change was heard,
+    /// and never for a user not seen before: nothing new is trusted).
+    async fn standing(&self, user_id: Uuid) -> Result<CachedStanding, AuthError> {
+        if let Some(cached) = self.standings.fresh(user_id, &self.revocations) {
             return Ok(cached);
         }
-        let mut conn = self.db.get().await?;
+        if self.database_recently_failed() {
+            return self
+                .standings
+                .stale(user_id, &self.revocations)
+                .ok_or(AuthError::DatabaseUnavailable);
+        }
+        let mark = self.revocations.read_mark();
+        let read_at = Instant::now();
         let cutoff = self.clock.now() - self.overdue_after;
-        let (standing, overdue) = User::standing(&mut conn, user_id, cutoff)
-            .await?
-            .ok_or(AuthError::InvalidToken)?;
-        let cached = CachedStanding {
-            standing,
-            overdue,
-            version,
+        let read = async {
+            let mut conn = self.db.get().await?;
+            Ok::<_, AuthError>(User::standing(&mut conn, user_id, cutoff).await?)
         };
-        self.standings.put(user_id, cached);
-        Ok(cached)
+        match read.await {
+            Ok(Some((standing, overdue))) => {
+                Ok(self
+                    .standings
+                    .put(user_id, standing, overdue, mark, read_at, &self.revocations))
+            }
+            Ok(None) => Err(AuthError::InvalidToken),
+            Err(err) if err.is_database_unreachable() => {
+                self.database_failed();
+                self.standings.stale(user_id, &self.revocations).ok_or(err)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn database_recently_failed(&self) -> bool {
+        self.database_failed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < RETRY_DATABASE_AFTER)
+    }
+
+    fn database_failed(&self) {
+        *self.database_failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
     /// The key's id and owner. A key not in the cache costs a query; a
@@ -360,16 +392,32 @@ impl Authenticator {
         let hash = self.hasher.hash(key);
         let found = match self.keys.get(&hash) {
             Some(found) => found,
+            // The database is down: a key trusted within the stale-if-error
+            // window still works; one never seen (or revoked) does not.
+            None if self.database_recently_failed() => {
+                Some(self.keys.stale(&hash).ok_or(AuthError::DatabaseUnavailable)?)
+            }
             None => {
                 self.clients.may_look_up_key(req)?;
-                let asked_at = std::time::Instant::now();
-                let mut conn = self.db.get().await?;
-                let found = ApiKey::find_active_by_hash(&mut conn, &hash).await?;
-                self.keys.put(hash, found, asked_at);
-                if found.is_none() {
-                    self.clients.unknown_key_looked_up(req);
+                let asked_at = Instant::now();
+                let lookup = async {
+                    let mut conn = self.db.get().await?;
+                    Ok::<_, AuthError>(ApiKey::find_active_by_hash(&mut conn, &hash).await?)
+                };
+                match lookup.await {
+                    Ok(found) => {
+                        if found.is_none() {
+                            self.clients.unknown_key_looked_up(req);
+                        }
+                        self.keys.put(hash, found, asked_at);
+                        found
+                    }
+                    Err(err) if err.is_database_unreachable() => {
+                        self.database_failed();
+                        Some(self.keys.stale(&hash).ok_or(err)?)
+                    }
+                    Err(err) => return Err(err),
                 }
-                found
             }
         };
         let (key_id, user_id) = found.ok_or(AuthError::InvalidToken)?;
@@ -388,15 +436,61 @@ impl Authenticator {
         Ok((key_id, user_id))
     }
 
-    /// Forget a user's cached standing on this instance, and tell the others.
+    /// The user's role, status or dues changed: this instance re-reads the
+    /// standing on the next call, and every other instance hears it. If
+    /// Redis cannot carry it, the others re-read within the standing TTL.
     pub async fn user_changed(&self, user_id: Uuid) {
-        self.standings.remove(&user_id);
-        self.redis.bump_user_version(user_id).await;
+        let event = Event::UserChanged { user: user_id };
+        self.revocations.apply(&event);
+        if !self.redis.publish(&event).await {
+            tracing::warn!(user_id = %user_id, "could not tell other instances of a user change (Redis unavailable)");
+        }
     }
 
-    /// Forget a revoked key on this instance (others forget within a second).
-    pub fn forget_key(&self, key_hash: &str) {
+    /// A key was revoked: refused at once here, and on every instance that
+    /// hears it (the others within [`KEY_CACHE_MAX_AGE`]).
+    pub async fn key_revoked(&self, key_hash: &str) {
         self.keys.remove(key_hash);
+        let event = Event::KeyRevoked {
+            hash: key_hash.to_owned(),
+        };
+        if !self.redis.publish(&event).await {
+            tracing::warn!("could not tell other instances of a key revocation (Redis unavailable)");
+        }
+    }
+
+    /// Ends a login session (every access token of it) or one access token
+    /// until `until_ms` (Unix ms): refused here at once, and on every
+    /// instance once Redis has it. `false` when Redis could not take it.
+    pub async fn deny(&self, id: DeniedId, until_ms: i64) -> bool {
+        self.revocations.apply(&match id {
+            DeniedId::Session(session) => Event::SessionDenied { session, until_ms },
+            DeniedId::Token(jti) => Event::TokenDenied { jti, until_ms },
+        });
+        self.redis.deny(id, until_ms).await
+    }
+
+    /// Applies a change heard from another instance (or this one).
+    pub fn heard(&self, event: &Event) {
+        self.revocations.heard();
+        match event {
+            Event::KeyRevoked { hash } => self.keys.remove(hash),
+            other => self.revocations.apply(other),
+        }
+    }
+
+    /// Forgets what can no longer be used (run by the listener loop).
+    pub fn prune(&self) {
+        self.standings.prune();
+        // A change must be remembered as long as a standing read before it
+        // could still be used, plus the longest a read can take.
+        self.revocations
+            .prune(self.standings.longest_use() + Duration::from_secs(60));
+    }
+
+    /// How long what was trusted stays usable while the database is down.
+    pub fn stale_if_error(&self) -> Duration {
+        self.stale_if_error
     }
 
     /// One round of re-confirming the cached API keys against the database

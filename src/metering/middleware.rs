@@ -24,9 +24,9 @@ use crate::domain::gateway;
 use crate::error::ApiError;
 use crate::gateway::GatewayCall;
 use crate::metering::catalog::CatalogEntry;
+use crate::metering::rate_limit::RateOutcome;
 use crate::metering::{GATEWAY_RESOURCE, Metering};
 use crate::models::usage::{UsageDelta, UsageKey};
-use crate::redis_store::RateOutcome;
 use crate::telemetry::MatchedRoute;
 
 /// The middleware function. The route is resolved by resource name (each
@@ -52,11 +52,10 @@ pub async fn metered_call(
     req.extensions_mut().insert(MatchedRoute(api.route_label.clone()));
     // The period is fixed when the call arrives, not when it is flushed.
     let period = Period::containing(state.clock.now(), state.billing_tz);
-    let auth = match state.authenticator.authenticate(req.request(), Purpose::Metered).await {
-        Ok(auth) => auth,
+    let caller = match state.authenticator.authenticate(req.request(), Purpose::Metered).await {
+        Ok(caller) => caller,
         Err(err) => return Ok(req.error_response(ApiError::from(err)).map_into_right_body()),
     };
-    let caller = auth.caller;
     if caller.overdue {
         return Ok(req.error_response(ApiError::payment_required()).map_into_right_body());
     }
@@ -65,7 +64,8 @@ pub async fn metered_call(
         api_id: api.api_id,
         period,
     };
-    if let Some(rate) = auth.rate.filter(|r| !r.allowed) {
+    let rate = state.rate_limits.take(caller.user_id).await;
+    if let Some(rate) = rate.filter(|r| !r.allowed) {
         // Refused calls are counted as failed (never billed), so the
         // caller can see them in their usage.
         let _ = record(&state, key, UsageDelta::one(true)).await;
@@ -102,7 +102,7 @@ pub async fn metered_call(
             Err(_) => Err(err.into()),
         };
     }
-    if let (Ok(res), Some(rate)) = (&mut result, auth.rate) {
+    if let (Ok(res), Some(rate)) = (&mut result, rate) {
         rate_limit_headers(res.headers_mut(), &rate);
     }
     result.map(ServiceResponse::map_into_left_body)

@@ -4,6 +4,7 @@
 //! - [`middleware`]: the actix middleware on the metered scope (authenticate,
 //!   resolve the API, call the handler, record the outcome).
 //! - [`catalog`]: method + route pattern (or gateway prefix) → API, in memory.
+//! - [`rate_limit`]: per-user rate limits leased from Redis in batches.
 //! - [`recorder`]: in-memory pending deltas (batched mode).
 //! - [`Meter`] (here): the mode switch and the flush that moves pending
 //!   deltas into `usage_records` with one atomic multi-row upsert
@@ -11,6 +12,7 @@
 
 pub mod catalog;
 pub mod middleware;
+pub mod rate_limit;
 pub mod recorder;
 
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub struct Metering {
     pub catalog: Arc<Catalog>,
     pub meter: Arc<Meter>,
     pub authenticator: Arc<crate::auth::Authenticator>,
+    /// Per-user limits, leased from Redis.
+    pub rate_limits: Arc<rate_limit::RateLimiter>,
     pub clock: Arc<dyn crate::domain::Clock>,
     pub billing_tz: chrono_tz::Tz,
     /// `payg_rate_limit_refusals_total`.

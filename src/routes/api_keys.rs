@@ -103,8 +103,8 @@ pub async fn list_api_keys(state: web::Data<AppState>, user: SessionUser) -> Api
     Ok(HttpResponse::Ok().json(json!({ "api_keys": keys })))
 }
 
-/// Revokes one of the caller's keys: refused at once on this instance and
-/// within a second on every other.
+/// Revokes one of the caller's keys: refused at once on this instance and,
+/// by push, on every other (within a second even if the push is lost).
 #[utoipa::path(
     delete,
     path = "/api/v1/api-keys/{id}",
@@ -126,6 +126,6 @@ pub async fn revoke_api_key(
     let hash = ApiKey::revoke(&mut conn, *id, user.id())
         .await?
         .ok_or_else(|| ApiError::not_found("API key not found"))?;
-    state.authenticator.forget_key(&hash);
+    state.authenticator.key_revoked(&hash).await;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -16,7 +16,7 @@ use crate::domain::text::{Email, Name, Password};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::UserStatus;
 use crate::models::user::{NewUser, Role, User};
-use crate::redis_store::LoginLimits;
+use crate::redis_store::{DeniedId, LoginLimits};
 use crate::routes::conn;
 use crate::routes::extract::EndingSession;
 use crate::routes::json::Json;
@@ -131,8 +131,9 @@ fn issuer(state: &AppState) -> sessions::Issuer<'_> {
 
 /// How long an ended session stays deny-listed: as long as any access token
 /// issued in it can live (plus the verifier's skew).
-fn session_deny_ttl(state: &AppState) -> Duration {
-    state.config.jwt.ttl + Duration::from_secs(10)
+fn session_denied_until(state: &AppState) -> i64 {
+    let ttl = state.config.jwt.ttl + Duration::from_secs(10);
+    Utc::now().timestamp_millis() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
 /// The login lockout. Attempts are counted per email *and client address*
@@ -255,8 +256,8 @@ pub async fn refresh(
             // A stolen refresh token came back: the thief's access tokens
             // die with the session, not at their expiry.
             if !state
-                .redis
-                .deny_session(user_id, session, session_deny_ttl(&state))
+                .authenticator
+                .deny(DeniedId::Session(session), session_denied_until(&state))
                 .await
             {
                 tracing::warn!(user_id = %user_id, "could not deny-list a reused session (Redis unavailable)");
@@ -333,15 +334,19 @@ pub async fn logout(state: web::Data<AppState>, user: EndingSession, body: web::
     drop(conn);
     // Then every access token issued in the session, not only the one
     // presented, on every instance.
-    let ttl = Duration::from_secs(u64::try_from(expires_at - now.timestamp()).unwrap_or(0) + 1);
     let denied = match session {
         Some(session) => {
             state
-                .redis
-                .deny_session(user.id(), session, session_deny_ttl(&state))
+                .authenticator
+                .deny(DeniedId::Session(session), session_denied_until(&state))
                 .await
         }
-        None => state.redis.deny_token(user.id(), jti, ttl).await,
+        // Refused until it would have expired anyway (plus the verifier's
+        // skew).
+        None => {
+            let until_ms = expires_at.saturating_add(10).saturating_mul(1000);
+            state.authenticator.deny(DeniedId::Token(jti), until_ms).await
+        }
     };
     if !denied {
         // Redis cannot take the deny-list entry: say so, so the client

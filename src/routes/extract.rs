@@ -51,7 +51,7 @@ async fn authenticate_now(req: &HttpRequest, purpose: Purpose) -> Result<Caller,
     let authenticator = req
         .app_data::<web::Data<Authenticator>>()
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the Authenticator is not registered as app data")))?;
-    let caller = authenticator.authenticate(req, purpose).await?.caller;
+    let caller = authenticator.authenticate(req, purpose).await?;
     req.extensions_mut().insert(caller);
     Ok(caller)
 }
@@ -101,9 +101,9 @@ macro_rules! role_extractor {
 role_extractor!(SessionUser, require_access_token);
 
 /// The caller of `POST /auth/logout`: an access token, accepted even while
-/// Redis cannot say whether its session already ended (see
-/// `auth::Purpose::EndSession`), so a logout during an outage still
-/// revokes the session's refresh tokens.
+/// Redis cannot say whether its session already ended, and when it did
+/// (see `auth::Purpose::EndSession`), so a logout during an outage still
+/// revokes the session's refresh tokens and its retry finishes the job.
 #[derive(Debug, Clone, Copy)]
 pub struct EndingSession(pub AuthUser);
 
@@ -113,14 +113,14 @@ impl FromRequest for EndingSession {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         // What `authenticate_first` found stands, except a refusal for not
-        // knowing the deny-list, which ending a session does not need:
-        // only then ask again, for this purpose.
+        // knowing the deny-list or for being on it, which ending a session
+        // does not care about: only then ask again, for this purpose.
         let pre = req.extensions_mut().remove::<PreAuthenticated>();
         let req = req.clone();
         Box::pin(async move {
             let caller = match pre {
                 Some(PreAuthenticated(Ok(caller))) => caller,
-                None | Some(PreAuthenticated(Err(AuthError::RevocationsUnknown))) => {
+                None | Some(PreAuthenticated(Err(AuthError::RevocationsUnknown | AuthError::InvalidToken))) => {
                     authenticate_now(&req, Purpose::EndSession).await?
                 }
                 Some(PreAuthenticated(Err(err))) => return Err(err.into()),
@@ -147,10 +147,7 @@ pub async fn authenticate_first(
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let has_credential = req.headers().contains_key(header::AUTHORIZATION) || req.headers().contains_key("x-api-key");
     if has_credential && let Some(authenticator) = req.app_data::<web::Data<Authenticator>>().cloned() {
-        let outcome = authenticator
-            .authenticate(req.request(), Purpose::Plain)
-            .await
-            .map(|auth| auth.caller);
+        let outcome = authenticator.authenticate(req.request(), Purpose::Plain).await;
         req.extensions_mut().insert(PreAuthenticated(outcome));
     }
     next.call(req).await

@@ -230,7 +230,7 @@ async fn a_role_change_applies_on_the_next_call() {
         .await
         .unwrap();
     assert_eq!(
-        caller.caller.role,
+        caller.role,
         payg::models::Role::Finance,
         "role comes from the database, not the token"
     );
