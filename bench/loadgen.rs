@@ -19,6 +19,11 @@
 //! without it, each connection sends as fast as it is answered.
 //! `--print-api-key` creates one API key for the first user, prints it and
 //! exits (for the benchmark's download through the gateway).
+//! `--logout-latency N --url-b URL` measures how long a logout on one
+//! instance (`--url`) takes to be refused on another (`--url-b`): N times,
+//! it mints a fresh token for the first user, makes sure B accepts it, logs
+//! it out on A, and polls B with it until B answers 401. Prints
+//! `{samples, p50_us, p99_us, max_us}` and exits.
 //!
 //! It counts its own successful (2xx) responses per user. Every 2xx counts
 //! for that exactness tally, warm-up included; only requests sent after the
@@ -94,6 +99,12 @@ struct Args {
     /// Create an API key for the first user, print it, and exit.
     #[arg(long)]
     print_api_key: bool,
+    /// Measure logout propagation from --url to --url-b this many times, print, exit.
+    #[arg(long)]
+    logout_latency: Option<usize>,
+    /// The second instance for --logout-latency.
+    #[arg(long)]
+    url_b: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -163,25 +174,23 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.connections > 0, "--connections must be > 0");
 
     let key = EncodingKey::from_secret(args.jwt_secret.as_bytes());
-    let iat = chrono::Utc::now().timestamp();
-    let bearers = users
-        .iter()
-        .map(|&sub| {
-            let claims = Claims {
-                sub,
-                role: "consumer",
-                iat,
-                // Within payg's default JWT_TTL (15 min): it refuses a token
-                // that lives longer than it would issue one.
-                exp: iat + 600,
-                iss: &args.jwt_issuer,
-                aud: &args.jwt_audience,
-                jti: Uuid::new_v4(),
-            };
-            let token = encode(&Header::new(Algorithm::HS256), &claims, &key)?;
-            Ok(HeaderValue::from_str(&format!("Bearer {token}"))?)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mint = |sub: Uuid| -> anyhow::Result<HeaderValue> {
+        let iat = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub,
+            role: "consumer",
+            iat,
+            // Within payg's default JWT_TTL (15 min): it refuses a token
+            // that lives longer than it would issue one.
+            exp: iat + 600,
+            iss: &args.jwt_issuer,
+            aud: &args.jwt_audience,
+            jti: Uuid::new_v4(),
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &key)?;
+        Ok(HeaderValue::from_str(&format!("Bearer {token}"))?)
+    };
+    let bearers = users.iter().map(|&sub| mint(sub)).collect::<anyhow::Result<Vec<_>>>()?;
 
     let threads = args
         .threads
@@ -192,6 +201,27 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
 
+    if let Some(samples) = args.logout_latency {
+        let url_b = args
+            .url_b
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--logout-latency needs --url-b"))?;
+        let (addr_b, host_b) = parse_url(url_b)?;
+        let tokens = (0..samples).map(|_| mint(users[0])).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut micros = runtime.block_on(logout_latencies(addr, host, addr_b, host_b, tokens))?;
+        micros.sort_unstable();
+        let pct = |p: f64| micros[(((p / 100.0) * micros.len() as f64).ceil() as usize).clamp(1, micros.len()) - 1];
+        println!(
+            "{}",
+            serde_json::json!({
+                "samples": micros.len(),
+                "p50_us": pct(50.0),
+                "p99_us": pct(99.0),
+                "max_us": micros.last().copied().unwrap_or(0),
+            })
+        );
+        return Ok(());
+    }
     if args.print_api_key {
         let bearer = bearers.into_iter().next().ok_or_else(|| anyhow::anyhow!("no user"))?;
         let key = runtime.block_on(create_api_key(addr, &host, bearer))?;
@@ -366,6 +396,60 @@ async fn create_api_key(addr: SocketAddr, host: &HeaderValue, bearer: HeaderValu
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("the created API key has no \"key\" field"))
+}
+
+/// One request on `sender`; its status.
+async fn status_of(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    method: Method,
+    path: &str,
+    host: &HeaderValue,
+    bearer: &HeaderValue,
+) -> anyhow::Result<u16> {
+    sender.ready().await?;
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, host.clone())
+        .header(AUTHORIZATION, bearer.clone())
+        .body(Empty::<Bytes>::new())?;
+    let res = sender.send_request(req).await?;
+    let status = res.status().as_u16();
+    res.into_body().collect().await?;
+    Ok(status)
+}
+
+/// For each token: B accepts it, A logs it out, then B is polled with it
+/// until it answers 401; the time from A's 204 to B's first 401, in µs.
+async fn logout_latencies(
+    addr_a: SocketAddr,
+    host_a: HeaderValue,
+    addr_b: SocketAddr,
+    host_b: HeaderValue,
+    tokens: Vec<HeaderValue>,
+) -> anyhow::Result<Vec<u64>> {
+    let mut a = connect::<Empty<Bytes>>(addr_a).await?;
+    let mut b = connect::<Empty<Bytes>>(addr_b).await?;
+    let mut micros = Vec::with_capacity(tokens.len());
+    for bearer in tokens {
+        let seen = status_of(&mut b, Method::GET, "/api/v1/me", &host_b, &bearer).await?;
+        anyhow::ensure!(seen == 200, "instance B refused a fresh token: HTTP {seen}");
+        let out = status_of(&mut a, Method::POST, "/api/v1/auth/logout", &host_a, &bearer).await?;
+        anyhow::ensure!(out == 204, "logout on instance A: HTTP {out}");
+        let logged_out = Instant::now();
+        loop {
+            match status_of(&mut b, Method::GET, "/api/v1/me", &host_b, &bearer).await? {
+                401 => break,
+                200 => anyhow::ensure!(
+                    logged_out.elapsed() < Duration::from_secs(10),
+                    "instance B still accepts a token logged out 10 s ago"
+                ),
+                other => anyhow::bail!("instance B: HTTP {other}"),
+            }
+        }
+        micros.push(u64::try_from(logged_out.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+    Ok(micros)
 }
 
 async fn run_connection(i: usize, plan: Arc<Plan>) -> TaskStats {

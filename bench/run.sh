@@ -5,41 +5,51 @@
 #   DURATION=3 bench/run.sh           # quick run
 #
 # For each scenario (hot: 1 user; spread: 1,000 users) it runs the same
-# metered endpoint (GET /api/v1/tools/uuid) in five modes, interleaved (off,
-# batched, sync, limited, apikey, off, …) so machine drift hits every mode
-# alike:
-#   off      PAYG_METER_MODE=off,     JWT,     rate limiting off (the baseline)
+# binary in these modes, interleaved (healthz, off, batched, …, healthz,
+# off, …) so machine drift hits every mode alike:
+#   healthz  GET /healthz of the same server (batched, rate limit on): the
+#            bare server, the baseline of "× /healthz"
+#   off      PAYG_METER_MODE=off,     JWT,     rate limiting off (the baseline of "× off")
 #   batched  PAYG_METER_MODE=batched, JWT,     rate limiting off
-#   sync     PAYG_METER_MODE=sync,    JWT,     rate limiting off
 #   limited  PAYG_METER_MODE=batched, JWT,     rate limiting on
 #   apikey   PAYG_METER_MODE=batched, API key, rate limiting on
-# "Rate limiting on" is a limit too high to refuse anything (RATE_LIMIT_HIGH
-# per minute and as burst), so every call runs the full GCRA step in Redis.
+#   durable  PAYG_METER_MODE=durable, JWT,     rate limiting off
+# Every metered mode calls GET /api/v1/tools/uuid. "Rate limiting on" is a
+# limit too high to refuse anything (RATE_LIMIT_HIGH per minute and as
+# burst), so every call goes through the leased GCRA budget.
 # In apikey mode the load generator first creates one key per user through
 # POST /api/v1/api-keys, then sends X-API-Key. Each run gets a fresh database, its users inserted
 # straight in SQL, a fresh `payg serve`, and bench/loadgen.rs as the client
 # (it mints its own JWTs and counts its own 2xx responses per user). The
 # server is then stopped with SIGTERM (graceful shutdown flushes the meter)
 # and usage_records is compared with the load generator's tally: no rows at
-# all for off; every user's calls equal to its 2xx count for batched and sync.
+# all for healthz and off; every user's calls equal to its 2xx count for
+# the others. Around each run it reads Redis's total_commands_processed
+# (INFO stats) and the database's committed and rolled-back transactions
+# (pg_stat_database, after the server exited), and prints both per call.
 #
-# Prints a markdown table, the batched/off and sync/off throughput ratios,
-# the machine and the settings. Exits non-zero if any count is not exact.
+# Then it measures how long a logout on one instance takes to be refused on
+# another (two servers on one database and Redis; LOGOUT_SAMPLES times).
+#
+# Prints a markdown table, each mode's throughput as a ratio to /healthz and
+# to off, the targets, the machine and the settings. Exits non-zero if any
+# count is not exact.
 #
 # Optional environment:
 #   DURATION=10         measured seconds per run
 #   CONNECTIONS=64      keep-alive connections of the load generator
 #   WARMUP=2            warm-up seconds before each measured window
 #   SCENARIOS="hot spread"  which scenarios to run
-#   MODES="off batched sync limited apikey"  which modes to run (off is the
-#                       baseline of every ratio)
-#   ROUNDS=3            rounds of off, batched, sync per scenario; the table and
-#                       the ratios use the median req/s (p50, p99) over rounds
+#   MODES="healthz off batched limited apikey durable"  which modes to run
+#                       (off is required: the baseline of every ratio)
+#   ROUNDS=3            rounds of all modes per scenario; the table and the
+#                       ratios use the median req/s (p50, p99) over rounds
 #   WORKERS=2           PAYG_WORKERS (actix worker threads), same for every mode
 #   LOADGEN_THREADS=2   tokio threads of the load generator
 #   FLUSH_MS=200        PAYG_METER_FLUSH_MS (batched flush interval)
-#   AUTH_CACHE_MS=1000  PAYG_AUTH_CACHE_MS (how long a user's standing is cached)
-#   BENCH_PORT=18089    port the server under test binds on 127.0.0.1
+#   AUTH_CACHE_MS=30000 PAYG_AUTH_CACHE_MS (how long a user's standing is used)
+#   LOGOUT_SAMPLES=200  logouts timed from instance A to instance B (0: skip)
+#   BENCH_PORT=18089    port the server under test binds on 127.0.0.1 (and +1)
 #   PG_URL=postgres://postgres@127.0.0.1:5432   server (trust auth) for the bench databases
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,14 +61,15 @@ SERVER_PID=""
 FLUSH_MS=${FLUSH_MS:-200}
 BENCH_PORT=${BENCH_PORT:-18089}
 POOL_SIZE=16          # PAYG_DB_POOL_SIZE (the default), stated for the record
-AUTH_CACHE_MS=${AUTH_CACHE_MS:-1000}  # PAYG_AUTH_CACHE_MS (1000 is payg's default)
+AUTH_CACHE_MS=${AUTH_CACHE_MS:-30000}  # PAYG_AUTH_CACHE_MS (30000 is payg's default)
+LOGOUT_SAMPLES=${LOGOUT_SAMPLES:-200}
 # The default per-user rate limit (600/min) would answer the hot user with 429
-# after its burst: off (0) in the off, batched and sync modes, and this high
-# (one call per µs, payg's finest step) in limited and apikey. Every call makes
-# payg's one Redis round trip (deny-list, user version and, when on, GCRA) in
-# every mode alike.
+# after its burst: off (0) in the off, batched and durable modes, and this
+# high (one call per µs, payg's finest step) in healthz, limited and apikey.
 RATE_LIMIT_HIGH=60000000  # PAYG_RATE_LIMIT_PER_MINUTE and _BURST when on
 ENDPOINT=/api/v1/tools/uuid
+REDIS_HOST=127.0.0.1
+REDIS_PORT=6379
 # SCENARIOS="hot" or "spread" runs just one (for debugging); default both.
 read -r -a SCENARIOS <<<"${SCENARIOS:-hot spread}"
 for i in "${!SCENARIOS[@]}"; do
@@ -68,17 +79,24 @@ for i in "${!SCENARIOS[@]}"; do
     *) echo "bench: error: unknown scenario ${SCENARIOS[$i]@Q} (hot, spread)" >&2; exit 1 ;;
   esac
 done
-read -r -a MODES <<<"${MODES:-off batched sync limited apikey}"
-[ "${MODES[0]}" = off ] || { echo "bench: error: MODES must start with off (the baseline)" >&2; exit 1; }
-# mode → PAYG_METER_MODE, loadgen --auth, PAYG_RATE_LIMIT_PER_MINUTE
-declare -A METER_OF=([off]=off [batched]=batched [sync]=sync [limited]=batched [apikey]=batched)
-declare -A AUTH_OF=([off]=jwt [batched]=jwt [sync]=jwt [limited]=jwt [apikey]=api-key)
-declare -A LIMIT_OF=([off]=0 [batched]=0 [sync]=0 [limited]=$RATE_LIMIT_HIGH [apikey]=$RATE_LIMIT_HIGH)
-declare -A DESCRIBE=([off]="off (JWT)" [batched]="batched (JWT)" [sync]="sync (JWT)"
-  [limited]="batched + rate limit (JWT)" [apikey]="batched + rate limit (API key)")
+read -r -a MODES <<<"${MODES:-healthz off batched limited apikey durable}"
+[[ " ${MODES[*]} " == *" off "* ]] || { echo "bench: error: MODES must include off (the baseline)" >&2; exit 1; }
+# mode → PAYG_METER_MODE, loadgen --auth, PAYG_RATE_LIMIT_PER_MINUTE, path
+declare -A METER_OF=([healthz]=batched [off]=off [batched]=batched [limited]=batched [apikey]=batched
+  [durable]=durable)
+declare -A AUTH_OF=([healthz]=none [off]=jwt [batched]=jwt [limited]=jwt [apikey]=api-key [durable]=jwt)
+declare -A LIMIT_OF=([healthz]=$RATE_LIMIT_HIGH [off]=0 [batched]=0 [limited]=$RATE_LIMIT_HIGH
+  [apikey]=$RATE_LIMIT_HIGH [durable]=0)
+declare -A PATH_OF=([healthz]=/healthz)
+declare -A DESCRIBE=([healthz]="GET /healthz (same binary)" [off]="off (JWT)" [batched]="batched (JWT)"
+  [limited]="batched + rate limit (JWT)" [apikey]="batched + rate limit (API key)" [durable]="durable (JWT)")
 for m in "${MODES[@]}"; do
-  [ -n "${METER_OF[$m]:-}" ] || { echo "bench: error: unknown mode ${m@Q} (off batched sync limited apikey)" >&2; exit 1; }
+  [ -n "${METER_OF[$m]:-}" ] || { echo "bench: error: unknown mode ${m@Q} (healthz off batched limited apikey durable)" >&2; exit 1; }
 done
+command -v redis-cli >/dev/null 2>&1 || die "redis-cli is required (Redis commands per call)"
+redis_commands() { redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" INFO stats | tr -d '\r' |
+  awk -F: '$1 == "total_commands_processed" { print $2 }'; }
+db_transactions() { psql_on postgres -tAc "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '$1'"; }
 
 
 for v in DURATION CONNECTIONS WARMUP ROUNDS WORKERS LOADGEN_THREADS FLUSH_MS AUTH_CACHE_MS BENCH_PORT; do
@@ -151,7 +169,7 @@ bench_pids() {
   done
 }
 
-declare -A RPS P50 P99 OK EXACT OTHER
+declare -A RPS P50 P99 OK EXACT OTHER REDIS_PER_CALL PG_PER_CALL
 FAILED=0
 
 run_one() { # scenario, users, mode, round
@@ -202,8 +220,11 @@ SQL
   done
 
   log "$tag: ${DURATION}s (+${WARMUP}s warm-up), $CONNECTIONS connections, $users user(s), ${DESCRIBE[$mode]}"
+  local redis_before xacts_before
+  redis_before=$(redis_commands)
+  xacts_before=$(db_transactions "$db")
   JWT_SECRET="$JWT_SECRET_BENCH" "$LOADGEN" \
-    --url "http://127.0.0.1:$BENCH_PORT" --path "$ENDPOINT" \
+    --url "http://127.0.0.1:$BENCH_PORT" --path "${PATH_OF[$mode]:-$ENDPOINT}" \
     --connections "$CONNECTIONS" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
     --threads "$LOADGEN_THREADS" --users-file "$dir/users.txt" --auth "${AUTH_OF[$mode]}" \
     --tally-file "$dir/tally.json" >"$dir/loadgen.json" &
@@ -228,6 +249,11 @@ SQL
 
   local server_rc=0
   stop_server || server_rc=$?
+  # After the exit: the shutdown's last flush and lease returns are in,
+  # and every backend has reported its transactions.
+  local redis_after xacts_after
+  redis_after=$(redis_commands)
+  xacts_after=$(db_transactions "$db")
 
   # Parse the load generator's line and compare the records with its tally,
   # both in PostgreSQL (no jq needed).
@@ -253,8 +279,14 @@ SQL
   [ -n "${mismatched:-}" ] || die "$tag: could not read the results ($summary)"
   rps=${rps%.*}
 
+  local calls=$((ok + non2xx))
+  REDIS_PER_CALL[$scenario,$mode,$round]=$(awk -v d=$((redis_after - redis_before)) -v n="$calls" \
+    'BEGIN { if (n > 0) printf "%.4f", d / n; else print "n/a" }')
+  PG_PER_CALL[$scenario,$mode,$round]=$(awk -v d=$((xacts_after - xacts_before)) -v n="$calls" \
+    'BEGIN { if (n > 0) printf "%.4f", d / n; else print "n/a" }')
+
   local exact
-  if [ "$mode" = off ]; then
+  if [ "$mode" = off ] || [ "$mode" = healthz ]; then
     if [ "$db_rows" -eq 0 ]; then exact="yes (0 rows)"; else exact="NO: $db_rows rows in off mode"; fi
   elif [ "$mismatched" -eq 0 ] && [ "$db_calls" -eq "$ok" ] && [ "$ok" -gt 0 ]; then
     exact="yes ($db_rows users)"
@@ -270,7 +302,45 @@ SQL
 
   local key="$scenario,$mode,$round"
   RPS[$key]=$rps P50[$key]=$p50 P99[$key]=$p99 OK[$key]=$ok EXACT[$key]=$exact OTHER[$key]=$other
-  log "$tag: $rps req/s, p50 ${p50}µs, p99 ${p99}µs, ok $ok, exact: $exact, other processes ${other}% CPU"
+  log "$tag: $rps req/s, p50 ${p50}µs, p99 ${p99}µs, ok $ok, exact: $exact, other processes ${other}% CPU," \
+    "Redis commands/call ${REDIS_PER_CALL[$scenario,$mode,$round]}, PostgreSQL transactions/call ${PG_PER_CALL[$scenario,$mode,$round]}"
+}
+
+# Two servers on one database and Redis; loadgen times LOGOUT_SAMPLES
+# logouts on the first until the second refuses the token.
+LOGOUT_RESULT=""
+run_logout_latency() {
+  local db=payg_bench_logout dir="$WORK/logout" pids=() port
+  mkdir -p "$dir"
+  psql_on postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+  CREATED_DBS+=("$db")
+  (cd "$dir" && DATABASE_URL="$PG_URL/$db" JWT_SECRET="$JWT_SECRET_BENCH" RUST_LOG=warn "$PAYG" migrate) \
+    >"$dir/migrate.log" 2>&1 || die "logout: payg migrate failed"
+  psql_on "$db" -tA >"$dir/users.txt" <<SQL
+INSERT INTO users (id, email, password_hash, name)
+VALUES (gen_random_uuid(), 'bench-logout@bench.invalid',
+        '\$argon2id\$v=19\$m=19456,t=2,p=1\$bench\$not-a-real-hash', 'bench user')
+RETURNING id;
+SQL
+  for port in "$BENCH_PORT" "$((BENCH_PORT + 1))"; do
+    (cd "$dir" && exec env DATABASE_URL="$PG_URL/$db" JWT_SECRET="$JWT_SECRET_BENCH" RUST_LOG=warn \
+      PAYG_BIND="127.0.0.1:$port" PAYG_METRICS_BIND=127.0.0.1:0 PAYG_WORKERS="$WORKERS" \
+      PAYG_REDIS_PREFIX="payg-bench:$db:" "$PAYG" serve --no-migrate) >"$dir/server-$port.log" 2>&1 &
+    pids+=($!)
+  done
+  local i
+  for port in "$BENCH_PORT" "$((BENCH_PORT + 1))"; do
+    for ((i = 0; ; i++)); do
+      curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz" && break
+      [ "$i" -lt 300 ] || die "logout: the server on $port did not answer within 30 s"
+      sleep 0.1
+    done
+  done
+  LOGOUT_RESULT=$(JWT_SECRET="$JWT_SECRET_BENCH" "$LOADGEN" --url "http://127.0.0.1:$BENCH_PORT" \
+    --url-b "http://127.0.0.1:$((BENCH_PORT + 1))" --users-file "$dir/users.txt" \
+    --logout-latency "$LOGOUT_SAMPLES") || die "logout: the load generator failed"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
 }
 
 for entry in "${SCENARIOS[@]}"; do
@@ -283,24 +353,48 @@ for entry in "${SCENARIOS[@]}"; do
   done
 done
 
+if [ "$LOGOUT_SAMPLES" -gt 0 ]; then
+  log "logout propagation: $LOGOUT_SAMPLES logouts on one instance, polled on another"
+  run_logout_latency
+fi
+
 # ------------------------------------------------------------------ report
 
 label_of() { echo "$1 ($2 user$([ "$2" -eq 1 ] || echo s))"; }
 
 # One row per scenario and mode: median req/s, p50 and p99 over the rounds,
-# ok summed, exact only if every round was.
-declare -A MED_RPS
+# the ratios of the medians, Redis commands and PostgreSQL transactions per
+# call (medians), ok summed, exact only if every round was.
+declare -A MED_RPS MED_P99
+for entry in "${SCENARIOS[@]}"; do
+  scenario=${entry%%:*}
+  for mode in "${MODES[@]}"; do
+    rps=() p99=()
+    for ((round = 1; round <= ROUNDS; round++)); do
+      rps+=("${RPS[$scenario,$mode,$round]}") p99+=("${P99[$scenario,$mode,$round]}")
+    done
+    MED_RPS[$scenario,$mode]=$(median "${rps[@]}")
+    MED_P99[$scenario,$mode]=$(median "${p99[@]}")
+  done
+done
+has_mode() { [[ " ${MODES[*]} " == *" $1 "* ]]; }
+median_of() { # array name prefix (REDIS_PER_CALL / PG_PER_CALL), scenario, mode
+  local -n values=$1
+  local round all=()
+  for ((round = 1; round <= ROUNDS; round++)); do all+=("${values[$2,$3,$round]}"); done
+  printf '%s\n' "${all[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
 echo
-echo "| scenario | mode | req/s | p50 | p99 | ok | exact? |"
-echo "|---|---|---:|---:|---:|---:|---|"
+echo "| scenario | mode | req/s | × /healthz | × off | p50 | p99 | Redis cmds/call | PG xacts/call | ok | exact? |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for entry in "${SCENARIOS[@]}"; do
   scenario=${entry%%:*}
   users=${entry#*:}
   for mode in "${MODES[@]}"; do
-    rps=() p50=() p99=() ok=0 exact=""
+    p50=() ok=0 exact=""
     for ((round = 1; round <= ROUNDS; round++)); do
       key="$scenario,$mode,$round"
-      rps+=("${RPS[$key]}") p50+=("${P50[$key]}") p99+=("${P99[$key]}")
+      p50+=("${P50[$key]}")
       ok=$((ok + OK[$key]))
       if [[ ${EXACT[$key]} != yes* ]]; then exact="$exact${exact:+; }#$round ${EXACT[$key]}"; fi
     done
@@ -308,14 +402,17 @@ for entry in "${SCENARIOS[@]}"; do
       exact=${EXACT[$scenario,$mode,1]}
       [ "$ROUNDS" -eq 1 ] || exact="$exact, all $ROUNDS rounds"
     fi
-    MED_RPS[$scenario,$mode]=$(median "${rps[@]}")
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$(label_of "$scenario" "$users")" "${DESCRIBE[$mode]}" \
-      "${MED_RPS[$scenario,$mode]}" "$(us "$(median "${p50[@]}")")" "$(us "$(median "${p99[@]}")")" \
+    vs_healthz=n/a
+    has_mode healthz && vs_healthz=$(ratio "${MED_RPS[$scenario,$mode]}" "${MED_RPS[$scenario,healthz]}")
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(label_of "$scenario" "$users")" \
+      "${DESCRIBE[$mode]}" "${MED_RPS[$scenario,$mode]}" "$vs_healthz" \
+      "$(ratio "${MED_RPS[$scenario,$mode]}" "${MED_RPS[$scenario,off]}")" \
+      "$(us "$(median "${p50[@]}")")" "$(us "${MED_P99[$scenario,$mode]}")" \
+      "$(median_of REDIS_PER_CALL "$scenario" "$mode")" "$(median_of PG_PER_CALL "$scenario" "$mode")" \
       "$ok" "$exact"
   done
 done
 echo
-# Every mode against off, and API key + rate limit against JWT-only batched.
 ratio_line() { # scenario, mode, baseline mode
   local scenario=$1 mode=$2 base=$3 line per="" round
   line="$scenario: $mode/$base = $(ratio "${MED_RPS[$scenario,$mode]}" "${MED_RPS[$scenario,$base]}")"
@@ -327,20 +424,47 @@ ratio_line() { # scenario, mode, baseline mode
   fi
   echo "$line"
 }
-has_mode() { [[ " ${MODES[*]} " == *" $1 "* ]]; }
+verdict() { awk -v ok="$1" 'BEGIN { print ok ? "met" : "NOT met" }'; }
+target_ratio() { # scenario, mode, baseline, at least
+  local r
+  r=$(ratio "${MED_RPS[$1,$2]}" "${MED_RPS[$1,$3]}")
+  echo "$1: target $2/$3 >= $4: $r, $(verdict "$(awk -v r="$r" -v t="$4" 'BEGIN { print (r >= t) }')")"
+}
+target_p99() { # scenario, mode, baseline, at most µs
+  local added=$((MED_P99[$1,$2] - MED_P99[$1,$3]))
+  echo "$1: target p99 added ($2 over $3) <= $(us "$4"): $(us "$added"), $(verdict "$((added <= $4))")"
+}
 for entry in "${SCENARIOS[@]}"; do
   scenario=${entry%%:*}
-  for mode in "${MODES[@]:1}"; do
+  for mode in "${MODES[@]}"; do
+    [ "$mode" = off ] && continue
     ratio_line "$scenario" "$mode" off
+    if has_mode healthz && [ "$mode" != healthz ]; then ratio_line "$scenario" "$mode" healthz; fi
   done
-  if has_mode apikey && has_mode batched; then
-    ratio_line "$scenario" apikey batched
+  if has_mode healthz; then
+    if has_mode apikey; then
+      target_ratio "$scenario" apikey healthz 0.75
+      target_p99 "$scenario" apikey healthz 1000
+    fi
+    if has_mode batched; then target_ratio "$scenario" batched healthz 0.70; fi
   fi
   if has_mode apikey; then
-    r=$(ratio "${MED_RPS[$scenario,apikey]}" "${MED_RPS[$scenario,off]}")
-    echo "$scenario: target apikey/off >= 0.70: $(awk -v r="$r" 'BEGIN { print (r >= 0.70) ? "met" : "NOT met" }')"
+    r=$(median_of REDIS_PER_CALL "$scenario" apikey)
+    echo "$scenario: target Redis commands per metered call (apikey) <= 0.05: $r," \
+      "$(verdict "$(awk -v r="$r" 'BEGIN { print (r <= 0.05) }')")"
+  fi
+  if has_mode durable; then
+    target_ratio "$scenario" durable off 0.5
+    target_p99 "$scenario" durable off 10000
   fi
 done
+if [ -n "$LOGOUT_RESULT" ]; then
+  lp50=$(sed -E 's/.*"p50_us":([0-9]+).*/\1/' <<<"$LOGOUT_RESULT")
+  lp99=$(sed -E 's/.*"p99_us":([0-9]+).*/\1/' <<<"$LOGOUT_RESULT")
+  lmax=$(sed -E 's/.*"max_us":([0-9]+).*/\1/' <<<"$LOGOUT_RESULT")
+  echo "logout on instance A refused on instance B ($LOGOUT_SAMPLES samples): p50 $(us "$lp50"), p99 $(us "$lp99")," \
+    "max $(us "$lmax"); target p99 <= 100 ms: $(verdict "$((lp99 <= 100000))")"
+fi
 max_other=0 max_at=""
 for key in "${!OTHER[@]}"; do
   if [ "${OTHER[$key]}" -gt "$max_other" ]; then max_other=${OTHER[$key]} max_at=${key//,/\/}; fi
@@ -373,9 +497,11 @@ cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null |
 echo "machine: $(nproc) CPUs, ${cpu:-unknown CPU}, $(uname -sr); load average before/after: $LOADAVG_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 echo "settings: GET $ENDPOINT, $CONNECTIONS connections, ${DURATION}s measured after ${WARMUP}s warm-up," \
   "ROUNDS=$ROUNDS (medians over rounds of ${MODES[*]} run back to back); server PAYG_WORKERS=$WORKERS," \
-  "PAYG_DB_POOL_SIZE=$POOL_SIZE, PAYG_AUTH_CACHE_MS=$AUTH_CACHE_MS, PAYG_RATE_LIMIT_PER_MINUTE=0 (off) or $RATE_LIMIT_HIGH with the same burst (limited, apikey), PAYG_METER_FLUSH_MS=$FLUSH_MS, RUST_LOG=warn;" \
+  "PAYG_DB_POOL_SIZE=$POOL_SIZE, PAYG_AUTH_CACHE_MS=$AUTH_CACHE_MS, PAYG_RATE_LIMIT_PER_MINUTE=0 (off) or $RATE_LIMIT_HIGH with the same burst (healthz, limited, apikey), PAYG_METER_FLUSH_MS=$FLUSH_MS, RUST_LOG=warn;" \
   "loadgen $LOADGEN_THREADS threads on the same machine; $(psql_on postgres -tAc 'SHOW server_version' | head -1 | sed 's/^/PostgreSQL /')"
-echo "ok = every 2xx the load generator counted (warm-up included), compared per user with usage_records after SIGTERM"
+echo "ok = every 2xx the load generator counted (warm-up included), compared per user with usage_records after SIGTERM;" \
+  "p99 is at full load (closed loop, $CONNECTIONS connections), so it includes queueing; Redis commands and PostgreSQL" \
+  "transactions per call count everything the server did during the run (warm-up, flushes, shutdown) over its calls"
 
 if [ "$FAILED" -ne 0 ]; then
   echo "bench: FAILED: some counts were not exact (or a server did not exit cleanly)" >&2

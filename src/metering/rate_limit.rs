@@ -19,8 +19,9 @@
 //!   used up before it expires doubles the next (up to the cap), and one
 //!   that expires half-used shrinks to what was used. A busy user costs one
 //!   Redis command per hundreds of calls; a quiet one about one per call.
-//! - **A refusal is remembered** until Redis said a call would fit again,
-//!   so a client hammering past its limit costs Redis nothing more.
+//! - **A refusal is remembered** for a quarter of a second (or until Redis
+//!   said a call would fit, if sooner), so a client hammering past its
+//!   limit costs Redis at most four commands a second per instance.
 //! - Redis unreachable: calls are not limited (fail open), as before.
 //!
 //! `RateLimit-Remaining` is this instance's unspent lease plus what the
@@ -45,6 +46,12 @@ pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// instances can hold a full lease each before a quiet user feels it),
 /// at least one, at most this.
 const LEASE_CAP: u32 = 1024;
+
+/// How long a refusal is answered from memory before Redis is asked again:
+/// calls given back by other instances may fit before the GCRA's own retry
+/// time, and a client hammering past its limit costs Redis at most one
+/// command per this, per instance.
+const REFUSAL_MEMORY: Duration = Duration::from_millis(250);
 
 /// A user with no lease and no refusal, idle this long, is forgotten.
 const FORGET_IDLE: Duration = Duration::from_secs(10);
@@ -71,8 +78,9 @@ struct LeaseState {
     shared_remaining: u32,
     /// When the shared budget is full again (as of the grant).
     reset_at: Instant,
-    /// Refused by Redis until then.
-    refused_until: Option<Instant>,
+    /// Refused from memory until then (and when Redis said a call would
+    /// fit again, for `Retry-After`).
+    refused_until: Option<(Instant, Instant)>,
     /// How many to ask for next.
     want: u32,
     last_used: Instant,
@@ -115,9 +123,9 @@ impl LeaseState {
     /// `None` when a new lease is needed.
     fn spend(&mut self, limit: RateLimit, now: Instant) -> Option<RateOutcome> {
         self.last_used = now;
-        if let Some(until) = self.refused_until {
+        if let Some((until, retry_at)) = self.refused_until {
             if until > now {
-                return Some(self.refused(limit, until, now));
+                return Some(self.refused(limit, retry_at, now));
             }
             self.refused_until = None;
         }
@@ -134,13 +142,13 @@ impl LeaseState {
         None
     }
 
-    fn refused(&self, limit: RateLimit, until: Instant, now: Instant) -> RateOutcome {
+    fn refused(&self, limit: RateLimit, retry_at: Instant, now: Instant) -> RateOutcome {
         RateOutcome {
             limit: limit.per_minute,
             allowed: false,
             remaining: 0,
             reset_secs: secs_until(self.reset_at, now),
-            retry_after_secs: secs_until(until, now).max(1),
+            retry_after_secs: secs_until(retry_at, now).max(1),
         }
     }
 
@@ -167,10 +175,10 @@ impl LeaseState {
         self.shared_remaining = grant.remaining;
         if grant.granted == 0 {
             // Nothing leased: keep the last lease's size for when it fits.
-            let until = now + grant.retry_after.max(Duration::from_millis(1));
-            self.refused_until = Some(until);
+            let retry_at = now + grant.retry_after.max(Duration::from_millis(1));
+            self.refused_until = Some((retry_at.min(now + REFUSAL_MEMORY), retry_at));
             self.granted = 0;
-            return self.refused(limit, until, now);
+            return self.refused(limit, retry_at, now);
         }
         self.granted = grant.granted;
         self.left = grant.granted;
@@ -279,7 +287,7 @@ impl RateLimiter {
                 if state.left > 0 && (everything || state.expires <= now) {
                     returns.push((*user, std::mem::take(&mut state.left)));
                 }
-                let refused = state.refused_until.is_some_and(|until| until > now);
+                let refused = state.refused_until.is_some_and(|(until, _)| until > now);
                 refused || now.duration_since(state.last_used) < FORGET_IDLE || state.left > 0
             });
         for (user, calls) in returns {

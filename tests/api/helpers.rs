@@ -541,3 +541,46 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The current UTC period as `YYYY-MM-01` (the test apps bill in UTC).
+pub fn this_period() -> String {
+    chrono::Utc::now().format("%Y-%m-01").to_string()
+}
+
+/// Polls `check` every 20 ms until it holds or `deadline` passes, and says
+/// whether it held: for what reaches another instance asynchronously (a
+/// push), asserted with a generous deadline rather than timed.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A real database outage for one test database: it refuses new
+/// connections and its open ones are terminated (`refuse = false` lets
+/// connections in again). The shared server itself keeps running.
+pub async fn refuse_connections(db: &TestDb, refuse: bool) {
+    let mut conn = maintenance().await;
+    conn.batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS {}", db.name, !refuse))
+        .await
+        .expect("alter database");
+    if refuse {
+        conn.batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name
+        ))
+        .await
+        .expect("terminate backends");
+    }
+}

@@ -13,6 +13,8 @@ mod helpers;
 mod keys;
 mod metering;
 mod openapi;
+mod outage;
 mod operations;
 mod profile;
+mod push;
 mod upstream;
