@@ -31,7 +31,8 @@
 //! throughput and latency.
 //!
 //! Prints one JSON line on stdout:
-//! `{requests_per_sec, p50_us, p99_us, ok, measured_ok, non_2xx, errors, …,
+//! `{requests_per_sec, p50_us, p99_us, ok, measured_ok, non_2xx,
+//!   non_2xx_by_status: {status: n}, errors, …,
 //!   per_user_ok: {uuid: n}}` — with `--tally-file F`, `per_user_ok` is
 //! written to F (a JSON object) instead of stdout.
 //!
@@ -140,6 +141,8 @@ struct TaskStats {
     latencies_us: Vec<u32>,
     measured_requests: u64,
     non_2xx: u64,
+    /// Non-2xx responses by status.
+    non_2xx_by_status: BTreeMap<u16, u64>,
     errors: u64,
     reconnects: u64,
     first_error: Option<String>,
@@ -282,7 +285,11 @@ fn main() -> anyhow::Result<()> {
     let (mut measured_ok, mut measured_requests, mut non_2xx, mut errors, mut reconnects) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut first_error = None;
+    let mut non_2xx_by_status: BTreeMap<String, u64> = BTreeMap::new();
     for s in stats {
+        for (status, n) in &s.non_2xx_by_status {
+            *non_2xx_by_status.entry(status.to_string()).or_default() += n;
+        }
         for (total, n) in per_user.iter_mut().zip(&s.per_user_ok) {
             *total += n;
         }
@@ -317,6 +324,7 @@ fn main() -> anyhow::Result<()> {
         "measured_ok": measured_ok,
         "measured_requests": measured_requests,
         "non_2xx": non_2xx,
+        "non_2xx_by_status": non_2xx_by_status,
         "errors": errors,
         "reconnects": reconnects,
         "first_error": first_error,
@@ -530,6 +538,7 @@ async fn run_connection(i: usize, plan: Arc<Plan>) -> TaskStats {
                     }
                 } else {
                     stats.non_2xx += 1;
+                    *stats.non_2xx_by_status.entry(status.as_u16()).or_default() += 1;
                     if stats.first_error.is_none() {
                         stats.first_error = Some(format!("HTTP {status}"));
                     }
