@@ -210,7 +210,9 @@ fn main() -> anyhow::Result<()> {
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("--logout-latency needs --url-b"))?;
         let (addr_b, host_b) = parse_url(url_b)?;
-        let tokens = (0..samples).map(|_| mint(users[0])).collect::<anyhow::Result<Vec<_>>>()?;
+        let tokens = (0..samples)
+            .map(|_| mint(users[0]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut micros = runtime.block_on(logout_latencies(addr, host, addr_b, host_b, tokens))?;
         micros.sort_unstable();
         let pct = |p: f64| micros[(((p / 100.0) * micros.len() as f64).ceil() as usize).clamp(1, micros.len()) - 1];

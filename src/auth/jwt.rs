@@ -1,5 +1,7 @@
 //! Access tokens: HS256 only, with exp, iss and aud always checked.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -36,6 +38,19 @@ pub struct Claims {
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 5;
 
+/// Tokens remembered as verified (see [`JwtKeys::verified`]); past this the
+/// expired ones are dropped, and if none are, all of them.
+const VERIFIED_CAPACITY: usize = 65_536;
+
+/// What authentication needs of a verified token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub sub: Uuid,
+    pub jti: Uuid,
+    pub sid: Option<Uuid>,
+    pub exp: i64,
+}
+
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -43,6 +58,11 @@ pub struct JwtKeys {
     ttl: Duration,
     issuer: String,
     audience: String,
+    /// Token text → what its verification found. A client sends the same
+    /// token on every call for minutes; decoding base64 and JSON and
+    /// checking the HMAC each time was the largest cost of a metered call
+    /// after Redis left the hot path.
+    verified: RwLock<HashMap<Box<str>, Verified>>,
 }
 
 pub struct IssuedToken {
@@ -71,6 +91,7 @@ impl JwtKeys {
             ttl: settings.ttl,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
+            verified: RwLock::new(HashMap::new()),
         }
     }
 
@@ -119,6 +140,35 @@ impl JwtKeys {
     /// refuses any `crit` header (payg understands no extension), an `iat`
     /// in the future, and a lifetime (`exp − iat`) longer than payg issues.
     /// Each of these needs the key to forge, so each is defence in depth.
+    /// [`Self::verify`], remembered: a token already verified is looked up
+    /// by its exact text (so no other text can match it) and only its
+    /// expiry is checked again — every other check depends on the text
+    /// alone, and `nbf`, once reached, stays reached.
+    pub fn verified(&self, token: &str) -> Option<Verified> {
+        let now = chrono::Utc::now().timestamp();
+        let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
+        let still_valid = |v: &Verified| now <= v.exp.saturating_add(leeway);
+        if let Some(known) = self.verified.read().unwrap_or_else(|e| e.into_inner()).get(token) {
+            return still_valid(known).then_some(*known);
+        }
+        let claims = self.verify(token)?;
+        let verified = Verified {
+            sub: claims.sub,
+            jti: claims.jti,
+            sid: claims.sid,
+            exp: claims.exp,
+        };
+        let mut cache = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_CAPACITY {
+            cache.retain(|_, v| still_valid(v));
+            if cache.len() >= VERIFIED_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(token.into(), verified);
+        Some(verified)
+    }
+
     pub fn verify(&self, token: &str) -> Option<Claims> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         let claims = data.claims;
@@ -157,6 +207,31 @@ mod tests {
         assert_eq!(claims, issued.claims);
         assert_eq!(claims.sub, user);
         assert_eq!(issued.expires_in, 900);
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_no_other_text_matches_it() {
+        let keys = JwtKeys::new(&settings("0123456789abcdef0123456789abcdef"));
+        let issued = keys.issue(Uuid::new_v4(), Role::Consumer, None, Utc::now()).unwrap();
+        let first = keys.verified(&issued.token).unwrap();
+        assert_eq!(keys.verified(&issued.token), Some(first), "remembered");
+        assert_eq!(
+            (first.sub, first.jti, first.exp),
+            (issued.claims.sub, issued.claims.jti, issued.claims.exp)
+        );
+        let mut tampered = issued.token.clone();
+        let last = if tampered.ends_with('A') { "B" } else { "A" };
+        tampered.replace_range(tampered.len() - 1.., last);
+        assert_eq!(
+            keys.verified(&tampered),
+            None,
+            "a different signature is verified, and fails"
+        );
+        // Time passes beyond the token's expiry (and the leeway).
+        if let Some(known) = keys.verified.write().unwrap().get_mut(issued.token.as_str()) {
+            known.exp = Utc::now().timestamp() - 6;
+        }
+        assert_eq!(keys.verified(&issued.token), None, "expired while remembered");
     }
 
     #[test]

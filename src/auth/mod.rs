@@ -287,7 +287,7 @@ impl Authenticator {
     pub async fn authenticate(&self, req: &HttpRequest, purpose: Purpose) -> Result<Caller, AuthError> {
         let (user_id, credential) = match presented(req)? {
             Presented::Jwt(token) => {
-                let claims = self.jwt.verify(token).ok_or(AuthError::InvalidToken)?;
+                let claims = self.jwt.verified(token).ok_or(AuthError::InvalidToken)?;
                 let credential = Credential::AccessToken {
                     jti: claims.jti,
                     session: claims.sid,

@@ -151,9 +151,7 @@ async fn record(state: &Metering, key: UsageKey, delta: UsageDelta) -> Result<()
 /// `RateLimit-*` headers (IETF draft) on every rate-limited response.
 fn rate_limit_headers(headers: &mut HeaderMap, rate: &RateOutcome) {
     let mut put = |name: &'static str, value: u64| {
-        if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
     };
     put("ratelimit-limit", u64::from(rate.limit));
     put("ratelimit-remaining", u64::from(rate.remaining));

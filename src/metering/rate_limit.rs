@@ -11,14 +11,19 @@
 //!   `burst + rate × elapsed`.
 //! - **Refused slightly early, bounded.** Calls leased by another instance
 //!   are not available here: a user at the limit may be refused while up to
-//!   [`RateLimiter::max_lease`] calls per other instance sit unused in their
-//!   memory. An unused lease goes back to the budget when it expires
-//!   ([`LEASE_TTL`], checked every [`SWEEP_EVERY`] by `jobs`), so the
-//!   early refusal lasts at most that long.
-//! - **Leases follow demand.** A user's first call leases one; each lease
-//!   used up before it expires doubles the next (up to the cap), and one
-//!   that expires half-used shrinks to what was used. A busy user costs one
-//!   Redis command per hundreds of calls; a quiet one about one per call.
+//!   [`RateLimiter::max_lease`] calls per other instance sit in their memory.
+//!   Those are spent by the user's own calls there, or — once the user has
+//!   not called that instance for [`GIVE_BACK_IDLE`] — given back to the
+//!   budget (checked every [`SWEEP_EVERY`] by `jobs`).
+//! - **Leases follow demand.** A user's first call leases one; a lease used
+//!   up within [`LEASE_TARGET`] of its grant doubles the next (up to the
+//!   cap), a slower one halves it, so a lease lasts about that long: a
+//!   user making 25 calls a second costs about one Redis command per 50
+//!   calls, a busy one one per thousand, a quiet one about one per call.
+//! - **In any window, the overshoot is bounded too.** A leased call may be
+//!   spent later than Redis granted it, so calls can bunch: in any window
+//!   the calls served exceed `burst + rate × window` by at most what the
+//!   instances held at its start (`max_lease` each).
 //! - **A refusal is remembered** for a quarter of a second (or until Redis
 //!   said a call would fit, if sooner), so a client hammering past its
 //!   limit costs Redis at most four commands a second per instance.
@@ -36,10 +41,15 @@ use uuid::Uuid;
 
 use crate::redis_store::{LeaseGrant, RateLimit, RedisStore};
 
-/// How long a lease may be spent before its unused calls go back.
-pub const LEASE_TTL: Duration = Duration::from_secs(1);
+/// How long a lease should last: used up sooner, the next is twice as
+/// large; later, half.
+pub const LEASE_TARGET: Duration = Duration::from_secs(2);
 
-/// How often expired leases are given back and idle users forgotten.
+/// A user who has not called this instance for this long gets its unused
+/// leased calls given back to the shared budget.
+pub const GIVE_BACK_IDLE: Duration = Duration::from_secs(1);
+
+/// How often idle leases are given back and idle users forgotten.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// The most calls one lease may take: an eighth of the burst (so eight
@@ -71,9 +81,9 @@ pub struct RateOutcome {
 struct LeaseState {
     /// Leased calls not yet handed out.
     left: u32,
-    /// How many the current lease granted.
+    /// How many the last grant gave, and when.
     granted: u32,
-    expires: Instant,
+    granted_at: Instant,
     /// What the shared budget had left after the grant.
     shared_remaining: u32,
     /// When the shared budget is full again (as of the grant).
@@ -110,7 +120,7 @@ impl LeaseState {
         Self {
             left: 0,
             granted: 0,
-            expires: now,
+            granted_at: now,
             shared_remaining: 0,
             reset_at: now,
             refused_until: None,
@@ -129,7 +139,7 @@ impl LeaseState {
             }
             self.refused_until = None;
         }
-        if self.left > 0 && self.expires > now {
+        if self.left > 0 {
             self.left -= 1;
             return Some(RateOutcome {
                 limit: limit.per_minute,
@@ -152,21 +162,18 @@ impl LeaseState {
         }
     }
 
-    /// Before asking for a new lease: the calls to give back (an expired
-    /// lease's unused ones) and how many to ask for.
-    fn renew(&mut self, max_lease: u32, now: Instant) -> (u32, u32) {
-        let unused = std::mem::take(&mut self.left);
+    /// Before asking for a new lease (this one is used up): how many to ask
+    /// for.
+    fn next_want(&mut self, max_lease: u32, now: Instant) -> u32 {
         if self.granted > 0 {
-            let used = self.granted - unused;
-            self.want = if unused == 0 && self.expires > now {
-                // Used up before it expired: demand outgrows the lease.
+            self.want = if now.duration_since(self.granted_at) < LEASE_TARGET {
                 self.granted.saturating_mul(2)
             } else {
-                used.max(1)
+                self.granted / 2
             }
             .clamp(1, max_lease);
         }
-        (unused, self.want)
+        self.want
     }
 
     /// Takes a grant; the call that asked for it spends the first call.
@@ -182,7 +189,7 @@ impl LeaseState {
         }
         self.granted = grant.granted;
         self.left = grant.granted;
-        self.expires = now + LEASE_TTL;
+        self.granted_at = now;
         self.spend(limit, now).unwrap_or(RateOutcome {
             limit: limit.per_minute,
             allowed: true,
@@ -248,14 +255,11 @@ impl RateLimiter {
         if let Some(outcome) = spend(&lease) {
             return Some(outcome);
         }
-        let (unused, want) = lease
+        let want = lease
             .state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .renew(self.max_lease, Instant::now());
-        if unused > 0 {
-            self.give_back(user, limit, unused);
-        }
+            .next_want(self.max_lease, Instant::now());
         let grant = self.redis.lease_calls(user, limit, want).await?;
         let outcome = lease
             .state
@@ -265,16 +269,9 @@ impl RateLimiter {
         Some(outcome)
     }
 
-    /// Returns unused calls to the shared budget off the request path.
-    fn give_back(&self, user: Uuid, limit: RateLimit, calls: u32) {
-        let redis = self.redis.clone();
-        tokio::spawn(async move {
-            redis.return_calls(user, limit, calls).await;
-        });
-    }
-
-    /// Gives back the unused calls of expired leases (all leases when
-    /// `everything`, at shutdown) and forgets idle users.
+    /// Gives back the unused calls of users idle here for
+    /// [`GIVE_BACK_IDLE`] (every lease's when `everything`, at shutdown),
+    /// and forgets idle users.
     pub async fn sweep(&self, everything: bool) {
         let Some(limit) = self.limit else { return };
         let now = Instant::now();
@@ -284,7 +281,7 @@ impl RateLimiter {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|user, lease| {
                 let mut state = lease.state.lock().unwrap_or_else(|e| e.into_inner());
-                if state.left > 0 && (everything || state.expires <= now) {
+                if state.left > 0 && (everything || now.duration_since(state.last_used) >= GIVE_BACK_IDLE) {
                     returns.push((*user, std::mem::take(&mut state.left)));
                 }
                 let refused = state.refused_until.is_some_and(|(until, _)| until > now);
@@ -315,42 +312,43 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_is_spent_call_by_call_and_then_renewed_larger() {
+    fn a_lease_is_spent_call_by_call_and_grows_while_used_up_quickly() {
         let now = Instant::now();
         let mut state = LeaseState::new(now);
         assert_eq!(state.spend(LIMIT, now), None, "no lease yet");
-        assert_eq!(state.renew(75, now), (0, 1), "the first lease is one call");
+        assert_eq!(state.next_want(75, now), 1, "the first lease is one call");
         let first = state.take_grant(LIMIT, grant(1, 599), now);
         assert!(first.allowed);
         assert_eq!(first.remaining, 599);
         assert_eq!(state.spend(LIMIT, now), None, "used up");
-        assert_eq!(state.renew(75, now), (0, 2), "used up before expiry: doubled");
+        assert_eq!(state.next_want(75, now), 2, "used up quickly: doubled");
         state.take_grant(LIMIT, grant(2, 597), now);
         let second = state.spend(LIMIT, now);
         assert_eq!(second.map(|o| (o.allowed, o.remaining)), Some((true, 597)));
         for _ in 0..10 {
-            state.renew(75, now);
-            state.granted = state.want;
+            let want = state.next_want(75, now);
+            state.take_grant(LIMIT, grant(want, 0), now);
             state.left = 0;
-            state.expires = now + LEASE_TTL;
         }
-        assert_eq!(state.renew(75, now).1, 75, "capped");
+        assert_eq!(state.next_want(75, now), 75, "capped");
     }
 
     #[test]
-    fn an_expired_lease_gives_back_what_was_unused_and_shrinks() {
+    fn a_lease_used_slowly_is_kept_and_the_next_is_smaller() {
         let now = Instant::now();
         let mut state = LeaseState::new(now);
         state.want = 8;
         state.take_grant(LIMIT, grant(8, 100), now);
-        state.spend(LIMIT, now);
-        let later = now + LEASE_TTL + Duration::from_millis(1);
-        assert_eq!(state.spend(LIMIT, later), None, "expired leases hand nothing out");
-        assert_eq!(
-            state.renew(75, later),
-            (6, 2),
-            "6 unused go back; ask for what was used"
-        );
+        let later = now + LEASE_TARGET * 3;
+        for _ in 0..7 {
+            assert_eq!(
+                state.spend(LIMIT, later).map(|o| o.allowed),
+                Some(true),
+                "kept while used"
+            );
+        }
+        assert_eq!(state.spend(LIMIT, later), None);
+        assert_eq!(state.next_want(75, later), 4, "lasted longer than the target: halved");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    OwnRedis, PASSWORD, Registered, TEST_JWT_SECRET, TestApp, TestDb, count, error_code, eventually, free_port, scalar_i64,
-    statuses_of_concurrent, usage_of,
+    OwnRedis, PASSWORD, Registered, TEST_JWT_SECRET, TestApp, TestDb, count, error_code, eventually, free_port,
+    scalar_i64, statuses_of_concurrent, usage_of,
 };
 
 async fn create_key(app: &TestApp, user: &Registered, name: &str) -> Value {

@@ -67,13 +67,24 @@ async fn logouts_role_and_status_changes_reach_another_instance_by_push() {
 
     let res = a.post_auth("/api/v1/auth/logout", &leaving, &json!({})).await;
     assert_eq!(res.status(), 204);
-    assert_eq!(status(&a, "/api/v1/me", &leaving).await, 401, "at once where it was made");
+    assert_eq!(
+        status(&a, "/api/v1/me", &leaving).await,
+        401,
+        "at once where it was made"
+    );
     assert!(
-        eventually(DEADLINE, || async { status(&b, "/api/v1/tools/uuid", &leaving).await == 401 }).await,
+        eventually(DEADLINE, || async {
+            status(&b, "/api/v1/tools/uuid", &leaving).await == 401
+        })
+        .await,
         "the logout reached B"
     );
     assert_eq!(status(&b, "/api/v1/me", &leaving).await, 401);
-    assert_eq!(status(&b, "/api/v1/me", &user.token).await, 200, "the other session lives");
+    assert_eq!(
+        status(&b, "/api/v1/me", &user.token).await,
+        200,
+        "the other session lives"
+    );
 
     cli(&a, &["user", "role", &user.email, "finance"]);
     assert!(
@@ -86,7 +97,10 @@ async fn logouts_role_and_status_changes_reach_another_instance_by_push() {
 
     cli(&a, &["user", "status", &user.email, "suspended"]);
     assert!(
-        eventually(DEADLINE, || async { status(&b, "/api/v1/tools/uuid", &user.token).await == 403 }).await,
+        eventually(DEADLINE, || async {
+            status(&b, "/api/v1/tools/uuid", &user.token).await == 403
+        })
+        .await,
         "the suspension reached B"
     );
     assert_eq!(status(&a, "/api/v1/me", &user.token).await, 403);
@@ -115,7 +129,10 @@ async fn after_redis_restarts_instances_resync_and_no_logout_is_forgotten() {
     // Redis goes away and comes back empty (it keeps nothing on disk).
     redis.stop();
     assert!(
-        eventually(DEADLINE, || async { status(&b, "/api/v1/me", &user.token).await == 503 }).await,
+        eventually(DEADLINE, || async {
+            status(&b, "/api/v1/me", &user.token).await == 503
+        })
+        .await,
         "not hearing Redis, signed-in routes fail closed"
     );
     assert_eq!(
@@ -145,7 +162,10 @@ async fn after_redis_restarts_instances_resync_and_no_logout_is_forgotten() {
     assert_eq!(status(&c, "/api/v1/me", &before).await, 401);
     assert_eq!(status(&c, "/api/v1/me", &user.token).await, 200);
     // And new logouts travel again.
-    assert_eq!(a.post_auth("/api/v1/auth/logout", &after, &json!({})).await.status(), 204);
+    assert_eq!(
+        a.post_auth("/api/v1/auth/logout", &after, &json!({})).await.status(),
+        204
+    );
     for app in [&b, &c] {
         assert!(eventually(DEADLINE, || async { status(app, "/api/v1/me", &after).await == 401 }).await);
     }
@@ -187,10 +207,16 @@ async fn leased_rate_limits_are_never_exceeded_across_three_instances_under_64_c
             tokio::spawn(async move {
                 let mut n = i;
                 while started.elapsed() < run_for {
-                    let res = client.get(&urls[n % urls.len()]).bearer_auth(&token).send().await.unwrap();
+                    let res = client
+                        .get(&urls[n % urls.len()])
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap();
                     let counter = match res.status().as_u16() {
                         200 => {
-                            let remaining: u64 = res.headers()["ratelimit-remaining"].to_str().unwrap().parse().unwrap();
+                            let remaining: u64 =
+                                res.headers()["ratelimit-remaining"].to_str().unwrap().parse().unwrap();
                             assert!(remaining <= BURST, "remaining {remaining} is more than the burst");
                             &ok
                         }
@@ -219,7 +245,10 @@ async fn leased_rate_limits_are_never_exceeded_across_three_instances_under_64_c
     assert!(ok <= allowed, "{ok} calls served, the limit allows {allowed}");
     // Leases held elsewhere may refuse a little early, never much: each
     // instance leases at most burst / 8.
-    assert!(ok >= BURST - 2 * (BURST / 8), "{ok} calls served: refused far too early");
+    assert!(
+        ok >= BURST - 2 * (BURST / 8),
+        "{ok} calls served: refused far too early"
+    );
     assert!(refused > 0, "the clients did press past the limit");
     // Every call is counted, refused ones as failed, exactly.
     for app in &instances {
@@ -227,10 +256,7 @@ async fn leased_rate_limits_are_never_exceeded_across_three_instances_under_64_c
     }
     assert_eq!(
         usage_of(&db, user.id, "tools-uuid", &this_period()).await,
-        (
-            i64::try_from(ok + refused).unwrap(),
-            i64::try_from(refused).unwrap()
-        )
+        (i64::try_from(ok + refused).unwrap(), i64::try_from(refused).unwrap())
     );
 }
 
@@ -255,7 +281,7 @@ async fn an_unused_lease_goes_back_so_another_instance_can_serve_it() {
         served_on_a += 1;
     }
     // B takes the rest of the burst; whatever A still holds is refused to
-    // B only until A's lease expires and is given back.
+    // B only until A, idle for a second, gives it back.
     let mut served_on_b = 0;
     while status(&b, "/api/v1/tools/uuid", &user.token).await == 200 {
         served_on_b += 1;
