@@ -6,11 +6,12 @@
 #
 # For each scenario (hot: 1 user; spread: 1,000 users) it runs the same
 # metered endpoint (GET /api/v1/tools/uuid) in five modes, interleaved (off,
-# batched, sync, limited, apikey, off, …) so machine drift hits every mode
+# batched, durable, limited, apikey, off, …) so machine drift hits every mode
 # alike:
 #   off      PAYG_METER_MODE=off,     JWT,     rate limiting off (the baseline)
 #   batched  PAYG_METER_MODE=batched, JWT,     rate limiting off
-#   sync     PAYG_METER_MODE=sync,    JWT,     rate limiting off
+#   durable  PAYG_METER_MODE=durable, JWT,     rate limiting off
+#   sync     PAYG_METER_MODE=sync (a deprecated alias of durable; not run by default)
 #   limited  PAYG_METER_MODE=batched, JWT,     rate limiting on
 #   apikey   PAYG_METER_MODE=batched, API key, rate limiting on
 # "Rate limiting on" is a limit too high to refuse anything (RATE_LIMIT_HIGH
@@ -21,9 +22,9 @@
 # (it mints its own JWTs and counts its own 2xx responses per user). The
 # server is then stopped with SIGTERM (graceful shutdown flushes the meter)
 # and usage_records is compared with the load generator's tally: no rows at
-# all for off; every user's calls equal to its 2xx count for batched and sync.
+# all for off; every user's calls equal to its 2xx count in every other mode.
 #
-# Prints a markdown table, the batched/off and sync/off throughput ratios,
+# Prints a markdown table, every mode/off throughput ratio,
 # the machine and the settings. Exits non-zero if any count is not exact.
 #
 # Optional environment:
@@ -31,9 +32,9 @@
 #   CONNECTIONS=64      keep-alive connections of the load generator
 #   WARMUP=2            warm-up seconds before each measured window
 #   SCENARIOS="hot spread"  which scenarios to run
-#   MODES="off batched sync limited apikey"  which modes to run (off is the
+#   MODES="off batched durable limited apikey"  which modes to run (off is the
 #                       baseline of every ratio)
-#   ROUNDS=3            rounds of off, batched, sync per scenario; the table and
+#   ROUNDS=3            rounds of the modes per scenario; the table and
 #                       the ratios use the median req/s (p50, p99) over rounds
 #   WORKERS=2           PAYG_WORKERS (actix worker threads), same for every mode
 #   LOADGEN_THREADS=2   tokio threads of the load generator
@@ -53,7 +54,7 @@ BENCH_PORT=${BENCH_PORT:-18089}
 POOL_SIZE=16          # PAYG_DB_POOL_SIZE (the default), stated for the record
 AUTH_CACHE_MS=${AUTH_CACHE_MS:-1000}  # PAYG_AUTH_CACHE_MS (1000 is payg's default)
 # The default per-user rate limit (600/min) would answer the hot user with 429
-# after its burst: off (0) in the off, batched and sync modes, and this high
+# after its burst: off (0) in the off, batched, durable and sync modes, and this high
 # (one call per µs, payg's finest step) in limited and apikey. Every call makes
 # payg's one Redis round trip (deny-list, user version and, when on, GCRA) in
 # every mode alike.
@@ -68,7 +69,7 @@ for i in "${!SCENARIOS[@]}"; do
     *) echo "bench: error: unknown scenario ${SCENARIOS[$i]@Q} (hot, spread)" >&2; exit 1 ;;
   esac
 done
-read -r -a MODES <<<"${MODES:-off batched sync limited apikey}"
+read -r -a MODES <<<"${MODES:-off batched durable limited apikey}"
 [ "${MODES[0]}" = off ] || { echo "bench: error: MODES must start with off (the baseline)" >&2; exit 1; }
 # mode → PAYG_METER_MODE, loadgen --auth, PAYG_RATE_LIMIT_PER_MINUTE
 declare -A METER_OF=([off]=off [batched]=batched [sync]=sync [limited]=batched [apikey]=batched)
@@ -76,8 +77,9 @@ declare -A AUTH_OF=([off]=jwt [batched]=jwt [sync]=jwt [limited]=jwt [apikey]=ap
 declare -A LIMIT_OF=([off]=0 [batched]=0 [sync]=0 [limited]=$RATE_LIMIT_HIGH [apikey]=$RATE_LIMIT_HIGH)
 declare -A DESCRIBE=([off]="off (JWT)" [batched]="batched (JWT)" [sync]="sync (JWT)"
   [limited]="batched + rate limit (JWT)" [apikey]="batched + rate limit (API key)")
+METER_OF[durable]=durable AUTH_OF[durable]=jwt LIMIT_OF[durable]=0 DESCRIBE[durable]="durable (JWT)"
 for m in "${MODES[@]}"; do
-  [ -n "${METER_OF[$m]:-}" ] || { echo "bench: error: unknown mode ${m@Q} (off batched sync limited apikey)" >&2; exit 1; }
+  [ -n "${METER_OF[$m]:-}" ] || { echo "bench: error: unknown mode ${m@Q} (${!METER_OF[*]})" >&2; exit 1; }
 done
 
 

@@ -73,6 +73,11 @@ impl AppState {
                 rate_limit: config.rate_limit,
             },
         ));
+        if config.meter.sync_alias {
+            tracing::warn!(
+                "PAYG_METER_MODE=sync is deprecated: it now means durable (group commit, same promise); set PAYG_METER_MODE=durable"
+            );
+        }
         let meter = Arc::new(Meter::new(
             config.meter.mode,
             config.billing.currency,
