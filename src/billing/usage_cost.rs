@@ -95,16 +95,21 @@ pub async fn settle_given_up(
         let moved: Vec<_> = deltas
             .iter()
             .filter(|(_, d)| d.calls > d.failed_calls)
-            .map(|(k, d)| {
-                let moved = UsageDelta {
-                    calls: 0,
-                    failed_calls: d.calls - d.failed_calls,
-                };
-                (*k, moved)
-            })
+            .map(|(k, d)| (*k, d.calls - d.failed_calls))
             .collect();
         if !moved.is_empty() {
-            add_priced(conn, &moved, currency).await?;
+            let after = UsageRecord::move_to_failed(conn, &moved).await?;
+            let as_deltas: Vec<_> = moved
+                .iter()
+                .map(|(k, n)| {
+                    let delta = UsageDelta {
+                        calls: 0,
+                        failed_calls: *n,
+                    };
+                    (*k, delta)
+                })
+                .collect();
+            add_cost(conn, &as_deltas, &after, currency).await?;
         }
         Ok(Settlement::Compensated)
     })
@@ -119,11 +124,22 @@ async fn add_priced(
     currency: Currency,
 ) -> QueryResult<()> {
     let after = UsageRecord::add(conn, deltas).await?;
+    add_cost(conn, deltas, &after, currency).await
+}
+
+/// Adds what `deltas` changed in the price of the rows they left as `after`
+/// to each user's `total_cost`, inside the caller's transaction.
+async fn add_cost(
+    conn: &mut AsyncPgConnection,
+    deltas: &[(UsageKey, UsageDelta)],
+    after: &[Counters],
+    currency: Currency,
+) -> QueryResult<()> {
     let mut api_ids: Vec<i32> = deltas.iter().map(|(k, _)| k.api_id).collect();
     api_ids.sort_unstable();
     api_ids.dedup();
     let book = PriceBook::load(conn, Some(&api_ids)).await?;
-    let amounts = cost_deltas(deltas, &after, &book, currency);
+    let amounts = cost_deltas(deltas, after, &book, currency);
     User::add_to_total_cost(conn, &amounts).await
 }
 

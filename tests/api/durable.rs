@@ -176,12 +176,6 @@ async fn a_group_that_cannot_commit_is_answered_503_and_settled_as_failed() {
     app.sql("DROP TRIGGER refuse ON meter_flushes").await;
     settled(&app).await;
     assert_eq!(usage_of(&app.db, user.id, "tools-uuid", &this_period()).await, (2, 1));
-    let me: Value = app.get_json("/api/v1/me", &user.token).await;
-    // One billable call at the default 0.001.
-    assert_eq!(
-        Decimal::from_str(me["total_cost"].as_str().unwrap()).unwrap(),
-        Decimal::new(1, 3)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,9 +190,10 @@ async fn a_given_up_group_ends_up_failed_whether_or_not_its_commit_landed() {
     };
     let deltas = [(
         key,
+        // Enough calls to cost something at 0.001 once rounded to cents.
         UsageDelta {
-            calls: 5,
-            failed_calls: 1,
+            calls: 5000,
+            failed_calls: 1000,
         },
     )];
     let id = || FlushId {
@@ -216,15 +211,15 @@ async fn a_given_up_group_ends_up_failed_whether_or_not_its_commit_landed() {
     let (landed, settlement) = (id(), id());
     let applied = usage_cost::apply(&mut conn, Some(landed), &deltas, usd).await.unwrap();
     assert_eq!(applied, BatchOutcome::Applied);
-    assert_eq!(total_cost().await, Decimal::new(4, 3));
+    assert_eq!(total_cost().await, Decimal::new(4, 0));
     let settle = usage_cost::settle_given_up(&mut conn, landed, settlement, &deltas, usd);
     assert_eq!(settle.await.unwrap(), Settlement::Compensated);
-    assert_eq!(usage_of(db, user.id, "tools-uuid", &this_period()).await, (5, 5));
+    assert_eq!(usage_of(db, user.id, "tools-uuid", &this_period()).await, (5000, 5000));
     assert_eq!(total_cost().await, Decimal::ZERO);
     // A settlement retried after its own commit was lost changes nothing.
     let settle = usage_cost::settle_given_up(&mut conn, landed, settlement, &deltas, usd);
     assert_eq!(settle.await.unwrap(), Settlement::AlreadySettled);
-    assert_eq!(usage_of(db, user.id, "tools-uuid", &this_period()).await, (5, 5));
+    assert_eq!(usage_of(db, user.id, "tools-uuid", &this_period()).await, (5000, 5000));
 
     // The group never committed: applied with every call failed, and a late
     // retry of the group itself can no longer apply it.
@@ -233,7 +228,10 @@ async fn a_given_up_group_ends_up_failed_whether_or_not_its_commit_landed() {
     assert_eq!(settle.await.unwrap(), Settlement::AppliedAsFailed);
     let late = usage_cost::apply(&mut conn, Some(lost), &deltas, usd).await.unwrap();
     assert_eq!(late, BatchOutcome::AlreadyApplied);
-    assert_eq!(usage_of(db, user.id, "tools-uuid", &this_period()).await, (10, 10));
+    assert_eq!(
+        usage_of(db, user.id, "tools-uuid", &this_period()).await,
+        (10000, 10000)
+    );
     assert_eq!(total_cost().await, Decimal::ZERO);
 }
 
