@@ -312,7 +312,8 @@ impl Meter {
                 );
                 break GroupOutcome::GivenUp;
             }
-            tracing::warn!(flush_id = %flush_id.id, calls = group.calls, error = %error, "group commit failed; retrying");
+            // Debug: an outage would log every retry; the give-up is an error.
+            tracing::debug!(flush_id = %flush_id.id, calls = group.calls, error = %error, "group commit failed; retrying");
             tokio::time::sleep(delay).await;
             delay *= 2;
         };
@@ -320,8 +321,8 @@ impl Meter {
             self.flushes.fetch_add(1, Ordering::Relaxed);
             self.metrics.meter_flushes.inc();
         } else {
-            // Queued before the calls are answered, so a drain can never see
-            // them neither waiting nor queued.
+            // Queued before `in_flight_calls` drops, so `pending_calls` (what
+            // a drain waits on) never reads 0 while they are unsettled.
             self.given_up_calls.fetch_add(group.calls, Ordering::Relaxed);
             self.given_up
                 .lock()
