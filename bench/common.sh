@@ -57,8 +57,10 @@ build_bench_binaries() {
   ./scripts/services.sh >&2
   log "building (cargo build --release --example loadgen --bin payg)"
   cargo build --release --example loadgen --bin payg >&2
-  PAYG="$ROOT/target/release/payg"
-  LOADGEN="$ROOT/target/release/examples/loadgen"
+  # Where cargo put them: CARGO_TARGET_DIR when set (a worktree sharing a
+  # warm target directory), the repository's target/ otherwise.
+  PAYG="${CARGO_TARGET_DIR:-$ROOT/target}/release/payg"
+  LOADGEN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/loadgen"
   { [ -x "$PAYG" ] && [ -x "$LOADGEN" ]; } || die "build outputs missing"
 }
 

@@ -74,6 +74,11 @@ impl AppState {
                 overdue_days: config.billing.overdue_days,
             },
         ));
+        if config.meter.sync_alias {
+            tracing::warn!(
+                "PAYG_METER_MODE=sync is deprecated: it now means durable (group commit, same promise); set PAYG_METER_MODE=durable"
+            );
+        }
         let meter = Arc::new(Meter::new(
             config.meter.mode,
             config.billing.currency,

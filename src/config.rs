@@ -123,8 +123,9 @@ pub struct JwtSettings {
 pub enum MeterMode {
     /// In-memory counters flushed by a background task (the default).
     Batched,
-    /// Each call's increment is committed before its response leaves.
-    Sync,
+    /// Each call's increment is committed before its response leaves, in a
+    /// group commit shared with the calls waiting at the same time.
+    Durable,
     /// Authenticate but record nothing: for benchmarks only.
     Off,
 }
@@ -132,6 +133,9 @@ pub enum MeterMode {
 #[derive(Debug, Clone)]
 pub struct MeterSettings {
     pub mode: MeterMode,
+    /// `PAYG_METER_MODE=sync` was given: the retired per-call mode, now an
+    /// alias of `durable` (which promises the same); startup warns.
+    pub sync_alias: bool,
     pub flush_interval: Duration,
 }
 
@@ -251,15 +255,16 @@ impl Config {
             meter: MeterSettings {
                 mode: match var("PAYG_METER_MODE").as_deref() {
                     None | Some("batched") => MeterMode::Batched,
-                    Some("sync") => MeterMode::Sync,
+                    Some("durable" | "sync") => MeterMode::Durable,
                     Some("off") => MeterMode::Off,
                     Some(other) => {
                         return Err(ConfigError {
                             var: "PAYG_METER_MODE",
-                            message: format!("{other:?} is not one of batched, sync, off"),
+                            message: format!("{other:?} is not one of batched, durable, off"),
                         });
                     }
                 },
+                sync_alias: var("PAYG_METER_MODE").as_deref() == Some("sync"),
                 flush_interval: Duration::from_millis(parse_or(
                     "PAYG_METER_FLUSH_MS",
                     var("PAYG_METER_FLUSH_MS"),
@@ -431,8 +436,17 @@ mod tests {
         assert_eq!(c.jwt.ttl, Duration::from_secs(900));
         assert_eq!(c.billing_tz, Tz::UTC);
         assert_eq!(c.meter.mode, MeterMode::Batched);
+        assert!(!c.meter.sync_alias);
         assert_eq!(c.meter.flush_interval, Duration::from_millis(200));
         assert_eq!(c.database_url.expose(), "postgres://postgres@127.0.0.1:5432/payg");
+    }
+
+    #[test]
+    fn sync_is_an_alias_of_durable_and_says_so() {
+        let c = config(&[SECRET, ("PAYG_METER_MODE", "sync")]).unwrap();
+        assert_eq!((c.meter.mode, c.meter.sync_alias), (MeterMode::Durable, true));
+        let c = config(&[SECRET, ("PAYG_METER_MODE", "durable")]).unwrap();
+        assert_eq!((c.meter.mode, c.meter.sync_alias), (MeterMode::Durable, false));
     }
 
     #[test]

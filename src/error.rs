@@ -172,8 +172,8 @@ impl ApiError {
         )
     }
 
-    /// 503 in sync metering mode: the call could not be recorded, so it is
-    /// not served (it would go unbilled).
+    /// 503 in durable metering mode: the call's count could not be committed,
+    /// so it is not served (it would go unbilled); it is never billed.
     pub fn metering_unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,4 +1,5 @@
-//! The background loops, all in one place: the meter flush, the scheduled
+//! The background loops, all in one place: the meter flush (in durable mode:
+//! the group commit, and the settlement of given-up groups), the scheduled
 //! month close, the catalog refresh, the API-key revalidation, the listener
 //! for pushed revocations and the rate-limit lease sweeper. Each runs
 //! until `shutdown` flips; `startup::Application::run_until_stopped` starts
@@ -24,7 +25,8 @@ use crate::redis_store::{Event, RedisStore};
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// Flushes every `interval` until `shutdown` flips, backing off (up to
-/// 5 s) while the database refuses. Prunes old flush ids hourly.
+/// 5 s) while the database refuses. Prunes old flush ids hourly. In durable
+/// mode a flush settles a given-up group (`Meter::flush`).
 pub fn spawn_flusher(meter: Arc<Meter>, interval: Duration, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut delay = interval;
@@ -42,6 +44,25 @@ pub fn spawn_flusher(meter: Arc<Meter>, interval: Duration, mut shutdown: watch:
                 last_prune = Instant::now();
                 meter.prune_flush_log().await;
             }
+        }
+    })
+}
+
+/// Durable mode: commits a group as soon as a call waits for one, and the
+/// next as soon as that one is answered (calls arriving meanwhile form it).
+/// One group in flight: consecutive groups touch the same hot rows, so a
+/// second concurrent transaction would mostly wait for the first one's row
+/// locks, and one writer keeps the retry-before-newer order of batched mode.
+/// Stops when `shutdown` flips, which `run_until_stopped` does only after the
+/// server has answered its in-flight calls.
+pub fn spawn_group_committer(meter: Arc<Meter>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = meter.calls_waiting() => {}
+                _ = shutdown.changed() => return,
+            }
+            meter.commit_group().await;
         }
     })
 }

@@ -10,7 +10,7 @@ use actix_web::{App, HttpServer, web};
 use tokio::sync::watch;
 
 use crate::app::AppState;
-use crate::config::Config;
+use crate::config::{Config, MeterMode};
 use crate::domain::Clock;
 use crate::error;
 use crate::{gateway, jobs, metering, routes, telemetry};
@@ -180,6 +180,8 @@ impl Application {
         let state = self.state.clone().into_inner();
         let lease_sweeper = jobs::spawn_lease_sweeper(state.metering.rate_limits.clone(), shutdown_rx.clone());
         let flusher = jobs::spawn_flusher(meter.clone(), state.config.meter.flush_interval, shutdown_rx.clone());
+        let committer = (state.config.meter.mode == MeterMode::Durable)
+            .then(|| jobs::spawn_group_committer(meter.clone(), shutdown_rx.clone()));
         let scheduler = jobs::spawn_close_scheduler(state.clone(), shutdown_rx.clone());
         let catalog_refresh = jobs::spawn_catalog_refresh(state.clone(), shutdown_rx.clone());
         let key_revalidation = jobs::spawn_key_revalidation(state, shutdown_rx.clone());
@@ -188,8 +190,12 @@ impl Application {
         let served = self.server.await;
         metrics_handle.stop(true).await;
         let _ = metrics_server.await;
+        // Only now: in-flight durable calls waited for their group above.
         let _ = shutdown_tx.send(true);
         let _ = flusher.await;
+        if let Some(committer) = committer {
+            let _ = committer.await;
+        }
         let _ = scheduler.await;
         let _ = catalog_refresh.await;
         let _ = key_revalidation.await;

@@ -39,16 +39,108 @@ pub async fn apply(
         {
             return Ok(BatchOutcome::AlreadyApplied);
         }
-        let after = UsageRecord::add(conn, deltas).await?;
-        let mut api_ids: Vec<i32> = deltas.iter().map(|(k, _)| k.api_id).collect();
-        api_ids.sort_unstable();
-        api_ids.dedup();
-        let book = PriceBook::load(conn, Some(&api_ids)).await?;
-        let amounts = cost_deltas(deltas, &after, &book, currency);
-        User::add_to_total_cost(conn, &amounts).await?;
+        add_priced(conn, deltas, currency).await?;
         Ok(BatchOutcome::Applied)
     })
     .await
+}
+
+/// How a durable group that was answered 503 ended up (see [`settle_given_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// The group had never committed: it is now applied with every call failed.
+    AppliedAsFailed,
+    /// The group's commit had landed (its acknowledgement was lost): the calls
+    /// it counted as served are moved to failed.
+    Compensated,
+    /// An earlier attempt of this settlement committed.
+    AlreadySettled,
+}
+
+/// Makes the calls of a durable group that was answered 503 end up counted
+/// as failed, never billed, whatever happened to the group's own commit
+/// (`original`): in one transaction it records `settlement` (so a retry of
+/// the settlement applies nothing twice), then takes `original`'s id. If the
+/// id was free, the group never committed, and now never can (its id is
+/// taken): the batch is added with every call failed. If it was taken, the
+/// group did commit, and the calls it counted as served are moved to failed.
+/// A commit of `original` still in flight makes the insert wait for it (the
+/// primary key), so the answer is never a guess.
+pub async fn settle_given_up(
+    conn: &mut AsyncPgConnection,
+    original: FlushId,
+    settlement: FlushId,
+    deltas: &[(UsageKey, UsageDelta)],
+    currency: Currency,
+) -> QueryResult<Settlement> {
+    let total_calls: i64 = deltas.iter().map(|(_, d)| d.calls).sum();
+    conn.transaction(async |conn| {
+        if !UsageRecord::record_flush(conn, settlement, deltas.len(), total_calls).await? {
+            return Ok(Settlement::AlreadySettled);
+        }
+        if UsageRecord::record_flush(conn, original, deltas.len(), total_calls).await? {
+            let as_failed: Vec<_> = deltas
+                .iter()
+                .map(|(k, d)| {
+                    let failed = UsageDelta {
+                        calls: d.calls,
+                        failed_calls: d.calls,
+                    };
+                    (*k, failed)
+                })
+                .collect();
+            add_priced(conn, &as_failed, currency).await?;
+            return Ok(Settlement::AppliedAsFailed);
+        }
+        let moved: Vec<_> = deltas
+            .iter()
+            .filter(|(_, d)| d.calls > d.failed_calls)
+            .map(|(k, d)| (*k, d.calls - d.failed_calls))
+            .collect();
+        if !moved.is_empty() {
+            let after = UsageRecord::move_to_failed(conn, &moved).await?;
+            let as_deltas: Vec<_> = moved
+                .iter()
+                .map(|(k, n)| {
+                    let delta = UsageDelta {
+                        calls: 0,
+                        failed_calls: *n,
+                    };
+                    (*k, delta)
+                })
+                .collect();
+            add_cost(conn, &as_deltas, &after, currency).await?;
+        }
+        Ok(Settlement::Compensated)
+    })
+    .await
+}
+
+/// The counter upsert and the priced difference on each user's total, inside
+/// the caller's transaction.
+async fn add_priced(
+    conn: &mut AsyncPgConnection,
+    deltas: &[(UsageKey, UsageDelta)],
+    currency: Currency,
+) -> QueryResult<()> {
+    let after = UsageRecord::add(conn, deltas).await?;
+    add_cost(conn, deltas, &after, currency).await
+}
+
+/// Adds what `deltas` changed in the price of the rows they left as `after`
+/// to each user's `total_cost`, inside the caller's transaction.
+async fn add_cost(
+    conn: &mut AsyncPgConnection,
+    deltas: &[(UsageKey, UsageDelta)],
+    after: &[Counters],
+    currency: Currency,
+) -> QueryResult<()> {
+    let mut api_ids: Vec<i32> = deltas.iter().map(|(k, _)| k.api_id).collect();
+    api_ids.sort_unstable();
+    api_ids.dedup();
+    let book = PriceBook::load(conn, Some(&api_ids)).await?;
+    let amounts = cost_deltas(deltas, after, &book, currency);
+    User::add_to_total_cost(conn, &amounts).await
 }
 
 /// Per user, what the batch added to their cost: for each touched record,

@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::gateway::GatewayCall;
 use crate::metering::catalog::CatalogEntry;
 use crate::metering::rate_limit::RateOutcome;
-use crate::metering::{GATEWAY_RESOURCE, Metering};
+use crate::metering::{GATEWAY_RESOURCE, Metering, NotMetered};
 use crate::models::usage::{UsageDelta, UsageKey};
 use crate::telemetry::MatchedRoute;
 
@@ -132,18 +132,14 @@ fn resolve(
         .map(|(api, rest)| (api, Some(rest.to_owned()))))
 }
 
-/// Counts one call in the configured mode. Only `sync` can fail: its
-/// increment must commit before the response leaves.
-async fn record(state: &Metering, key: UsageKey, delta: UsageDelta) -> Result<(), ()> {
+/// Counts one call in the configured mode. Only `durable` can fail: its
+/// increment must commit (with its group) before the response leaves. The
+/// meter logs the failure once per group, not once per call.
+async fn record(state: &Metering, key: UsageKey, delta: UsageDelta) -> Result<(), NotMetered> {
     match state.meter.mode() {
         MeterMode::Batched => state.meter.record(key, delta),
         MeterMode::Off => {}
-        MeterMode::Sync => {
-            if let Err(e) = state.meter.record_now(key, delta).await {
-                tracing::error!(error = %e, "sync metering failed; refusing to serve the call unbilled");
-                return Err(());
-            }
-        }
+        MeterMode::Durable => state.meter.record_durable(key, delta).await?,
     }
     Ok(())
 }

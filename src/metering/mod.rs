@@ -6,15 +6,19 @@
 //! - [`catalog`]: method + route pattern (or gateway prefix) → API, in memory.
 //! - [`rate_limit`]: per-user rate limits leased from Redis in batches.
 //! - [`recorder`]: in-memory pending deltas (batched mode).
-//! - [`Meter`] (here): the mode switch and the flush that moves pending
+//! - [`group`]: the calls waiting for the next group commit (durable mode).
+//! - [`Meter`] (here): the mode switch; the flush that moves pending
 //!   deltas into `usage_records` with one atomic multi-row upsert
-//!   (`billing::usage_cost`); `jobs` runs it on a timer.
+//!   (`billing::usage_cost`), which `jobs` runs on a timer; and the group
+//!   commit that `jobs` runs whenever durable calls are waiting.
 
 pub mod catalog;
+pub mod group;
 pub mod middleware;
 pub mod rate_limit;
 pub mod recorder;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,16 +27,23 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::billing::usage_cost::{self, BatchOutcome};
+use crate::billing::usage_cost::{self, BatchOutcome, Settlement};
 use crate::config::MeterMode;
-use crate::db::DbPool;
+use crate::db::{DbConn, DbPool};
 use crate::domain::Currency;
 use crate::models::usage::{FlushId, UsageDelta, UsageKey, UsageRecord};
 use crate::telemetry::Metrics;
 
 pub use catalog::Catalog;
+use group::{GroupOutcome, Groups};
 pub use middleware::metered_call;
 pub use recorder::Recorder;
+
+/// How long a durable group is retried (with the same flush id) before its
+/// calls are answered 503. Long enough to ride out a dropped connection or a
+/// database failover's first seconds, short enough that a client waiting on
+/// an outage hears about it.
+const GROUP_RETRY_FOR: Duration = Duration::from_secs(2);
 
 /// The name of the catch-all resource that serves gateway APIs (registered
 /// after every route payg serves itself, wrapped in [`metered_call`]).
@@ -59,6 +70,22 @@ struct PendingFlush {
     calls: u64,
 }
 
+/// A durable group whose calls were answered 503: kept until its settlement
+/// commits, so those calls end up counted as failed whatever became of the
+/// group's own commit.
+#[derive(Clone)]
+struct GivenUp {
+    original: FlushId,
+    /// Fixed when the group is given up, so a retried settlement is applied once.
+    settlement: FlushId,
+    rows: Vec<(UsageKey, UsageDelta)>,
+    calls: u64,
+}
+
+/// A durable call whose count could not be committed: it must not be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotMetered;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushResult {
     Nothing,
@@ -68,12 +95,14 @@ pub enum FlushResult {
 /// A snapshot of the meter for operators (in `GET /readyz`).
 #[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct MeterStatus {
-    /// `batched`, `sync` or `off`.
+    /// `batched`, `durable` or `off`.
     #[schema(value_type = String)]
     pub mode: &'static str,
-    /// Calls counted in memory and not yet committed to PostgreSQL.
+    /// Calls counted in memory and not yet committed to PostgreSQL (durable:
+    /// calls waiting for their group, and calls answered 503 whose
+    /// settlement has not committed yet).
     pub pending_calls: u64,
-    /// Batches committed since start.
+    /// Batches (durable: groups) committed since start.
     pub flushes: u64,
     pub flush_failures: u64,
 }
@@ -90,6 +119,17 @@ pub struct Meter {
     flushes: AtomicU64,
     flush_failures: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Durable mode: the calls waiting for the next group commit.
+    groups: Groups,
+    /// Durable mode: held for a whole group commit (one group in flight per
+    /// instance), with the connection the groups are written on. Kept
+    /// between groups, so a commit never queues behind calls for the pool.
+    group_conn: Mutex<Option<DbConn>>,
+    /// Durable mode: given-up groups waiting for their settlement, oldest first.
+    given_up: std::sync::Mutex<VecDeque<GivenUp>>,
+    given_up_calls: AtomicU64,
+    /// Held for a whole settlement attempt: one at a time.
+    settling: Mutex<()>,
 }
 
 impl Meter {
@@ -108,6 +148,11 @@ impl Meter {
             flushes: AtomicU64::new(0),
             flush_failures: AtomicU64::new(0),
             metrics,
+            groups: Groups::default(),
+            group_conn: Mutex::new(None),
+            given_up: std::sync::Mutex::new(VecDeque::new()),
+            given_up_calls: AtomicU64::new(0),
+            settling: Mutex::new(()),
         }
     }
 
@@ -120,21 +165,27 @@ impl Meter {
         self.recorder.record(key, delta);
     }
 
-    /// Sync mode: commit the increment now.
-    pub async fn record_now(&self, key: UsageKey, delta: UsageDelta) -> anyhow::Result<()> {
-        let mut conn = self.db.get().await?;
-        usage_cost::apply(&mut conn, None, &[(key, delta)], self.currency).await?;
-        Ok(())
+    /// Durable mode: joins the next group commit and returns once it has
+    /// committed. `Err` means the call must not be served: its group could
+    /// not be committed in time, and it will be settled as a failed call.
+    pub async fn record_durable(&self, key: UsageKey, delta: UsageDelta) -> Result<(), NotMetered> {
+        match self.groups.join(key, delta).await {
+            GroupOutcome::Committed => Ok(()),
+            GroupOutcome::GivenUp => Err(NotMetered),
+        }
     }
 
     pub fn status(&self) -> MeterStatus {
         MeterStatus {
             mode: match self.mode {
                 MeterMode::Batched => "batched",
-                MeterMode::Sync => "sync",
+                MeterMode::Durable => "durable",
                 MeterMode::Off => "off",
             },
-            pending_calls: self.recorder.buffered_calls() + self.in_flight_calls.load(Ordering::Relaxed),
+            pending_calls: self.recorder.buffered_calls()
+                + self.in_flight_calls.load(Ordering::Relaxed)
+                + self.groups.waiting_calls()
+                + self.given_up_calls.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             flush_failures: self.flush_failures.load(Ordering::Relaxed),
         }
@@ -143,7 +194,11 @@ impl Meter {
     /// One flush attempt. A batch that fails stays in flight with its id and
     /// is retried by the next attempt before anything newer is drained, so a
     /// batch is never dropped and (thanks to the id) never applied twice.
+    /// In durable mode (nothing is batched) it settles a given-up group.
     pub async fn flush(&self) -> anyhow::Result<FlushResult> {
+        if self.mode == MeterMode::Durable {
+            return self.settle_given_up().await;
+        }
         let mut in_flight = self.in_flight.lock().await;
         if in_flight.is_none() {
             let rows = self.recorder.drain();
@@ -203,8 +258,169 @@ impl Meter {
         }
     }
 
+    /// Resolves once a durable call waits for a group commit.
+    pub async fn calls_waiting(&self) {
+        self.groups.calls_waiting().await;
+    }
+
+    /// Durable mode: commits the waiting calls as one group and answers
+    /// them. The group keeps one flush id across its retries (a commit whose
+    /// acknowledgement was lost is recognised, not applied twice); if it has
+    /// not committed after [`GROUP_RETRY_FOR`], its calls are answered 503
+    /// and it is queued for settlement. Returns false when no call waited.
+    pub async fn commit_group(&self) -> bool {
+        let mut conn = self.group_conn.lock().await;
+        let Some(mut group) = self.groups.take() else {
+            return false;
+        };
+        self.in_flight_calls.store(group.calls, Ordering::Relaxed);
+        self.metrics
+            .meter_group_calls
+            .observe(f64::from(u32::try_from(group.calls).unwrap_or(u32::MAX)));
+        let flush_id = FlushId {
+            id: Uuid::new_v4(),
+            instance_id: self.instance_id,
+        };
+        let until = Instant::now() + GROUP_RETRY_FOR;
+        let mut delay = Duration::from_millis(5);
+        let outcome = loop {
+            let timer = self.metrics.meter_flush_duration.start_timer();
+            // An attempt that outlives the deadline is abandoned like a lost
+            // commit: the settlement finds out what it did.
+            let left = until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
+            let result = tokio::time::timeout(left, self.apply_group(&mut conn, flush_id, &group.rows)).await;
+            timer.observe_duration();
+            let error = match result {
+                Ok(Ok(outcome)) => {
+                    if outcome == BatchOutcome::AlreadyApplied {
+                        tracing::info!(flush_id = %flush_id.id, "group had already committed; not applied again");
+                    }
+                    break GroupOutcome::Committed;
+                }
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    *conn = None;
+                    anyhow::anyhow!("group commit did not finish within {GROUP_RETRY_FOR:?}")
+                }
+            };
+            self.flush_failures.fetch_add(1, Ordering::Relaxed);
+            self.metrics.meter_flush_failures.inc();
+            if Instant::now() + delay >= until {
+                tracing::error!(
+                    flush_id = %flush_id.id,
+                    calls = group.calls,
+                    error = %error,
+                    "group commit failed; its calls are answered 503 and will be settled as failed"
+                );
+                break GroupOutcome::GivenUp;
+            }
+            // Debug: an outage would log every retry; the give-up is an error.
+            tracing::debug!(flush_id = %flush_id.id, calls = group.calls, error = %error, "group commit failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        };
+        if outcome == GroupOutcome::Committed {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            self.metrics.meter_flushes.inc();
+        } else {
+            // Queued before `in_flight_calls` drops, so `pending_calls` (what
+            // a drain waits on) never reads 0 while they are unsettled.
+            self.given_up_calls.fetch_add(group.calls, Ordering::Relaxed);
+            self.given_up
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(GivenUp {
+                    original: flush_id,
+                    settlement: FlushId {
+                        id: Uuid::new_v4(),
+                        instance_id: self.instance_id,
+                    },
+                    rows: std::mem::take(&mut group.rows),
+                    calls: group.calls,
+                });
+        }
+        self.in_flight_calls.store(0, Ordering::Relaxed);
+        group.answer(outcome);
+        true
+    }
+
+    /// One attempt at a group, on the committer's own connection (taken from
+    /// the pool when there is none; dropped after an error, so a broken one
+    /// is replaced).
+    async fn apply_group(
+        &self,
+        conn: &mut Option<DbConn>,
+        flush_id: FlushId,
+        rows: &[(UsageKey, UsageDelta)],
+    ) -> anyhow::Result<BatchOutcome> {
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(self.db.get().await?),
+        };
+        let result = usage_cost::apply(c, Some(flush_id), rows, self.currency).await;
+        if result.is_err() {
+            *conn = None;
+        }
+        Ok(result?)
+    }
+
+    /// Settles the oldest given-up group (see `usage_cost::settle_given_up`):
+    /// its calls were answered 503, so they end up counted as failed whether
+    /// or not its commit landed. On failure it stays first in the queue.
+    async fn settle_given_up(&self) -> anyhow::Result<FlushResult> {
+        let _one_at_a_time = self.settling.lock().await;
+        let Some(given_up) = self.given_up.lock().unwrap_or_else(|e| e.into_inner()).front().cloned() else {
+            return Ok(FlushResult::Nothing);
+        };
+        let attempt = async {
+            let mut conn = self.db.get().await?;
+            anyhow::Ok(
+                usage_cost::settle_given_up(
+                    &mut conn,
+                    given_up.original,
+                    given_up.settlement,
+                    &given_up.rows,
+                    self.currency,
+                )
+                .await?,
+            )
+        };
+        match attempt.await {
+            Ok(settlement) => {
+                // Compensated: the group had committed after all (its
+                // acknowledgement was lost) and its calls were moved to failed.
+                tracing::warn!(
+                    flush_id = %given_up.original.id,
+                    calls = given_up.calls,
+                    compensated = settlement == Settlement::Compensated,
+                    ?settlement,
+                    "calls answered 503 are settled as failed calls"
+                );
+                self.given_up.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                self.given_up_calls.fetch_sub(given_up.calls, Ordering::Relaxed);
+                Ok(FlushResult::Flushed {
+                    rows: given_up.rows.len(),
+                    calls: given_up.calls,
+                })
+            }
+            Err(e) => {
+                self.flush_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.meter_flush_failures.inc();
+                tracing::warn!(flush_id = %given_up.original.id, calls = given_up.calls, error = %e, "settling a given-up group failed; retrying");
+                Err(e)
+            }
+        }
+    }
+
     /// Forgets flush ids older than a day (run hourly by `jobs`).
     pub async fn prune_flush_log(&self) {
+        // A settlement decides by the given-up group's id: keep every id
+        // while one is waiting, however long the database was away.
+        if self.given_up_calls.load(Ordering::Relaxed) > 0 {
+            return;
+        }
         // A retry of a lost-commit flush happens within seconds; a day of
         // flush ids is far more than enough to recognise it.
         let cutoff = Utc::now() - chrono::Duration::days(1);
@@ -221,6 +437,11 @@ impl Meter {
     /// shutdown). Returns the calls that could not be written.
     pub async fn drain(&self, deadline: Duration) -> u64 {
         let until = Instant::now() + deadline;
+        // Durable calls the server stopped waiting for (shutdown timeout):
+        // commit them as one more group; none of them was answered 2xx.
+        if self.mode == MeterMode::Durable {
+            self.commit_group().await;
+        }
         let mut delay = Duration::from_millis(50);
         loop {
             let ok = self.flush().await.is_ok();

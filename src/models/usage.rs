@@ -160,6 +160,34 @@ impl UsageRecord {
         .await
     }
 
+    /// Moves calls already counted to `failed_calls` (`moved`: sorted,
+    /// unique keys, as for [`UsageRecord::add`], whose lock order it keeps)
+    /// and returns the rows as it left them. An upsert, not an UPDATE, for
+    /// that lock order; the row the insert would make (`moved` calls, all
+    /// failed) satisfies the table's checks, which PostgreSQL tests before it
+    /// finds the conflict. The rows exist: their calls were counted.
+    pub async fn move_to_failed(conn: &mut AsyncPgConnection, moved: &[(UsageKey, i64)]) -> QueryResult<Vec<Counters>> {
+        debug_assert!(
+            moved.windows(2).all(|w| w[0].0 < w[1].0),
+            "moved must be sorted and unique"
+        );
+        use diesel::sql_types::{Array, BigInt, Date, Integer};
+        diesel::sql_query(
+            "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
+             SELECT u, a, p, n, n FROM unnest($1::uuid[], $2::int4[], $3::date[], $4::int8[]) AS m(u, a, p, n) \
+             ON CONFLICT (user_id, api_id, period) DO UPDATE SET \
+               failed_calls = usage_records.failed_calls + EXCLUDED.failed_calls, \
+               updated_at = now() \
+             RETURNING user_id, api_id, period, calls, failed_calls",
+        )
+        .bind::<Array<diesel::sql_types::Uuid>, _>(moved.iter().map(|(k, _)| k.user_id).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(moved.iter().map(|(k, _)| k.api_id).collect::<Vec<_>>())
+        .bind::<Array<Date>, _>(moved.iter().map(|(k, _)| k.period.first_day()).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(moved.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .load::<Counters>(conn)
+        .await
+    }
+
     /// The caller's usage for one period, one line per API used.
     pub async fn for_user_period(
         conn: &mut AsyncPgConnection,

@@ -299,7 +299,7 @@ fn add_common_responses(op: &mut Operation, metered: bool) {
         add(
             op,
             503,
-            "`metering_unavailable`: in sync metering mode the call could not be recorded, so it was not served.",
+            "`metering_unavailable`: in durable metering mode the call's count could not be committed, so it was not served (and is never billed).",
             &[],
         );
     }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub meter_flushes: IntCounter,
     pub meter_flush_failures: IntCounter,
     pub meter_flush_duration: Histogram,
+    /// Durable mode: calls per group commit.
+    pub meter_group_calls: Histogram,
     pub db_pool_size: IntGauge,
     pub db_pool_available: IntGauge,
     pub db_pool_waiting: IntGauge,
@@ -107,6 +109,13 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
+        let meter_group_calls = Histogram::with_opts(
+            HistogramOpts::new(
+                "meter_group_calls",
+                "Calls committed together by one durable group commit",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 12)?),
+        )?;
         let db_pool_size = IntGauge::new("db_pool_connections", "PostgreSQL connections open in the pool")?;
         let db_pool_available = IntGauge::new("db_pool_available", "Pooled PostgreSQL connections idle")?;
         let db_pool_waiting = IntGauge::new("db_pool_waiting", "Tasks waiting for a PostgreSQL connection")?;
@@ -153,6 +162,7 @@ impl Metrics {
             Box::new(meter_flushes.clone()),
             Box::new(meter_flush_failures.clone()),
             Box::new(meter_flush_duration.clone()),
+            Box::new(meter_group_calls.clone()),
             Box::new(db_pool_size.clone()),
             Box::new(db_pool_available.clone()),
             Box::new(db_pool_waiting.clone()),
@@ -176,6 +186,7 @@ impl Metrics {
             meter_flushes,
             meter_flush_failures,
             meter_flush_duration,
+            meter_group_calls,
             db_pool_size,
             db_pool_available,
             db_pool_waiting,

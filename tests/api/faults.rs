@@ -206,7 +206,7 @@ async fn terminated_database_connections_under_load_are_503s_never_500s() {
         TestApp::builder()
             // The tools route records each call before it answers, so a lost
             // connection reaches metering too.
-            .env("PAYG_METER_MODE", "sync")
+            .env("PAYG_METER_MODE", "durable")
             .spawn()
             .await,
     );

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::helpers::{Registered, TestApp, TestDb, api_id, error_code, total_calls, usage_of};
 
-fn this_period() -> String {
+pub(crate) fn this_period() -> String {
     Period::containing(Utc::now(), chrono_tz::Tz::UTC)
         .first_day()
         .to_string()
@@ -20,7 +20,7 @@ fn this_period() -> String {
 /// `tasks` concurrent clients, each making `calls` calls round-robin over
 /// `targets` (base URL, user index, path). Returns the 2xx responses each
 /// (user index, path) received — the tally the records must equal.
-async fn hammer(
+pub(crate) async fn hammer(
     client: &reqwest::Client,
     users: &[Registered],
     targets: &[(String, usize, &'static str)],
@@ -69,7 +69,11 @@ fn slug_of(path: &str) -> &'static str {
     }
 }
 
-async fn assert_records_match(db: &TestDb, users: &[Registered], tally: &HashMap<(usize, &'static str), i64>) {
+pub(crate) async fn assert_records_match(
+    db: &TestDb,
+    users: &[Registered],
+    tally: &HashMap<(usize, &'static str), i64>,
+) {
     let period = this_period();
     for ((user, path), ok) in tally {
         let (calls, failed) = usage_of(db, users[*user].id, slug_of(path), &period).await;
@@ -79,7 +83,7 @@ async fn assert_records_match(db: &TestDb, users: &[Registered], tally: &HashMap
     assert_eq!(total_calls(db).await, sum);
 }
 
-const PATHS: [&str; 2] = ["/api/v1/tools/uuid", "/api/v1/tools/time"];
+pub(crate) const PATHS: [&str; 2] = ["/api/v1/tools/uuid", "/api/v1/tools/time"];
 
 async fn exact_counts_under_concurrency(mode: &str) {
     let app = TestApp::builder()
@@ -105,8 +109,8 @@ async fn batched_counts_are_exact_under_concurrency() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_counts_are_exact_under_concurrency() {
-    exact_counts_under_concurrency("sync").await;
+async fn durable_counts_are_exact_under_concurrency() {
+    exact_counts_under_concurrency("durable").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
