@@ -24,7 +24,8 @@
 # server is then stopped with SIGTERM (graceful shutdown flushes the meter)
 # and usage_records is compared with the load generator's tally: no rows at
 # all for healthz and off; every user's calls equal to its 2xx count for
-# the others. Around each run it reads Redis's total_commands_processed
+# the others. The servers use a redis-server of the benchmark's own. Around
+# each run it reads that Redis's total_commands_processed
 # (INFO stats) and the database's committed and rolled-back transactions
 # (pg_stat_database, after the server exited), and prints both per call.
 #
@@ -50,6 +51,7 @@
 #   AUTH_CACHE_MS=30000 PAYG_AUTH_CACHE_MS (how long a user's standing is used)
 #   LOGOUT_SAMPLES=200  logouts timed from instance A to instance B (0: skip)
 #   BENCH_PORT=18089    port the server under test binds on 127.0.0.1 (and +1)
+#   BENCH_REDIS_PORT=18087  port of the benchmark's own redis-server
 #   PG_URL=postgres://postgres@127.0.0.1:5432   server (trust auth) for the bench databases
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -68,8 +70,10 @@ LOGOUT_SAMPLES=${LOGOUT_SAMPLES:-200}
 # high (one call per µs, payg's finest step) in healthz, limited and apikey.
 RATE_LIMIT_HIGH=60000000  # PAYG_RATE_LIMIT_PER_MINUTE and _BURST when on
 ENDPOINT=/api/v1/tools/uuid
+# A Redis of the benchmark's own, so its command count is the servers' alone.
 REDIS_HOST=127.0.0.1
-REDIS_PORT=6379
+REDIS_PORT=${BENCH_REDIS_PORT:-18087}
+REDIS_PID=""
 # SCENARIOS="hot" or "spread" runs just one (for debugging); default both.
 read -r -a SCENARIOS <<<"${SCENARIOS:-hot spread}"
 for i in "${!SCENARIOS[@]}"; do
@@ -124,6 +128,10 @@ cleanup() {
     stop_server >/dev/null 2>&1
   fi
   drop_created_databases
+  if [ -n "$REDIS_PID" ]; then
+    kill "$REDIS_PID" 2>/dev/null
+    wait "$REDIS_PID" 2>/dev/null
+  fi
   if [ "$rc" -ne 0 ] || [ "$KEEP_WORK" -eq 1 ]; then
     echo "bench: server logs and load generator output kept in $WORK" >&2
   else
@@ -138,6 +146,14 @@ trap 'exit 143' TERM
 # ------------------------------------------------------------------ setup
 
 build_bench_binaries
+command -v redis-server >/dev/null 2>&1 || die "redis-server is required"
+redis-server --port "$REDIS_PORT" --bind "$REDIS_HOST" --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+for ((i = 0; i < 50; i++)); do
+  redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping >/dev/null 2>&1 || die "the benchmark's redis-server did not start"
 
 if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$BENCH_PORT/"; then
   die "something already listens on 127.0.0.1:$BENCH_PORT; set BENCH_PORT"
@@ -202,7 +218,7 @@ SQL
     PAYG_BIND="127.0.0.1:$BENCH_PORT" PAYG_DB_POOL_SIZE="$POOL_SIZE" \
     PAYG_AUTH_CACHE_MS="$AUTH_CACHE_MS" PAYG_RATE_LIMIT_PER_MINUTE="${LIMIT_OF[$mode]}" \
     PAYG_RATE_LIMIT_BURST="${LIMIT_OF[$mode]}" PAYG_CLIENT_AUTH_PER_MINUTE=0 \
-    PAYG_METRICS_BIND=127.0.0.1:0 PAYG_REDIS_PREFIX="payg-bench:$db:" \
+    PAYG_METRICS_BIND=127.0.0.1:0 PAYG_REDIS_PREFIX="payg-bench:$db:" REDIS_URL="redis://$REDIS_HOST:$REDIS_PORT" \
     PAYG_BILLING_TZ=UTC PAYG_LOG_FORMAT=pretty \
     "$PAYG" serve --no-migrate) >"$dir/server.log" 2>&1 &
   SERVER_PID=$!
@@ -325,7 +341,8 @@ SQL
   for port in "$BENCH_PORT" "$((BENCH_PORT + 1))"; do
     (cd "$dir" && exec env DATABASE_URL="$PG_URL/$db" JWT_SECRET="$JWT_SECRET_BENCH" RUST_LOG=warn \
       PAYG_BIND="127.0.0.1:$port" PAYG_METRICS_BIND=127.0.0.1:0 PAYG_WORKERS="$WORKERS" \
-      PAYG_REDIS_PREFIX="payg-bench:$db:" "$PAYG" serve --no-migrate) >"$dir/server-$port.log" 2>&1 &
+      PAYG_REDIS_PREFIX="payg-bench:$db:" REDIS_URL="redis://$REDIS_HOST:$REDIS_PORT" \
+      "$PAYG" serve --no-migrate) >"$dir/server-$port.log" 2>&1 &
     pids+=($!)
   done
   local i
