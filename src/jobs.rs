@@ -49,7 +49,8 @@ pub fn spawn_flusher(meter: Arc<Meter>, interval: Duration, mut shutdown: watch:
 }
 
 /// Durable mode: commits a group as soon as a call waits for one, and the
-/// next as soon as that one is answered (calls arriving meanwhile form it).
+/// next as soon as that one is answered (calls arriving meanwhile form it,
+/// joined by the answered calls' clients for up to `GATHER_AT_MOST`).
 /// One group in flight: consecutive groups touch the same hot rows, so a
 /// second concurrent transaction would mostly wait for the first one's row
 /// locks, and one writer keeps the retry-before-newer order of batched mode.
@@ -57,12 +58,14 @@ pub fn spawn_flusher(meter: Arc<Meter>, interval: Duration, mut shutdown: watch:
 /// server has answered its in-flight calls.
 pub fn spawn_group_committer(meter: Arc<Meter>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut answered = 0;
         loop {
             tokio::select! {
                 _ = meter.calls_waiting() => {}
                 _ = shutdown.changed() => return,
             }
-            meter.commit_group().await;
+            meter.gather(answered).await;
+            answered = meter.commit_group().await;
         }
     })
 }

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
@@ -51,6 +53,11 @@ impl Default for Open {
     }
 }
 
+/// The longest the committer waits for a group to gather (see
+/// [`Groups::gather`]); tokio's timer rounds it up to its 1 ms tick, so a
+/// group starts within about 3 ms of being due.
+pub const GATHER_AT_MOST: Duration = Duration::from_millis(2);
+
 #[derive(Default)]
 pub struct Groups {
     open: Mutex<Open>,
@@ -58,6 +65,10 @@ pub struct Groups {
     /// is kept if the committer is busy, so it starts the next group as soon
     /// as the previous one is answered.
     arrived: Notify,
+    /// The open group's size the committer is gathering towards (0: none).
+    gather_target: AtomicU64,
+    /// Wakes the committer when the open group reaches `gather_target`.
+    gathered: Notify,
 }
 
 impl Groups {
@@ -72,6 +83,10 @@ impl Groups {
                 self.arrived.notify_one();
             }
             open.calls += delta.calls.unsigned_abs();
+            let target = self.gather_target.load(Ordering::Relaxed);
+            if target != 0 && open.calls >= target {
+                self.gathered.notify_one();
+            }
             open.done.subscribe()
         };
         match done.wait_for(Option::is_some).await {
@@ -85,6 +100,27 @@ impl Groups {
     /// Resolves once a call is waiting (at once if one arrived meanwhile).
     pub async fn calls_waiting(&self) {
         self.arrived.notified().await;
+    }
+
+    /// Before the next group is taken: the clients of the group just
+    /// answered usually call again within a fraction of a millisecond, and
+    /// a commit costs about the same for 30 calls as for 60 (it is mostly
+    /// the WAL flush), so waiting for them — until the open group holds
+    /// `answered` more calls than it does now, or [`GATHER_AT_MOST`] — about
+    /// doubles the calls per commit under load. Nothing is waited for when
+    /// the open group is empty (a quiet server answers a lone call at once)
+    /// or the group just answered was a single call.
+    pub async fn gather(&self, answered: u64) {
+        let waiting = self.waiting_calls();
+        if waiting == 0 || answered <= 1 {
+            return;
+        }
+        self.gather_target.store(waiting + answered, Ordering::Relaxed);
+        let gathered = self.gathered.notified();
+        if self.waiting_calls() < waiting + answered {
+            let _ = tokio::time::timeout(GATHER_AT_MOST, gathered).await;
+        }
+        self.gather_target.store(0, Ordering::Relaxed);
     }
 
     /// Takes the open group, leaving an empty one for the calls that follow.
