@@ -447,7 +447,7 @@ impl From<ExportError> for ApiError {
         match err {
             ExportError::Unavailable(e) => e.into(),
             ExportError::Database(e) => e.into(),
-            e @ ExportError::Encoding(_) => Self::internal(e),
+            e @ (ExportError::Encoding(_) | ExportError::Interrupted(_)) => Self::internal(e),
         }
     }
 }

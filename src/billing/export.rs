@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::DbPool;
 use crate::domain::Period;
-use crate::models::invoice::{EXPORT_PAGE_ROWS, ExportRow, Invoice, InvoiceStatus};
+use crate::models::invoice::{ExportPage, ExportRow, Invoice, InvoiceStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -142,62 +142,74 @@ fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// RFC 4180: quote a field holding a comma, quote or line break; double quotes.
-fn push_csv_field(out: &mut String, raw: &str) {
-    let cell = neutralise(raw);
-    if cell.contains([',', '"', '\r', '\n']) {
-        out.push('"');
-        out.push_str(&cell.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(&cell);
-    }
+/// One chunk of the CSV export being written: RFC 4180 as the `csv` crate
+/// writes it (a field holding a comma, quote or line break is quoted, its
+/// quotes doubled; records end in CRLF), every cell neutralised first.
+struct CsvChunk {
+    writer: csv::Writer<Vec<u8>>,
+    /// Numbers, amounts and dates are formatted here, not into a new
+    /// `String` per cell.
+    scratch: String,
 }
 
-pub fn csv_header() -> String {
-    let mut out = CSV_HEADER.join(",");
-    out.push_str("\r\n");
-    out
-}
-
-pub fn csv_row(row: &ExportRow, out: &mut String) {
-    let r = ExportJsonRow::from(row);
-    let fields: [String; 19] = [
-        r.invoice_number.to_owned(),
-        r.user_email.to_owned(),
-        r.billing_name.to_owned(),
-        r.billing_company.unwrap_or_default().to_owned(),
-        r.billing_country.unwrap_or_default().to_owned(),
-        r.billing_tax_id.unwrap_or_default().to_owned(),
-        r.period.map(|p| p.to_string()).unwrap_or_default(),
-        r.status.to_string(),
-        r.api_slug.to_owned(),
-        r.quantity.to_string(),
-        r.failed_quantity.to_string(),
-        r.free_quantity.to_string(),
-        r.charged_quantity.to_string(),
-        r.unit_price.to_string(),
-        r.line_amount.to_string(),
-        r.invoice_total.to_string(),
-        r.currency.to_owned(),
-        r.issued_at.to_rfc3339(),
-        r.due_at.to_rfc3339(),
-    ];
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+impl CsvChunk {
+    fn new(capacity: usize) -> Self {
+        Self {
+            writer: csv::WriterBuilder::new()
+                .terminator(csv::Terminator::CRLF)
+                .from_writer(Vec::with_capacity(capacity)),
+            scratch: String::new(),
         }
-        push_csv_field(out, f);
     }
-    out.push_str("\r\n");
-}
 
-fn json_row(row: &ExportRow, first: bool, out: &mut String) -> Result<(), serde_json::Error> {
-    if !first {
-        out.push(',');
+    fn text(&mut self, cell: &str) -> csv::Result<()> {
+        self.writer.write_field(neutralise(cell).as_bytes())
     }
-    out.push_str(&serde_json::to_string(&ExportJsonRow::from(row))?);
-    Ok(())
+
+    fn display(&mut self, cell: impl std::fmt::Display) -> csv::Result<()> {
+        use std::fmt::Write as _;
+        self.scratch.clear();
+        // Writing into a String cannot fail.
+        let _ = write!(self.scratch, "{cell}");
+        self.writer.write_field(neutralise(&self.scratch).as_bytes())
+    }
+
+    fn header(&mut self) -> csv::Result<()> {
+        self.writer.write_record(CSV_HEADER)
+    }
+
+    fn row(&mut self, row: &ExportRow) -> csv::Result<()> {
+        let r = ExportJsonRow::from(row);
+        self.text(r.invoice_number)?;
+        self.text(r.user_email)?;
+        self.text(r.billing_name)?;
+        self.text(r.billing_company.unwrap_or_default())?;
+        self.text(r.billing_country.unwrap_or_default())?;
+        self.text(r.billing_tax_id.unwrap_or_default())?;
+        match r.period {
+            Some(period) => self.display(period)?,
+            None => self.text("")?,
+        }
+        self.text(r.status.as_str())?;
+        self.text(r.api_slug)?;
+        self.display(r.quantity)?;
+        self.display(r.failed_quantity)?;
+        self.display(r.free_quantity)?;
+        self.display(r.charged_quantity)?;
+        self.display(r.unit_price)?;
+        self.display(r.line_amount)?;
+        self.display(r.invoice_total)?;
+        self.text(r.currency)?;
+        self.text(&r.issued_at.to_rfc3339())?;
+        self.text(&r.due_at.to_rfc3339())?;
+        self.writer.write_record(None::<&[u8]>)
+    }
+
+    fn finish(self) -> Result<Vec<u8>, ExportError> {
+        self.writer
+            .into_inner()
+            .map_err(|e| ExportError::Encoding(e.into_error()))
+    }
 }
 
 /// Why an export stopped: it could not read its next page.
@@ -208,27 +220,43 @@ pub enum ExportError {
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error("writing a row: {0}")]
-    Encoding(#[from] serde_json::Error),
+    Encoding(#[source] std::io::Error),
+    #[error("reading a page: {0}")]
+    Interrupted(#[from] tokio::task::JoinError),
+}
+
+impl From<csv::Error> for ExportError {
+    fn from(e: csv::Error) -> Self {
+        Self::Encoding(e.into())
+    }
+}
+
+impl From<serde_json::Error> for ExportError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Encoding(e.into())
+    }
+}
+
+/// Where the next page comes from.
+enum NextPage {
+    /// The first page, read before the response started.
+    Read(ExportPage),
+    /// A later page, being read while the previous one is written out.
+    Reading(tokio::task::JoinHandle<Result<ExportPage, ExportError>>),
+    /// The last page has been written.
+    None,
 }
 
 struct ExportState {
     pool: DbPool,
     period: Period,
     format: ExportFormat,
-    after: Option<(String, i32)>,
-    /// The first page, read before the response started.
-    first: Option<Vec<ExportRow>>,
-    started: bool,
-    done: bool,
+    next: NextPage,
 }
 
-async fn read_page(
-    pool: &DbPool,
-    period: Period,
-    after: Option<&(String, i32)>,
-) -> Result<Vec<ExportRow>, ExportError> {
+async fn read_page(pool: DbPool, period: Period, after: Option<String>) -> Result<ExportPage, ExportError> {
     let mut conn = pool.get().await?;
-    Ok(Invoice::export_page(&mut conn, period, after).await?)
+    Ok(Invoice::export_page(&mut conn, period, after.as_deref()).await?)
 }
 
 /// The whole export as a stream of chunks, one database page at a time;
@@ -238,80 +266,175 @@ async fn read_page(
 /// later page that fails ends the stream with an error: the server then
 /// aborts the transfer, so the client sees an incomplete body, never a
 /// complete-looking one.
+///
+/// The next page is read (on its own task) while the current one is
+/// written out, so PostgreSQL and the encoding work at the same time; at
+/// most two pages are in memory, and one connection is busy at a time.
 pub async fn stream(
     pool: DbPool,
     period: Period,
     format: ExportFormat,
 ) -> Result<impl Stream<Item = Result<Bytes, ExportError>>, ExportError> {
-    let first = read_page(&pool, period, None).await?;
+    let first = read_page(pool.clone(), period, None).await?;
     let state = ExportState {
         pool,
         period,
         format,
-        after: None,
-        first: Some(first),
-        started: false,
-        done: false,
+        next: NextPage::Read(first),
     };
     Ok(futures_util::stream::try_unfold(state, |mut st| async move {
-        if st.done {
-            return Ok(None);
-        }
-        let mut out = String::new();
-        let first_chunk = !st.started;
-        if first_chunk {
-            st.started = true;
-            match st.format {
-                ExportFormat::Csv => out.push_str(&csv_header()),
-                ExportFormat::Json => out.push('['),
-            }
-        }
-        let rows = match st.first.take() {
-            Some(rows) => rows,
-            None => read_page(&st.pool, st.period, st.after.as_ref()).await?,
+        let (page, first_chunk) = match std::mem::replace(&mut st.next, NextPage::None) {
+            NextPage::Read(page) => (page, true),
+            NextPage::Reading(page) => (page.await??, false),
+            NextPage::None => return Ok(None),
         };
-        for (i, row) in rows.iter().enumerate() {
-            match st.format {
-                ExportFormat::Csv => csv_row(row, &mut out),
-                // A row that cannot be written aborts the export: a JSON
-                // array with a row silently missing would look whole.
-                ExportFormat::Json => json_row(row, first_chunk && i == 0, &mut out)?,
-            }
+        let ExportPage { rows, next_after } = page;
+        let last_page = next_after.is_none();
+        if let Some(after) = next_after {
+            // Not aborted if the stream is dropped: the read ends by itself
+            // (statement_timeout bounds it) and its connection goes back to
+            // the pool whole, which cancelling a query midway may not leave.
+            st.next = NextPage::Reading(tokio::spawn(read_page(st.pool.clone(), st.period, Some(after))));
         }
-        match rows.last() {
-            Some(last) if i64::try_from(rows.len()).unwrap_or(0) == EXPORT_PAGE_ROWS => {
-                st.after = Some((last.invoice_number.clone(), last.position));
-            }
-            _ => {
-                st.done = true;
-                if st.format == ExportFormat::Json {
-                    out.push(']');
+        let chunk = match st.format {
+            ExportFormat::Csv => {
+                let mut csv = CsvChunk::new(rows.len() * CSV_ROW_BYTES);
+                if first_chunk {
+                    csv.header()?;
                 }
+                for row in &rows {
+                    csv.row(row)?;
+                }
+                csv.finish()?
             }
-        }
-        Ok(Some((Bytes::from(out), st)))
+            ExportFormat::Json => {
+                let mut out = Vec::with_capacity(rows.len() * JSON_ROW_BYTES + 2);
+                if first_chunk {
+                    out.push(b'[');
+                }
+                for (i, row) in rows.iter().enumerate() {
+                    if !(first_chunk && i == 0) {
+                        out.push(b',');
+                    }
+                    // A row that cannot be written aborts the export: a
+                    // JSON array with a row silently missing would look whole.
+                    serde_json::to_writer(&mut out, &ExportJsonRow::from(row))?;
+                }
+                if last_page {
+                    out.push(b']');
+                }
+                out
+            }
+        };
+        Ok(Some((Bytes::from(chunk), st)))
     }))
 }
+
+/// About what a row takes (a guess for the chunk's first allocation only).
+const CSV_ROW_BYTES: usize = 256;
+const JSON_ROW_BYTES: usize = 512;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::pricing::PricedLine;
+    use rust_decimal_macros::dec;
+
+    fn csv_record(cells: &[&str]) -> String {
+        let mut csv = CsvChunk::new(0);
+        for cell in cells {
+            csv.text(cell).unwrap();
+        }
+        csv.writer.write_record(None::<&[u8]>).unwrap();
+        String::from_utf8(csv.finish().unwrap()).unwrap()
+    }
 
     #[test]
     fn fields_are_quoted_and_formulas_neutralised() {
-        let mut out = String::new();
-        push_csv_field(&mut out, "plain");
-        out.push('|');
-        push_csv_field(&mut out, "a,b \"c\"\r\nd");
-        out.push('|');
-        push_csv_field(&mut out, "=HYPERLINK(\"x\")");
-        out.push('|');
-        push_csv_field(&mut out, "@SUM(A1)");
-        out.push('|');
-        push_csv_field(&mut out, "-1+1");
         assert_eq!(
-            out,
-            "plain|\"a,b \"\"c\"\"\r\nd\"|\"'=HYPERLINK(\"\"x\"\")\"|'@SUM(A1)|'-1+1"
+            csv_record(&[
+                "plain",
+                "a,b \"c\"\r\nd",
+                "=HYPERLINK(\"x\")",
+                "@SUM(A1)",
+                "-1+1",
+                "",
+                "\tx",
+                "x\ry"
+            ]),
+            "plain,\"a,b \"\"c\"\"\r\nd\",\"'=HYPERLINK(\"\"x\"\")\",'@SUM(A1),'-1+1,,'\tx,\"x\ry\"\r\n"
         );
+    }
+
+    fn row(billing_name: &str, company: Option<&str>) -> ExportRow {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        ExportRow {
+            invoice_number: "INV-2026-000001".into(),
+            user_email: "a@example.com".into(),
+            billing_name: billing_name.into(),
+            billing_company: company.map(Into::into),
+            billing_country: Some("GB".into()),
+            billing_tax_id: None,
+            period_start: chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+            status: InvoiceStatus::Issued,
+            api_slug: "tools-uuid".into(),
+            priced: PricedLine {
+                calls: 1_005,
+                failed_calls: 5,
+                billable_calls: 1_000,
+                free_calls: 5,
+                charged_calls: 995,
+                unit_price: dec!(0.0010),
+                amount: dec!(1.00),
+            },
+            invoice_total: dec!(12.50),
+            currency: "USD".into(),
+            issued_at: at("2026-04-01T00:11:00Z"),
+            due_at: at("2026-04-15T00:11:00.25Z"),
+        }
+    }
+
+    #[test]
+    fn a_row_is_the_columns_in_header_order() {
+        let mut csv = CsvChunk::new(0);
+        csv.header().unwrap();
+        csv.row(&row("Ann", None)).unwrap();
+        assert_eq!(
+            String::from_utf8(csv.finish().unwrap()).unwrap(),
+            format!(
+                "{}\r\nINV-2026-000001,a@example.com,Ann,,GB,,2026-03,issued,tools-uuid,\
+                 1005,5,5,995,0.0010,1.00,12.50,USD,2026-04-01T00:11:00+00:00,2026-04-15T00:11:00.250+00:00\r\n",
+                CSV_HEADER.join(",")
+            )
+        );
+    }
+
+    #[test]
+    fn billing_text_with_quotes_commas_and_line_breaks_round_trips_through_a_csv_reader() {
+        let names = [
+            "Comma, \"Quoted\" & Co",
+            "multi\nline\r\nand \"more\"",
+            "\"",
+            ",",
+            "trailing space ",
+            "=1+1, \"formula\"",
+            "",
+        ];
+        let mut csv = CsvChunk::new(0);
+        csv.header().unwrap();
+        for name in names {
+            csv.row(&row(name, Some(name))).unwrap();
+        }
+        let bytes = csv.finish().unwrap();
+        let mut reader = csv::Reader::from_reader(&bytes[..]);
+        let name_at = CSV_HEADER.iter().position(|c| *c == "billing_name").unwrap();
+        let company_at = CSV_HEADER.iter().position(|c| *c == "billing_company").unwrap();
+        let read: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(read.len(), names.len(), "one record per row, whatever the line breaks");
+        for (record, name) in read.iter().zip(names) {
+            assert_eq!(record.len(), CSV_HEADER.len());
+            assert_eq!(&record[name_at], neutralise(name).as_ref());
+            assert_eq!(&record[company_at], neutralise(name).as_ref());
+        }
     }
 }

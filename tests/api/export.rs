@@ -348,8 +348,17 @@ async fn json_export_and_the_cli_export_carry_the_same_rows() {
     let first = chunks.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"invoice_number,"), "the header and the first page");
     app.sql("ALTER TABLE invoice_lines RENAME TO invoice_lines_away").await;
-    let second = chunks.next().await.expect("the stream does not simply end");
+    // The second page may have been read already (the next page is read
+    // while the current one is written out); the third cannot have been.
+    let mut later = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        later.push(chunk.is_ok());
+    }
     app.sql("ALTER TABLE invoice_lines_away RENAME TO invoice_lines").await;
-    assert!(second.is_err(), "the failed page is an error");
-    assert!(chunks.next().await.is_none(), "and nothing follows it");
+    assert_eq!(
+        later.last(),
+        Some(&false),
+        "the stream ends with the failed page's error"
+    );
+    assert_eq!(later.iter().filter(|ok| !**ok).count(), 1, "and nothing follows it");
 }
