@@ -179,7 +179,7 @@ bench_pids() {
   local others p
   others=" $(psql_on postgres -tAc "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity
     WHERE datname IS NOT NULL AND datname <> '$1'") "
-  echo "$SERVER_PID $LOADGEN_PID $(pgrep -x redis-server || true)"
+  echo "$SERVER_PID $LOADGEN_PID $REDIS_PID"
   for p in $(pgrep -x postgres || true); do
     [[ $others == *" $p "* ]] || echo "$p"
   done

@@ -196,12 +196,19 @@ pub fn spawn_revocation_listener(
                 // neither.
                 if let Some(denied) = redis.denied_snapshot().await {
                     let lost_by_redis = authenticator.revocations().resynced(denied);
-                    for (id, until_ms) in lost_by_redis {
-                        redis.deny(id, until_ms).await;
+                    if !lost_by_redis.is_empty() {
+                        // Off the listener, so it goes on hearing meanwhile.
+                        let redis = redis.clone();
+                        tokio::spawn(async move {
+                            for (id, until_ms) in lost_by_redis {
+                                redis.deny(id, until_ms).await;
+                            }
+                        });
                     }
                     backoff = Duration::from_millis(50);
                     tracing::info!("listening for revocations");
                     let mut ping = tokio::time::interval(PING_EVERY);
+                    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tokio::select! {
                             message = messages.next() => match message {
@@ -233,6 +240,11 @@ pub fn spawn_revocation_listener(
                 }
             }
             authenticator.revocations().lost();
+            // Also while Redis is away: what expired must still go.
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                authenticator.prune();
+            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => return,

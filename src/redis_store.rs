@@ -2,9 +2,11 @@
 //! the change events every instance listens to, per-user rate-limit leases
 //! and login lockouts.
 //!
-//! No metered call waits on Redis: the deny-list and user changes reach
+//! Metered calls seldom wait on Redis: the deny-list and user changes reach
 //! every instance by pub/sub into memory (`auth::revocations`), and rate
-//! limits are leased in batches (`metering::rate_limit`). Every operation
+//! limits are leased in batches (`metering::rate_limit`), so only the call
+//! that finds its user's lease used up asks Redis, once for the next lease
+//! (for a busy user, once per hundreds of calls). Every operation
 //! returns `None` when Redis cannot answer, and each says by its [`Policy`]
 //! what that `None` may mean. Lease requests fail open behind a circuit
 //! breaker: after a failure they do not try Redis for a second, so an
@@ -30,7 +32,7 @@ const TIMEOUT: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// Skipped while the breaker is open; any failure opens it. For what
-    /// may fail open: metered calls' rate limit and deny-list check.
+    /// may fail open: leasing and giving back metered calls' rate limits.
     FailOpen,
     /// Always asked, breaker or not; a timeout does not open the breaker
     /// (it may be payg's own overload, not Redis). For security decisions,
@@ -45,7 +47,8 @@ pub enum Policy {
 ///
 /// KEYS: the user's theoretical arrival time (TAT) key.
 /// ARGV: emission interval µs, burst tolerance µs, calls wanted (≥ 1).
-/// Returns {granted, remaining after the grant, retry_after_µs, reset_µs}.
+/// Returns {granted, remaining after the grant, retry_after_µs, reset_µs,
+/// the grant's end on the TAT line (Redis clock, µs)}.
 const LEASE_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -56,24 +59,30 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local room = math.floor((tolerance - (tat - now)) / interval)
 if room < 1 then
-  return {0, 0, tat + interval - tolerance - now, tat - now}
+  return {0, 0, tat + interval - tolerance - now, tat - now, 0}
 end
 local granted = math.min(want, room)
 local new_tat = tat + granted * interval
 redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1)
-return {granted, room - granted, 0, new_tat - now}
+return {granted, room - granted, 0, new_tat - now, new_tat}
 ";
 
-/// Gives back ARGV[2] leased calls that were not used: the TAT moves back by
-/// as many intervals, never before now (a full bucket stays full). This only
-/// undoes grants, so it can never allow more than the limit.
+/// Gives back ARGV[2] leased calls that were not used, of a grant that ended
+/// at ARGV[3] on the TAT line. The unused calls are the grant's last slots;
+/// only the part of them still ahead of now was not refilled by time
+/// already, so the TAT moves back by at most that (never before now): a
+/// grant that time has refilled gives back nothing. This only undoes what a
+/// grant still holds, so it can never allow more than the limit.
 ///
-/// KEYS: the TAT key. ARGV: emission interval µs, calls returned.
+/// KEYS: the TAT key. ARGV: emission interval µs, calls returned, grant end µs.
 const RETURN_LEASE_LUA: &str = r"
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local back = tat - tonumber(ARGV[1]) * tonumber(ARGV[2])
+local unused = tonumber(ARGV[1]) * tonumber(ARGV[2])
+local ahead = tonumber(ARGV[3]) - now
+if ahead <= 0 or tat <= now then return 0 end
+local back = tat - math.min(unused, ahead)
 if back <= now then
   redis.call('DEL', KEYS[1])
 else
@@ -95,8 +104,9 @@ pub enum Event {
     UserChanged { user: Uuid },
     /// An API key was revoked (by its stored hash).
     KeyRevoked { hash: String },
-    /// The listener's own ping, or anything else: proves the channel lives.
-    Heartbeat,
+    /// Anything else on the channel (an event of a newer release, say):
+    /// changes nothing.
+    Other,
 }
 
 impl Event {
@@ -108,11 +118,11 @@ impl Event {
             Event::TokenDenied { jti, until_ms } => format!("deny t:{jti} {until_ms}"),
             Event::UserChanged { user } => format!("user {user}"),
             Event::KeyRevoked { hash } => format!("key {hash}"),
-            Event::Heartbeat => "heartbeat".to_owned(),
+            Event::Other => "other".to_owned(),
         }
     }
 
-    /// Parses what [`Event::encode`] wrote; anything else is a heartbeat
+    /// Parses what [`Event::encode`] wrote; anything else is [`Event::Other`]
     /// (it still proves the channel lives, and changes nothing).
     pub fn decode(message: &str) -> Event {
         let mut words = message.split(' ');
@@ -120,13 +130,11 @@ impl Event {
             (Some("deny"), Some(member), Some(until)) => match (DeniedId::parse(member), until.parse()) {
                 (Some(DeniedId::Session(session)), Ok(until_ms)) => Event::SessionDenied { session, until_ms },
                 (Some(DeniedId::Token(jti)), Ok(until_ms)) => Event::TokenDenied { jti, until_ms },
-                _ => Event::Heartbeat,
+                _ => Event::Other,
             },
-            (Some("user"), Some(user), None) => user
-                .parse()
-                .map_or(Event::Heartbeat, |user| Event::UserChanged { user }),
+            (Some("user"), Some(user), None) => user.parse().map_or(Event::Other, |user| Event::UserChanged { user }),
             (Some("key"), Some(hash), None) => Event::KeyRevoked { hash: hash.to_owned() },
-            _ => Event::Heartbeat,
+            _ => Event::Other,
         }
     }
 }
@@ -177,6 +185,9 @@ pub struct LeaseGrant {
     pub retry_after: std::time::Duration,
     /// Until the budget is full again.
     pub reset: std::time::Duration,
+    /// Where the grant ended on the TAT line (Redis clock, µs): what giving
+    /// unused calls back may undo is bounded by it.
+    pub end_us: i64,
 }
 
 /// One login attempt taken from two budgets at once: KEYS[1] counts the
@@ -309,7 +320,7 @@ impl RedisStore {
             *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             tracing::error!(
                 error,
-                "Redis unreachable: metered calls skip rate limits and logout checks, logins and signed-in routes are refused, until it returns"
+                "Redis unreachable: metered calls skip rate limits and rely on the deny-list in memory; logins, and signed-in routes after 2 s, are refused until it returns"
             );
         }
     }
@@ -513,7 +524,7 @@ impl RedisStore {
                     .await
             })
             .await?;
-        let [granted, remaining, retry_us, reset_us] = raw.as_slice() else {
+        let [granted, remaining, retry_us, reset_us, end_us] = raw.as_slice() else {
             return None;
         };
         let micros = |us: i64| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0));
@@ -522,11 +533,13 @@ impl RedisStore {
             remaining: u32::try_from(*remaining).unwrap_or(0),
             retry_after: micros(*retry_us),
             reset: micros(*reset_us),
+            end_us: *end_us,
         })
     }
 
-    /// Gives `calls` leased but unused calls back to the user's budget.
-    pub async fn return_calls(&self, user: Uuid, limit: RateLimit, calls: u32) -> bool {
+    /// Gives `calls` leased but unused calls of the grant that ended at
+    /// `end_us` back to the user's budget (see [`RETURN_LEASE_LUA`]).
+    pub async fn return_calls(&self, user: Uuid, limit: RateLimit, calls: u32, end_us: i64) -> bool {
         let key = self.rate_key(user);
         let (interval, _) = limit.gcra_micros();
         let script = &self.return_script;
@@ -535,6 +548,7 @@ impl RedisStore {
                 .key(&key)
                 .arg(interval)
                 .arg(calls)
+                .arg(end_us)
                 .invoke_async::<i64>(&mut c)
                 .await
         })
@@ -606,7 +620,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_round_trip_and_garbage_is_a_heartbeat() {
+    fn events_round_trip_and_anything_else_changes_nothing() {
         let events = [
             Event::SessionDenied {
                 session: Uuid::new_v4(),
@@ -618,13 +632,13 @@ mod tests {
             },
             Event::UserChanged { user: Uuid::new_v4() },
             Event::KeyRevoked { hash: "abc123".into() },
-            Event::Heartbeat,
+            Event::Other,
         ];
         for event in events {
             assert_eq!(Event::decode(&event.encode()), event);
         }
         for garbage in ["", "deny", "deny x:1 2", "user not-a-uuid", "key a b", "nonsense"] {
-            assert_eq!(Event::decode(garbage), Event::Heartbeat, "{garbage:?}");
+            assert_eq!(Event::decode(garbage), Event::Other, "{garbage:?}");
         }
     }
 }

@@ -44,6 +44,10 @@ pub struct KeyCache {
     stale_if_error: Duration,
     idle_rounds: u32,
     entries: RwLock<HashMap<String, Entry>>,
+    /// Keys seen revoked (by push or by a revalidation), for the stale
+    /// window: a lookup that started before the revocation and ends after
+    /// it must not put the key back. A key is never un-revoked.
+    revoked: RwLock<HashMap<String, Instant>>,
 }
 
 impl KeyCache {
@@ -56,6 +60,7 @@ impl KeyCache {
             stale_if_error,
             idle_rounds: u32::try_from(window_rounds).unwrap_or(u32::MAX).max(MIN_IDLE_ROUNDS),
             entries: RwLock::new(HashMap::new()),
+            revoked: RwLock::new(HashMap::new()),
         }
     }
 
@@ -96,14 +101,29 @@ impl KeyCache {
             confirmed_at: asked_at,
             idle_rounds: AtomicU32::new(0),
         };
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hash, entry);
+        // Locks in the order `remove` takes them (entries, then revoked), so
+        // a revocation cannot slip between the check and the insert.
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if found.is_some()
+            && self
+                .revoked
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&hash)
+        {
+            return;
+        }
+        entries.insert(hash, entry);
     }
 
+    /// The key was revoked: forgotten, and never put back.
     pub fn remove(&self, hash: &str) {
-        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(hash);
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.remove(hash);
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash.to_owned(), Instant::now());
     }
 
     /// Starts a revalidation round: drops idle and untrusted entries and
@@ -117,6 +137,13 @@ impl KeyCache {
             let keep_unknown = e.found.is_some() || e.confirmed_at.elapsed() < self.max_age;
             !idle && keep_unknown
         });
+        // A revocation matters as long as a lookup started before it could
+        // still finish, or a stale entry from before it be served.
+        let remember = self.stale_if_error.max(self.max_age) + Duration::from_secs(60);
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| at.elapsed() < remember);
         entries
             .iter()
             .filter(|(_, e)| e.found.is_some())
@@ -128,6 +155,7 @@ impl KeyCache {
     /// confirmed as of `asked_at`; the others were revoked and are dropped.
     pub fn confirm(&self, asked: &[String], still_active: &[String], asked_at: Instant) {
         let active: std::collections::HashSet<&str> = still_active.iter().map(String::as_str).collect();
+        let mut revoked = Vec::new();
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         for hash in asked {
             if active.contains(hash.as_str()) {
@@ -139,7 +167,13 @@ impl KeyCache {
                 }
             } else {
                 entries.remove(hash);
+                revoked.push(hash);
             }
+        }
+        let now = Instant::now();
+        let mut seen = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        for hash in revoked {
+            seen.insert(hash.clone(), now);
         }
     }
 }
@@ -229,5 +263,8 @@ mod tests {
         assert_eq!(cache.stale("old"), None, "past the window");
         cache.remove("known");
         assert_eq!(cache.stale("known"), None, "revoked: gone");
+        // A lookup that started before the revocation finishes after it.
+        cache.put("known".into(), found, Instant::now());
+        assert_eq!(cache.stale("known"), None, "never put back");
     }
 }

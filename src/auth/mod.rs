@@ -227,7 +227,6 @@ pub struct Authenticator {
     /// Unknown API keys spend the client's unknown-key bucket.
     clients: Arc<Clients>,
     overdue_after: chrono::Duration,
-    stale_if_error: Duration,
     /// When a read for authentication last found the database unreachable.
     database_failed_at: Mutex<Option<Instant>>,
 }
@@ -264,7 +263,6 @@ impl Authenticator {
             clock,
             clients,
             overdue_after: chrono::Duration::days(i64::from(settings.overdue_days)),
-            stale_if_error: settings.stale_if_error,
             database_failed_at: Mutex::new(None),
         }
     }
@@ -346,26 +344,36 @@ impl Authenticator {
                 .stale(user_id, &self.revocations)
                 .ok_or(AuthError::DatabaseUnavailable);
         }
-        let mark = self.revocations.read_mark();
-        let read_at = Instant::now();
-        let cutoff = self.clock.now() - self.overdue_after;
-        let read = async {
-            let mut conn = self.db.get().await?;
-            Ok::<_, AuthError>(User::standing(&mut conn, user_id, cutoff).await?)
-        };
-        match read.await {
-            Ok(Some((standing, overdue))) => {
-                Ok(self
-                    .standings
-                    .put(user_id, standing, overdue, mark, read_at, &self.revocations))
+        // A change heard while the read was in flight makes it stale before
+        // it lands: read once more (a second overtaken read is used for this
+        // call only, and not kept).
+        for attempt in 0..2 {
+            let mark = self.revocations.read_mark();
+            let read_at = Instant::now();
+            let cutoff = self.clock.now() - self.overdue_after;
+            let read = async {
+                let mut conn = self.db.get().await?;
+                Ok::<_, AuthError>(User::standing(&mut conn, user_id, cutoff).await?)
+            };
+            match read.await {
+                Ok(Some((standing, overdue))) => {
+                    let cached = self
+                        .standings
+                        .put(user_id, standing, overdue, mark, read_at, &self.revocations);
+                    if attempt == 0 && !self.revocations.unchanged_since(user_id, mark) {
+                        continue;
+                    }
+                    return Ok(cached);
+                }
+                Ok(None) => return Err(AuthError::InvalidToken),
+                Err(err) if err.is_database_unreachable() => {
+                    self.database_failed();
+                    return self.standings.stale(user_id, &self.revocations).ok_or(err);
+                }
+                Err(err) => return Err(err),
             }
-            Ok(None) => Err(AuthError::InvalidToken),
-            Err(err) if err.is_database_unreachable() => {
-                self.database_failed();
-                self.standings.stale(user_id, &self.revocations).ok_or(err)
-            }
-            Err(err) => Err(err),
         }
+        Err(AuthError::DatabaseUnavailable)
     }
 
     fn database_recently_failed(&self) -> bool {
@@ -486,11 +494,6 @@ impl Authenticator {
         // could still be used, plus the longest a read can take.
         self.revocations
             .prune(self.standings.longest_use() + Duration::from_secs(60));
-    }
-
-    /// How long what was trusted stays usable while the database is down.
-    pub fn stale_if_error(&self) -> Duration {
-        self.stale_if_error
     }
 
     /// One round of re-confirming the cached API keys against the database

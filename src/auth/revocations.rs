@@ -139,7 +139,7 @@ impl Revocations {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(*user, (sequence, Instant::now()));
             }
-            Event::KeyRevoked { .. } | Event::Heartbeat => {}
+            Event::KeyRevoked { .. } | Event::Other => {}
         }
     }
 

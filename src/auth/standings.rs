@@ -12,8 +12,13 @@ use uuid::Uuid;
 use crate::auth::revocations::{ReadMark, Revocations};
 use crate::models::user::Standing;
 
-/// Above this many entries, entries too old to use are swept on insert.
+/// At this many entries the cache is cut to three quarters on insert.
 const SWEEP_ABOVE: usize = 100_000;
+
+/// While this instance cannot hear Redis a change may be missed, so a
+/// standing is fresh for at most this long (the TTL from before changes were
+/// pushed).
+const UNHEARD_TTL: Duration = Duration::from_secs(1);
 
 /// What is cached per user.
 #[derive(Debug, Clone, Copy)]
@@ -48,11 +53,17 @@ impl Standings {
         self.ttl.max(self.stale_if_error)
     }
 
-    /// The standing, if read within the TTL, since the last resync, and no
-    /// change to the user was heard since.
+    /// The standing, if read within the TTL (a second while Redis is not
+    /// heard), since the last resync, and no change to the user was heard
+    /// since.
     pub fn fresh(&self, user: Uuid, revocations: &Revocations) -> Option<CachedStanding> {
         let entry = *self.entries.read().unwrap_or_else(|e| e.into_inner()).get(&user)?;
-        (entry.read_at.elapsed() < self.ttl && revocations.still_current(user, entry.mark)).then_some(entry)
+        let ttl = if revocations.hearing() {
+            self.ttl
+        } else {
+            self.ttl.min(UNHEARD_TTL)
+        };
+        (entry.read_at.elapsed() < ttl && revocations.still_current(user, entry.mark)).then_some(entry)
     }
 
     /// For when the database cannot answer: the standing read within the
@@ -85,8 +96,16 @@ impl Standings {
         }
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= SWEEP_ABOVE {
+            // Down to three quarters in one pass (too old first, then any: a
+            // standing evicted early is only read again), so no insert after
+            // it pays for a sweep until a quarter more users arrived.
             let longest = self.longest_use();
             entries.retain(|_, e| e.read_at.elapsed() < longest);
+            let excess = entries.len().saturating_sub(SWEEP_ABOVE / 4 * 3);
+            let evicted: Vec<Uuid> = entries.keys().take(excess).copied().collect();
+            for id in evicted {
+                entries.remove(&id);
+            }
         }
         entries.insert(user, entry);
         entry

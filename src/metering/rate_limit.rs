@@ -11,7 +11,7 @@
 //!   `burst + rate × elapsed`.
 //! - **Refused slightly early, bounded.** Calls leased by another instance
 //!   are not available here: a user at the limit may be refused while up to
-//!   [`RateLimiter::max_lease`] calls per other instance sit in their memory.
+//!   the lease cap (an eighth of the burst) calls per other instance sit in their memory.
 //!   Those are spent by the user's own calls there, or — once the user has
 //!   not called that instance for [`GIVE_BACK_IDLE`] — given back to the
 //!   budget (checked every [`SWEEP_EVERY`] by `jobs`).
@@ -84,6 +84,9 @@ struct LeaseState {
     /// How many the last grant gave, and when.
     granted: u32,
     granted_at: Instant,
+    /// Where the last grant ended on Redis's TAT line (what giving its
+    /// unused calls back may undo is bounded by it).
+    grant_end_us: i64,
     /// What the shared budget had left after the grant.
     shared_remaining: u32,
     /// When the shared budget is full again (as of the grant).
@@ -121,6 +124,7 @@ impl LeaseState {
             left: 0,
             granted: 0,
             granted_at: now,
+            grant_end_us: 0,
             shared_remaining: 0,
             reset_at: now,
             refused_until: None,
@@ -190,6 +194,7 @@ impl LeaseState {
         self.granted = grant.granted;
         self.left = grant.granted;
         self.granted_at = now;
+        self.grant_end_us = grant.end_us;
         self.spend(limit, now).unwrap_or(RateOutcome {
             limit: limit.per_minute,
             allowed: true,
@@ -211,11 +216,6 @@ impl RateLimiter {
             max_lease,
             users: RwLock::new(HashMap::new()),
         }
-    }
-
-    /// The most calls one instance leases at once (the early-refusal bound).
-    pub fn max_lease(&self) -> u32 {
-        self.max_lease
     }
 
     fn lease_of(&self, user: Uuid) -> Arc<UserLease> {
@@ -276,19 +276,33 @@ impl RateLimiter {
         let Some(limit) = self.limit else { return };
         let now = Instant::now();
         let mut returns = Vec::new();
-        self.users
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|user, lease| {
-                let mut state = lease.state.lock().unwrap_or_else(|e| e.into_inner());
-                if state.left > 0 && (everything || now.duration_since(state.last_used) >= GIVE_BACK_IDLE) {
-                    returns.push((*user, std::mem::take(&mut state.left)));
+        let mut idle = Vec::new();
+        // Under the read lock: calls looking up their lease are not held up.
+        for (user, lease) in self.users.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            let mut state = lease.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.left > 0 && (everything || now.duration_since(state.last_used) >= GIVE_BACK_IDLE) {
+                returns.push((*user, std::mem::take(&mut state.left), state.grant_end_us));
+            }
+            let refused = state.refused_until.is_some_and(|(until, _)| until > now);
+            if !refused && now.duration_since(state.last_used) >= FORGET_IDLE && state.left == 0 {
+                idle.push(*user);
+            }
+        }
+        if !idle.is_empty() {
+            let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
+            for user in idle {
+                // A call may have picked it up again since.
+                let still_idle = users.get(&user).is_some_and(|lease| {
+                    let state = lease.state.lock().unwrap_or_else(|e| e.into_inner());
+                    state.left == 0 && now.duration_since(state.last_used) >= FORGET_IDLE
+                });
+                if still_idle {
+                    users.remove(&user);
                 }
-                let refused = state.refused_until.is_some_and(|(until, _)| until > now);
-                refused || now.duration_since(state.last_used) < FORGET_IDLE || state.left > 0
-            });
-        for (user, calls) in returns {
-            self.redis.return_calls(user, limit, calls).await;
+            }
+        }
+        for (user, calls, end_us) in returns {
+            self.redis.return_calls(user, limit, calls, end_us).await;
         }
     }
 }
@@ -308,6 +322,7 @@ mod tests {
             remaining,
             retry_after: Duration::from_millis(100),
             reset: Duration::from_secs(1),
+            end_us: 0,
         }
     }
 

@@ -388,7 +388,7 @@ async fn logout_kills_the_access_token_at_once_on_every_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_suspension_applies_on_the_next_call_even_with_a_long_cache() {
+async fn a_suspension_by_the_cli_reaches_a_running_instance_despite_a_long_cache() {
     let app = TestApp::builder().env("PAYG_AUTH_CACHE_MS", "600000").spawn().await;
     let user = app.new_user().await;
     assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
@@ -735,9 +735,25 @@ async fn concurrent_creations_never_pass_the_key_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_change_is_pushed_and_leaves_nothing_behind_in_redis() {
+    use futures_util::StreamExt;
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
+    // Listen on the events channel as another instance would.
+    let (mut sink, mut messages) = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap()
+        .split();
+    sink.subscribe(format!("{}events", app.state.config.redis_prefix))
+        .await
+        .unwrap();
     app.state.authenticator.user_changed(user.id).await;
+    let heard = tokio::time::timeout(Duration::from_secs(2), messages.next())
+        .await
+        .expect("the change is published")
+        .expect("a message");
+    assert_eq!(heard.get_payload::<String>().unwrap(), format!("user {}", user.id));
     let pattern = format!("{}*{}*", app.state.config.redis_prefix, user.id);
     let keys: Vec<String> = tokio::task::spawn_blocking(move || {
         let mut conn = redis::Client::open("redis://127.0.0.1:6379")

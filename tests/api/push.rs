@@ -299,3 +299,37 @@ async fn an_unused_lease_goes_back_so_another_instance_can_serve_it() {
         "A's unused calls went back to the shared budget ({served_on_a} + {served_on_b} served)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_back_a_lease_never_refunds_what_time_already_refilled() {
+    use payg::redis_store::{RateLimit, RedisStore};
+    let store = RedisStore::new(
+        redis::Client::open("redis://127.0.0.1:6379").unwrap(),
+        format!("payg-test-{}:", Uuid::new_v4().simple()),
+    );
+    // One call per 100 ms, five at once.
+    let limit = RateLimit {
+        per_minute: 600,
+        burst: 5,
+    };
+    let user = Uuid::new_v4();
+    let first = store.lease_calls(user, limit, 5).await.unwrap();
+    assert_eq!(first.granted, 5);
+    // Given back while still ahead: the calls are available again.
+    assert!(store.return_calls(user, limit, 3, first.end_us).await);
+    let again = store.lease_calls(user, limit, 5).await.unwrap();
+    assert_eq!(again.granted, 3, "what was given back, and no more");
+
+    // Time refills the whole budget; another instance takes all of it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let elsewhere = store.lease_calls(user, limit, 5).await.unwrap();
+    assert_eq!(elsewhere.granted, 5);
+    // Giving back the old lease now must not hand out a sixth call.
+    assert!(store.return_calls(user, limit, 5, again.end_us).await);
+    let after = store.lease_calls(user, limit, 5).await.unwrap();
+    assert!(
+        after.granted <= 1,
+        "{} calls granted beyond a full burst just taken (one may have refilled meanwhile)",
+        after.granted
+    );
+}
