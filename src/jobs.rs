@@ -58,14 +58,14 @@ pub fn spawn_flusher(meter: Arc<Meter>, interval: Duration, mut shutdown: watch:
 /// server has answered its in-flight calls.
 pub fn spawn_group_committer(meter: Arc<Meter>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut answered = 0;
+        let mut expected = 0;
         loop {
             tokio::select! {
                 _ = meter.calls_waiting() => {}
                 _ = shutdown.changed() => return,
             }
-            meter.gather(answered).await;
-            answered = meter.commit_group().await;
+            meter.gather(expected).await;
+            expected = meter.commit_group().await;
         }
     })
 }

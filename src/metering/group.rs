@@ -102,22 +102,21 @@ impl Groups {
         self.arrived.notified().await;
     }
 
-    /// Before the next group is taken: the clients of the group just
-    /// answered usually call again within a fraction of a millisecond, and
-    /// a commit costs about the same for 30 calls as for 60 (it is mostly
-    /// the WAL flush), so waiting for them — until the open group holds
-    /// `answered` more calls than it does now, or [`GATHER_AT_MOST`] — about
-    /// doubles the calls per commit under load. Nothing is waited for when
-    /// the open group is empty (a quiet server answers a lone call at once)
-    /// or the group just answered was a single call.
-    pub async fn gather(&self, answered: u64) {
-        let waiting = self.waiting_calls();
-        if waiting == 0 || answered <= 1 {
+    /// Before the next group is taken (a call is waiting): the clients of
+    /// the group just answered usually call again within a fraction of a
+    /// millisecond, and a commit costs about the same for 30 calls as for 60
+    /// (it is mostly the WAL flush), so waiting for them — until the open
+    /// group holds `target` calls (those answered plus those already waiting
+    /// then, see `Meter::commit_group`), or [`GATHER_AT_MOST`] — about
+    /// doubles the calls per commit under load. A lone call on a quiet
+    /// server (`target` 1) is not held.
+    pub async fn gather(&self, target: u64) {
+        if target <= 1 || self.waiting_calls() >= target {
             return;
         }
-        self.gather_target.store(waiting + answered, Ordering::Relaxed);
+        self.gather_target.store(target, Ordering::Relaxed);
         let gathered = self.gathered.notified();
-        if self.waiting_calls() < waiting + answered {
+        if self.waiting_calls() < target {
             let _ = tokio::time::timeout(GATHER_AT_MOST, gathered).await;
         }
         self.gather_target.store(0, Ordering::Relaxed);

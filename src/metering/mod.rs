@@ -263,18 +263,19 @@ impl Meter {
         self.groups.calls_waiting().await;
     }
 
-    /// Lets the next group gather the calls of the `answered` ones' clients
-    /// (see `group::Groups::gather`).
-    pub async fn gather(&self, answered: u64) {
-        self.groups.gather(answered).await;
+    /// Lets the next group gather up to `expected` calls (what
+    /// [`Self::commit_group`] returned; see `group::Groups::gather`).
+    pub async fn gather(&self, expected: u64) {
+        self.groups.gather(expected).await;
     }
 
     /// Durable mode: commits the waiting calls as one group and answers
     /// them. The group keeps one flush id across its retries (a commit whose
     /// acknowledgement was lost is recognised, not applied twice); if it has
     /// not committed after [`GROUP_RETRY_FOR`], its calls are answered 503
-    /// and it is queued for settlement. Returns the calls it answered (0 when
-    /// no call waited).
+    /// and it is queued for settlement. Returns how many calls the next group
+    /// may expect soon: those it answered (their clients tend to call again
+    /// at once) plus those already waiting; 0 when no call waited.
     pub async fn commit_group(&self) -> u64 {
         let mut conn = self.group_conn.lock().await;
         let Some(mut group) = self.groups.take() else {
@@ -349,9 +350,9 @@ impl Meter {
                 });
         }
         self.in_flight_calls.store(0, Ordering::Relaxed);
-        let calls = group.calls;
+        let expected = group.calls + self.groups.waiting_calls();
         group.answer(outcome);
-        calls
+        expected
     }
 
     /// One attempt at a group, on the committer's own connection (taken from
