@@ -30,7 +30,7 @@
 # Optional environment:
 #   METER_MODES="batched durable"   PAYG_METER_MODE of each run
 #   USERS=200           users per instance
-#   CONNECTIONS=32      load generator connections per instance
+#   CONNECTIONS=64      load generator connections per instance (bench/common.sh)
 #   OUTAGE_SECS=10      how long the database refuses connections
 #   PORT_A=18095 PORT_B=18096 REDIS_FAULT_PORT=18097
 set -euo pipefail
@@ -43,7 +43,7 @@ CREATED_DBS=()
 
 read -r -a METER_MODES <<<"${METER_MODES:-batched durable}"
 USERS=${USERS:-200}
-CONNECTIONS=${CONNECTIONS:-32}
+
 OUTAGE_SECS=${OUTAGE_SECS:-10}
 PORT_A=${PORT_A:-18095}
 PORT_B=${PORT_B:-18096}
@@ -103,13 +103,14 @@ restart_postgres() {
   pg_ctlcluster --skip-systemctl-redirect $PG_CLUSTER restart -m fast
 }
 
-start_instance() { # port, database, meter mode → prints the pid
+STARTED_PID=""
+start_instance() { # port, database, meter mode → STARTED_PID (a child of this shell)
   (cd "$WORK" && exec env DATABASE_URL="$PG_URL/$2" JWT_SECRET="$JWT_SECRET_FAULTS" RUST_LOG=warn \
     PAYG_BIND="127.0.0.1:$1" PAYG_METRICS_BIND=127.0.0.1:0 PAYG_WORKERS=2 \
     PAYG_METER_MODE="$3" PAYG_METER_FLUSH_MS="$FLUSH_MS" PAYG_RATE_LIMIT_PER_MINUTE=0 \
     REDIS_URL="redis://127.0.0.1:$REDIS_FAULT_PORT" PAYG_REDIS_PREFIX="payg-faults:" \
     "$PAYG" serve --no-migrate) >>"$WORK/server-$1.log" 2>&1 &
-  echo $!
+  STARTED_PID=$!
 }
 
 wait_healthy() { # port
@@ -159,7 +160,7 @@ phase() { # seconds, fault after, fault function, name
       line="$line (refusals during the outage!)"
     fi
   done
-  printf '| %s | %s |%s\n' "$MODE" "$name" "$line" >>"$WORK/phases.md"
+  printf '| %s | %s |%s |\n' "$MODE" "$name" "$line" >>"$WORK/phases.md"
 }
 
 fault_terminate() {
@@ -208,8 +209,10 @@ RETURNING id;
 SQL
   head -n "$USERS" "$WORK/$MODE/users.txt" >"$WORK/$MODE/users-a.txt"
   tail -n "$USERS" "$WORK/$MODE/users.txt" >"$WORK/$MODE/users-b.txt"
-  PID_A=$(start_instance "$PORT_A" "$DB" "$MODE")
-  PID_B=$(start_instance "$PORT_B" "$DB" "$MODE")
+  start_instance "$PORT_A" "$DB" "$MODE"
+  PID_A=$STARTED_PID
+  start_instance "$PORT_B" "$DB" "$MODE"
+  PID_B=$STARTED_PID
   wait_healthy "$PORT_A"
   wait_healthy "$PORT_B"
 
@@ -224,7 +227,7 @@ SQL
   PID_A="" PID_B=""
 
   # Every phase's tally, per user, against the records.
-  tallies="[$(cat "$WORK/$MODE"/*/tally-*.json | paste -sd, -)]"
+  tallies="[$(for f in "$WORK/$MODE"/*/tally-*.json; do cat "$f"; echo; done | paste -sd, -)]"
   result=$(psql_on "$DB" -tA -v tallies="$tallies" \
     -v a="$(paste -sd, "$WORK/$MODE/users-a.txt")" -v b="$(paste -sd, "$WORK/$MODE/users-b.txt")" <<'SQL'
 WITH t AS (SELECT key::uuid AS user_id, sum(value::bigint) AS n
@@ -250,7 +253,7 @@ SQL
     case "$inst/$MODE" in
       a/*) note="drained on SIGTERM: must be exact" ;;
       b/batched) note="SIGKILLed: may lose its unflushed window (≤ ${FLUSH_MS} ms of calls)" ;;
-      b/*) note="SIGKILLed: every 2xx must be counted (a call counted but cut off before its answer shows as 'doubled')" ;;
+      b/*) note="SIGKILLed: every 2xx must be counted (a call counted whose answer the kill cut off shows as counted beyond the 2xx)" ;;
     esac
     SUMMARY+=("| $MODE | $inst | $seen | $counted | $lost | $doubled | $note | $verdict |")
   done
