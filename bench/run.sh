@@ -25,8 +25,8 @@
 # and usage_records is compared with the load generator's tally: no rows at
 # all for healthz and off; every user's calls equal to its 2xx count for
 # the others. The servers use a redis-server of the benchmark's own. Around
-# each run it reads that Redis's total_commands_processed
-# (INFO stats) and the database's committed and rolled-back transactions
+# each run it reads the commands payg sent that Redis (INFO commandstats)
+# and the database's committed and rolled-back transactions
 # (pg_stat_database, after the server exited), and prints both per call.
 #
 # Then it measures how long a logout on one instance takes to be refused on
@@ -98,8 +98,14 @@ for m in "${MODES[@]}"; do
   [ -n "${METER_OF[$m]:-}" ] || { echo "bench: error: unknown mode ${m@Q} (healthz off batched limited apikey durable)" >&2; exit 1; }
 done
 command -v redis-cli >/dev/null 2>&1 || die "redis-cli is required (Redis commands per call)"
-redis_commands() { redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" INFO stats | tr -d '\r' |
-  awk -F: '$1 == "total_commands_processed" { print $2 }'; }
+# The commands payg sent (round trips), from INFO commandstats: Redis also
+# counts each command a Lua script runs (a lease is EVALSHA plus GET, TIME
+# and SET inside it), and payg sends none of those itself during a run, so
+# they are left out, with the benchmark's own INFO and CONFIG.
+redis_commands() { redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
+  awk -F'[:=,]' '/^cmdstat_/ { name = substr($1, 9)
+    if (name ~ /^(get|set|time|del|incr|decr|pexpire|pttl|info|config.*)$/) next
+    sum += $3 } END { print sum + 0 }'; }
 db_transactions() { psql_on postgres -tAc "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '$1'"; }
 
 
