@@ -316,7 +316,7 @@ impl Authenticator {
                 return Err(AuthError::RevocationsUnknown);
             }
         }
-        let cached = self.standing(user_id).await?;
+        let cached = self.standing(user_id, purpose).await?;
         if cached.standing.status == UserStatus::Suspended {
             return Err(AuthError::Suspended);
         }
@@ -334,14 +334,15 @@ impl Authenticator {
     /// database; while the database cannot answer, what was read within
     /// the stale-if-error window (never for a user whose change was heard,
     /// and never for a user not seen before: nothing new is trusted).
-    async fn standing(&self, user_id: Uuid) -> Result<CachedStanding, AuthError> {
+    async fn standing(&self, user_id: Uuid, purpose: Purpose) -> Result<CachedStanding, AuthError> {
+        let since_resync = purpose != Purpose::Metered;
         if let Some(cached) = self.standings.fresh(user_id, &self.revocations) {
             return Ok(cached);
         }
         if self.database_recently_failed() {
             return self
                 .standings
-                .stale(user_id, &self.revocations)
+                .stale(user_id, &self.revocations, since_resync)
                 .ok_or(AuthError::DatabaseUnavailable);
         }
         // A change heard while the read was in flight makes it stale before
@@ -368,7 +369,10 @@ impl Authenticator {
                 Ok(None) => return Err(AuthError::InvalidToken),
                 Err(err) if err.is_database_unreachable() => {
                     self.database_failed();
-                    return self.standings.stale(user_id, &self.revocations).ok_or(err);
+                    return self
+                        .standings
+                        .stale(user_id, &self.revocations, since_resync)
+                        .ok_or(err);
                 }
                 Err(err) => return Err(err),
             }

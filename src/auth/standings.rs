@@ -68,10 +68,18 @@ impl Standings {
 
     /// For when the database cannot answer: the standing read within the
     /// stale-if-error window, unless a change to the user was heard since.
-    pub fn stale(&self, user: Uuid, revocations: &Revocations) -> Option<CachedStanding> {
+    /// `since_resync`: also not one read before the last resync — changes
+    /// made while this instance was not listening are unknown, and a
+    /// demoted admin must not act on an old role (signed-in routes ask for
+    /// this; metered calls, which only count, do not).
+    pub fn stale(&self, user: Uuid, revocations: &Revocations, since_resync: bool) -> Option<CachedStanding> {
         let entry = *self.entries.read().unwrap_or_else(|e| e.into_inner()).get(&user)?;
-        (entry.read_at.elapsed() < self.stale_if_error && revocations.unchanged_since(user, entry.mark))
-            .then_some(entry)
+        let known = if since_resync {
+            revocations.still_current(user, entry.mark)
+        } else {
+            revocations.unchanged_since(user, entry.mark)
+        };
+        (entry.read_at.elapsed() < self.stale_if_error && known).then_some(entry)
     }
 
     /// Stores what the database said in a read that started at
@@ -153,11 +161,14 @@ mod tests {
         assert!(standings.fresh(user, &revocations).is_some());
         revocations.apply(&Event::UserChanged { user });
         assert!(standings.fresh(user, &revocations).is_none(), "a change heard: re-read");
-        assert!(standings.stale(user, &revocations).is_none(), "and never used stale");
+        assert!(
+            standings.stale(user, &revocations, false).is_none(),
+            "and never used stale"
+        );
         revocations.resynced([]);
         assert!(standings.fresh(other, &revocations).is_none(), "re-read after a resync");
         assert!(
-            standings.stale(other, &revocations).is_some(),
+            standings.stale(other, &revocations, false).is_some(),
             "usable if the database is down"
         );
 
@@ -165,7 +176,7 @@ mod tests {
             panic!("the monotonic clock starts later than a minute before now")
         };
         standings.put(other, active(), false, revocations.read_mark(), long_ago, &revocations);
-        assert!(standings.stale(other, &revocations).is_none(), "past the window");
+        assert!(standings.stale(other, &revocations, false).is_none(), "past the window");
     }
 
     #[test]
@@ -177,7 +188,7 @@ mod tests {
         let mark = revocations.read_mark();
         revocations.apply(&Event::UserChanged { user });
         standings.put(user, active(), false, mark, Instant::now(), &revocations);
-        assert!(standings.stale(user, &revocations).is_none());
+        assert!(standings.stale(user, &revocations, false).is_none());
         standings.put(
             user,
             active(),
@@ -190,6 +201,6 @@ mod tests {
             standings.fresh(user, &revocations).is_none(),
             "a zero TTL: always re-read"
         );
-        assert!(standings.stale(user, &revocations).is_some());
+        assert!(standings.stale(user, &revocations, false).is_some());
     }
 }
