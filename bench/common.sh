@@ -68,3 +68,17 @@ us() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2f ms", u / 1000; else pr
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 }
   END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%d\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# Starts a redis-server of the script's own on 127.0.0.1:$1 (nothing kept on
+# disk, log in $2) and waits until it answers: sets REDIS_PID.
+start_private_redis() { # port, log file
+  command -v redis-server >/dev/null 2>&1 || die "redis-server is required"
+  redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no >"$2" 2>&1 &
+  REDIS_PID=$!
+  local i
+  for ((i = 0; i < 50; i++)); do
+    redis-cli -h 127.0.0.1 -p "$1" ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  die "the redis-server on port $1 did not start"
+}

@@ -77,21 +77,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-command -v redis-server >/dev/null 2>&1 || die "redis-server is required"
 build_bench_binaries
 JWT_SECRET_FAULTS=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 
-start_redis() {
-  redis-server --port "$REDIS_FAULT_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-    >"$WORK/redis.log" 2>&1 &
-  REDIS_PID=$!
-  local i
-  for ((i = 0; i < 50; i++)); do
-    redis-cli -p "$REDIS_FAULT_PORT" ping >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  die "the private redis-server did not start"
-}
+start_redis() { start_private_redis "$REDIS_FAULT_PORT" "$WORK/redis.log"; }
 
 PG_CLUSTER=$(pg_lsclusters --no-header 2>/dev/null | awk '$3 == 5432 { print $1 " " $2; exit }' || true)
 restart_postgres() {

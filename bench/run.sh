@@ -152,14 +152,7 @@ trap 'exit 143' TERM
 # ------------------------------------------------------------------ setup
 
 build_bench_binaries
-command -v redis-server >/dev/null 2>&1 || die "redis-server is required"
-redis-server --port "$REDIS_PORT" --bind "$REDIS_HOST" --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-for ((i = 0; i < 50; i++)); do
-  redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
-  sleep 0.1
-done
-redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping >/dev/null 2>&1 || die "the benchmark's redis-server did not start"
+start_private_redis "$REDIS_PORT" "$WORK/redis.log"
 
 if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$BENCH_PORT/"; then
   die "something already listens on 127.0.0.1:$BENCH_PORT; set BENCH_PORT"

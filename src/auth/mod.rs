@@ -348,36 +348,38 @@ impl Authenticator {
         // A change heard while the read was in flight makes it stale before
         // it lands: read once more (a second overtaken read is used for this
         // call only, and not kept).
-        for attempt in 0..2 {
-            let mark = self.revocations.read_mark();
-            let read_at = Instant::now();
-            let cutoff = self.clock.now() - self.overdue_after;
-            let read = async {
-                let mut conn = self.db.get().await?;
-                Ok::<_, AuthError>(User::standing(&mut conn, user_id, cutoff).await?)
-            };
-            match read.await {
-                Ok(Some((standing, overdue))) => {
-                    let cached = self
-                        .standings
-                        .put(user_id, standing, overdue, mark, read_at, &self.revocations);
-                    if attempt == 0 && !self.revocations.unchanged_since(user_id, mark) {
-                        continue;
-                    }
-                    return Ok(cached);
-                }
-                Ok(None) => return Err(AuthError::InvalidToken),
-                Err(err) if err.is_database_unreachable() => {
-                    self.database_failed();
-                    return self
-                        .standings
-                        .stale(user_id, &self.revocations, since_resync)
-                        .ok_or(err);
-                }
-                Err(err) => return Err(err),
-            }
+        match self.read_standing(user_id, since_resync).await? {
+            (cached, false) => Ok(cached),
+            (_, true) => Ok(self.read_standing(user_id, since_resync).await?.0),
         }
-        Err(AuthError::DatabaseUnavailable)
+    }
+
+    /// One read of the standing from the database, kept unless a change to
+    /// the user was heard meanwhile (then `true`: overtaken). While the
+    /// database cannot answer, the stale standing (see [`Self::standing`]).
+    async fn read_standing(&self, user_id: Uuid, since_resync: bool) -> Result<(CachedStanding, bool), AuthError> {
+        let mark = self.revocations.read_mark();
+        let read_at = Instant::now();
+        let cutoff = self.clock.now() - self.overdue_after;
+        let read = async {
+            let mut conn = self.db.get().await?;
+            Ok::<_, AuthError>(User::standing(&mut conn, user_id, cutoff).await?)
+        };
+        match read.await {
+            Ok(Some((standing, overdue))) => {
+                let cached = self
+                    .standings
+                    .put(user_id, standing, overdue, mark, read_at, &self.revocations);
+                Ok((cached, !self.revocations.unchanged_since(user_id, mark)))
+            }
+            Ok(None) => Err(AuthError::InvalidToken),
+            Err(err) if err.is_database_unreachable() => {
+                self.database_failed();
+                let stale = self.standings.stale(user_id, &self.revocations, since_resync);
+                Ok((stale.ok_or(err)?, false))
+            }
+            Err(err) => Err(err),
+        }
     }
 
     fn database_recently_failed(&self) -> bool {

@@ -151,11 +151,11 @@ impl Revocations {
 
     /// Whether the token or its session was logged out.
     pub fn is_denied(&self, jti: Uuid, session: Option<Uuid>) -> bool {
-        let now_ms = chrono::Utc::now().timestamp_millis();
         let denied = self.denied.read().unwrap_or_else(|e| e.into_inner());
         if denied.is_empty() {
             return false;
         }
+        let now_ms = chrono::Utc::now().timestamp_millis();
         let refused = |id: DeniedId| denied.get(&id).is_some_and(|until| *until > now_ms);
         refused(DeniedId::Token(jti)) || session.is_some_and(|s| refused(DeniedId::Session(s)))
     }

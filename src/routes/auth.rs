@@ -277,9 +277,11 @@ pub struct LogoutRequest {
 }
 
 /// Ends the session: every access token of it (not only the one presented)
-/// stops working at once on every instance — the session is deny-listed in
-/// Redis for as long as its tokens could live — and its refresh tokens are
-/// revoked.
+/// stops working on every instance — the session is deny-listed for as long
+/// as its tokens could live, and the entry is pushed to every instance — and
+/// its refresh tokens are revoked. Idempotent: a token already logged out
+/// may log out again (204), so a retry after `logout_incomplete` finishes
+/// the job.
 #[utoipa::path(
     post,
     path = "/api/v1/auth/logout",
@@ -287,7 +289,7 @@ pub struct LogoutRequest {
     request_body(content = Option<LogoutRequest>, description = "Optional"),
     security(("bearerAuth" = [])),
     responses(
-        (status = 204, description = "Logged out"),
+        (status = 204, description = "Logged out (also when the token's session had ended already)"),
         (status = 400, description = "`validation_failed`: the body has unknown fields; \
             `invalid_json`: the body is not JSON", body = ErrorBody),
         (status = 503, description = "`logout_incomplete`: the refresh tokens are revoked but Redis could not \

@@ -391,15 +391,7 @@ async fn a_price_change_never_reprices_calls_already_made() {
         )
         .await;
     assert_eq!(res.status(), 422);
-    let catalog: Value = app
-        .client
-        .get(app.url("/api/v1/apis"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = app.get_public_json("/api/v1/apis").await;
     let uuid = catalog["apis"]
         .as_array()
         .unwrap()

@@ -34,15 +34,7 @@ fn durable() -> crate::helpers::TestAppBuilder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_counts_are_exact_and_calls_share_transactions() {
     let app = durable().spawn().await;
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.get_public_json("/readyz").await;
     assert_eq!(ready["meter"]["mode"], "durable");
     let users = vec![app.new_user().await, app.new_user().await];
     let targets: Vec<_> = (0..2)
@@ -61,15 +53,7 @@ async fn durable_counts_are_exact_and_calls_share_transactions() {
         flushes > 0 && flushes * 4 <= u64::try_from(calls).unwrap(),
         "{flushes} transactions for {calls} calls"
     );
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.metrics_address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(&format!("meter_group_calls_count {flushes}")),
         "{metrics}"
@@ -388,19 +372,5 @@ async fn every_2xx_is_counted_when_the_process_is_killed_mid_load() {
         "counted {counted}, 2xx {seen}, at most {in_flight} in flight"
     );
     let _ = std::fs::remove_file(&log);
-    cleanup_redis(&prefix);
-}
-
-fn cleanup_redis(prefix: &str) {
-    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
-        return;
-    };
-    let Ok(mut conn) = client.get_connection() else { return };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut conn)
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
-    }
+    crate::helpers::delete_redis_keys(&prefix);
 }

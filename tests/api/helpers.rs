@@ -176,6 +176,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Another instance of a deployment: the same database and Redis prefix.
+    pub fn instance_of(mut self, db: &Arc<TestDb>, redis_prefix: &str) -> Self {
+        self = self.database(db.clone());
+        self.env("PAYG_REDIS_PREFIX", redis_prefix)
+    }
+
     /// Share a database with another app (several instances, one database).
     pub fn database(mut self, db: Arc<TestDb>) -> Self {
         self.db = Some(db);
@@ -273,6 +279,46 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// GET without a credential, body parsed as JSON (whatever the status).
+    pub async fn get_public_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    /// Runs `payg ARGS…` as an operator would against this app's database
+    /// and Redis (its changes are pushed to the running app), and asserts
+    /// it succeeded.
+    pub fn run_cli(&self, args: &[&str]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_payg"))
+            .args(args)
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", self.state.config.redis_url.expose())
+            .env("JWT_SECRET", TEST_JWT_SECRET)
+            .env("PAYG_REDIS_PREFIX", &self.state.config.redis_prefix)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run payg");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The Prometheus text served on the metrics listener.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.metrics_address))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// GET with a bearer credential, body parsed as JSON (whatever the status).
@@ -380,21 +426,24 @@ impl Drop for TestApp {
         // Remove this test's Redis keys (those without a TTL would linger).
         let prefix = self.state.config.redis_prefix.clone();
         if prefix.starts_with("payg-test-") {
-            let _ = std::thread::spawn(move || {
-                let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
-                    return;
-                };
-                let Ok(mut conn) = client.get_connection() else { return };
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{prefix}*"))
-                    .query(&mut conn)
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
-                }
-            })
-            .join();
+            let _ = std::thread::spawn(move || delete_redis_keys(&prefix)).join();
         }
+    }
+}
+
+/// Deletes every key under `prefix` in the shared Redis (blocking; best
+/// effort: a test's leftovers must not fail another test).
+pub fn delete_redis_keys(prefix: &str) {
+    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection() else { return };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
     }
 }
 

@@ -1,6 +1,5 @@
 //! API keys, refresh tokens, logout, rate limits and Redis outages.
 
-use std::process::Command;
 use std::time::Duration;
 
 use payg::auth::revocations::HEARING_BOUND;
@@ -8,8 +7,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    OwnRedis, PASSWORD, Registered, TEST_JWT_SECRET, TestApp, TestDb, count, error_code, eventually, free_port,
-    scalar_i64, statuses_of_concurrent, usage_of,
+    OwnRedis, PASSWORD, Registered, TestApp, TestDb, count, error_code, eventually, free_port, scalar_i64,
+    statuses_of_concurrent, usage_of,
 };
 
 async fn create_key(app: &TestApp, user: &Registered, name: &str) -> Value {
@@ -335,16 +334,8 @@ async fn a_retried_refresh_gets_the_same_pair_and_the_session_lives_on() {
 async fn logout_kills_the_access_token_at_once_on_every_instance() {
     let db = TestDb::new().await;
     let prefix = format!("payg-test-{}:", Uuid::new_v4().simple());
-    let a = TestApp::builder()
-        .database(db.clone())
-        .env("PAYG_REDIS_PREFIX", &prefix)
-        .spawn()
-        .await;
-    let b = TestApp::builder()
-        .database(db.clone())
-        .env("PAYG_REDIS_PREFIX", &prefix)
-        .spawn()
-        .await;
+    let a = TestApp::builder().instance_of(&db, &prefix).spawn().await;
+    let b = TestApp::builder().instance_of(&db, &prefix).spawn().await;
     let user = a.new_user().await;
     let (earlier, refresh) = login_pair(&a, &user.email).await;
     // A refresh gives the same session a second access token; logging out
@@ -392,15 +383,7 @@ async fn a_suspension_by_the_cli_reaches_a_running_instance_despite_a_long_cache
     let app = TestApp::builder().env("PAYG_AUTH_CACHE_MS", "600000").spawn().await;
     let user = app.new_user().await;
     assert_eq!(app.get_auth("/api/v1/tools/uuid", &user.token).await.status(), 200);
-    let out = Command::new(env!("CARGO_BIN_EXE_payg"))
-        .args(["user", "status", &user.email, "suspended"])
-        .env("DATABASE_URL", &app.db.url)
-        .env("JWT_SECRET", TEST_JWT_SECRET)
-        .env("PAYG_REDIS_PREFIX", &app.state.config.redis_prefix)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    app.run_cli(&["user", "status", &user.email, "suspended"]);
     assert!(
         eventually(Duration::from_secs(2), || async {
             app.get_auth("/api/v1/tools/uuid", &user.token).await.status() == 403
@@ -416,8 +399,7 @@ async fn the_rate_limit_is_exact_at_the_boundary_across_instances() {
     let prefix = format!("payg-test-{}:", Uuid::new_v4().simple());
     let spawn = || {
         TestApp::builder()
-            .database(db.clone())
-            .env("PAYG_REDIS_PREFIX", &prefix)
+            .instance_of(&db, &prefix)
             .env("PAYG_RATE_LIMIT_PER_MINUTE", "5")
             .env("PAYG_RATE_LIMIT_BURST", "5")
             .spawn()
@@ -604,15 +586,7 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
     assert_eq!(res.status(), 503);
     assert!(res.headers().get("retry-after").is_some());
     assert_eq!(error_code(res).await, "login_unavailable");
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.get_public_json("/readyz").await;
     assert_eq!(ready["status"], "degraded");
     assert_eq!(ready["checks"]["redis"], "down");
 
@@ -627,15 +601,7 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
         }
     }
     assert!(recovered, "rate limiting resumes without a restart");
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.get_public_json("/readyz").await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(
         app.get_auth("/api/v1/finance/invoices", &finance.token).await.status(),

@@ -404,15 +404,7 @@ async fn the_demo_tools_do_what_they_say() {
         .unwrap();
     assert_eq!(v, body);
 
-    let apis: Value = app
-        .client
-        .get(app.url("/api/v1/apis"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let apis: Value = app.get_public_json("/api/v1/apis").await;
     let slugs: Vec<&str> = apis["apis"]
         .as_array()
         .unwrap()

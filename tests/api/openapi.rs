@@ -178,15 +178,7 @@ async fn every_route_in_the_route_tables_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metered_tool_route_is_in_the_catalog() {
     let app = TestApp::spawn().await;
-    let body: Value = app
-        .client
-        .get(app.url("/api/v1/apis"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.get_public_json("/api/v1/apis").await;
     let catalog: BTreeSet<(String, String)> = body["apis"]
         .as_array()
         .unwrap()

@@ -3,7 +3,6 @@
 //! also after Redis restarts — and rate limits leased from Redis that are
 //! never exceeded across instances.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -11,9 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{
-    OwnRedis, PASSWORD, TEST_JWT_SECRET, TestApp, TestDb, eventually, free_port, this_period, usage_of,
-};
+use crate::helpers::{OwnRedis, PASSWORD, TestApp, TestDb, eventually, free_port, this_period, usage_of};
 
 const DEADLINE: Duration = Duration::from_secs(2);
 
@@ -26,24 +23,9 @@ async fn status(app: &TestApp, path: &str, token: &str) -> u16 {
     app.get_auth(path, token).await.status().as_u16()
 }
 
-/// `payg user …` against the apps' database and Redis, as an operator runs it.
-fn cli(app: &TestApp, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_payg"))
-        .args(args)
-        .env("DATABASE_URL", &app.db.url)
-        .env("REDIS_URL", app.state.config.redis_url.expose())
-        .env("JWT_SECRET", TEST_JWT_SECRET)
-        .env("PAYG_REDIS_PREFIX", &app.state.config.redis_prefix)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn instance(db: &Arc<TestDb>, prefix: &str, redis_url: &str) -> crate::helpers::TestAppBuilder {
     TestApp::builder()
-        .database(db.clone())
-        .env("PAYG_REDIS_PREFIX", prefix)
+        .instance_of(db, prefix)
         .env("REDIS_URL", redis_url)
         // Only a push can make B notice a change within the deadline.
         .env("PAYG_AUTH_CACHE_MS", "600000")
@@ -86,7 +68,7 @@ async fn logouts_role_and_status_changes_reach_another_instance_by_push() {
         "the other session lives"
     );
 
-    cli(&a, &["user", "role", &user.email, "finance"]);
+    a.run_cli(&["user", "role", &user.email, "finance"]);
     assert!(
         eventually(DEADLINE, || async {
             status(&b, "/api/v1/finance/invoices", &user.token).await == 200
@@ -95,7 +77,7 @@ async fn logouts_role_and_status_changes_reach_another_instance_by_push() {
         "the role change reached B"
     );
 
-    cli(&a, &["user", "status", &user.email, "suspended"]);
+    a.run_cli(&["user", "status", &user.email, "suspended"]);
     assert!(
         eventually(DEADLINE, || async {
             status(&b, "/api/v1/tools/uuid", &user.token).await == 403
@@ -182,8 +164,7 @@ async fn leased_rate_limits_are_never_exceeded_across_three_instances_under_64_c
     for _ in 0..3 {
         instances.push(
             TestApp::builder()
-                .database(db.clone())
-                .env("PAYG_REDIS_PREFIX", &prefix)
+                .instance_of(&db, &prefix)
                 .env("PAYG_RATE_LIMIT_PER_MINUTE", &PER_MINUTE.to_string())
                 .env("PAYG_RATE_LIMIT_BURST", &BURST.to_string())
                 .spawn()
@@ -266,8 +247,7 @@ async fn an_unused_lease_goes_back_so_another_instance_can_serve_it() {
     let prefix = format!("payg-test-{}:", Uuid::new_v4().simple());
     let spawn = || {
         TestApp::builder()
-            .database(db.clone())
-            .env("PAYG_REDIS_PREFIX", &prefix)
+            .instance_of(&db, &prefix)
             .env("PAYG_RATE_LIMIT_PER_MINUTE", "6")
             .env("PAYG_RATE_LIMIT_BURST", "32")
             .spawn()
