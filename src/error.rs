@@ -234,6 +234,53 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
+
+    /// What the error says to people (never a 5xx's cause).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// 413 `payload_too_large`: a body over the 64 KiB every route takes.
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body exceeds 64 KiB",
+        )
+    }
+
+    /// 403 `csrf_failed`: a console form posted without its CSRF token (or
+    /// with another's), or from another site.
+    pub fn csrf_failed() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "this form has expired or did not come from this site; reload the page and try again",
+        )
+    }
+
+    /// The console's answer to a failure. A 401 (not signed in, or the
+    /// session ended) sends the browser to `sign_in` with 303; every other
+    /// failure is the HTML `page` (given the status's code and the error)
+    /// under the status the JSON API would have answered, with the same
+    /// headers (`Retry-After`, …) and the same logging.
+    pub fn console_response(&self, sign_in: &str, page: impl FnOnce(u16, &ApiError) -> String) -> HttpResponse {
+        if self.status == StatusCode::UNAUTHORIZED {
+            return HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, sign_in))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .finish();
+        }
+        let json = self.error_response();
+        let mut res = HttpResponse::build(self.status);
+        for (name, value) in json.headers() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH && name != header::WWW_AUTHENTICATE {
+                res.insert_header((name.clone(), value.clone()));
+            }
+        }
+        res.content_type("text/html; charset=utf-8")
+            .body(page(self.status.as_u16(), self))
+    }
 }
 
 /// The `error` member of a `GET /readyz` answer when PostgreSQL is down.
@@ -604,7 +651,15 @@ pub fn envelope_framework_errors<B>(res: ServiceResponse<B>) -> actix_web::Resul
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+    // The console's pages (its own 404 and error pages included) are HTML
+    // already.
+    let is_html = res
+        .response()
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_json || is_html {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();

@@ -12,12 +12,14 @@
 //! - every error status in [`error`];
 //! - the server and middleware order in [`startup`]; background loops in [`jobs`].
 
+pub mod actions;
 pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod catalog;
 pub mod clients;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod domain;
 pub mod error;

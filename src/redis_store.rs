@@ -211,7 +211,7 @@ end
 return {1, 0}
 ";
 
-/// The login lockout's budgets (see `routes::auth::LOGIN_LIMITS`).
+/// The login lockout's budgets (see `actions::LOGIN_LIMITS`).
 #[derive(Debug, Clone, Copy)]
 pub struct LoginLimits {
     pub per_client: u32,

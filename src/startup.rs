@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::config::{Config, MeterMode};
 use crate::domain::Clock;
 use crate::error;
-use crate::{gateway, jobs, metering, routes, telemetry};
+use crate::{console, gateway, jobs, metering, routes, telemetry};
 
 /// Request bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -108,6 +108,7 @@ impl Application {
                                 .configure(routes::configure_api),
                         ),
                 )
+                .configure(console::configure)
                 .configure(routes::configure_gateway)
         })
         .workers(workers)

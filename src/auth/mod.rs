@@ -284,20 +284,36 @@ impl Authenticator {
     /// pushed into memory (`revocations`).
     pub async fn authenticate(&self, req: &HttpRequest, purpose: Purpose) -> Result<Caller, AuthError> {
         let (user_id, credential) = match presented(req)? {
-            Presented::Jwt(token) => {
-                let claims = self.jwt.verified(token).ok_or(AuthError::InvalidToken)?;
-                let credential = Credential::AccessToken {
-                    jti: claims.jti,
-                    session: claims.sid,
-                    expires_at: claims.exp,
-                };
-                (claims.sub, credential)
-            }
+            Presented::Jwt(token) => self.access_token(token)?,
             Presented::ApiKey(key) => {
                 let (key_id, user_id) = self.resolve_api_key(req, key).await?;
                 (user_id, Credential::ApiKey { key_id })
             }
         };
+        self.caller(user_id, credential, purpose).await
+    }
+
+    /// Authenticates an access token that did not come in a header: the
+    /// console's session cookie carries one. The same checks, the same
+    /// rights, as `Authorization: Bearer` with it.
+    pub async fn authenticate_access_token(&self, token: &str, purpose: Purpose) -> Result<Caller, AuthError> {
+        let (user_id, credential) = self.access_token(token)?;
+        self.caller(user_id, credential, purpose).await
+    }
+
+    fn access_token(&self, token: &str) -> Result<(Uuid, Credential), AuthError> {
+        let claims = self.jwt.verified(token).ok_or(AuthError::InvalidToken)?;
+        let credential = Credential::AccessToken {
+            jti: claims.jti,
+            session: claims.sid,
+            expires_at: claims.exp,
+        };
+        Ok((claims.sub, credential))
+    }
+
+    /// The caller behind a verified credential: the deny-list, then the
+    /// user's standing.
+    async fn caller(&self, user_id: Uuid, credential: Credential, purpose: Purpose) -> Result<Caller, AuthError> {
         if let Credential::AccessToken { jti, session, .. } = credential {
             // Ending a session that already ended does no harm, and a
             // logout that Redis could not carry is denied here already:

@@ -107,6 +107,11 @@ impl PriceBook {
         idx.checked_sub(1).map(|i| &versions[i].1)
     }
 
+    /// Every version of an API, oldest first, with the day it starts.
+    pub fn history(&self, api_id: i32) -> &[(NaiveDate, PriceVersion)] {
+        self.versions.get(&api_id).map_or(&[], Vec::as_slice)
+    }
+
     /// The latest version scheduled (in force now, or from a later period).
     pub fn latest(&self, api_id: i32) -> Option<&PriceVersion> {
         self.versions.get(&api_id)?.last().map(|(_, v)| v)

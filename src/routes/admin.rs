@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use crate::actions;
 use crate::app::AppState;
 use crate::catalog::{self, UpstreamSettings};
 use crate::domain::currency::DecimalString;
@@ -16,7 +17,7 @@ use crate::domain::{Currency, Period};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::Api;
 use crate::models::api::{ApiChanges, Upstream, UpstreamChanges, UpstreamUpdate};
-use crate::models::price::{PriceBook, PriceRow};
+use crate::models::price::PriceBook;
 use crate::routes::conn;
 use crate::routes::extract::AdminUser;
 use crate::routes::json::Json;
@@ -146,25 +147,11 @@ pub async fn create_api(
 ) -> ApiResult<HttpResponse> {
     let b = body.into_inner();
     let (new, upstream) = catalog::new_entry(b.slug, b.method, &b.route, b.name, b.description, b.upstream.as_ref())?;
-    let default_price = catalog::default_price(state.config.billing.currency);
-    let mut conn = conn(&state.db).await?;
-    match Api::create(&mut conn, &new, &default_price, upstream.as_ref()).await {
-        Ok((api, upstream)) => {
-            drop(conn);
-            state.reload_catalog().await?;
-            Ok(HttpResponse::Created().json(AdminApi {
-                upstream: upstream.as_ref().map(|u| UpstreamView::new(u, true)),
-                api,
-            }))
-        }
-        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
-            Err(ApiError::conflict(
-                "api_exists",
-                "an API with this slug, or this method and route, already exists",
-            ))
-        }
-        Err(e) => Err(e.into()),
-    }
+    let (api, upstream) = actions::create_api(&state, &new, upstream.as_ref()).await?;
+    Ok(HttpResponse::Created().json(AdminApi {
+        upstream: upstream.as_ref().map(|u| UpstreamView::new(u, true)),
+        api,
+    }))
 }
 
 /// A partial update: absent fields are left alone.
@@ -263,11 +250,8 @@ pub async fn update_api(
         }
     };
     let added = matches!(upstream, UpstreamUpdate::Add(_));
-    let Some((api, upstream)) = Api::update(&mut conn, *id, &changes, &upstream).await? else {
-        return Err(ApiError::not_found("no such API"));
-    };
     drop(conn);
-    state.reload_catalog().await?;
+    let (api, upstream) = actions::update_api(&state, *id, &changes, &upstream).await?;
     Ok(HttpResponse::Ok().json(AdminApi {
         upstream: upstream.as_ref().map(|u| UpstreamView::new(u, added)),
         api,
@@ -378,33 +362,20 @@ pub async fn create_price(
     body: Json<NewPriceRequest>,
 ) -> ApiResult<HttpResponse> {
     let b = body.into_inner();
-    let billing_currency = state.config.billing.currency;
     let currency = match b.currency.as_deref() {
         Some(code) => code.parse::<Currency>()?,
-        None => billing_currency,
+        None => state.config.billing.currency,
     };
-    if currency != billing_currency {
-        return Err(ApiError::currency_mismatch(format!(
-            "prices must be in the billing currency {billing_currency}"
-        )));
-    }
     let version = PriceVersion {
         currency,
         unit_price: b.unit_price,
         free_calls: b.free_calls,
         tiers: b.tiers,
     };
-    version.validate()?;
-    let current = state.current_period();
-    let requested = b.effective_from.unwrap_or(current);
-    if requested < current {
-        return Err(ApiError::validation("a price cannot take effect in a past period"));
-    }
-    let mut conn = conn(&state.db).await?;
-    let (row, effective) = PriceRow::schedule(&mut conn, *id, requested, &version).await?;
+    let scheduled = actions::schedule_price(&state, *id, &version, b.effective_from).await?;
     Ok(HttpResponse::Created().json(json!({
-        "api_id": row.api_id,
-        "price": PriceView::new(effective, &version),
-        "deferred": effective != requested,
+        "api_id": scheduled.row.api_id,
+        "price": PriceView::new(scheduled.effective, &version),
+        "deferred": scheduled.deferred,
     })))
 }

@@ -7,11 +7,11 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::actions;
 use crate::app::AppState;
-use crate::auth::{API_KEY_PREFIX, tokens};
 use crate::domain::text::KeyName;
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::models::api_key::{ApiKey, MAX_ACTIVE_KEYS};
+use crate::error::{ApiResult, ErrorBody};
+use crate::models::api_key::ApiKey;
 use crate::routes::conn;
 use crate::routes::extract::SessionUser;
 use crate::routes::json::Json;
@@ -58,25 +58,7 @@ pub async fn create_api_key(
     user: SessionUser,
     body: Json<NewKeyRequest>,
 ) -> ApiResult<HttpResponse> {
-    let name = body.into_inner().name.into_inner();
-    let key = tokens::generate(API_KEY_PREFIX);
-    let row = ApiKey {
-        id: Uuid::new_v4(),
-        user_id: user.id(),
-        name,
-        prefix: key.chars().take(API_KEY_PREFIX.len() + 8).collect(),
-        key_hash: state.authenticator.hasher().hash(&key),
-        created_at: Utc::now(),
-        last_used_at: None,
-        revoked_at: None,
-    };
-    let mut conn = conn(&state.db).await?;
-    if !ApiKey::insert_within_limit(&mut conn, &row).await? {
-        return Err(ApiError::conflict(
-            "too_many_keys",
-            format!("at most {MAX_ACTIVE_KEYS} active API keys per user; revoke one first"),
-        ));
-    }
+    let actions::CreatedKey { row, key } = actions::create_key(&state, user.id(), body.into_inner().name).await?;
     // The full key is in this body only: no cache may keep it.
     Ok(HttpResponse::Created()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
@@ -122,10 +104,6 @@ pub async fn revoke_api_key(
     user: SessionUser,
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
-    let mut conn = conn(&state.db).await?;
-    let hash = ApiKey::revoke(&mut conn, *id, user.id())
-        .await?
-        .ok_or_else(|| ApiError::not_found("API key not found"))?;
-    state.authenticator.key_revoked(&hash).await;
+    actions::revoke_key(&state, user.id(), *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -8,10 +8,11 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::actions;
 use crate::app::AppState;
 use crate::billing::close::{self, CloseOutcome, Reconciliation};
 use crate::billing::export::{self, ExportFormat, ExportJsonRow};
-use crate::billing::payments::{self, PaymentInput, PaymentRecorded, PaymentSource};
+use crate::billing::payments::{PaymentInput, PaymentRecorded, PaymentSource};
 use crate::domain::currency::DecimalString;
 use crate::domain::text::{PaymentMethod, Reference, UserRef};
 use crate::domain::{Currency, Period};
@@ -271,10 +272,7 @@ pub async fn record_payment(
         source: PaymentSource::Finance,
         recorded_by: Some(user.id()),
     };
-    let mut conn = conn(&state.db).await?;
-    let recorded = payments::record_payment(&mut conn, *id, input, state.now()).await?;
-    drop(conn);
-    state.payment_recorded(&recorded).await;
+    let recorded = actions::record_payment(&state, *id, input).await?;
     Ok(if recorded.is_new() {
         HttpResponse::Created().json(recorded.into_body())
     } else {
@@ -302,9 +300,6 @@ pub async fn void_invoice(
     _finance: FinanceUser,
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
-    let mut conn = conn(&state.db).await?;
-    let invoice = payments::void_invoice(&mut conn, *id, state.now()).await?;
-    drop(conn);
-    state.authenticator.user_changed(invoice.user_id).await;
+    let invoice = actions::void_invoice(&state, *id).await?;
     Ok(HttpResponse::Ok().json(invoice))
 }

@@ -1,0 +1,378 @@
+//! What a person can do, whichever door they come through: the JSON API
+//! (`routes/`) and the web console (`console/`) both call these, so a rule
+//! — the login lockout, the key limit, what ending a session revokes — has
+//! one home. Each takes the state and checked input and returns a typed
+//! result or an [`ApiError`]; neither door adds rules of its own.
+
+use std::time::Duration;
+
+use actix_web::HttpRequest;
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::sessions::{self, IssuedSession, Rotation};
+use crate::auth::{API_KEY_PREFIX, Caller, Credential, tokens};
+use crate::clients::lockout_label;
+use crate::domain::text::{Email, KeyName, Name, Password};
+use crate::error::ApiError;
+use crate::models::UserStatus;
+use crate::models::api_key::{ApiKey, MAX_ACTIVE_KEYS};
+use crate::models::user::{NewUser, Role, User};
+use crate::redis_store::{DeniedId, LoginLimits};
+
+/// A database connection from the pool, or 503.
+async fn conn(state: &AppState) -> Result<crate::db::DbConn, ApiError> {
+    Ok(state.db.get().await?)
+}
+
+fn issuer(state: &AppState) -> sessions::Issuer<'_> {
+    sessions::Issuer {
+        jwt: state.authenticator.jwt(),
+        hasher: state.authenticator.hasher(),
+        refresh_ttl: state.config.refresh_ttl,
+        retry_grace: state.config.refresh_retry_grace,
+    }
+}
+
+/// How long an ended session stays deny-listed: as long as any access token
+/// issued in it can live (plus the verifier's skew).
+fn session_denied_until(state: &AppState) -> i64 {
+    let ttl = state.config.jwt.ttl + Duration::from_secs(10);
+    Utc::now().timestamp_millis() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// The login lockout. Attempts are counted per email *and client address*
+/// (10 per 15 minutes), so a stranger guessing from elsewhere cannot lock
+/// the owner out of their own address; and per email from anywhere (100 per
+/// hour), a slower bound on a guesser with many addresses. Each attempt is
+/// reserved before the password is checked; a success gives it back.
+pub const LOGIN_LIMITS: LoginLimits = LoginLimits {
+    per_client: 10,
+    per_client_window: Duration::from_secs(15 * 60),
+    per_email: 100,
+    per_email_window: Duration::from_secs(3600),
+};
+
+/// A new consumer account. The per-address bucket of credential routes
+/// and the bounded argon2 pool apply.
+pub async fn register(
+    state: &AppState,
+    req: &HttpRequest,
+    email: Email,
+    password: Password,
+    name: Name,
+) -> Result<User, ApiError> {
+    state.clients.take_credential_attempt(req)?;
+    let hash = state
+        .passwords
+        .hash(password.into_inner())
+        .await?
+        .map_err(ApiError::internal)?;
+    let mut conn = conn(state).await?;
+    let new = NewUser {
+        id: Uuid::new_v4(),
+        email: email.as_str(),
+        password_hash: &hash,
+        role: Role::Consumer,
+        name: name.as_str(),
+    };
+    match User::insert(&mut conn, &new).await {
+        Ok(user) => {
+            tracing::info!(user_id = %user.id, "user registered");
+            Ok(user)
+        }
+        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Err(
+            ApiError::conflict("email_taken", "an account with this email already exists"),
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Email and password → a new session, behind the lockout (which fails
+/// closed without Redis) and one argon2 verification whether or not the
+/// account exists.
+pub async fn log_in(
+    state: &AppState,
+    req: &HttpRequest,
+    email: &str,
+    password: String,
+) -> Result<IssuedSession, ApiError> {
+    state.clients.take_credential_attempt(req)?;
+    // The lockout counts attempts per email string whether or not an account
+    // exists, so it reveals nothing about which emails are registered.
+    let lockout_key = Email::canonical(email);
+    let address = state.clients.address(req);
+    // IPv6 clients by their /64: a host may pick any address in it.
+    let client = lockout_label(address);
+    match state.redis.reserve_login(&lockout_key, &client, LOGIN_LIMITS).await {
+        None => return Err(ApiError::login_unavailable()),
+        Some(attempt) if !attempt.allowed => {
+            tracing::warn!(client = %client, "login refused by the lockout");
+            return Err(ApiError::too_many_attempts(attempt.retry_after_secs));
+        }
+        Some(_) => {}
+    }
+    // A malformed email cannot belong to anyone: same answer as a wrong one.
+    let user = match email.parse::<Email>() {
+        Ok(email) => {
+            let mut conn = conn(state).await?;
+            User::find_by_email(&mut conn, email.as_str()).await?
+        }
+        Err(_) => None,
+    };
+    // Always run one argon2 verification so unknown emails take as long as
+    // wrong passwords.
+    let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+    let verified = state.passwords.verify(password, stored_hash).await?;
+    let user = match user {
+        Some(user) if verified => user,
+        _ => {
+            // The reserved attempt stays counted: it was a failure.
+            tracing::info!(client = %client, "login failed");
+            return Err(ApiError::invalid_credentials());
+        }
+    };
+    state.redis.login_succeeded(&lockout_key, &client).await;
+    if user.status == UserStatus::Suspended {
+        return Err(ApiError::account_suspended());
+    }
+    let mut conn = conn(state).await?;
+    // Token lifetimes follow the real clock (jsonwebtoken checks `exp`
+    // against it), not the billing clock tests may move.
+    Ok(sessions::start(&mut conn, issuer(state), &user, Utc::now()).await?)
+}
+
+/// A refresh token → the session's next pair. A retired token presented
+/// again (outside the retry grace) ends the whole session on every instance.
+pub async fn refresh(state: &AppState, presented: &str) -> Result<IssuedSession, ApiError> {
+    if !presented.starts_with(sessions::REFRESH_TOKEN_PREFIX) || presented.len() > 128 {
+        return Err(ApiError::invalid_token());
+    }
+    let mut conn = conn(state).await?;
+    let rotation = sessions::rotate(&mut conn, issuer(state), presented, Utc::now()).await?;
+    match rotation {
+        Rotation::Rotated(session) => Ok(session),
+        Rotation::Reused { user_id, session } => {
+            // A stolen refresh token came back: the thief's access tokens
+            // die with the session, not at their expiry.
+            if !state
+                .authenticator
+                .deny(DeniedId::Session(session), session_denied_until(state))
+                .await
+            {
+                tracing::warn!(user_id = %user_id, "could not deny-list a reused session (Redis unavailable)");
+            }
+            Err(ApiError::invalid_token())
+        }
+        Rotation::Invalid => Err(ApiError::invalid_token()),
+        Rotation::Suspended => Err(ApiError::account_suspended()),
+    }
+}
+
+/// Ends the caller's session: its refresh tokens (and those of
+/// `also_refresh_token`'s session, if it is the caller's) are revoked in
+/// PostgreSQL, then every access token of the session is deny-listed on
+/// every instance. `logout_incomplete` when Redis cannot take the entry; a
+/// retry finishes the job.
+pub async fn end_session(state: &AppState, caller: &Caller, also_refresh_token: Option<&str>) -> Result<(), ApiError> {
+    let Credential::AccessToken {
+        jti,
+        session,
+        expires_at,
+    } = caller.credential
+    else {
+        return Err(ApiError::access_token_required());
+    };
+    let now = Utc::now();
+    // First what lasts: the session's refresh tokens, in PostgreSQL.
+    let mut conn = conn(state).await?;
+    let mut families: Vec<Uuid> = session.into_iter().collect();
+    if let Some(token) = also_refresh_token
+        && let Some(family) =
+            sessions::family_of(&mut conn, state.authenticator.hasher(), token, caller.user_id).await?
+    {
+        families.push(family);
+    }
+    for family in families {
+        sessions::revoke_family(&mut conn, family, caller.user_id, now).await?;
+    }
+    drop(conn);
+    // Then every access token issued in the session, not only the one
+    // presented, on every instance.
+    let denied = match session {
+        Some(session) => {
+            state
+                .authenticator
+                .deny(DeniedId::Session(session), session_denied_until(state))
+                .await
+        }
+        // Refused until it would have expired anyway (plus the verifier's
+        // skew).
+        None => {
+            let until_ms = expires_at.saturating_add(10).saturating_mul(1000);
+            state.authenticator.deny(DeniedId::Token(jti), until_ms).await
+        }
+    };
+    if !denied {
+        // Redis cannot take the deny-list entry: say so, so the client
+        // retries (the retry is accepted and finishes the job).
+        tracing::warn!(user_id = %caller.user_id, "logout could not deny-list the session (Redis unavailable)");
+        return Err(ApiError::logout_incomplete());
+    }
+    Ok(())
+}
+
+/// A key just created: its row and, this once, the full key.
+pub struct CreatedKey {
+    pub row: ApiKey,
+    pub key: String,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("id", &self.row.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates an API key for `user_id`, within the active-key limit. payg
+/// keeps a keyed hash and the prefix (for display), never the key.
+pub async fn create_key(state: &AppState, user_id: Uuid, name: KeyName) -> Result<CreatedKey, ApiError> {
+    let key = tokens::generate(API_KEY_PREFIX);
+    let row = ApiKey {
+        id: Uuid::new_v4(),
+        user_id,
+        name: name.into_inner(),
+        prefix: key.chars().take(API_KEY_PREFIX.len() + 8).collect(),
+        key_hash: state.authenticator.hasher().hash(&key),
+        created_at: Utc::now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let mut conn = conn(state).await?;
+    if !ApiKey::insert_within_limit(&mut conn, &row).await? {
+        return Err(ApiError::conflict(
+            "too_many_keys",
+            format!("at most {MAX_ACTIVE_KEYS} active API keys per user; revoke one first"),
+        ));
+    }
+    Ok(CreatedKey { row, key })
+}
+
+/// Revokes one of `user_id`'s keys: refused at once on this instance and,
+/// by push, on every other. 404 for a key that is not theirs or not active.
+pub async fn revoke_key(state: &AppState, user_id: Uuid, key_id: Uuid) -> Result<(), ApiError> {
+    let mut conn = conn(state).await?;
+    let hash = ApiKey::revoke(&mut conn, key_id, user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key not found"))?;
+    state.authenticator.key_revoked(&hash).await;
+    Ok(())
+}
+
+/// Records a payment against an invoice (idempotent on its reference) and
+/// lifts the payer's overdue block when it settles what was overdue.
+pub async fn record_payment(
+    state: &AppState,
+    invoice_id: Uuid,
+    input: crate::billing::payments::PaymentInput,
+) -> Result<crate::billing::payments::Recorded, ApiError> {
+    let mut conn = conn(state).await?;
+    let recorded = crate::billing::payments::record_payment(&mut conn, invoice_id, input, state.now()).await?;
+    drop(conn);
+    state.payment_recorded(&recorded).await;
+    Ok(recorded)
+}
+
+/// Voids an issued invoice; every instance re-reads the user's standing
+/// (a void can lift an overdue block).
+pub async fn void_invoice(state: &AppState, invoice_id: Uuid) -> Result<crate::models::Invoice, ApiError> {
+    let mut conn = conn(state).await?;
+    let invoice = crate::billing::payments::void_invoice(&mut conn, invoice_id, state.now()).await?;
+    drop(conn);
+    state.authenticator.user_changed(invoice.user_id).await;
+    Ok(invoice)
+}
+
+/// A price scheduled: its row, the period it applies from, and whether
+/// that is later than the one asked for.
+pub struct ScheduledPrice {
+    pub row: crate::models::price::PriceRow,
+    pub effective: crate::domain::Period,
+    pub deferred: bool,
+}
+
+/// Schedules a new price version for an API from `requested` (default: the
+/// current period), in the billing currency only. It takes effect from that
+/// period only if no call to the API is recorded in it yet; otherwise from
+/// the next — a price change never re-prices calls already made.
+pub async fn schedule_price(
+    state: &AppState,
+    api_id: i32,
+    version: &crate::domain::pricing::PriceVersion,
+    requested: Option<crate::domain::Period>,
+) -> Result<ScheduledPrice, ApiError> {
+    let billing_currency = state.config.billing.currency;
+    if version.currency != billing_currency {
+        return Err(ApiError::currency_mismatch(format!(
+            "prices must be in the billing currency {billing_currency}"
+        )));
+    }
+    version.validate()?;
+    let current = state.current_period();
+    let requested = requested.unwrap_or(current);
+    if requested < current {
+        return Err(ApiError::validation("a price cannot take effect in a past period"));
+    }
+    let mut conn = conn(state).await?;
+    let (row, effective) = crate::models::price::PriceRow::schedule(&mut conn, api_id, requested, version).await?;
+    Ok(ScheduledPrice {
+        row,
+        effective,
+        deferred: effective != requested,
+    })
+}
+
+/// Adds a catalog entry (built-in, or a gateway API with an upstream) at the
+/// default price; every instance's catalog follows.
+pub async fn create_api(
+    state: &AppState,
+    new: &crate::models::api::NewApi,
+    upstream: Option<&crate::models::api::NewUpstream>,
+) -> Result<(crate::models::Api, Option<crate::models::api::Upstream>), ApiError> {
+    let default_price = crate::catalog::default_price(state.config.billing.currency);
+    let mut conn = conn(state).await?;
+    match crate::models::Api::create(&mut conn, new, &default_price, upstream).await {
+        Ok(created) => {
+            drop(conn);
+            state.reload_catalog().await?;
+            Ok(created)
+        }
+        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
+            Err(ApiError::conflict(
+                "api_exists",
+                "an API with this slug, or this method and route, already exists",
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Changes a catalog entry (and its upstream); every instance's catalog
+/// follows. 404 for an unknown id.
+pub async fn update_api(
+    state: &AppState,
+    id: i32,
+    changes: &crate::models::api::ApiChanges,
+    upstream: &crate::models::api::UpstreamUpdate,
+) -> Result<(crate::models::Api, Option<crate::models::api::Upstream>), ApiError> {
+    let mut conn = conn(state).await?;
+    let updated = crate::models::Api::update(&mut conn, id, changes, upstream)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such API"))?;
+    drop(conn);
+    state.reload_catalog().await?;
+    Ok(updated)
+}

@@ -1,0 +1,251 @@
+//! Signing up, in and out, and the profile with its billing details.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::page::{self, PageError, PageResult, Signed};
+use super::session::{self, ConsoleUser};
+use crate::actions;
+use crate::app::AppState;
+use crate::domain::text::{BillingText, CountryCode, Email, Name, Password, clearable};
+use crate::error::ApiError;
+use crate::models::User;
+use crate::models::user::ProfileChanges;
+
+/// Where to go after signing in: a console path only (never another site).
+fn next_or_home(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with("/console") && !n.starts_with("//") && !n.contains("\\") => n,
+        _ => "/console",
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Next {
+    next: Option<String>,
+}
+
+fn anonymous_page(title: &str, main: Markup) -> HttpResponse {
+    page::html_response(page::document(title, None, main))
+}
+
+fn sign_in_markup(csrf: &str, email: &str, error: Option<&str>, next: Option<&str>) -> Markup {
+    html! {
+        main.narrow {
+            h1 { "Sign in" }
+            (page::notice(error, "error"))
+            form.stack method="post" action="/console/sign-in" {
+                (page::csrf_field(csrf))
+                @if let Some(next) = next { input type="hidden" name="next" value=(next); }
+                label for="email" { "Email" }
+                input #email type="email" name="email" value=(email) autocomplete="username" required autofocus;
+                label for="password" { "Password" }
+                input #password type="password" name="password" autocomplete="current-password" required;
+                button type="submit" { "Sign in" }
+            }
+            p { "New here? " a href="/console/sign-up" { "Create an account" } }
+        }
+    }
+}
+
+/// `GET /console/sign-in`.
+pub async fn sign_in_form(state: web::Data<AppState>, req: HttpRequest, query: web::Query<Next>) -> HttpResponse {
+    let csrf = session::csrf_token(&state, &req);
+    anonymous_page("Sign in", sign_in_markup(&csrf, "", None, query.next.as_deref()))
+}
+
+#[derive(Deserialize)]
+pub struct SignInForm {
+    email: String,
+    password: String,
+    next: Option<String>,
+}
+
+/// `POST /console/sign-in`: the API's login (lockout, hashing bound), its
+/// session kept in cookies.
+pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, form: web::Form<SignInForm>) -> HttpResponse {
+    let SignInForm { email, password, next } = form.into_inner();
+    match actions::log_in(&state, &req, &email, password).await {
+        Ok(issued) => {
+            session::renew_csrf(&state, &req);
+            session::keep_session(&state, &req, issued);
+            page::see_other(next_or_home(next.as_deref()))
+        }
+        Err(err) => {
+            let csrf = session::csrf_token(&state, &req);
+            form_failed(
+                &err,
+                anonymous_page(
+                    "Sign in",
+                    sign_in_markup(&csrf, &email, Some(err.message()), next.as_deref()),
+                ),
+            )
+        }
+    }
+}
+
+/// A form shown again with its error, under the status the API gives it.
+pub fn form_failed(err: &ApiError, mut res: HttpResponse) -> HttpResponse {
+    *res.status_mut() = actix_web::ResponseError::status_code(err);
+    res
+}
+
+fn sign_up_markup(csrf: &str, email: &str, name: &str, error: Option<&str>) -> Markup {
+    html! {
+        main.narrow {
+            h1 { "Create an account" }
+            (page::notice(error, "error"))
+            form.stack method="post" action="/console/sign-up" {
+                (page::csrf_field(csrf))
+                label for="name" { "Name" }
+                input #name type="text" name="name" value=(name) autocomplete="name" required maxlength="200";
+                label for="email" { "Email" }
+                input #email type="email" name="email" value=(email) autocomplete="username" required;
+                label for="password" { "Password " span.muted { "(at least 12 characters)" } }
+                input #password type="password" name="password" autocomplete="new-password" required minlength="12";
+                button type="submit" { "Create account" }
+            }
+            p { "Have an account? " a href="/console/sign-in" { "Sign in" } }
+        }
+    }
+}
+
+/// `GET /console/sign-up`.
+pub async fn sign_up_form(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let csrf = session::csrf_token(&state, &req);
+    anonymous_page("Create an account", sign_up_markup(&csrf, "", "", None))
+}
+
+#[derive(Deserialize)]
+pub struct SignUpForm {
+    email: String,
+    password: String,
+    name: String,
+}
+
+/// `POST /console/sign-up`: registers as `POST /auth/register` does, then
+/// signs in.
+pub async fn sign_up(state: web::Data<AppState>, req: HttpRequest, form: web::Form<SignUpForm>) -> HttpResponse {
+    let SignUpForm { email, password, name } = form.into_inner();
+    let outcome = async {
+        let checked: (Email, Password, Name) = (email.parse()?, password.parse()?, name.parse()?);
+        let user = actions::register(&state, &req, checked.0, checked.1, checked.2).await?;
+        actions::log_in(&state, &req, &user.email, password.clone()).await
+    }
+    .await;
+    match outcome {
+        Ok(issued) => {
+            session::renew_csrf(&state, &req);
+            session::keep_session(&state, &req, issued);
+            page::see_other("/console")
+        }
+        Err(err) => {
+            let csrf = session::csrf_token(&state, &req);
+            form_failed(
+                &err,
+                anonymous_page(
+                    "Create an account",
+                    sign_up_markup(&csrf, &email, &name, Some(err.message())),
+                ),
+            )
+        }
+    }
+}
+
+/// `POST /console/sign-out`: ends the session on every instance, as
+/// `POST /auth/logout` does, and clears the cookies. Without a session it
+/// only clears them.
+pub async fn sign_out(state: web::Data<AppState>, req: HttpRequest, user: Option<ConsoleUser>) -> PageResult {
+    if let Some(user) = user {
+        actions::end_session(&state, &user.0, session::refresh_cookie(&req).as_deref()).await?;
+    }
+    session::forget_session(&state, &req);
+    Ok(page::see_other("/console/sign-in"))
+}
+
+#[derive(Deserialize)]
+pub struct Done {
+    done: Option<String>,
+}
+
+/// `GET /console/profile`.
+pub async fn profile(signed: Signed, query: web::Query<Done>) -> PageResult {
+    let me = &signed.account;
+    let field = |id: &'static str, label: &'static str, value: &Option<String>, auto: &'static str| {
+        html! {
+            label for=(id) { (label) }
+            input id=(id) type="text" name=(id) value=(value.as_deref().unwrap_or("")) autocomplete=(auto) maxlength="200";
+        }
+    };
+    let saved = query.done.as_deref().map(|_| "Saved.");
+    let main = html! {
+        main {
+            h1 { "Profile and billing details" }
+            (page::notice(saved, "ok"))
+            dl.facts {
+                dt { "Email" } dd { (me.email) }
+                dt { "Role" } dd { (me.role) }
+                dt { "Member since" } dd { (signed.when(me.created_at)) }
+            }
+            form.stack method="post" action="/console/profile" {
+                (signed.csrf_field())
+                p.muted { "Invoices show these details as they are when the month is closed." }
+                label for="name" { "Name" }
+                input #name type="text" name="name" value=(me.name) autocomplete="name" required maxlength="200";
+                (field("company", "Company", &me.company, "organization"))
+                (field("address_line1", "Address", &me.address_line1, "address-line1"))
+                (field("address_line2", "Address (line 2)", &me.address_line2, "address-line2"))
+                (field("city", "City", &me.city, "address-level2"))
+                (field("postal_code", "Postal code", &me.postal_code, "postal-code"))
+                label for="country" { "Country " span.muted { "(two letters, e.g. NO)" } }
+                input #country type="text" name="country" value=(me.country.as_deref().unwrap_or("")) autocomplete="country" maxlength="2" pattern="[A-Za-z]{2}";
+                (field("tax_id", "Tax id", &me.tax_id, "off"))
+                button type="submit" { "Save" }
+            }
+        }
+    };
+    Ok(signed.page("Profile", "/console/profile", main))
+}
+
+/// The profile form: every field is sent; a blank one clears it (as the
+/// API's `PATCH /me` clears a blank billing field).
+#[derive(Deserialize)]
+pub struct ProfileForm {
+    name: Name,
+    #[serde(default, deserialize_with = "clearable")]
+    company: Option<Option<BillingText>>,
+    #[serde(default, deserialize_with = "clearable")]
+    address_line1: Option<Option<BillingText>>,
+    #[serde(default, deserialize_with = "clearable")]
+    address_line2: Option<Option<BillingText>>,
+    #[serde(default, deserialize_with = "clearable")]
+    city: Option<Option<BillingText>>,
+    #[serde(default, deserialize_with = "clearable")]
+    postal_code: Option<Option<BillingText>>,
+    #[serde(default, deserialize_with = "clearable")]
+    country: Option<Option<CountryCode>>,
+    #[serde(default, deserialize_with = "clearable")]
+    tax_id: Option<Option<BillingText>>,
+}
+
+/// `POST /console/profile`.
+pub async fn update_profile(signed: Signed, form: web::Form<ProfileForm>) -> PageResult {
+    let f = form.into_inner();
+    let text = |v: Option<Option<BillingText>>| v.map(|v| v.map(BillingText::into_inner));
+    let changes = ProfileChanges {
+        name: Some(f.name.into_inner()),
+        company: text(f.company),
+        address_line1: text(f.address_line1),
+        address_line2: text(f.address_line2),
+        city: text(f.city),
+        postal_code: text(f.postal_code),
+        country: f.country.map(|v| v.map(CountryCode::into_inner)),
+        tax_id: text(f.tax_id),
+    };
+    let mut conn = signed.conn().await?;
+    User::update_profile(&mut conn, signed.user.id(), &changes)
+        .await
+        .map_err(PageError::from)?;
+    Ok(page::see_other("/console/profile?done=saved"))
+}

@@ -1,0 +1,284 @@
+//! Admin pages (admin role, as in the API): the catalog — entries, gateway
+//! upstreams, prices and their history, scheduling a price, adding a
+//! gateway API — and users (find by email, change role or status).
+
+use actix_web::web;
+use chrono::NaiveDate;
+use maud::{Markup, html};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use super::page::{self, PageError, PageResult, Signed, money};
+use crate::actions;
+use crate::catalog::{self, UpstreamSettings};
+use crate::domain::Period;
+use crate::domain::gateway as gw;
+use crate::domain::pricing::{PriceVersion, Tier};
+use crate::domain::text::{Description, HttpMethod, Name, RoutePattern, Slug, UpstreamUrl};
+use crate::error::ApiError;
+use crate::models::Api;
+use crate::models::api::{ApiChanges, UpstreamUpdate};
+use crate::models::price::PriceBook;
+
+fn admin_only(signed: &Signed) -> Result<(), PageError> {
+    signed.user.0.require_admin().map_err(ApiError::from)?;
+    Ok(())
+}
+
+fn version_text(v: &PriceVersion) -> Markup {
+    let code = v.currency.code();
+    html! {
+        @if v.tiers.is_empty() { (money(v.unit_price, code)) " per call" } @else {
+            @for (i, t) in v.tiers.iter().enumerate() {
+                @if i > 0 { "; " }
+                (money(t.unit_price, code)) @match t.up_to { Some(n) => { " to " (n) }, None => { " beyond" } }
+            }
+        }
+        @if v.free_calls > 0 { ", " (v.free_calls) " free" }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Done {
+    done: Option<String>,
+}
+
+/// `GET /console/admin`: every catalog entry with its price now.
+pub async fn catalog(signed: Signed, query: web::Query<Done>) -> PageResult {
+    admin_only(&signed)?;
+    let mut conn = signed.conn().await?;
+    let all = Api::all_with_upstreams(&mut conn).await.map_err(PageError::from)?;
+    let book = PriceBook::load(&mut conn, None).await.map_err(PageError::from)?;
+    drop(conn);
+    let period = signed.state.current_period();
+    let main = html! {
+        main {
+            h1 { "Admin" }
+            (page::notice(query.done.as_deref().map(|_| "API added."), "ok"))
+            p { a href="/console/admin/users" { "Users →" } }
+            h2 { "Catalog" }
+            div.scroll { table #catalog {
+                thead { tr {
+                    th scope="col" { "API" } th scope="col" { "Route" } th scope="col" { "Upstream" }
+                    th scope="col" { "Price in " (period) } th scope="col" { "State" }
+                } }
+                tbody { @for (api, upstream) in &all { tr {
+                    td { a href={"/console/admin/apis/" (api.id)} { (api.name) } br; code.muted { (api.slug) } }
+                    td data-label="Route" { code { (api.method) " " (api.route) } }
+                    td data-label="Upstream" { @match upstream { Some(u) => code { (u.url) }, None => span.muted { "built in" } } }
+                    td data-label="Price" { @match book.for_period(api.id, period) { Some(v) => (version_text(v)), None => "free" } }
+                    td data-label="State" { @if api.active { span.badge.paid { "active" } } @else { span.badge.void { "inactive" } } }
+                } } }
+            } }
+            section {
+                h2 { "Add a gateway API" }
+                p.muted { "Calls to the route (a path prefix) are counted, priced and forwarded to the upstream. It starts at the default price." }
+                form.stack method="post" action="/console/admin/apis" {
+                    (signed.csrf_field())
+                    label for="slug" { "Slug" } input #slug type="text" name="slug" required pattern="[a-z0-9][a-z0-9-]*" maxlength="64";
+                    label for="name" { "Name" } input #name type="text" name="name" required maxlength="200";
+                    label for="method" { "Method " span.muted { "(or * for any)" } } input #method type="text" name="method" value="*" required maxlength="10";
+                    label for="route" { "Route prefix" } input #route type="text" name="route" placeholder="/weather" required;
+                    label for="url" { "Upstream URL" } input #url type="url" name="url" placeholder="https://api.internal.example" required;
+                    label for="description" { "Description" } input #description type="text" name="description" maxlength="1000";
+                    button type="submit" { "Add API" }
+                }
+            }
+        }
+    };
+    Ok(signed.page("Admin", "/console/admin", main))
+}
+
+#[derive(Deserialize)]
+pub struct NewApiForm {
+    slug: Slug,
+    name: Name,
+    method: HttpMethod,
+    route: RoutePattern,
+    url: UpstreamUrl,
+    #[serde(default)]
+    description: Description,
+}
+
+/// `POST /console/admin/apis`: a gateway API, as `POST /admin/apis` with an
+/// upstream makes it. The signing secret is shown once, on the next page.
+pub async fn create_api(signed: Signed, form: web::Form<NewApiForm>) -> PageResult {
+    admin_only(&signed)?;
+    let f = form.into_inner();
+    let settings = UpstreamSettings {
+        url: f.url,
+        timeout_ms: gw::DEFAULT_TIMEOUT_MS,
+        connect_timeout_ms: gw::DEFAULT_CONNECT_TIMEOUT_MS,
+        max_body_bytes: gw::DEFAULT_MAX_BODY_BYTES,
+        preserve_host: false,
+    };
+    let (new, upstream) = catalog::new_entry(f.slug, f.method, &f.route, f.name, f.description, Some(&settings))
+        .map_err(PageError::from)?;
+    let (api, upstream) = actions::create_api(&signed.state, &new, upstream.as_ref()).await?;
+    let main = html! {
+        main {
+            h1 { "Added " (api.name) }
+            @if let Some(u) = upstream {
+                section.created role="status" {
+                    p { strong { "The upstream's signing secret, shown this once:" } " payg signs every forwarded call with it (" code { "Payg-Signature" } ")." }
+                    div.copy {
+                        input #signing-secret type="text" readonly value=(u.signing_secret) aria-label="Signing secret";
+                        button type="button" data-copy="signing-secret" { "Copy" }
+                    }
+                }
+            }
+            p { a href={"/console/admin/apis/" (api.id)} { "Its page →" } " · " a href="/console/admin?done=added" { "Catalog" } }
+        }
+    };
+    Ok(signed.page("API added", "/console/admin", main))
+}
+
+/// `GET /console/admin/apis/{id}`: the entry, its upstream, its price
+/// history, and forms to change it and to schedule a price.
+pub async fn api(signed: Signed, id: web::Path<String>, query: web::Query<Done>) -> PageResult {
+    admin_only(&signed)?;
+    let id: i32 = id.parse().map_err(|_| ApiError::not_found("no such API"))?;
+    let mut conn = signed.conn().await?;
+    let (api, upstream) = Api::find_with_upstream(&mut conn, id)
+        .await
+        .map_err(PageError::from)?
+        .ok_or_else(|| ApiError::not_found("no such API"))?;
+    let book = PriceBook::load(&mut conn, Some(&[id])).await.map_err(PageError::from)?;
+    drop(conn);
+    let current = signed.state.current_period();
+    let history: Vec<(NaiveDate, PriceVersion)> = book.history(id).to_vec();
+    let done = query.done.as_deref().map(|d| match d {
+        "deferred" => {
+            "Price scheduled. Calls were already recorded in the period asked for, so it applies from the next."
+        }
+        "price" => "Price scheduled.",
+        _ => "Saved.",
+    });
+    let currency = signed.state.config.billing.currency;
+    let main = html! {
+        main {
+            p { a href="/console/admin" { "← Catalog" } }
+            h1 { (api.name) " " code.muted { (api.slug) } }
+            (page::notice(done, "ok"))
+            dl.facts {
+                dt { "Route" } dd { code { (api.method) " " (api.route) } }
+                dt { "State" } dd { @if api.active { "active" } @else { "inactive" } }
+                @if let Some(u) = &upstream {
+                    dt { "Upstream" } dd { code { (u.url) } }
+                    dt { "Timeouts" } dd { (u.timeout_ms) " ms (connect " (u.connect_timeout_ms) " ms)" }
+                    dt { "Largest body" } dd { (u.max_body_bytes) " bytes" }
+                }
+            }
+            section {
+                h2 { "Change" }
+                form.stack method="post" action={"/console/admin/apis/" (api.id)} {
+                    (signed.csrf_field())
+                    label for="name" { "Name" } input #name type="text" name="name" value=(api.name) required maxlength="200";
+                    label for="description" { "Description" } input #description type="text" name="description" value=(api.description) maxlength="1000";
+                    label.check { input type="checkbox" name="active" value="yes" checked[api.active]; " Active (inactive APIs are not metered or served)" }
+                    button type="submit" { "Save" }
+                }
+            }
+            section {
+                h2 { "Prices" }
+                div.scroll { table #prices {
+                    thead { tr { th scope="col" { "From" } th scope="col" { "Price" } } }
+                    tbody { @for (from, v) in history.iter().rev() { tr {
+                        td { (Period::from_first_day(*from).map(|p| p.to_string()).unwrap_or_else(|| page::day(*from)))
+                            @if Period::from_first_day(*from).is_some_and(|p| p > current) { " " span.badge { "scheduled" } } }
+                        td { (version_text(v)) }
+                    } } }
+                } }
+                h3 { "Schedule a price" }
+                form.stack method="post" action={"/console/admin/apis/" (api.id) "/prices"} {
+                    (signed.csrf_field())
+                    label for="unit_price" { "Price per call (" (currency) ")" }
+                    input #unit_price type="text" name="unit_price" inputmode="decimal" required placeholder="0.001";
+                    label for="free_calls" { "Free calls each month" }
+                    input #free_calls type="number" name="free_calls" min="0" value="0";
+                    label for="effective_from" { "From period " span.muted { "(YYYY-MM; this month if empty — deferred to the next if calls were recorded)" } }
+                    input #effective_from type="text" name="effective_from" pattern="[0-9]{4}-[0-9]{2}" placeholder=(current);
+                    button type="submit" { "Schedule price" }
+                }
+            }
+        }
+    };
+    Ok(signed.page(&api.name, "/console/admin", main))
+}
+
+#[derive(Deserialize)]
+pub struct ApiForm {
+    name: Name,
+    #[serde(default)]
+    description: Description,
+    active: Option<String>,
+}
+
+/// `POST /console/admin/apis/{id}`.
+pub async fn update_api(signed: Signed, id: web::Path<String>, form: web::Form<ApiForm>) -> PageResult {
+    admin_only(&signed)?;
+    let id: i32 = id.parse().map_err(|_| ApiError::not_found("no such API"))?;
+    let f = form.into_inner();
+    let changes = ApiChanges {
+        name: Some(f.name.into_inner()),
+        description: Some(f.description.into_inner()),
+        active: Some(f.active.as_deref() == Some("yes")),
+    };
+    actions::update_api(&signed.state, id, &changes, &UpstreamUpdate::Keep).await?;
+    Ok(page::see_other(&format!("/console/admin/apis/{id}?done=saved")))
+}
+
+#[derive(Deserialize)]
+pub struct PriceForm {
+    unit_price: String,
+    free_calls: Option<String>,
+    effective_from: Option<String>,
+}
+
+/// `POST /console/admin/apis/{id}/prices`: a flat price (tiers are set
+/// through the API or the catalog file).
+pub async fn schedule_price(signed: Signed, id: web::Path<String>, form: web::Form<PriceForm>) -> PageResult {
+    admin_only(&signed)?;
+    let id: i32 = id.parse().map_err(|_| ApiError::not_found("no such API"))?;
+    let f = form.into_inner();
+    let unit_price: Decimal = f
+        .unit_price
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::validation("the price must be a decimal number, e.g. 0.001"))?;
+    let free_calls: i64 = match f.free_calls.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(n) => n
+            .parse()
+            .map_err(|_| ApiError::validation("free calls must be a whole number"))?,
+        None => 0,
+    };
+    let requested = f
+        .effective_from
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::parse::<Period>)
+        .transpose()
+        .map_err(PageError::from)?;
+    let version = PriceVersion {
+        currency: signed.state.config.billing.currency,
+        unit_price,
+        free_calls,
+        tiers: Vec::<Tier>::new(),
+    };
+    let scheduled = actions::schedule_price(&signed.state, id, &version, requested).await?;
+    let done = if scheduled.deferred { "deferred" } else { "price" };
+    Ok(page::see_other(&format!("/console/admin/apis/{id}?done={done}")))
+}
+
+/// `GET /console/admin/users`.
+pub async fn users(signed: Signed) -> PageResult {
+    admin_only(&signed)?;
+    Err(ApiError::not_found("users").into())
+}
+
+/// `POST /console/admin/users/{id}`.
+pub async fn update_user(signed: Signed) -> PageResult {
+    admin_only(&signed)?;
+    Err(ApiError::not_found("users").into())
+}

@@ -1,0 +1,49 @@
+//! The console's stylesheet, script and icon, compiled into the binary and served
+//! under `/assets`. Their URLs carry a hash of their content, so a browser
+//! may keep them for a year and still never runs an old script with a new
+//! page.
+
+use std::sync::LazyLock;
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use sha2::{Digest, Sha256};
+
+const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
+const ICON: &str = include_str!("assets/favicon.svg");
+
+fn versioned(name: &str, body: &str) -> String {
+    let digest = Sha256::digest(body.as_bytes());
+    format!("/assets/{name}?v={}", &hex::encode(digest)[..12])
+}
+
+static CSS_URL: LazyLock<String> = LazyLock::new(|| versioned("console.css", CSS));
+static JS_URL: LazyLock<String> = LazyLock::new(|| versioned("console.js", JS));
+static ICON_URL: LazyLock<String> = LazyLock::new(|| versioned("favicon.svg", ICON));
+
+pub fn css_url() -> &'static str {
+    &CSS_URL
+}
+
+pub fn js_url() -> &'static str {
+    &JS_URL
+}
+
+pub fn icon_url() -> &'static str {
+    &ICON_URL
+}
+
+/// `GET /assets/{name}`.
+pub async fn serve(name: web::Path<String>) -> HttpResponse {
+    let (body, content_type) = match name.as_str() {
+        "console.css" => (CSS, "text/css; charset=utf-8"),
+        "console.js" => (JS, "text/javascript; charset=utf-8"),
+        "favicon.svg" => (ICON, "image/svg+xml"),
+        _ => return super::page::not_found_page(),
+    };
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
+        .body(body)
+}

@@ -1,0 +1,36 @@
+// payg console conveniences. Every page works without this script: it only
+// copies a key to the clipboard, asks before a destructive form is sent,
+// and opens the print dialog. No inline script anywhere (the CSP forbids it).
+"use strict";
+
+document.addEventListener("click", (event) => {
+  const copy = event.target.closest("[data-copy]");
+  if (copy) {
+    const field = document.getElementById(copy.dataset.copy);
+    if (field) {
+      field.select();
+      navigator.clipboard.writeText(field.value).then(
+        () => { copy.textContent = "Copied"; },
+        () => { copy.textContent = "Press Ctrl+C"; },
+      );
+    }
+    return;
+  }
+  if (event.target.closest("[data-print]")) {
+    window.print();
+  }
+});
+
+document.addEventListener("submit", (event) => {
+  const form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+    return;
+  }
+  // A second click while the first submission is on its way sends nothing.
+  const button = event.submitter;
+  if (button && form !== null) {
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+  }
+});

@@ -1,0 +1,94 @@
+//! The web console: server-rendered pages under `/console` for consumers
+//! (their month, usage, invoices, keys, profile, the catalog), finance
+//! (periods, invoices, payments, exports) and admins (the catalog, prices,
+//! users), served by payg itself.
+//!
+//! A door like `routes/`, beside it: handlers parse a form into checked
+//! types, authorise by extractor ([`page::Signed`], then the caller's role
+//! as `auth` decides it), call what the JSON API calls (`actions`, models,
+//! `billing`) and render a `maud` template. Pages work without JavaScript;
+//! `assets/console.js` only adds conveniences (copy a key, confirm a close).
+//! Sessions, cookies, CSRF and the security headers are `session.rs`'s.
+//! Nothing here decides a status: failures are `ApiError`s, which
+//! `error.rs` turns into the same status the API would answer, as a page.
+
+mod account;
+mod admin;
+mod assets;
+mod chart;
+mod consumer;
+mod finance;
+pub mod page;
+pub mod session;
+
+use actix_web::{HttpResponse, web};
+
+/// Where the console lives.
+pub const CONSOLE_PREFIX: &str = "/console";
+
+/// Registers the console (its own middleware: CSRF and security headers),
+/// its assets, and `/` → `/console`. Mounted before the gateway's
+/// catch-all; `/console` and `/assets` are reserved, so no gateway API can
+/// take them.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/").route(web::get().to(to_console)))
+        .service(web::resource("/assets/{name}").route(web::get().to(assets::serve)))
+        .service(
+            web::scope(CONSOLE_PREFIX)
+                .wrap(actix_web::middleware::from_fn(session::guard))
+                .app_data(web::FormConfig::default().limit(64 * 1024).error_handler(form_error))
+                .route("", web::get().to(consumer::this_month))
+                .route("/", web::get().to(consumer::this_month))
+                .route("/sign-in", web::get().to(account::sign_in_form))
+                .route("/sign-in", web::post().to(account::sign_in))
+                .route("/sign-up", web::get().to(account::sign_up_form))
+                .route("/sign-up", web::post().to(account::sign_up))
+                .route("/sign-out", web::post().to(account::sign_out))
+                .route("/profile", web::get().to(account::profile))
+                .route("/profile", web::post().to(account::update_profile))
+                .route("/usage", web::get().to(chart::usage_page))
+                .route("/invoices", web::get().to(consumer::invoices))
+                .route("/invoices/{id}", web::get().to(consumer::invoice))
+                .route("/invoices/{id}/print", web::get().to(consumer::invoice_print))
+                .route("/keys", web::get().to(consumer::keys))
+                .route("/keys", web::post().to(consumer::create_key))
+                .route("/keys/{id}/revoke", web::post().to(consumer::revoke_key))
+                .route("/apis", web::get().to(consumer::apis))
+                .route("/finance", web::get().to(finance::periods))
+                .route("/finance/periods/{period}", web::get().to(finance::period))
+                .route("/finance/periods/{period}/close", web::post().to(finance::close))
+                .route("/finance/invoices", web::get().to(finance::invoices))
+                .route("/finance/invoices/{id}", web::get().to(finance::invoice))
+                .route(
+                    "/finance/invoices/{id}/payments",
+                    web::post().to(finance::record_payment),
+                )
+                .route("/finance/invoices/{id}/void", web::post().to(finance::void))
+                .route("/finance/export", web::get().to(finance::export))
+                .route("/admin", web::get().to(admin::catalog))
+                .route("/admin/apis", web::post().to(admin::create_api))
+                .route("/admin/apis/{id}", web::get().to(admin::api))
+                .route("/admin/apis/{id}", web::post().to(admin::update_api))
+                .route("/admin/apis/{id}/prices", web::post().to(admin::schedule_price))
+                .route("/admin/users", web::get().to(admin::users))
+                .route("/admin/users/{id}", web::post().to(admin::update_user))
+                .default_service(web::to(not_found)),
+        );
+}
+
+async fn to_console() -> HttpResponse {
+    page::see_other(CONSOLE_PREFIX)
+}
+
+async fn not_found() -> HttpResponse {
+    page::not_found_page()
+}
+
+/// A form body actix could not read into the handler's type (a missing
+/// or malformed field): the same 400 the API gives a bad body.
+fn form_error(err: actix_web::error::UrlencodedError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    page::PageError(crate::error::ApiError::validation(format!(
+        "the form is not valid: {err}"
+    )))
+    .into()
+}

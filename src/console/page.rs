@@ -1,0 +1,270 @@
+//! The console's page shell and the small pieces every page shares: how
+//! money, instants and days are written, notices, empty states, and the
+//! HTML face of an [`ApiError`].
+//!
+//! Templates are `maud` macros, checked when payg compiles; every value is
+//! escaped unless wrapped in `PreEscaped` (used only for the SVG the chart
+//! module builds from numbers).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use maud::{DOCTYPE, Markup, html};
+use rust_decimal::Decimal;
+
+use super::assets;
+use super::session::{self, CSRF_FIELD, ConsoleUser, SIGN_IN};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::models::user::{Role, User};
+
+/// A failure on a console page: the error the JSON API would give, shown
+/// as a page (a 401 sends the browser to sign in).
+#[derive(Debug)]
+pub struct PageError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for PageError {
+    fn from(err: E) -> Self {
+        PageError(err.into())
+    }
+}
+
+impl std::fmt::Display for PageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl ResponseError for PageError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        self.0.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.0.console_response(SIGN_IN, error_page)
+    }
+}
+
+pub type PageResult = Result<HttpResponse, PageError>;
+
+/// The console's 404 page, for paths under `/console` (and `/assets`) that
+/// name nothing.
+pub fn not_found_page() -> HttpResponse {
+    error_response(&ApiError::not_found("there is no such page"))
+}
+
+/// The error page for `err`, for answers built outside a handler (the CSRF
+/// guard).
+pub fn error_response(err: &ApiError) -> HttpResponse {
+    err.console_response(SIGN_IN, error_page)
+}
+
+fn error_page(status: u16, err: &ApiError) -> String {
+    let title = match status {
+        403 => "Not allowed",
+        404 => "Not found",
+        409 => "Conflict",
+        429 => "Too many attempts",
+        s if s >= 500 => "Unavailable",
+        _ => "Something is wrong",
+    };
+    document(
+        title,
+        None,
+        html! {
+            main.narrow {
+                h1 { (title) }
+                p.notice.error role="alert" { (err.message()) }
+                p.muted { "Error " (status) " · " code { (err.code()) } }
+                p { a href="/console" { "Back to the console" } }
+            }
+        },
+    )
+    .into_string()
+}
+
+/// What the shell shows of the signed-in person.
+pub struct Viewer {
+    pub email: String,
+    pub role: Role,
+}
+
+/// The whole document: head, the header with the navigation for `viewer`'s
+/// role, the page, the footer.
+pub fn document(title: &str, chrome: Option<(&Viewer, &str, &str, &str)>, main: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · payg" }
+                link rel="icon" type="image/svg+xml" href=(assets::icon_url());
+                link rel="stylesheet" href=(assets::css_url());
+                script src=(assets::js_url()) defer {}
+            }
+            body {
+                header.top {
+                    a.brand href="/console" { "payg" }
+                    @if let Some((viewer, active, csrf, _)) = chrome {
+                        nav aria-label="Main" {
+                            (nav_link("/console", "This month", active))
+                            (nav_link("/console/usage", "Usage", active))
+                            (nav_link("/console/invoices", "Invoices", active))
+                            (nav_link("/console/keys", "API keys", active))
+                            (nav_link("/console/apis", "APIs", active))
+                            (nav_link("/console/profile", "Profile", active))
+                            @if viewer.role.can_do_finance() {
+                                (nav_link("/console/finance", "Finance", active))
+                            }
+                            @if viewer.role == Role::Admin {
+                                (nav_link("/console/admin", "Admin", active))
+                            }
+                        }
+                        form.signout method="post" action="/console/sign-out" {
+                            input type="hidden" name=(CSRF_FIELD) value=(csrf);
+                            span.who { (viewer.email) }
+                            button.link type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                (main)
+                footer {
+                    @if let Some((_, _, _, zone)) = chrome {
+                        p.muted { "Dates and periods are in the billing time zone, " strong { (zone) } "." }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn nav_link(href: &str, label: &str, active: &str) -> Markup {
+    let current = href == active;
+    html! {
+        a href=(href) aria-current=[current.then_some("page")] { (label) }
+    }
+}
+
+/// A signed-in page's context: the caller, their account, the form token.
+pub struct Signed {
+    pub user: ConsoleUser,
+    pub account: User,
+    pub csrf: String,
+    pub state: web::Data<AppState>,
+    pub req: HttpRequest,
+}
+
+impl FromRequest for Signed {
+    type Error = PageError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, PageError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let user = ConsoleUser::from_request(req, payload);
+        let req = req.clone();
+        Box::pin(async move {
+            let user = user.await?;
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .cloned()
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not registered")))?;
+            let mut conn = state.db.get().await?;
+            let account = User::find(&mut conn, user.id())
+                .await?
+                .ok_or_else(ApiError::unauthenticated)?;
+            let csrf = session::csrf_token(&state, &req);
+            Ok(Signed {
+                user,
+                account,
+                csrf,
+                state,
+                req,
+            })
+        })
+    }
+}
+
+impl Signed {
+    pub fn zone(&self) -> Tz {
+        self.state.config.billing_tz
+    }
+
+    /// A page in the shell, `active` naming its navigation entry.
+    pub fn page(&self, title: &str, active: &str, main: Markup) -> HttpResponse {
+        let viewer = Viewer {
+            email: self.account.email.clone(),
+            role: self.user.0.role,
+        };
+        let zone = self.zone().name().to_owned();
+        html_response(document(title, Some((&viewer, active, &self.csrf, &zone)), main))
+    }
+
+    /// The hidden CSRF field every form carries.
+    pub fn csrf_field(&self) -> Markup {
+        csrf_field(&self.csrf)
+    }
+
+    pub fn when(&self, at: DateTime<Utc>) -> String {
+        instant(at, self.zone())
+    }
+
+    /// payg's address as the browser reached it (the first proxy's view,
+    /// when a trusted proxy forwarded the request).
+    pub fn base_url(&self) -> String {
+        let forwarded = self.state.clients.forwarded(&self.req);
+        let host = forwarded.host.unwrap_or_else(|| "localhost".to_owned());
+        format!("{}://{host}", forwarded.proto)
+    }
+
+    pub async fn conn(&self) -> Result<crate::db::DbConn, PageError> {
+        Ok(self.state.db.get().await.map_err(ApiError::from)?)
+    }
+}
+
+pub fn csrf_field(token: &str) -> Markup {
+    html! { input type="hidden" name=(CSRF_FIELD) value=(token); }
+}
+
+pub fn html_response(markup: Markup) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+/// 303 to `location`: the answer to a form that worked (post, redirect, get).
+pub fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((actix_web::http::header::LOCATION, location))
+        .finish()
+}
+
+/// An amount exactly as the API writes it, with its currency.
+pub fn money(amount: Decimal, currency: &str) -> Markup {
+    html! { span.money { (amount) " " (currency) } }
+}
+
+/// An instant in the billing zone, minutes precision, zone abbreviation.
+pub fn instant(at: DateTime<Utc>, zone: Tz) -> String {
+    at.with_timezone(&zone).format("%Y-%m-%d %H:%M %Z").to_string()
+}
+
+pub fn day(day: NaiveDate) -> String {
+    day.format("%Y-%m-%d").to_string()
+}
+
+/// A notice after an action (`?done=…` on the page it redirected to).
+pub fn notice(text: Option<&str>, kind: &str) -> Markup {
+    html! {
+        @if let Some(text) = text {
+            p class={"notice " (kind)} role=(if kind == "error" { "alert" } else { "status" }) { (text) }
+        }
+    }
+}
+
+/// What an empty list says.
+pub fn empty(text: &str) -> Markup {
+    html! { p.empty { (text) } }
+}

@@ -1,0 +1,342 @@
+//! The console's session and its CSRF protection.
+//!
+//! A console session is an ordinary payg login session (an access token
+//! and a refresh token, `auth::sessions`) kept in two cookies instead of a
+//! client's memory: `HttpOnly` (no script can read them), `SameSite=Strict`
+//! (no other site's page sends them), `Path=/console` (so they never even
+//! reach `/api/v1` or a gateway route, which ignore cookies anyway), and
+//! `Secure` when the request came over TLS through a trusted proxy. They
+//! are session cookies: closing the browser ends them. The access token
+//! gives the console exactly its rights (`ConsoleUser` is a `Caller` with an
+//! access-token credential); when it expires, the refresh token renews the
+//! pair in place, and signing out ends the session everywhere as
+//! `POST /auth/logout` does (the same `actions::end_session`).
+//!
+//! CSRF: every form carries a token that is the keyed hash of a random
+//! value held in a third `HttpOnly` cookie (a signed double-submit cookie):
+//! another site can neither read the cookie nor compute the hash, and one
+//! able to plant a cookie still cannot compute the hash. The value is
+//! replaced at sign-in and sign-out. [`guard`] checks it on every POST before
+//! any handler runs, along with `Origin` and `Sec-Fetch-Site`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::{Method, header};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+
+use crate::actions;
+use crate::app::AppState;
+use crate::auth::sessions::IssuedSession;
+use crate::auth::{AuthError, Caller, Purpose, tokens};
+use crate::error::ApiError;
+
+pub const SESSION_COOKIE: &str = "payg_session";
+pub const REFRESH_COOKIE: &str = "payg_refresh";
+pub const CSRF_COOKIE: &str = "payg_csrf";
+/// The form field that carries the CSRF token.
+pub const CSRF_FIELD: &str = "csrf";
+/// Where the cookies are sent: the console only.
+pub const COOKIE_PATH: &str = "/console";
+/// Where a request without a session is sent.
+pub const SIGN_IN: &str = "/console/sign-in";
+
+/// The largest console form body (the CSRF check reads it whole).
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// Cookies a handler or extractor wants set (or cleared) on its response;
+/// [`guard`] adds them.
+#[derive(Default)]
+pub struct CookieJar(pub Vec<Cookie<'static>>);
+
+fn queue(req: &HttpRequest, cookie: Cookie<'static>) {
+    let mut ext = req.extensions_mut();
+    match ext.get_mut::<CookieJar>() {
+        Some(jar) => jar.0.push(cookie),
+        None => {
+            ext.insert(CookieJar(vec![cookie]));
+        }
+    }
+}
+
+/// Whether the browser reached payg over TLS (through a trusted proxy:
+/// payg itself listens on plain HTTP).
+fn over_tls(state: &AppState, req: &HttpRequest) -> bool {
+    state.clients.forwarded(req).proto.eq_ignore_ascii_case("https")
+}
+
+fn cookie(state: &AppState, req: &HttpRequest, name: &'static str, value: String) -> Cookie<'static> {
+    Cookie::build(name, value)
+        .path(COOKIE_PATH)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(over_tls(state, req))
+        .finish()
+}
+
+fn removal(state: &AppState, req: &HttpRequest, name: &'static str) -> Cookie<'static> {
+    let mut c = cookie(state, req, name, String::new());
+    c.make_removal();
+    c
+}
+
+/// Sets the cookies of a session just started or renewed.
+pub fn keep_session(state: &AppState, req: &HttpRequest, session: IssuedSession) {
+    queue(req, cookie(state, req, SESSION_COOKIE, session.access.token));
+    queue(req, cookie(state, req, REFRESH_COOKIE, session.refresh_token));
+}
+
+/// Clears the session's cookies, and replaces the CSRF value, so a form
+/// rendered before (by anyone) cannot be posted after.
+pub fn forget_session(state: &AppState, req: &HttpRequest) {
+    queue(req, removal(state, req, SESSION_COOKIE));
+    queue(req, removal(state, req, REFRESH_COOKIE));
+    new_csrf_seed(state, req);
+}
+
+/// The CSRF value of this request: the cookie's, or one made for it.
+#[derive(Clone)]
+struct CsrfSeed(String);
+
+fn new_csrf_seed(state: &AppState, req: &HttpRequest) -> String {
+    let seed = tokens::generate("");
+    queue(req, cookie(state, req, CSRF_COOKIE, seed.clone()));
+    req.extensions_mut().insert(CsrfSeed(seed.clone()));
+    seed
+}
+
+fn csrf_for(state: &AppState, seed: &str) -> String {
+    state.authenticator.hasher().hash(&format!("console-csrf:{seed}"))
+}
+
+/// The token this request's forms must carry.
+pub fn csrf_token(state: &AppState, req: &HttpRequest) -> String {
+    let known = req.extensions().get::<CsrfSeed>().cloned();
+    let seed = match known {
+        Some(CsrfSeed(seed)) => seed,
+        None => match req.cookie(CSRF_COOKIE).map(|c| c.value().to_owned()) {
+            Some(seed) if plausible_seed(&seed) => seed,
+            _ => new_csrf_seed(state, req),
+        },
+    };
+    csrf_for(state, &seed)
+}
+
+/// Replaces the CSRF value (at sign-in: a value planted before cannot
+/// follow the new session).
+pub fn renew_csrf(state: &AppState, req: &HttpRequest) {
+    new_csrf_seed(state, req);
+}
+
+fn plausible_seed(seed: &str) -> bool {
+    (16..=128).contains(&seed.len())
+        && seed
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Constant-time equality of two tokens.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Is this state-changing request the console's own? The browser's
+/// `Sec-Fetch-Site` and `Origin`, when sent, must say same-origin; the
+/// body's CSRF field must be the keyed hash of the CSRF cookie.
+fn csrf_ok(state: &AppState, req: &HttpRequest, body: &[u8]) -> bool {
+    if let Some(site) = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && site != "same-origin"
+        && site != "none"
+    {
+        return false;
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, rest)| rest);
+        if host.is_none() || origin_host != host {
+            return false;
+        }
+    }
+    let Some(seed) = req.cookie(CSRF_COOKIE).map(|c| c.value().to_owned()) else {
+        return false;
+    };
+    let sent = form_urlencoded_field(body, CSRF_FIELD);
+    plausible_seed(&seed) && sent.is_some_and(|sent| same(&sent, &csrf_for(state, &seed)))
+}
+
+/// One field of an `application/x-www-form-urlencoded` body.
+/// (actix's `web::Form` parses with serde_urlencoded too.)
+fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
+    pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// Middleware around every console route: refuses a state-changing request
+/// that fails the CSRF check (403 `csrf_failed`, before the handler runs),
+/// then sets the cookies the request queued and the headers that keep the
+/// pages to themselves: a strict Content-Security-Policy (no inline script
+/// or style, nothing from another host, no framing), no referrer to other
+/// sites (`same-origin`: with `no-referrer` browsers send `Origin: null` on
+/// their own form posts, which the CSRF check would refuse), no sniffing,
+/// no caching.
+pub async fn guard(
+    mut req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| actix_web::error::ErrorInternalServerError("AppState is not registered"))?;
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let body = read_body(&mut req).await;
+        let refused = match &body {
+            Ok(body) => !csrf_ok(&state, req.request(), body),
+            Err(_) => true,
+        };
+        if refused {
+            let err = match body {
+                Err(err) => err,
+                Ok(_) => ApiError::csrf_failed(),
+            };
+            tracing::warn!(path = %req.path(), code = err.code(), "console form refused");
+            let res = super::page::error_response(&err);
+            return Ok(secure(req.into_response(res)));
+        }
+        if let Ok(body) = body {
+            req.set_payload(actix_web::dev::Payload::from(body));
+        }
+    }
+    let res = next.call(req).await?.map_into_boxed_body();
+    Ok(secure(res))
+}
+
+async fn read_body(req: &mut actix_web::dev::ServiceRequest) -> Result<web::Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let mut payload = req.take_payload();
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::validation("the form could not be read"))?;
+        if body.len() + chunk.len() > MAX_FORM_BYTES {
+            return Err(ApiError::payload_too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The Content-Security-Policy of every console response.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+fn secure(
+    mut res: actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
+) -> actix_web::dev::ServiceResponse<actix_web::body::BoxBody> {
+    let cookies = res.request().extensions_mut().remove::<CookieJar>();
+    let headers = res.headers_mut();
+    if let Some(CookieJar(cookies)) = cookies {
+        for c in cookies {
+            if let Ok(value) = header::HeaderValue::from_str(&c.to_string()) {
+                headers.append(header::SET_COOKIE, value);
+            }
+        }
+    }
+    let fixed: [(header::HeaderName, &str); 6] = [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+    ];
+    for (name, value) in fixed {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    res
+}
+
+/// The signed-in person on a console page: a [`Caller`] with an access
+/// token's rights, from the session cookie — renewed with the refresh
+/// cookie when the access token has expired. No session → 401, which the
+/// console answers with a redirect to sign in.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleUser(pub Caller);
+
+impl ConsoleUser {
+    pub fn id(&self) -> uuid::Uuid {
+        self.0.user_id
+    }
+}
+
+impl FromRequest for ConsoleUser {
+    type Error = super::page::PageError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { signed_in(&req).await.map(ConsoleUser).map_err(super::page::PageError) })
+    }
+}
+
+async fn signed_in(req: &HttpRequest) -> Result<Caller, ApiError> {
+    if let Some(caller) = req.extensions().get::<Caller>().copied() {
+        return Ok(caller);
+    }
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not registered")))?;
+    let access = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+    let refresh = req.cookie(REFRESH_COOKIE).map(|c| c.value().to_owned());
+    let first = match &access {
+        Some(token) => {
+            state
+                .authenticator
+                .authenticate_access_token(token, Purpose::Plain)
+                .await
+        }
+        None => Err(AuthError::Unauthenticated),
+    };
+    let caller = match first {
+        Ok(caller) => caller,
+        // Expired, or ended: the refresh token says which (a session ended
+        // anywhere has its refresh tokens revoked).
+        Err(AuthError::InvalidToken | AuthError::Unauthenticated) if refresh.is_some() => {
+            let renewed = actions::refresh(&state, refresh.as_deref().unwrap_or_default()).await;
+            let session = match renewed {
+                Ok(session) => session,
+                Err(err) => {
+                    forget_session(&state, req);
+                    return Err(err);
+                }
+            };
+            let token = session.access.token.clone();
+            keep_session(&state, req, session);
+            state
+                .authenticator
+                .authenticate_access_token(&token, Purpose::Plain)
+                .await?
+        }
+        Err(err) => {
+            if matches!(err, AuthError::InvalidToken | AuthError::Unauthenticated) && access.is_some() {
+                forget_session(&state, req);
+            }
+            return Err(err.into());
+        }
+    };
+    req.extensions_mut().insert(caller);
+    Ok(caller)
+}
+
+/// The signed-in caller's session tokens as the browser holds them, for
+/// signing out.
+pub fn refresh_cookie(req: &HttpRequest) -> Option<String> {
+    req.cookie(REFRESH_COOKIE).map(|c| c.value().to_owned())
+}
