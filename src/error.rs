@@ -259,13 +259,16 @@ impl ApiError {
         )
     }
 
-    /// The console's answer to a failure. A 401 (not signed in, or the
-    /// session ended) sends the browser to `sign_in` with 303; every other
-    /// failure is the HTML `page` (given the status's code and the error)
-    /// under the status the JSON API would have answered, with the same
-    /// headers (`Retry-After`, …) and the same logging.
-    pub fn console_response(&self, sign_in: &str, page: impl FnOnce(u16, &ApiError) -> String) -> HttpResponse {
-        if self.status == StatusCode::UNAUTHORIZED {
+    /// The console's answer to a failure: the HTML `page` (given the
+    /// status's code and the error) under the status the JSON API would
+    /// have answered, with the same headers (`Retry-After`, …) and the same
+    /// logging. With `sign_in`, a 401 (not signed in, or the session ended)
+    /// sends the browser there with 303 instead; a form that failed (a
+    /// wrong password, say) passes `None` to be shown again under its 401.
+    pub fn console_response(&self, sign_in: Option<&str>, page: impl FnOnce(u16, &ApiError) -> String) -> HttpResponse {
+        if let Some(sign_in) = sign_in
+            && self.status == StatusCode::UNAUTHORIZED
+        {
             return HttpResponse::SeeOther()
                 .insert_header((header::LOCATION, sign_in))
                 .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -76,8 +76,9 @@ pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
             let csrf = session::csrf_token(&state, &req);
             form_failed(
                 &err,
-                anonymous_page(
+                page::document(
                     "Sign in",
+                    None,
                     sign_in_markup(&csrf, &email, Some(err.message()), next.as_deref()),
                 ),
             )
@@ -85,10 +86,10 @@ pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
     }
 }
 
-/// A form shown again with its error, under the status the API gives it.
-pub fn form_failed(err: &ApiError, mut res: HttpResponse) -> HttpResponse {
-    *res.status_mut() = actix_web::ResponseError::status_code(err);
-    res
+/// A form shown again with its error, under the status (and headers, such
+/// as `Retry-After`) the API gives that error.
+pub fn form_failed(err: &ApiError, page: Markup) -> HttpResponse {
+    err.console_response(None, |_, _| page.into_string())
 }
 
 fn sign_up_markup(csrf: &str, email: &str, name: &str, error: Option<&str>) -> Markup {
@@ -144,8 +145,9 @@ pub async fn sign_up(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
             let csrf = session::csrf_token(&state, &req);
             form_failed(
                 &err,
-                anonymous_page(
+                page::document(
                     "Create an account",
+                    None,
                     sign_up_markup(&csrf, &email, &name, Some(err.message())),
                 ),
             )

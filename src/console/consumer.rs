@@ -224,7 +224,7 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                     tbody {
                         @for line in &detail.lines {
                             tr {
-                                td { (line.position) }
+                                td { (line.position + 1) }
                                 td { (line.api_name) br; code { (line.api_slug) } }
                                 td.num data-label="Calls" { (line.priced.calls) }
                                 td.num data-label="Failed" { (line.priced.failed_calls) }
@@ -404,7 +404,7 @@ pub async fn create_key(signed: Signed, form: web::Form<NewKeyForm>) -> PageResu
         ),
         Err(err) => form_failed(
             &err,
-            signed.page(
+            signed.document(
                 "API keys",
                 "/console/keys",
                 keys_markup(&signed, &keys, None, Some(err.message()), None),

@@ -44,7 +44,7 @@ impl ResponseError for PageError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        self.0.console_response(SIGN_IN, error_page)
+        self.0.console_response(Some(SIGN_IN), error_page)
     }
 }
 
@@ -59,7 +59,7 @@ pub fn not_found_page() -> HttpResponse {
 /// The error page for `err`, for answers built outside a handler (the CSRF
 /// guard).
 pub fn error_response(err: &ApiError) -> HttpResponse {
-    err.console_response(SIGN_IN, error_page)
+    err.console_response(Some(SIGN_IN), error_page)
 }
 
 fn error_page(status: u16, err: &ApiError) -> String {
@@ -194,12 +194,18 @@ impl Signed {
 
     /// A page in the shell, `active` naming its navigation entry.
     pub fn page(&self, title: &str, active: &str, main: Markup) -> HttpResponse {
+        html_response(self.document(title, active, main))
+    }
+
+    /// The same page as a document, for an answer built elsewhere (a form
+    /// shown again under its error's status).
+    pub fn document(&self, title: &str, active: &str, main: Markup) -> Markup {
         let viewer = Viewer {
             email: self.account.email.clone(),
             role: self.user.0.role,
         };
         let zone = self.zone().name().to_owned();
-        html_response(document(title, Some((&viewer, active, &self.csrf, &zone)), main))
+        document(title, Some((&viewer, active, &self.csrf, &zone)), main)
     }
 
     /// The hidden CSRF field every form carries.

@@ -5,6 +5,7 @@
 mod auth;
 mod billing;
 mod cli;
+mod console;
 mod durable;
 mod errors;
 mod export;

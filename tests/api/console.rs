@@ -1,0 +1,594 @@
+//! The web console over HTTP, as a browser without JavaScript sees it:
+//! cookies, CSRF, headers, who sees what, sessions across instances. The
+//! journey in a real browser is tests/browser/console.test.mjs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::header;
+use serde_json::Value;
+
+use crate::helpers::{PASSWORD, Registered, TestApp, TestDb, eventually};
+
+/// A cookie-keeping client that does not follow redirects.
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    cookies: BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new(app: &TestApp) -> Self {
+        Self::at(&app.address)
+    }
+
+    fn at(base: &str) -> Self {
+        Browser {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            base: base.to_owned(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep(&mut self, res: &reqwest::Response) {
+        for value in res.headers().get_all(header::SET_COOKIE) {
+            let text = value.to_str().expect("ascii cookie");
+            let (pair, attrs) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').expect("name=value");
+            let removed = attrs.to_ascii_lowercase().contains("max-age=0") || value.is_empty();
+            if removed {
+                self.cookies.remove(name.trim());
+            } else {
+                self.cookies.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> reqwest::Response {
+        let res = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header(header::COOKIE, self.cookie_header())
+            .send()
+            .await
+            .expect("GET");
+        self.keep(&res);
+        res
+    }
+
+    async fn get_text(&mut self, path: &str) -> (u16, String) {
+        let res = self.get(path).await;
+        let status = res.status().as_u16();
+        (status, res.text().await.expect("body"))
+    }
+
+    async fn post_form(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let res = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(header::COOKIE, self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .expect("POST");
+        self.keep(&res);
+        res
+    }
+
+    /// The CSRF token of the form on `path`.
+    async fn csrf(&mut self, path: &str) -> String {
+        let (status, body) = self.get_text(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        csrf_in(&body)
+    }
+
+    /// Posts the form on `form_page` to `action`, with its CSRF token.
+    async fn submit(&mut self, form_page: &str, action: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let token = self.csrf(form_page).await;
+        let mut all = vec![("csrf", token.as_str())];
+        all.extend_from_slice(fields);
+        self.post_form(action, &all).await
+    }
+
+    async fn sign_in(&mut self, email: &str) {
+        let res = self
+            .submit(
+                "/console/sign-in",
+                "/console/sign-in",
+                &[("email", email), ("password", PASSWORD)],
+            )
+            .await;
+        assert_eq!(res.status(), 303, "sign in: {}", res.text().await.unwrap_or_default());
+        assert!(self.cookies.contains_key("payg_session"));
+    }
+}
+
+fn csrf_in(body: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = body.find(marker).expect("a form with a CSRF field") + marker.len();
+    body[start..].split('"').next().expect("value").to_owned()
+}
+
+fn location(res: &reqwest::Response) -> String {
+    res.headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn console_cookies_are_httponly_strict_and_scoped_and_every_page_carries_the_security_headers() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    let res = browser.get("/").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/console");
+    let res = browser.get("/console").await;
+    assert_eq!(res.status(), 303, "no session: sign in first");
+    assert_eq!(location(&res), "/console/sign-in");
+
+    let token = browser.csrf("/console/sign-in").await;
+    let res = browser
+        .post_form(
+            "/console/sign-in",
+            &[("csrf", &token), ("email", &user.email), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let cookies: Vec<String> = res
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect();
+    for name in ["payg_session", "payg_refresh", "payg_csrf"] {
+        let cookie = cookies
+            .iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} is set at sign-in: {cookies:?}"));
+        assert!(cookie.contains("HttpOnly"), "{cookie}");
+        assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+        assert!(cookie.contains("Path=/console"), "{cookie}");
+        assert!(!cookie.contains("Secure"), "plain HTTP: not Secure ({cookie})");
+        assert!(
+            !cookie.to_ascii_lowercase().contains("max-age"),
+            "a session cookie ({cookie})"
+        );
+    }
+    assert_ne!(
+        csrf_in(&browser.get_text("/console/keys").await.1),
+        token,
+        "signing in replaces the CSRF value"
+    );
+
+    for path in ["/console", "/console/keys", "/console/sign-in", "/console/no-such-page"] {
+        let res = browser.get(path).await;
+        let h = res.headers();
+        let csp = h
+            .get(header::CONTENT_SECURITY_POLICY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(
+            csp.contains("default-src 'none'")
+                && csp.contains("script-src 'self'")
+                && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(h.get(header::X_FRAME_OPTIONS).expect("x-frame-options"), "DENY");
+        assert_eq!(h.get(header::REFERRER_POLICY).expect("referrer-policy"), "same-origin");
+        assert_eq!(h.get(header::X_CONTENT_TYPE_OPTIONS).expect("nosniff"), "nosniff");
+        assert_eq!(h.get(header::CACHE_CONTROL).expect("cache-control"), "no-store");
+        assert!(
+            h.get(header::CONTENT_TYPE)
+                .expect("type")
+                .to_str()
+                .expect("ascii")
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let body = res.text().await.expect("body");
+        assert!(
+            !body.contains("<script>") && !body.contains(" style="),
+            "{path}: no inline script or style"
+        );
+    }
+    assert_eq!(browser.get("/console/no-such-page").await.status(), 404);
+}
+
+#[tokio::test]
+async fn the_api_and_gateway_routes_ignore_the_console_cookie() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    let cookie = browser.cookie_header();
+    for path in [
+        "/api/v1/me",
+        "/api/v1/billing/current",
+        "/api/v1/tools/uuid",
+        "/api/v1/api-keys",
+    ] {
+        let res = app
+            .client
+            .get(app.url(path))
+            .header(header::COOKIE, &cookie)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(res.status(), 401, "{path} must not take the console's cookie");
+    }
+    // Nor can the cookie create a key through the API.
+    let res = app
+        .client
+        .post(app.url("/api/v1/api-keys"))
+        .header(header::COOKIE, &cookie)
+        .json(&serde_json::json!({"name": "from a cookie"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 401);
+    app.flush_meter().await;
+    assert_eq!(crate::helpers::total_calls(&app.db).await, 0, "nothing was metered");
+}
+
+#[tokio::test]
+async fn a_form_without_its_csrf_token_or_from_another_site_is_refused_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    let token = browser.csrf("/console/keys").await;
+
+    let none = browser.post_form("/console/keys", &[("name", "forged")]).await;
+    assert_eq!(none.status(), 403);
+    assert!(none.text().await.expect("body").contains("csrf_failed"));
+    let wrong = browser
+        .post_form("/console/keys", &[("csrf", &"0".repeat(64)), ("name", "forged")])
+        .await;
+    assert_eq!(wrong.status(), 403);
+    // Another browser's token does not fit this browser's cookie.
+    let mut stranger = Browser::new(&app);
+    let theirs = stranger.csrf("/console/sign-in").await;
+    let swapped = browser
+        .post_form("/console/keys", &[("csrf", &theirs), ("name", "forged")])
+        .await;
+    assert_eq!(swapped.status(), 403);
+    // The right token from another site's page.
+    let cross_site = browser
+        .client
+        .post(format!("{}/console/keys", browser.base))
+        .header(header::COOKIE, browser.cookie_header())
+        .header(header::ORIGIN, "https://evil.example")
+        .form(&[("csrf", token.as_str()), ("name", "forged")])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(cross_site.status(), 403);
+    let fetch_site = browser
+        .client
+        .post(format!("{}/console/sign-out", browser.base))
+        .header(header::COOKIE, browser.cookie_header())
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(fetch_site.status(), 403);
+
+    let keys = app.get_json("/api/v1/api-keys", &user.token).await;
+    assert_eq!(
+        keys["api_keys"].as_array().expect("keys").len(),
+        0,
+        "no key was created"
+    );
+    // The right token, same site: works.
+    let ok = browser
+        .post_form("/console/keys", &[("csrf", &token), ("name", "mine")])
+        .await;
+    assert_eq!(ok.status(), 200);
+    let keys = app.get_json("/api/v1/api-keys", &user.token).await;
+    assert_eq!(keys["api_keys"].as_array().expect("keys").len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_made_in_the_console_is_shown_once_meters_calls_and_is_revoked_there() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    let res = browser
+        .submit("/console/keys", "/console/keys", &[("name", "ci")])
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get(header::CACHE_CONTROL).expect("cache"), "no-store");
+    let body = res.text().await.expect("body");
+    let start = body.find("payg_").expect("the key is shown");
+    let key: String = body[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let (_, again) = browser.get_text("/console/keys").await;
+    assert!(!again.contains(&key), "the key is shown once");
+
+    for _ in 0..3 {
+        let res = app
+            .client
+            .get(app.url("/api/v1/tools/uuid"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .expect("call");
+        assert_eq!(res.status(), 200);
+    }
+    app.flush_meter().await;
+    let current = app.get_json("/api/v1/billing/current", &user.token).await;
+    let (_, page) = browser.get_text("/console").await;
+    assert!(page.contains(r#"id="current-calls">3<"#), "{page}");
+    let total = format!(
+        "{} {}",
+        current["total"].as_str().expect("total"),
+        current["currency"].as_str().expect("currency")
+    );
+    assert!(page.contains(&total), "the API's total {total} on the page");
+
+    let keys = app.get_json("/api/v1/api-keys", &user.token).await;
+    let id = keys["api_keys"][0]["id"].as_str().expect("id").to_owned();
+    let res = browser
+        .submit("/console/keys", &format!("/console/keys/{id}/revoke"), &[])
+        .await;
+    assert_eq!(res.status(), 303);
+    let refused = app
+        .client
+        .get(app.url("/api/v1/tools/uuid"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(refused.status(), 401, "revoked at once");
+    // Someone else's key id is not found.
+    let other = app.new_user().await;
+    let theirs: Value = app
+        .post_auth("/api/v1/api-keys", &other.token, &serde_json::json!({"name": "theirs"}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let res = browser
+        .submit(
+            "/console/keys",
+            &format!("/console/keys/{}/revoke", theirs["id"].as_str().expect("id")),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn pages_follow_the_apis_404_and_403_rules() {
+    let app = TestApp::spawn().await;
+    let consumer = app.new_user().await;
+    let finance = app.user_with_role("finance").await;
+    let other = app.new_user().await;
+    // An invoice of the other user's.
+    app.sql(&format!(
+        "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
+         SELECT '{}', id, date_trunc('month', now() AT TIME ZONE 'UTC' - interval '1 month')::date, 10, 0 \
+         FROM apis WHERE slug = 'tools-uuid'",
+        other.id
+    ))
+    .await;
+    let period = app.state.current_period().previous().to_string();
+    let closed = app
+        .post_auth(
+            &format!("/api/v1/finance/periods/{period}/close"),
+            &finance.token,
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(closed.status(), 200);
+    let invoices = app.get_json("/api/v1/invoices", &other.token).await;
+    let id = invoices["invoices"][0]["id"].as_str().expect("an invoice").to_owned();
+
+    let mut as_consumer = Browser::new(&app);
+    as_consumer.sign_in(&consumer.email).await;
+    for path in [
+        format!("/console/invoices/{id}"),
+        format!("/console/invoices/{id}/print"),
+        "/console/invoices/not-a-uuid".to_owned(),
+    ] {
+        let (status, body) = as_consumer.get_text(&path).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(!body.contains(&other.email), "{path} shows nothing of the other user");
+    }
+    for path in [
+        "/console/finance",
+        &format!("/console/finance/invoices/{id}"),
+        "/console/admin",
+        "/console/admin/users",
+    ] {
+        assert_eq!(as_consumer.get(path).await.status(), 403, "{path}");
+    }
+    let res = as_consumer
+        .submit(
+            "/console/keys",
+            &format!("/console/finance/periods/{period}/close"),
+            &[("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+
+    let mut as_other = Browser::new(&app);
+    as_other.sign_in(&other.email).await;
+    let (status, body) = as_other.get_text(&format!("/console/invoices/{id}")).await;
+    assert_eq!(status, 200);
+    let total = invoices["invoices"][0]["total"].as_str().expect("total");
+    assert!(body.contains(&format!("{total} USD")), "the API's total");
+
+    let mut as_finance = Browser::new(&app);
+    as_finance.sign_in(&finance.email).await;
+    assert_eq!(
+        as_finance
+            .get(&format!("/console/finance/invoices/{id}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        as_finance.get("/console/admin").await.status(),
+        403,
+        "finance is not admin"
+    );
+}
+
+#[tokio::test]
+async fn finance_closes_a_past_month_only_after_confirming_and_never_this_one() {
+    let app = TestApp::spawn().await;
+    let finance = app.user_with_role("finance").await;
+    let consumer = app.new_user().await;
+    app.sql(&format!(
+        "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
+         SELECT '{}', id, date_trunc('month', now() AT TIME ZONE 'UTC' - interval '1 month')::date, 1500, 10 \
+         FROM apis WHERE slug = 'tools-uuid'",
+        consumer.id
+    ))
+    .await;
+    let last = app.state.current_period().previous().to_string();
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&finance.email).await;
+    let page = format!("/console/finance/periods/{last}");
+    let action = format!("{page}/close");
+    let unconfirmed = browser.submit(&page, &action, &[]).await;
+    assert_eq!(unconfirmed.status(), 400);
+    assert_eq!(
+        app.get_json("/api/v1/invoices", &consumer.token).await["invoices"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "nothing issued without the confirmation"
+    );
+    let this = app.state.current_period().to_string();
+    let open = browser
+        .submit(
+            &page,
+            &format!("/console/finance/periods/{this}/close"),
+            &[("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(open.status(), 409, "the current month cannot be closed");
+    let closed = browser.submit(&page, &action, &[("confirm", "yes")]).await;
+    assert_eq!(closed.status(), 303);
+    let invoices = app.get_json("/api/v1/invoices", &consumer.token).await;
+    assert_eq!(invoices["invoices"][0]["total"], "1.49");
+    let (_, reconciliation) = browser.get_text(&page).await;
+    assert!(reconciliation.contains("1.49 USD"), "{reconciliation}");
+}
+
+#[tokio::test]
+async fn signing_out_on_one_instance_ends_the_console_session_on_another() {
+    let db = TestDb::new().await;
+    let prefix = format!("payg-test-{}:", uuid::Uuid::new_v4().simple());
+    // Standings kept long: only the push can end the session on B in time.
+    let spawn = || {
+        TestApp::builder()
+            .instance_of(&db, &prefix)
+            .env("PAYG_AUTH_CACHE_MS", "600000")
+            .spawn()
+    };
+    let a = spawn().await;
+    let b = spawn().await;
+    let user = a.new_user().await;
+    let mut on_a = Browser::new(&a);
+    on_a.sign_in(&user.email).await;
+    // The same cookies, on the other instance (a load balancer may send
+    // the browser to either).
+    let kept = on_a.cookies.clone();
+    let mut on_b = Browser::at(&b.address);
+    on_b.cookies = kept.clone();
+    assert_eq!(on_b.get("/console/keys").await.status(), 200);
+
+    let res = on_a.submit("/console/keys", "/console/sign-out", &[]).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/console/sign-in");
+    assert!(!on_a.cookies.contains_key("payg_session"), "the cookies are cleared");
+    // A copy of the cookies from before (kept by the browser of a careless
+    // shared computer, or stolen) is refused on B.
+    let ended = eventually(Duration::from_secs(2), || {
+        let mut on_b = Browser::at(&b.address);
+        on_b.cookies = kept.clone();
+        async move { on_b.get("/console/keys").await.status() == 303 }
+    })
+    .await;
+    assert!(ended, "the session ended on the other instance too");
+}
+
+#[tokio::test]
+async fn the_sign_in_form_is_behind_the_login_lockout() {
+    let app = TestApp::spawn().await;
+    let user: Registered = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    for _ in 0..10 {
+        let res = browser
+            .submit(
+                "/console/sign-in",
+                "/console/sign-in",
+                &[("email", &user.email), ("password", "wrong password!")],
+            )
+            .await;
+        assert_eq!(res.status(), 401);
+    }
+    let locked = browser
+        .submit(
+            "/console/sign-in",
+            "/console/sign-in",
+            &[("email", &user.email), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(locked.status(), 429, "the right password is refused while locked");
+    assert!(locked.headers().contains_key(header::RETRY_AFTER));
+    assert!(!browser.cookies.contains_key("payg_session"));
+}
+
+#[tokio::test]
+async fn an_expired_access_cookie_is_renewed_from_the_refresh_cookie_and_a_revoked_session_is_not() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    let first = browser.cookies["payg_session"].clone();
+    // As if the access token had expired: only the refresh cookie is left.
+    browser.cookies.remove("payg_session");
+    assert_eq!(browser.get("/console/keys").await.status(), 200);
+    let renewed = browser
+        .cookies
+        .get("payg_session")
+        .cloned()
+        .expect("a new access cookie");
+    assert_ne!(renewed, first);
+    // Signing out revokes the refresh token too: a copy of the old cookies
+    // cannot renew.
+    let copy = browser.cookies.clone();
+    assert_eq!(
+        browser.submit("/console/keys", "/console/sign-out", &[]).await.status(),
+        303
+    );
+    let mut thief = Browser::new(&app);
+    thief.cookies = copy;
+    thief.cookies.remove("payg_session");
+    let res = thief.get("/console/keys").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/console/sign-in");
+}
