@@ -4,8 +4,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::page::{self, PageError, PageResult, Signed};
-use super::session::{self, ConsoleUser};
+use super::page::{self, ConsoleUser, PageError, PageResult, Signed};
+use super::session;
 use crate::actions;
 use crate::app::AppState;
 use crate::domain::text::{BillingText, CountryCode, Email, Name, Password, clearable};

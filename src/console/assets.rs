@@ -5,8 +5,8 @@
 
 use std::sync::LazyLock;
 
+use actix_web::HttpResponse;
 use actix_web::http::header;
-use actix_web::{HttpResponse, web};
 use sha2::{Digest, Sha256};
 
 const CSS: &str = include_str!("assets/console.css");
@@ -34,16 +34,17 @@ pub fn icon_url() -> &'static str {
     &ICON_URL
 }
 
-/// `GET /assets/{name}`.
-pub async fn serve(name: web::Path<String>) -> HttpResponse {
-    let (body, content_type) = match name.as_str() {
+/// `GET /assets/{name}`; `None` for a name that is not an asset.
+pub fn serve(name: &str) -> Option<HttpResponse> {
+    let (body, content_type) = match name {
         "console.css" => (CSS, "text/css; charset=utf-8"),
         "console.js" => (JS, "text/javascript; charset=utf-8"),
         "favicon.svg" => (ICON, "image/svg+xml"),
-        _ => return super::page::not_found_page(),
+        _ => return None,
     };
-    HttpResponse::Ok()
+    let res = HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
-        .body(body)
+        .body(body);
+    Some(res)
 }

@@ -8,7 +8,8 @@
 //! as `auth` decides it), call what the JSON API calls (`actions`, models,
 //! `billing`) and render a `maud` template. Pages work without JavaScript;
 //! `assets/console.js` only adds conveniences (copy a key, confirm a close).
-//! Sessions, cookies, CSRF and the security headers are `session.rs`'s.
+//! Sessions, cookies and CSRF tokens are `session.rs`'s; `guard.rs` checks
+//! every form and adds the security headers.
 //! Nothing here decides a status: failures are `ApiError`s, which
 //! `error.rs` turns into the same status the API would answer, as a page.
 
@@ -18,6 +19,7 @@ mod assets;
 mod chart;
 mod consumer;
 mod finance;
+mod guard;
 pub mod page;
 pub mod session;
 
@@ -32,10 +34,10 @@ pub const CONSOLE_PREFIX: &str = "/console";
 /// take them.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/").route(web::get().to(to_console)))
-        .service(web::resource("/assets/{name}").route(web::get().to(assets::serve)))
+        .service(web::resource("/assets/{name}").route(web::get().to(asset)))
         .service(
             web::scope(CONSOLE_PREFIX)
-                .wrap(actix_web::middleware::from_fn(session::guard))
+                .wrap(actix_web::middleware::from_fn(guard::guard))
                 .app_data(web::FormConfig::default().limit(64 * 1024).error_handler(form_error))
                 .route("", web::get().to(consumer::this_month))
                 .route("/", web::get().to(consumer::this_month))
@@ -78,6 +80,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn to_console() -> HttpResponse {
     page::see_other(CONSOLE_PREFIX)
+}
+
+async fn asset(name: web::Path<String>) -> HttpResponse {
+    assets::serve(&name).unwrap_or_else(page::not_found_page)
 }
 
 async fn not_found() -> HttpResponse {

@@ -16,8 +16,9 @@ use maud::{DOCTYPE, Markup, html};
 use rust_decimal::Decimal;
 
 use super::assets;
-use super::session::{self, CSRF_FIELD, ConsoleUser, SIGN_IN};
+use super::session::{self, CSRF_FIELD, SIGN_IN};
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::models::user::{Role, User};
 
@@ -146,6 +147,29 @@ fn nav_link(href: &str, label: &str, active: &str) -> Markup {
     let current = href == active;
     html! {
         a href=(href) aria-current=[current.then_some("page")] { (label) }
+    }
+}
+
+/// The signed-in person on a console page: a [`Caller`] with an access
+/// token's rights, from the session cookie — renewed with the refresh
+/// cookie when the access token has expired. No session → 401, which the
+/// console answers with a redirect to sign in.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleUser(pub Caller);
+
+impl ConsoleUser {
+    pub fn id(&self) -> uuid::Uuid {
+        self.0.user_id
+    }
+}
+
+impl FromRequest for ConsoleUser {
+    type Error = PageError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { session::signed_in(&req).await.map(ConsoleUser).map_err(PageError) })
     }
 }
 

@@ -19,12 +19,9 @@
 //! replaced at sign-in and sign-out. [`guard`] checks it on every POST before
 //! any handler runs, along with `Origin` and `Sec-Fetch-Site`.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use actix_web::cookie::{Cookie, SameSite};
-use actix_web::http::{Method, header};
-use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use actix_web::http::header;
+use actix_web::{HttpMessage, HttpRequest, web};
 
 use crate::actions;
 use crate::app::AppState;
@@ -42,11 +39,8 @@ pub const COOKIE_PATH: &str = "/console";
 /// Where a request without a session is sent.
 pub const SIGN_IN: &str = "/console/sign-in";
 
-/// The largest console form body (the CSRF check reads it whole).
-const MAX_FORM_BYTES: usize = 64 * 1024;
-
 /// Cookies a handler or extractor wants set (or cleared) on its response;
-/// [`guard`] adds them.
+/// the console's `guard` middleware adds them.
 #[derive(Default)]
 pub struct CookieJar(pub Vec<Cookie<'static>>);
 
@@ -144,7 +138,7 @@ fn same(a: &str, b: &str) -> bool {
 /// Is this state-changing request the console's own? The browser's
 /// `Sec-Fetch-Site` and `Origin`, when sent, must say same-origin; the
 /// body's CSRF field must be the keyed hash of the CSRF cookie.
-fn csrf_ok(state: &AppState, req: &HttpRequest, body: &[u8]) -> bool {
+pub fn csrf_ok(state: &AppState, req: &HttpRequest, body: &[u8]) -> bool {
     if let Some(site) = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && site != "same-origin"
         && site != "none"
@@ -176,116 +170,10 @@ fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
     pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
-/// Middleware around every console route: refuses a state-changing request
-/// that fails the CSRF check (403 `csrf_failed`, before the handler runs),
-/// then sets the cookies the request queued and the headers that keep the
-/// pages to themselves: a strict Content-Security-Policy (no inline script
-/// or style, nothing from another host, no framing), no referrer to other
-/// sites (`same-origin`: with `no-referrer` browsers send `Origin: null` on
-/// their own form posts, which the CSRF check would refuse), no sniffing,
-/// no caching.
-pub async fn guard(
-    mut req: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .cloned()
-        .ok_or_else(|| actix_web::error::ErrorInternalServerError("AppState is not registered"))?;
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let body = read_body(&mut req).await;
-        let refused = match &body {
-            Ok(body) => !csrf_ok(&state, req.request(), body),
-            Err(_) => true,
-        };
-        if refused {
-            let err = match body {
-                Err(err) => err,
-                Ok(_) => ApiError::csrf_failed(),
-            };
-            tracing::warn!(path = %req.path(), code = err.code(), "console form refused");
-            let res = super::page::error_response(&err);
-            return Ok(secure(req.into_response(res)));
-        }
-        if let Ok(body) = body {
-            req.set_payload(actix_web::dev::Payload::from(body));
-        }
-    }
-    let res = next.call(req).await?.map_into_boxed_body();
-    Ok(secure(res))
-}
-
-async fn read_body(req: &mut actix_web::dev::ServiceRequest) -> Result<web::Bytes, ApiError> {
-    use futures_util::StreamExt;
-    let mut payload = req.take_payload();
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::validation("the form could not be read"))?;
-        if body.len() + chunk.len() > MAX_FORM_BYTES {
-            return Err(ApiError::payload_too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
-/// The Content-Security-Policy of every console response.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-fn secure(
-    mut res: actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
-) -> actix_web::dev::ServiceResponse<actix_web::body::BoxBody> {
-    let cookies = res.request().extensions_mut().remove::<CookieJar>();
-    let headers = res.headers_mut();
-    if let Some(CookieJar(cookies)) = cookies {
-        for c in cookies {
-            if let Ok(value) = header::HeaderValue::from_str(&c.to_string()) {
-                headers.append(header::SET_COOKIE, value);
-            }
-        }
-    }
-    let fixed: [(header::HeaderName, &str); 6] = [
-        (header::CONTENT_SECURITY_POLICY, CSP),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "same-origin"),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::CACHE_CONTROL, "no-store"),
-        (
-            header::HeaderName::from_static("cross-origin-opener-policy"),
-            "same-origin",
-        ),
-    ];
-    for (name, value) in fixed {
-        headers.insert(name, header::HeaderValue::from_static(value));
-    }
-    res
-}
-
-/// The signed-in person on a console page: a [`Caller`] with an access
-/// token's rights, from the session cookie — renewed with the refresh
-/// cookie when the access token has expired. No session → 401, which the
-/// console answers with a redirect to sign in.
-#[derive(Debug, Clone, Copy)]
-pub struct ConsoleUser(pub Caller);
-
-impl ConsoleUser {
-    pub fn id(&self) -> uuid::Uuid {
-        self.0.user_id
-    }
-}
-
-impl FromRequest for ConsoleUser {
-    type Error = super::page::PageError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move { signed_in(&req).await.map(ConsoleUser).map_err(super::page::PageError) })
-    }
-}
-
-async fn signed_in(req: &HttpRequest) -> Result<Caller, ApiError> {
+/// The signed-in caller behind this request's session cookies, renewing
+/// an expired access token with the refresh cookie (the new pair is queued
+/// for the response). No session → 401.
+pub async fn signed_in(req: &HttpRequest) -> Result<Caller, ApiError> {
     if let Some(caller) = req.extensions().get::<Caller>().copied() {
         return Ok(caller);
     }
