@@ -2,6 +2,9 @@
 //! status — what `payg user role|status` does, over HTTP, through the same
 //! function (`auth::accounts::change_standing`).
 
+use std::borrow::Cow;
+use std::str::FromStr;
+
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
@@ -95,9 +98,19 @@ pub struct UserChangeRequest {
     status: Option<UserStatus>,
 }
 
-/// A field that may be absent but, when present, is a value (not `null`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
+/// A field that may be absent but, when present, is one of its values:
+/// not `null` (which would change nothing), nor anything but a string.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    match Option::<Cow<'de, str>>::deserialize(d)? {
+        Some(text) => text.parse().map(Some).map_err(serde::de::Error::custom),
+        None => Err(serde::de::Error::custom(
+            "null is not a role or status; leave the field out",
+        )),
+    }
 }
 
 /// Changes a user's role or status, with the effects of `payg user
