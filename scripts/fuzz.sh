@@ -87,6 +87,10 @@ run() { # name, extra schemathesis arguments…
 }
 # Authenticated runs leave out logout: it would end the session the rest of
 # the run uses (the anonymous run covers it).
+# The admin run comes last: its stateful phase follows the ids GET
+# /admin/users returns into PATCH /admin/users/{id}, so it changes other
+# users' roles and statuses (the consumer and finance accounts above
+# included). Its own account cannot be demoted or suspended (409 own_account).
 AUTHED=(--exclude-path /api/v1/auth/logout)
 run anonymous
 run consumer-jwt "${AUTHED[@]}" -H "Authorization: Bearer $CONSUMER_TOKEN"

@@ -14,6 +14,7 @@ use diesel::result::Error as DieselError;
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::auth::accounts::ChangeError;
 use crate::auth::password::PoolBusy;
 use crate::auth::sessions::SessionError;
 use crate::billing::close::CloseError;
@@ -586,6 +587,20 @@ impl From<AuthError> for ApiError {
             AuthError::Throttled(t) => t.into(),
             AuthError::Database(e) => e.into(),
             AuthError::Pool(e) => e.into(),
+        }
+    }
+}
+
+/// A role or status change: an admin's own demotion or suspension is 409
+/// `own_account` (the request is well-formed; the account's state forbids it).
+impl From<ChangeError> for ApiError {
+    fn from(err: ChangeError) -> Self {
+        match err {
+            e @ ChangeError::NothingToChange => Self::validation(e.to_string()),
+            ChangeError::NotFound => Self::not_found("no such user"),
+            e @ ChangeError::OwnAccount => Self::conflict("own_account", e.to_string()),
+            e @ ChangeError::NotAnAdmin => Self::forbidden(e.to_string()),
+            ChangeError::Database(e) => e.into(),
         }
     }
 }

@@ -13,13 +13,14 @@ use std::io::Write;
 
 use chrono::Utc;
 use futures_util::StreamExt;
+use payg::auth::accounts;
 use payg::billing::close;
 use payg::billing::export::{self, ExportFormat};
 use payg::catalog;
 use payg::config::Config;
 use payg::db;
 use payg::domain::{Period, SystemClock};
-use payg::models::user::{NewUser, Role, User, UserStatus};
+use payg::models::user::{NewUser, Role, StandingChange, User, UserStatus};
 use payg::startup::{Application, shutdown_signal};
 
 #[derive(Parser)]
@@ -252,23 +253,47 @@ async fn user_command(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             println!("created {} {} ({})", user.role, user.email, user.id);
         }
         UserCommand::Role { email, role } => {
-            let email = email.parse::<Email>()?.into_inner();
-            let user = User::set_role(&mut conn, &email, role)
-                .await
-                .map_err(|e| not_found_as(e, &email))?;
-            tell_instances_user_changed(config, user.id).await;
+            let change = StandingChange {
+                role: Some(role),
+                status: None,
+            };
+            let user = change_standing(config, &mut conn, &email, change).await?;
             println!("{} is now {}", user.email, user.role);
         }
         UserCommand::Status { email, status } => {
-            let email = email.parse::<Email>()?.into_inner();
-            let user = User::set_status(&mut conn, &email, status)
-                .await
-                .map_err(|e| not_found_as(e, &email))?;
-            tell_instances_user_changed(config, user.id).await;
+            let change = StandingChange {
+                role: None,
+                status: Some(status),
+            };
+            let user = change_standing(config, &mut conn, &email, change).await?;
             println!("{} is now {}", user.email, user.status);
         }
     }
     Ok(())
+}
+
+/// What `PATCH /api/v1/admin/users/{id}` does, as an operator: the same
+/// function, with the running instances told through Redis.
+async fn change_standing(
+    config: &Config,
+    conn: &mut diesel_async::AsyncPgConnection,
+    email: &str,
+    change: StandingChange,
+) -> anyhow::Result<User> {
+    let email = email.parse::<Email>()?.into_inner();
+    let Some(user) = User::find_by_email(conn, &email).await? else {
+        anyhow::bail!("no user with email {email}");
+    };
+    Ok(accounts::change_standing(conn, &Operator(config), user.id, change, None).await?)
+}
+
+/// The CLI serves nothing: it only tells the running instances.
+struct Operator<'a>(&'a Config);
+
+impl accounts::Announce for Operator<'_> {
+    fn announce(&self, user_id: Uuid) -> impl std::future::Future<Output = ()> {
+        tell_instances_user_changed(self.0, user_id)
+    }
 }
 
 /// Running instances re-read the user's role and status on their next call
@@ -284,13 +309,6 @@ async fn tell_instances_user_changed(config: &Config, user_id: Uuid) {
         return;
     }
     eprintln!("note: Redis unreachable; running instances pick the change up within PAYG_AUTH_CACHE_MS");
-}
-
-fn not_found_as(err: diesel::result::Error, email: &str) -> anyhow::Error {
-    match err {
-        diesel::result::Error::NotFound => anyhow::anyhow!("no user with email {email}"),
-        other => other.into(),
-    }
 }
 
 /// PAYG_PASSWORD, or a prompt when stdin is a terminal. The prompt does not

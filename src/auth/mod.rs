@@ -8,6 +8,7 @@
 //! the user not being suspended. Failures are an [`AuthError`]; `error.rs`
 //! turns them into HTTP answers.
 
+pub mod accounts;
 pub mod jwt;
 pub mod key_cache;
 pub mod password;

@@ -237,6 +237,11 @@ plain_text! {
     ProviderText { what: "invoice_number and reference", min: 0, max: usize::MAX, not_blank: false, trim: false, nfc: false }
 }
 
+plain_text! {
+    "Part of an email address to look for, in any case: at most 254 characters, no control or format characters; surrounding spaces are ignored, and an empty one matches every address."
+    EmailPart { what: "email", min: 0, max: 254, not_blank: false, trim: true, nfc: true }
+}
+
 // `plain_text!` derives no `Default` (an empty `Name` would skip its
 // rule); an empty description is valid, and the default of an absent one.
 #[allow(clippy::derivable_impls)]

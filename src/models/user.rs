@@ -6,7 +6,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::schema::users;
+use crate::models::invoice::InvoiceStatus;
+use crate::schema::{invoices, users};
 
 text_enum!(Role { Consumer => "consumer", Finance => "finance", Admin => "admin" });
 text_enum!(UserStatus { Active => "active", Suspended => "suspended" });
@@ -88,6 +89,87 @@ pub struct Standing {
     pub status: UserStatus,
 }
 
+/// A change of role and/or status (`None` leaves it alone): what
+/// `auth::accounts::change_standing` writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct StandingChange {
+    pub role: Option<Role>,
+    pub status: Option<UserStatus>,
+}
+
+impl StandingChange {
+    pub fn is_empty(&self) -> bool {
+        self.role.is_none() && self.status.is_none()
+    }
+}
+
+/// A user as admins list them: who, their standing, and whether an
+/// overdue invoice blocks their metered calls. Never the password hash.
+#[derive(Debug, Clone, Queryable, Serialize, utoipa::ToSchema)]
+pub struct UserSummary {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub status: UserStatus,
+    /// Everything this user's usage has cost so far, all periods.
+    #[schema(example = "0.42")]
+    pub total_cost: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// An issued invoice is unpaid past its due date plus the overdue grace
+    /// (`PAYG_OVERDUE_DAYS`): metered APIs answer this user 402.
+    pub overdue: bool,
+}
+
+/// Users whose email contains `part` (already trimmed and lower-cased, as
+/// emails are stored), as an `ILIKE` pattern: `%`, `_` and `\` in `part`
+/// match themselves, not any text.
+pub fn contains_pattern(part: &str) -> String {
+    let mut pattern = String::with_capacity(part.len() + 2);
+    pattern.push('%');
+    for c in part.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Whether the user (`users.id` of the row at hand) has an issued invoice
+/// due before `cutoff`: the overdue block, as authentication and the admin
+/// list both read it.
+#[diesel::dsl::auto_type]
+fn has_overdue_invoice(cutoff: DateTime<Utc>) -> _ {
+    let issued: InvoiceStatus = InvoiceStatus::Issued;
+    diesel::dsl::exists(
+        invoices::table
+            .filter(invoices::user_id.eq(users::id))
+            .filter(invoices::status.eq(issued))
+            .filter(invoices::due_at.lt(cutoff)),
+    )
+}
+
+/// The columns of a [`UserSummary`], in its order.
+#[diesel::dsl::auto_type(no_type_alias)]
+fn summary_columns(cutoff: DateTime<Utc>) -> _ {
+    let overdue: has_overdue_invoice = has_overdue_invoice(cutoff);
+    (
+        users::id,
+        users::email,
+        users::name,
+        users::role,
+        users::status,
+        users::total_cost,
+        users::created_at,
+        users::updated_at,
+        overdue,
+    )
+}
+
 impl User {
     pub async fn insert(conn: &mut AsyncPgConnection, new: &NewUser<'_>) -> QueryResult<User> {
         diesel::insert_into(users::table)
@@ -123,19 +205,9 @@ impl User {
         id: Uuid,
         overdue_cutoff: DateTime<Utc>,
     ) -> QueryResult<Option<(Standing, bool)>> {
-        use crate::models::invoice::InvoiceStatus;
-        use crate::schema::invoices;
         users::table
             .find(id)
-            .select((
-                Standing::as_select(),
-                diesel::dsl::exists(
-                    invoices::table
-                        .filter(invoices::user_id.eq(users::id))
-                        .filter(invoices::status.eq(InvoiceStatus::Issued))
-                        .filter(invoices::due_at.lt(overdue_cutoff)),
-                ),
-            ))
+            .select((Standing::as_select(), has_overdue_invoice(overdue_cutoff)))
             .first(conn)
             .await
             .optional()
@@ -210,19 +282,82 @@ impl User {
             .await
     }
 
-    pub async fn set_role(conn: &mut AsyncPgConnection, email: &str, role: Role) -> QueryResult<User> {
-        diesel::update(users::table.filter(users::email.eq(email)))
-            .set((users::role.eq(role), users::updated_at.eq(diesel::dsl::now)))
+    /// One page of users, by email (then id), whose email contains
+    /// `email_part` (trimmed and lower-cased; `None`: everyone), and how many
+    /// match on all pages. `overdue_cutoff` as for [`User::standing`].
+    pub async fn search(
+        conn: &mut AsyncPgConnection,
+        email_part: Option<&str>,
+        overdue_cutoff: DateTime<Utc>,
+        page: i64,
+        per_page: i64,
+    ) -> QueryResult<(Vec<UserSummary>, i64)> {
+        let filtered = || {
+            let mut q = users::table.into_boxed();
+            if let Some(part) = email_part.filter(|p| !p.is_empty()) {
+                q = q.filter(users::email.ilike(contains_pattern(part)).escape('\\'));
+            }
+            q
+        };
+        let total: i64 = filtered().count().get_result(conn).await?;
+        let rows = filtered()
+            .order((users::email, users::id))
+            .limit(per_page)
+            .offset((page - 1).saturating_mul(per_page))
+            .select(summary_columns(overdue_cutoff))
+            .load(conn)
+            .await?;
+        Ok((rows, total))
+    }
+
+    /// One user as [`User::search`] lists them.
+    pub async fn summary(
+        conn: &mut AsyncPgConnection,
+        id: Uuid,
+        overdue_cutoff: DateTime<Utc>,
+    ) -> QueryResult<Option<UserSummary>> {
+        users::table
+            .find(id)
+            .select(summary_columns(overdue_cutoff))
+            .first(conn)
+            .await
+            .optional()
+    }
+
+    /// Locks the rows of `ids` (in id order, so two transactions locking
+    /// overlapping pairs never deadlock) until the transaction ends, and
+    /// returns their standings.
+    pub async fn lock_standings(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<(Uuid, Standing)>> {
+        users::table
+            .filter(users::id.eq_any(ids))
+            .order(users::id)
+            .select((users::id, Standing::as_select()))
+            .for_no_key_update()
+            .load(conn)
+            .await
+    }
+
+    /// Writes a non-empty `change` (see `auth::accounts::change_standing`,
+    /// which decides whether it may be made).
+    pub async fn set_standing(conn: &mut AsyncPgConnection, id: Uuid, change: &StandingChange) -> QueryResult<User> {
+        diesel::update(users::table.find(id))
+            .set((change, users::updated_at.eq(diesel::dsl::now)))
             .returning(User::as_returning())
             .get_result(conn)
             .await
     }
+}
 
-    pub async fn set_status(conn: &mut AsyncPgConnection, email: &str, status: UserStatus) -> QueryResult<User> {
-        diesel::update(users::table.filter(users::email.eq(email)))
-            .set((users::status.eq(status), users::updated_at.eq(diesel::dsl::now)))
-            .returning(User::as_returning())
-            .get_result(conn)
-            .await
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn like_wildcards_and_the_escape_character_match_only_themselves() {
+        assert_eq!(contains_pattern("ada"), "%ada%");
+        assert_eq!(contains_pattern("100%"), "%100\\%%");
+        assert_eq!(contains_pattern("a_b"), "%a\\_b%");
+        assert_eq!(contains_pattern("a\\b"), "%a\\\\b%");
+        assert_eq!(contains_pattern(""), "%%");
     }
 }

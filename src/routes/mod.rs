@@ -51,6 +51,7 @@ macro_rules! route_table {
 }
 
 pub mod admin;
+pub mod admin_users;
 pub mod api_keys;
 pub mod apis;
 pub mod auth;
@@ -119,6 +120,9 @@ route_table! {
     "/admin/apis/{id}" => patch: admin::update_api;
     "/admin/apis/{id}/prices" => post: admin::create_price;
     "/admin/apis/{id}/signing-secret" => post: admin::rotate_signing_secret;
+    // Admin: users' roles and statuses.
+    "/admin/users" => get: admin_users::list_users;
+    "/admin/users/{id}" => patch: admin_users::update_user;
     // Payment provider callbacks (signed, no user).
     "/webhooks/payments" => post: webhooks::payment_webhook;
     // This API's own description (public, not metered).

@@ -24,12 +24,14 @@ use utoipa::{Modify, OpenApi};
 use crate::billing::export::ExportFormat;
 use crate::domain::currency::DecimalString;
 use crate::domain::text::{
-    BillingText, CountryCode, Description, Email, EventId, GatewayPrefix, HttpMethod, KeyName, Name, Password,
-    PaymentMethod, ProviderText, Reference, RoutePattern, Slug, UpstreamUrl, UserRef,
+    BillingText, CountryCode, Description, Email, EmailPart, EventId, GatewayPrefix, HttpMethod, KeyName, Name,
+    Password, PaymentMethod, ProviderText, Reference, RoutePattern, Slug, UpstreamUrl, UserRef,
 };
 use crate::domain::{Currency, Period};
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoices, me, tools, usage, webhooks};
+use crate::routes::{
+    admin, admin_users, api_keys, apis, auth, billing, finance, health, invoices, me, tools, usage, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -69,6 +71,8 @@ use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoi
         admin::update_api,
         admin::create_price,
         admin::rotate_signing_secret,
+        admin_users::list_users,
+        admin_users::update_user,
         webhooks::payment_webhook,
         tools::uuid,
         tools::random,
@@ -80,7 +84,7 @@ use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoi
     components(schemas(
         ErrorBody, ErrorDetail, Period, Currency, DecimalString, tools::TimeZoneName, ExportFormat,
         Name, KeyName, Reference, PaymentMethod, Description, BillingText, EventId, ProviderText,
-        Email, Password, Slug, HttpMethod, RoutePattern, GatewayPrefix, UpstreamUrl, CountryCode, UserRef,
+        Email, EmailPart, Password, Slug, HttpMethod, RoutePattern, GatewayPrefix, UpstreamUrl, CountryCode, UserRef,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
     tags(
@@ -93,7 +97,7 @@ use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoi
         (name = "usage", description = "The caller's own call counts"),
         (name = "billing", description = "The caller's own cost and invoices"),
         (name = "finance", description = "Closing periods, invoices, exports and payments (finance or admin role)"),
-        (name = "admin", description = "The API catalog and prices (admin role)"),
+        (name = "admin", description = "The API catalog, prices and users' roles and statuses (admin role)"),
         (name = "webhooks", description = "Signed payment-provider callbacks"),
         (name = "tools", description = "The metered demo APIs: every authenticated call is counted and priced"),
     )

@@ -2,6 +2,7 @@
 //! against its own fresh PostgreSQL database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_users;
 mod auth;
 mod billing;
 mod cli;

@@ -497,6 +497,23 @@ async fn admin(app: &TestApp, cov: &mut Coverage<'_>) -> String {
         .await;
     let price = cov.json("POST", "/api/v1/admin/apis/{id}/prices", 201, res).await;
     assert_eq!(price["deferred"], false, "{price}");
+    // Users: one found by email, then given the finance role.
+    let someone = app.new_user().await;
+    let res = app
+        .get_auth(&format!("/api/v1/admin/users?email={}", someone.email), &admin.token)
+        .await;
+    let page = cov.json("GET", "/api/v1/admin/users", 200, res).await;
+    assert_eq!(page["total"], 1, "{page}");
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/v1/admin/users/{}", someone.id)))
+        .bearer_auth(&admin.token)
+        .json(&json!({"role": "finance"}))
+        .send()
+        .await
+        .unwrap();
+    let changed = cov.json("PATCH", "/api/v1/admin/users/{id}", 200, res).await;
+    assert_eq!(changed["role"], "finance", "{changed}");
     admin.token
 }
 
