@@ -27,7 +27,7 @@ use crate::domain::text::{
     BillingText, CountryCode, Description, Email, EventId, GatewayPrefix, HttpMethod, KeyName, Name, Password,
     PaymentMethod, ProviderText, Reference, RoutePattern, Slug, UpstreamUrl, UserRef,
 };
-use crate::domain::{Currency, Period};
+use crate::domain::{Currency, Day, Period};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoices, me, tools, usage, webhooks};
 
@@ -53,6 +53,7 @@ use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoi
         me::update_me,
         apis::list_apis,
         usage::get_usage,
+        usage::get_daily_usage,
         billing::current_cost,
         billing::period_cost,
         invoices::list_invoices,
@@ -78,7 +79,7 @@ use crate::routes::{admin, api_keys, apis, auth, billing, finance, health, invoi
         tools::echo,
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, Period, Currency, DecimalString, tools::TimeZoneName, ExportFormat,
+        ErrorBody, ErrorDetail, Period, Day, Currency, DecimalString, tools::TimeZoneName, ExportFormat,
         Name, KeyName, Reference, PaymentMethod, Description, BillingText, EventId, ProviderText,
         Email, Password, Slug, HttpMethod, RoutePattern, GatewayPrefix, UpstreamUrl, CountryCode, UserRef,
     )),

@@ -19,3 +19,4 @@ mod outage;
 mod profile;
 mod push;
 mod upstream;
+mod usage_daily;
