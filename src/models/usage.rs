@@ -456,3 +456,42 @@ impl UsageDaily {
             .optional()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_merged_by_period_keeps_the_lock_order_and_every_call() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let key = |user_id, api_id, day: &str| UsageKey {
+            user_id,
+            api_id,
+            day: day.parse().unwrap(),
+        };
+        let d = |calls, failed_calls| UsageDelta { calls, failed_calls };
+        let mut deltas = vec![
+            (key(b, 1, "2026-10-31"), d(1, 0)),
+            (key(a, 2, "2026-11-01"), d(2, 2)),
+            (key(a, 1, "2026-11-02"), d(3, 1)),
+            (key(a, 1, "2026-10-30"), d(4, 0)),
+            (key(a, 1, "2026-11-01"), d(5, 0)),
+            (key(a, 1, "2026-10-31"), d(6, 1)),
+        ];
+        deltas.sort_unstable_by_key(|(k, _)| *k);
+        let monthly = |user_id, api_id, period: &str| MonthlyKey {
+            user_id,
+            api_id,
+            period: period.parse().unwrap(),
+        };
+        assert_eq!(
+            by_period(&deltas),
+            vec![
+                (monthly(a, 1, "2026-10"), d(10, 1)),
+                (monthly(a, 1, "2026-11"), d(8, 1)),
+                (monthly(a, 2, "2026-11"), d(2, 2)),
+                (monthly(b, 1, "2026-10"), d(1, 0)),
+            ]
+        );
+    }
+}
