@@ -23,7 +23,7 @@ use crate::billing::payments::{PaymentError, SignatureError, VoidError};
 use crate::clients::Throttled;
 use crate::domain::currency::UnknownCurrency;
 use crate::domain::gateway::PathEscape;
-use crate::domain::period::BadPeriod;
+use crate::domain::period::{BadDayRange, BadPeriod};
 use crate::domain::pricing::InvalidPrice;
 use crate::domain::text::InvalidText;
 use crate::gateway::{UpstreamAnswer, UpstreamError};
@@ -418,6 +418,12 @@ impl From<actix_web::error::BlockingError> for ApiError {
 
 impl From<BadPeriod> for ApiError {
     fn from(err: BadPeriod) -> Self {
+        Self::validation(err.to_string())
+    }
+}
+
+impl From<BadDayRange> for ApiError {
+    fn from(err: BadDayRange) -> Self {
         Self::validation(err.to_string())
     }
 }

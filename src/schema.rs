@@ -158,6 +158,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    usage_daily (user_id, api_id, day) {
+        user_id -> Uuid,
+        api_id -> Int4,
+        day -> Date,
+        period -> Date,
+        calls -> Int8,
+        failed_calls -> Int8,
+    }
+}
+
+diesel::table! {
+    usage_daily_since (only_row) {
+        only_row -> Bool,
+        since -> Timestamptz,
+    }
+}
+
+diesel::table! {
     usage_records (user_id, api_id, period) {
         user_id -> Uuid,
         api_id -> Int4,
@@ -223,6 +241,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     price_tiers,
     prices,
     refresh_tokens,
+    usage_daily,
+    usage_daily_since,
     usage_records,
     users,
     webhook_events,

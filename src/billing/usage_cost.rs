@@ -1,6 +1,7 @@
-//! A meter flush as billing sees it: the counters move and every touched
-//! user's `total_cost` moves with them, in one transaction, so the stored
-//! total always equals the priced sum of the user's records.
+//! A meter flush as billing sees it: the counters move (each period's row
+//! and each day's row beside it) and every touched user's `total_cost`
+//! moves with them, in one transaction, so the stored total always equals
+//! the priced sum of the user's records, and a period's days add up to it.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +14,7 @@ use crate::domain::pricing::price_line;
 use crate::domain::{Currency, Period};
 use crate::models::User;
 use crate::models::price::PriceBook;
-use crate::models::usage::{Counters, FlushId, UsageDelta, UsageKey, UsageRecord};
+use crate::models::usage::{Counters, FlushId, MonthlyKey, UsageDaily, UsageDelta, UsageKey, UsageRecord, by_period};
 
 /// What a flush did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +24,10 @@ pub enum BatchOutcome {
     AlreadyApplied,
 }
 
-/// Adds `deltas` (sorted, unique keys) to the usage records and the priced
-/// difference to each user's `total_cost`. With a `flush` id the batch is
-/// applied at most once however often it is retried.
+/// Adds `deltas` (sorted, unique keys) to the usage records (merged by
+/// period) and to the daily counts, and the priced difference to each
+/// user's `total_cost`. With a `flush` id the batch is applied at most once
+/// however often it is retried: all of it, or none.
 pub async fn apply(
     conn: &mut AsyncPgConnection,
     flush: Option<FlushId>,
@@ -95,43 +97,48 @@ pub async fn settle_given_up(
         let moved: Vec<_> = deltas
             .iter()
             .filter(|(_, d)| d.calls > d.failed_calls)
-            .map(|(k, d)| (*k, d.calls - d.failed_calls))
+            .map(|(k, d)| {
+                let delta = UsageDelta {
+                    calls: 0,
+                    failed_calls: d.calls - d.failed_calls,
+                };
+                (*k, delta)
+            })
             .collect();
         if !moved.is_empty() {
-            let after = UsageRecord::move_to_failed(conn, &moved).await?;
-            let as_deltas: Vec<_> = moved
-                .iter()
-                .map(|(k, n)| {
-                    let delta = UsageDelta {
-                        calls: 0,
-                        failed_calls: *n,
-                    };
-                    (*k, delta)
-                })
-                .collect();
-            add_cost(conn, &as_deltas, &after, currency).await?;
+            // Per period for the records (and their price), per day beside
+            // them: the same calls move in both.
+            let monthly = by_period(&moved);
+            let monthly_moved: Vec<_> = monthly.iter().map(|(k, d)| (*k, d.failed_calls)).collect();
+            let after = UsageRecord::move_to_failed(conn, &monthly_moved).await?;
+            let daily_moved: Vec<_> = moved.iter().map(|(k, d)| (*k, d.failed_calls)).collect();
+            UsageDaily::move_to_failed(conn, &daily_moved).await?;
+            add_cost(conn, &monthly, &after, currency).await?;
         }
         Ok(Settlement::Compensated)
     })
     .await
 }
 
-/// The counter upsert and the priced difference on each user's total, inside
-/// the caller's transaction.
+/// The counter upserts — per period, then per day — and the priced
+/// difference on each user's total, inside the caller's transaction. Prices
+/// apply to the period rows, as they always have: the days only count.
 async fn add_priced(
     conn: &mut AsyncPgConnection,
     deltas: &[(UsageKey, UsageDelta)],
     currency: Currency,
 ) -> QueryResult<()> {
-    let after = UsageRecord::add(conn, deltas).await?;
-    add_cost(conn, deltas, &after, currency).await
+    let monthly = by_period(deltas);
+    let after = UsageRecord::add(conn, &monthly).await?;
+    UsageDaily::add(conn, deltas).await?;
+    add_cost(conn, &monthly, &after, currency).await
 }
 
 /// Adds what `deltas` changed in the price of the rows they left as `after`
 /// to each user's `total_cost`, inside the caller's transaction.
 async fn add_cost(
     conn: &mut AsyncPgConnection,
-    deltas: &[(UsageKey, UsageDelta)],
+    deltas: &[(MonthlyKey, UsageDelta)],
     after: &[Counters],
     currency: Currency,
 ) -> QueryResult<()> {
@@ -148,7 +155,7 @@ async fn add_cost(
 /// period. Prices are not linear (free calls, tiers), so it is the
 /// difference, never the delta's own price. Sorted by user id.
 fn cost_deltas(
-    deltas: &[(UsageKey, UsageDelta)],
+    deltas: &[(MonthlyKey, UsageDelta)],
     after: &[Counters],
     book: &PriceBook,
     currency: Currency,
@@ -158,7 +165,7 @@ fn cost_deltas(
         let Some(period) = Period::from_first_day(row.period) else {
             continue;
         };
-        let key = UsageKey {
+        let key = MonthlyKey {
             user_id: row.user_id,
             api_id: row.api_id,
             period,

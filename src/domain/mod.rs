@@ -2,7 +2,7 @@
 //! and the checked text types that request bodies parse into. Nothing here
 //! knows about HTTP or the database; everything above imports it.
 //!
-//! - [`period`]: a calendar month in the billing time zone;
+//! - [`period`]: a calendar month, and a calendar day, in the billing time zone;
 //! - [`currency`]: ISO 4217 codes with their minor units;
 //! - [`clock`]: the one source of "now";
 //! - [`pricing`]: the one pricing function, usage → money;
@@ -18,4 +18,4 @@ pub mod text;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use currency::Currency;
-pub use period::Period;
+pub use period::{Day, DayRange, Period};

@@ -149,7 +149,7 @@ impl Groups {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Period;
+    use crate::domain::Day;
     use std::sync::Arc;
     use uuid::Uuid;
 
@@ -159,7 +159,7 @@ mod tests {
         let key = UsageKey {
             user_id: Uuid::new_v4(),
             api_id: 1,
-            period: "2026-11".parse::<Period>().unwrap(),
+            day: "2026-11-30".parse::<Day>().unwrap(),
         };
         let first: Vec<_> = (0..3)
             .map(|i| {

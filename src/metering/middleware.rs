@@ -3,8 +3,9 @@
 //!
 //! Per call: resolve the API from method + route pattern, or for the
 //! gateway's catch-all resource from method + path prefix (in memory),
-//! authenticate, run the handler, then count the call for the caller in the
-//! period it arrived in (`failed_calls` too when the status is ≥ 400). A
+//! authenticate, run the handler, then count the call for the caller on the
+//! day (and so in the period) it arrived in (`failed_calls` too when the
+//! status is ≥ 400). A
 //! gateway call is counted when its response head is known: a client that
 //! hangs up mid-body was served.
 //! Calls that do not authenticate are refused and not counted; an API an
@@ -19,7 +20,7 @@ use actix_web::{HttpMessage, web};
 
 use crate::auth::Purpose;
 use crate::config::MeterMode;
-use crate::domain::Period;
+use crate::domain::Day;
 use crate::domain::gateway;
 use crate::error::ApiError;
 use crate::gateway::GatewayCall;
@@ -50,8 +51,9 @@ pub async fn metered_call(
         return Ok(req.error_response(err).map_into_right_body());
     }
     req.extensions_mut().insert(MatchedRoute(api.route_label.clone()));
-    // The period is fixed when the call arrives, not when it is flushed.
-    let period = Period::containing(state.clock.now(), state.billing_tz);
+    // The day (and with it the period) is fixed when the call arrives, not
+    // when it is flushed: one time-zone conversion, no allocation.
+    let day = Day::containing(state.clock.now(), state.billing_tz);
     let caller = match state.authenticator.authenticate(req.request(), Purpose::Metered).await {
         Ok(caller) => caller,
         Err(err) => return Ok(req.error_response(ApiError::from(err)).map_into_right_body()),
@@ -62,7 +64,7 @@ pub async fn metered_call(
     let key = UsageKey {
         user_id: caller.user_id,
         api_id: api.api_id,
-        period,
+        day,
     };
     let rate = state.rate_limits.take(caller.user_id).await;
     if let Some(rate) = rate.filter(|r| !r.allowed) {

@@ -1,5 +1,5 @@
 //! Metering: every authenticated call to a catalog API is counted per user,
-//! per API, per period.
+//! per API, per period, and per day beside it.
 //!
 //! - [`middleware`]: the actix middleware on the metered scope (authenticate,
 //!   resolve the API, call the handler, record the outcome).
@@ -8,8 +8,9 @@
 //! - [`recorder`]: in-memory pending deltas (batched mode).
 //! - [`group`]: the calls waiting for the next group commit (durable mode).
 //! - [`Meter`] (here): the mode switch; the flush that moves pending
-//!   deltas into `usage_records` with one atomic multi-row upsert
-//!   (`billing::usage_cost`), which `jobs` runs on a timer; and the group
+//!   deltas into `usage_records` and `usage_daily` with one atomic
+//!   multi-row upsert each, in one transaction (`billing::usage_cost`),
+//!   which `jobs` runs on a timer; and the group
 //!   commit that `jobs` runs whenever durable calls are waiting.
 
 pub mod catalog;

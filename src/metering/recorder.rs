@@ -73,14 +73,14 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Period;
+    use crate::domain::Day;
     use std::sync::Arc;
     use uuid::Uuid;
 
     #[test]
     fn concurrent_records_are_all_drained_exactly_once() {
         let recorder = Arc::new(Recorder::default());
-        let period: Period = "2026-11".parse().unwrap();
+        let day: Day = "2026-11-30".parse().unwrap();
         let users: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
         let threads: Vec<_> = (0..8)
             .map(|t| {
@@ -91,7 +91,7 @@ mod tests {
                         let key = UsageKey {
                             user_id: users[i % 3],
                             api_id: (t % 2) + 1,
-                            period,
+                            day,
                         };
                         recorder.record(key, UsageDelta::one(i % 10 == 0));
                     }

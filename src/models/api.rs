@@ -246,6 +246,16 @@ impl Api {
             .optional()
     }
 
+    /// The id of the entry with this slug.
+    pub async fn id_by_slug(conn: &mut AsyncPgConnection, slug: &str) -> QueryResult<Option<i32>> {
+        apis::table
+            .filter(apis::slug.eq(slug))
+            .select(apis::id)
+            .first(conn)
+            .await
+            .optional()
+    }
+
     /// One entry, by slug, with its upstream.
     pub async fn find_by_slug_with_upstream(
         conn: &mut AsyncPgConnection,

@@ -1,20 +1,64 @@
-//! Usage records: per (user, API, period) counters that only ever change
-//! through additive upserts.
+//! Usage records: per (user, API, period) counters, and per (user, API,
+//! day) counters beside them, that only ever change through additive
+//! upserts — both in the same transaction, so the days of a period add up
+//! to its month.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::domain::Period;
-use crate::schema::{apis, meter_flushes, usage_records};
+use crate::domain::{Day, Period};
+use crate::schema::{apis, meter_flushes, usage_daily, usage_daily_since, usage_records};
 
-/// Which counter row a call belongs to.
+/// Which counter rows a call adds to: its day's (`usage_daily`) and, through
+/// the day, its period's (`usage_records`). Fixed when the call arrives.
+/// Ordered by user, API, then day, so the days of one (user, API, period)
+/// are neighbours once sorted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UsageKey {
     pub user_id: Uuid,
     pub api_id: i32,
+    /// The day the call arrived on, in the billing time zone.
+    pub day: Day,
+}
+
+impl UsageKey {
+    /// The period the call belongs to: its day's month.
+    pub fn period(&self) -> Period {
+        self.day.period()
+    }
+
+    /// The `usage_records` row the call belongs to.
+    pub fn monthly(&self) -> MonthlyKey {
+        MonthlyKey {
+            user_id: self.user_id,
+            api_id: self.api_id,
+            period: self.period(),
+        }
+    }
+}
+
+/// Which `usage_records` row (user, API, period) a count belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MonthlyKey {
+    pub user_id: Uuid,
+    pub api_id: i32,
     pub period: Period,
+}
+
+/// `deltas` (sorted by key, unique) merged per (user, API, period): sorted
+/// and unique in turn, since the days of one period are neighbours.
+pub fn by_period(deltas: &[(UsageKey, UsageDelta)]) -> Vec<(MonthlyKey, UsageDelta)> {
+    let mut monthly: Vec<(MonthlyKey, UsageDelta)> = Vec::with_capacity(deltas.len());
+    for (key, delta) in deltas {
+        let key = key.monthly();
+        match monthly.last_mut() {
+            Some((last, sum)) if *last == key => sum.add(*delta),
+            _ => monthly.push((key, *delta)),
+        }
+    }
+    monthly
 }
 
 /// How much to add to a counter row.
@@ -102,6 +146,24 @@ const LINE_COLUMNS: LineColumns = (
     usage_records::failed_calls,
 );
 
+/// One API's calls on one day.
+#[derive(Debug, Clone, Queryable)]
+pub struct DayLine {
+    pub day: NaiveDate,
+    pub slug: String,
+    pub calls: i64,
+    pub failed_calls: i64,
+}
+
+/// One API's calls in one period (`period`: its first day).
+#[derive(Debug, Clone, Queryable)]
+pub struct PeriodLine {
+    pub period: NaiveDate,
+    pub slug: String,
+    pub calls: i64,
+    pub failed_calls: i64,
+}
+
 pub struct UsageRecord;
 
 impl UsageRecord {
@@ -131,8 +193,9 @@ impl UsageRecord {
     /// Adds `deltas` to their counter rows with one atomic upsert and returns
     /// the rows as it left them. `deltas` must have unique keys and be sorted
     /// by key: every writer locking rows in the same order is what keeps
-    /// concurrent flushes from deadlocking.
-    pub async fn add(conn: &mut AsyncPgConnection, deltas: &[(UsageKey, UsageDelta)]) -> QueryResult<Vec<Counters>> {
+    /// concurrent flushes from deadlocking. A flush calls it before
+    /// [`UsageDaily::add`]: a day's row is written under its month's lock.
+    pub async fn add(conn: &mut AsyncPgConnection, deltas: &[(MonthlyKey, UsageDelta)]) -> QueryResult<Vec<Counters>> {
         debug_assert!(
             deltas.windows(2).all(|w| w[0].0 < w[1].0),
             "deltas must be sorted and unique"
@@ -166,7 +229,10 @@ impl UsageRecord {
     /// that lock order; the row the insert would make (`moved` calls, all
     /// failed) satisfies the table's checks, which PostgreSQL tests before it
     /// finds the conflict. The rows exist: their calls were counted.
-    pub async fn move_to_failed(conn: &mut AsyncPgConnection, moved: &[(UsageKey, i64)]) -> QueryResult<Vec<Counters>> {
+    pub async fn move_to_failed(
+        conn: &mut AsyncPgConnection,
+        moved: &[(MonthlyKey, i64)],
+    ) -> QueryResult<Vec<Counters>> {
         debug_assert!(
             moved.windows(2).all(|w| w[0].0 < w[1].0),
             "moved must be sorted and unique"
@@ -200,6 +266,35 @@ impl UsageRecord {
             .filter(usage_records::period.eq(period.first_day()))
             .order(apis::slug)
             .select(LINE_COLUMNS)
+            .load(conn)
+            .await
+    }
+
+    /// The caller's monthly totals for the periods from `first` to `last`
+    /// (both included), by period then API; of one API when `api_id` is set.
+    pub async fn for_user_periods(
+        conn: &mut AsyncPgConnection,
+        user_id: Uuid,
+        first: Period,
+        last: Period,
+        api_id: Option<i32>,
+    ) -> QueryResult<Vec<PeriodLine>> {
+        let mut query = usage_records::table
+            .inner_join(apis::table)
+            .filter(usage_records::user_id.eq(user_id))
+            .filter(usage_records::period.between(first.first_day(), last.first_day()))
+            .into_boxed();
+        if let Some(api_id) = api_id {
+            query = query.filter(usage_records::api_id.eq(api_id));
+        }
+        query
+            .order((usage_records::period, apis::slug))
+            .select((
+                usage_records::period,
+                apis::slug,
+                usage_records::calls,
+                usage_records::failed_calls,
+            ))
             .load(conn)
             .await
     }
@@ -258,5 +353,145 @@ impl UsageRecord {
         diesel::delete(meter_flushes::table.filter(meter_flushes::applied_at.lt(older_than)))
             .execute(conn)
             .await
+    }
+}
+
+/// Daily counters: per (user, API, day in the billing zone), written only
+/// beside [`UsageRecord`]'s, in the same transaction and with the same
+/// deltas, so a period's days add up to its month (for every period that
+/// starts after [`UsageDaily::since`]).
+pub struct UsageDaily;
+
+impl UsageDaily {
+    /// Adds `deltas` (sorted, unique keys: the lock order) to their day rows
+    /// with one atomic upsert. Call it after [`UsageRecord::add`] with the
+    /// same deltas (merged by period there), in the same transaction: each
+    /// day row belongs to its month's row, which is then locked already.
+    pub async fn add(conn: &mut AsyncPgConnection, deltas: &[(UsageKey, UsageDelta)]) -> QueryResult<()> {
+        debug_assert!(
+            deltas.windows(2).all(|w| w[0].0 < w[1].0),
+            "deltas must be sorted and unique"
+        );
+        use diesel::sql_types::{Array, BigInt, Date, Integer};
+        diesel::sql_query(
+            "INSERT INTO usage_daily (user_id, api_id, day, period, calls, failed_calls) \
+             SELECT * FROM unnest($1::uuid[], $2::int4[], $3::date[], $4::date[], $5::int8[], $6::int8[]) \
+             ON CONFLICT (user_id, api_id, day) DO UPDATE SET \
+               calls = usage_daily.calls + EXCLUDED.calls, \
+               failed_calls = usage_daily.failed_calls + EXCLUDED.failed_calls",
+        )
+        .bind::<Array<diesel::sql_types::Uuid>, _>(deltas.iter().map(|(k, _)| k.user_id).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(deltas.iter().map(|(k, _)| k.api_id).collect::<Vec<_>>())
+        .bind::<Array<Date>, _>(deltas.iter().map(|(k, _)| k.day.date()).collect::<Vec<_>>())
+        .bind::<Array<Date>, _>(deltas.iter().map(|(k, _)| k.period().first_day()).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(deltas.iter().map(|(_, d)| d.calls).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(deltas.iter().map(|(_, d)| d.failed_calls).collect::<Vec<_>>())
+        .execute(conn)
+        .await
+        .map(|_| ())
+    }
+
+    /// [`UsageRecord::move_to_failed`] for the day rows (`moved`: sorted,
+    /// unique keys), after it, in the same transaction.
+    pub async fn move_to_failed(conn: &mut AsyncPgConnection, moved: &[(UsageKey, i64)]) -> QueryResult<()> {
+        debug_assert!(
+            moved.windows(2).all(|w| w[0].0 < w[1].0),
+            "moved must be sorted and unique"
+        );
+        use diesel::sql_types::{Array, BigInt, Date, Integer};
+        diesel::sql_query(
+            "INSERT INTO usage_daily (user_id, api_id, day, period, calls, failed_calls) \
+             SELECT u, a, d, p, n, n FROM unnest($1::uuid[], $2::int4[], $3::date[], $4::date[], $5::int8[]) \
+               AS m(u, a, d, p, n) \
+             ON CONFLICT (user_id, api_id, day) DO UPDATE SET \
+               failed_calls = usage_daily.failed_calls + EXCLUDED.failed_calls",
+        )
+        .bind::<Array<diesel::sql_types::Uuid>, _>(moved.iter().map(|(k, _)| k.user_id).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(moved.iter().map(|(k, _)| k.api_id).collect::<Vec<_>>())
+        .bind::<Array<Date>, _>(moved.iter().map(|(k, _)| k.day.date()).collect::<Vec<_>>())
+        .bind::<Array<Date>, _>(moved.iter().map(|(k, _)| k.period().first_day()).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(moved.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .execute(conn)
+        .await
+        .map(|_| ())
+    }
+
+    /// The caller's days from `first` to `last` (both included), by day then
+    /// API; of one API when `api_id` is set. Days without calls have no row.
+    pub async fn for_user(
+        conn: &mut AsyncPgConnection,
+        user_id: Uuid,
+        first: Day,
+        last: Day,
+        api_id: Option<i32>,
+    ) -> QueryResult<Vec<DayLine>> {
+        let mut query = usage_daily::table
+            .inner_join(apis::table.on(apis::id.eq(usage_daily::api_id)))
+            .filter(usage_daily::user_id.eq(user_id))
+            .filter(usage_daily::day.between(first.date(), last.date()))
+            .into_boxed();
+        if let Some(api_id) = api_id {
+            query = query.filter(usage_daily::api_id.eq(api_id));
+        }
+        query
+            .order((usage_daily::day, apis::slug))
+            .select((
+                usage_daily::day,
+                apis::slug,
+                usage_daily::calls,
+                usage_daily::failed_calls,
+            ))
+            .load(conn)
+            .await
+    }
+
+    /// The instant daily counting began (when its migration ran). A period
+    /// that started before it has a monthly total only; `None` only if an
+    /// operator deleted the row.
+    pub async fn since(conn: &mut AsyncPgConnection) -> QueryResult<Option<DateTime<Utc>>> {
+        usage_daily_since::table
+            .select(usage_daily_since::since)
+            .first(conn)
+            .await
+            .optional()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_merged_by_period_keeps_the_lock_order_and_every_call() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let key = |user_id, api_id, day: &str| UsageKey {
+            user_id,
+            api_id,
+            day: day.parse().unwrap(),
+        };
+        let d = |calls, failed_calls| UsageDelta { calls, failed_calls };
+        let mut deltas = vec![
+            (key(b, 1, "2026-10-31"), d(1, 0)),
+            (key(a, 2, "2026-11-01"), d(2, 2)),
+            (key(a, 1, "2026-11-02"), d(3, 1)),
+            (key(a, 1, "2026-10-30"), d(4, 0)),
+            (key(a, 1, "2026-11-01"), d(5, 0)),
+            (key(a, 1, "2026-10-31"), d(6, 1)),
+        ];
+        deltas.sort_unstable_by_key(|(k, _)| *k);
+        let monthly = |user_id, api_id, period: &str| MonthlyKey {
+            user_id,
+            api_id,
+            period: period.parse().unwrap(),
+        };
+        assert_eq!(
+            by_period(&deltas),
+            vec![
+                (monthly(a, 1, "2026-10"), d(10, 1)),
+                (monthly(a, 1, "2026-11"), d(8, 1)),
+                (monthly(a, 2, "2026-11"), d(2, 2)),
+                (monthly(b, 1, "2026-10"), d(1, 0)),
+            ]
+        );
     }
 }

@@ -101,6 +101,7 @@ route_table! {
     "/me" => get: me::get_me, patch: me::update_me;
     "/apis" => get: apis::list_apis;
     "/usage" => get: usage::get_usage;
+    "/usage/daily" => get: usage::get_daily_usage;
     // Consumers: their own cost and invoices.
     "/billing/current" => get: billing::current_cost;
     "/billing/periods/{period}" => get: billing::period_cost;

@@ -27,7 +27,7 @@ use crate::domain::text::{
     BillingText, CountryCode, Description, Email, EmailPart, EventId, GatewayPrefix, HttpMethod, KeyName, Name,
     Password, PaymentMethod, ProviderText, Reference, RoutePattern, Slug, UpstreamUrl, UserRef,
 };
-use crate::domain::{Currency, Period};
+use crate::domain::{Currency, Day, Period};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
     admin, admin_users, api_keys, apis, auth, billing, finance, health, invoices, me, tools, usage, webhooks,
@@ -55,6 +55,7 @@ use crate::routes::{
         me::update_me,
         apis::list_apis,
         usage::get_usage,
+        usage::get_daily_usage,
         billing::current_cost,
         billing::period_cost,
         invoices::list_invoices,
@@ -82,7 +83,7 @@ use crate::routes::{
         tools::echo,
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, Period, Currency, DecimalString, tools::TimeZoneName, ExportFormat,
+        ErrorBody, ErrorDetail, Period, Day, Currency, DecimalString, tools::TimeZoneName, ExportFormat,
         Name, KeyName, Reference, PaymentMethod, Description, BillingText, EventId, ProviderText,
         Email, EmailPart, Password, Slug, HttpMethod, RoutePattern, GatewayPrefix, UpstreamUrl, CountryCode, UserRef,
     )),

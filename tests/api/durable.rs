@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use payg::billing::usage_cost::{self, BatchOutcome, Settlement};
-use payg::domain::{Currency, Period};
+use payg::domain::{Currency, Day};
 use payg::models::usage::{FlushId, UsageDelta, UsageKey};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -170,7 +170,7 @@ async fn a_given_up_group_ends_up_failed_whether_or_not_its_commit_landed() {
     let key = UsageKey {
         user_id: user.id,
         api_id: api_id(db, "tools-uuid").await,
-        period: Period::containing(Utc::now(), chrono_tz::Tz::UTC),
+        day: Day::containing(Utc::now(), chrono_tz::Tz::UTC),
     };
     let deltas = [(
         key,

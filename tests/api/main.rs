@@ -21,3 +21,4 @@ mod outage;
 mod profile;
 mod push;
 mod upstream;
+mod usage_daily;

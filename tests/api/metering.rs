@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use payg::billing::usage_cost::{self, BatchOutcome};
-use payg::domain::{ManualClock, Period};
+use payg::domain::{Day, ManualClock, Period};
 use payg::models::usage::{FlushId, UsageDelta, UsageKey};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -193,7 +193,7 @@ async fn a_retried_flush_whose_commit_already_landed_is_not_applied_twice() {
     let key = UsageKey {
         user_id: user.id,
         api_id: api_id(&db, "tools-uuid").await,
-        period: Period::containing(Utc::now(), chrono_tz::Tz::UTC),
+        day: Day::containing(Utc::now(), chrono_tz::Tz::UTC),
     };
     let deltas = [(
         key,
