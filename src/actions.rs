@@ -376,3 +376,43 @@ pub async fn update_api(
     state.reload_catalog().await?;
     Ok(updated)
 }
+
+/// Before this instant, an unpaid invoice's due date makes its user overdue
+/// (the same test authentication applies).
+fn overdue_cutoff(state: &AppState) -> chrono::DateTime<Utc> {
+    state.now() - chrono::Duration::days(i64::from(state.config.billing.overdue_days))
+}
+
+/// Users whose email contains `email_part` (any case; everyone without
+/// it), by email, paged: `page` from 1, `per_page` 1 to 500.
+pub async fn find_users(
+    state: &AppState,
+    email_part: Option<&crate::domain::text::EmailPart>,
+    page: i64,
+    per_page: i64,
+) -> Result<(Vec<crate::models::user::UserSummary>, i64), ApiError> {
+    if page < 1 || !(1..=500).contains(&per_page) {
+        return Err(ApiError::validation("page must be ≥ 1 and per_page between 1 and 500"));
+    }
+    // Stored emails are lower-cased and in NFC: look for the same spelling.
+    let email = email_part.map(|part| Email::canonical(part.as_str()));
+    let mut conn = conn(state).await?;
+    Ok(User::search(&mut conn, email.as_deref(), overdue_cutoff(state), page, per_page).await?)
+}
+
+/// An admin changes a user's role and/or status (`auth::accounts` decides
+/// whether they may; every instance hears it).
+pub async fn change_user(
+    state: &AppState,
+    admin_id: Uuid,
+    user_id: Uuid,
+    change: crate::models::user::StandingChange,
+) -> Result<crate::models::user::UserSummary, ApiError> {
+    let mut conn = conn(state).await?;
+    let user =
+        crate::auth::accounts::change_standing(&mut conn, &*state.authenticator, user_id, change, Some(admin_id))
+            .await?;
+    User::summary(&mut conn, user.id, overdue_cutoff(state))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))
+}

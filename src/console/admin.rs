@@ -14,11 +14,12 @@ use crate::catalog::{self, UpstreamSettings};
 use crate::domain::Period;
 use crate::domain::gateway as gw;
 use crate::domain::pricing::{PriceVersion, Tier};
-use crate::domain::text::{Description, HttpMethod, Name, RoutePattern, Slug, UpstreamUrl};
+use crate::domain::text::{Description, EmailPart, HttpMethod, Name, RoutePattern, Slug, UpstreamUrl};
 use crate::error::ApiError;
 use crate::models::Api;
 use crate::models::api::{ApiChanges, UpstreamUpdate};
 use crate::models::price::PriceBook;
+use crate::models::user::{Role, StandingChange, UserStatus};
 
 fn admin_only(signed: &Signed) -> Result<(), PageError> {
     signed.user.0.require_admin().map_err(ApiError::from)?;
@@ -271,14 +272,100 @@ pub async fn schedule_price(signed: Signed, id: web::Path<String>, form: web::Fo
     Ok(page::see_other(&format!("/console/admin/apis/{id}?done={done}")))
 }
 
-/// `GET /console/admin/users`.
-pub async fn users(signed: Signed) -> PageResult {
-    admin_only(&signed)?;
-    Err(ApiError::not_found("users").into())
+#[derive(Deserialize)]
+pub struct UsersQuery {
+    email: Option<String>,
+    page: Option<i64>,
+    done: Option<String>,
 }
 
-/// `POST /console/admin/users/{id}`.
-pub async fn update_user(signed: Signed) -> PageResult {
+const USERS_PER_PAGE: i64 = 50;
+
+/// `GET /console/admin/users?email=&page=`: find users by part of their
+/// email (as `GET /api/v1/admin/users`), change a role or status.
+pub async fn users(signed: Signed, query: web::Query<UsersQuery>) -> PageResult {
     admin_only(&signed)?;
-    Err(ApiError::not_found("users").into())
+    let q = query.into_inner();
+    let email = q.email.as_deref().unwrap_or("").trim().to_owned();
+    let part = (!email.is_empty())
+        .then(|| email.parse::<EmailPart>())
+        .transpose()
+        .map_err(PageError::from)?;
+    let page_no = q.page.unwrap_or(1);
+    let (found, total) = actions::find_users(&signed.state, part.as_ref(), page_no, USERS_PER_PAGE).await?;
+    let done = q.done.as_deref().map(|email| format!("{email} updated."));
+    let me = signed.user.id();
+    let main = html! {
+        main {
+            p { a href="/console/admin" { "← Admin" } }
+            h1 { "Users" }
+            (page::notice(done.as_deref(), "ok"))
+            form.inline method="get" action="/console/admin/users" {
+                label for="email" { "Email contains" }
+                input #email type="text" name="email" value=(email) maxlength="254";
+                button type="submit" { "Find" }
+            }
+            p.muted { (total) " users" }
+            @if found.is_empty() { (page::empty("No user matches.")) } @else {
+                div.scroll { table #users {
+                    thead { tr {
+                        th scope="col" { "User" } th scope="col" { "Since" } th.num scope="col" { "Cost so far" }
+                        th scope="col" { "Role and status" }
+                    } }
+                    tbody { @for u in &found { tr {
+                        td { (u.email) br; span.muted { (u.name) } @if u.overdue { " " span.badge.issued { "overdue" } } }
+                        td data-label="Since" { (signed.when(u.created_at)) }
+                        td.num data-label="Cost so far" { (money(u.total_cost, signed.state.config.billing.currency.code())) }
+                        td data-label="Role and status" {
+                            @if u.id == me {
+                                (u.role) ", " (u.status) br; span.muted { "your own account: another admin changes it" }
+                            } @else {
+                                form.inline method="post" action={"/console/admin/users/" (u.id)} {
+                                    (signed.csrf_field())
+                                    label.sr-only for={"role-" (u.id)} { "Role of " (u.email) }
+                                    select id={"role-" (u.id)} name="role" {
+                                        @for r in [Role::Consumer, Role::Finance, Role::Admin] { option value=(r) selected[u.role == r] { (r) } }
+                                    }
+                                    label.sr-only for={"status-" (u.id)} { "Status of " (u.email) }
+                                    select id={"status-" (u.id)} name="status" {
+                                        @for st in [UserStatus::Active, UserStatus::Suspended] { option value=(st) selected[u.status == st] { (st) } }
+                                    }
+                                    button type="submit" { "Save" }
+                                }
+                            }
+                        }
+                    } } }
+                } }
+                nav.pager aria-label="Pages" {
+                    @if page_no > 1 { a href={"/console/admin/users?email=" (page::query_value(&email)) "&page=" (page_no - 1)} { "← Previous" } }
+                    span { "Page " (page_no) }
+                    @if page_no * USERS_PER_PAGE < total { a href={"/console/admin/users?email=" (page::query_value(&email)) "&page=" (page_no + 1)} { "Next →" } }
+                }
+            }
+        }
+    };
+    Ok(signed.page("Users", "/console/admin", main))
+}
+
+#[derive(Deserialize)]
+pub struct UserForm {
+    role: Role,
+    status: UserStatus,
+}
+
+/// `POST /console/admin/users/{id}`: as `PATCH /api/v1/admin/users/{id}`
+/// (an admin cannot demote or suspend their own account: 409).
+pub async fn update_user(signed: Signed, id: web::Path<String>, form: web::Form<UserForm>) -> PageResult {
+    admin_only(&signed)?;
+    let id: uuid::Uuid = id.parse().map_err(|_| ApiError::not_found("no such user"))?;
+    let f = form.into_inner();
+    let change = StandingChange {
+        role: Some(f.role),
+        status: Some(f.status),
+    };
+    let user = actions::change_user(&signed.state, signed.user.id(), id, change).await?;
+    let email = page::query_value(&user.email);
+    Ok(page::see_other(&format!(
+        "/console/admin/users?email={email}&done={email}"
+    )))
 }

@@ -198,9 +198,9 @@ pub async fn invoices(signed: Signed, query: web::Query<SearchQuery>) -> PageRes
     drop(conn);
     let keep = format!(
         "period={}&status={}&user={}",
-        q.period.as_deref().unwrap_or(""),
-        q.status.as_deref().unwrap_or(""),
-        q.user.as_deref().unwrap_or("")
+        page::query_value(q.period.as_deref().unwrap_or("")),
+        page::query_value(q.status.as_deref().unwrap_or("")),
+        page::query_value(q.user.as_deref().unwrap_or(""))
     );
     let main = html! {
         main {

@@ -271,6 +271,14 @@ pub fn see_other(location: &str) -> HttpResponse {
         .finish()
 }
 
+/// A value for a query string, percent-encoded (the page escapes it for
+/// HTML besides).
+pub fn query_value(text: &str) -> String {
+    serde_urlencoded::to_string([("v", text)])
+        .map(|s| s.trim_start_matches("v=").to_owned())
+        .unwrap_or_default()
+}
+
 /// An amount exactly as the API writes it, with its currency.
 pub fn money(amount: Decimal, currency: &str) -> Markup {
     html! { span.money { (amount) " " (currency) } }

@@ -6,19 +6,17 @@ use std::borrow::Cow;
 use std::str::FromStr;
 
 use actix_web::{HttpResponse, web};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::actions;
 use crate::app::AppState;
-use crate::auth::accounts;
-use crate::domain::text::{Email, EmailPart};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::domain::text::EmailPart;
+use crate::error::{ApiResult, ErrorBody};
 use crate::models::user::{StandingChange, UserSummary};
-use crate::models::{Role, User, UserStatus};
-use crate::routes::conn;
+use crate::models::{Role, UserStatus};
 use crate::routes::extract::AdminUser;
 use crate::routes::json::Json;
 
@@ -46,10 +44,6 @@ pub struct UserPage {
 
 /// An issued invoice due before this instant makes its user overdue (as
 /// authentication reads it).
-fn overdue_cutoff(state: &AppState) -> DateTime<Utc> {
-    state.now() - chrono::Duration::days(i64::from(state.config.billing.overdue_days))
-}
-
 /// Users, by email, optionally only those whose email contains a text;
 /// paged like the finance invoice list.
 #[utoipa::path(
@@ -73,13 +67,7 @@ pub async fn list_users(
     let q = query.into_inner();
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(50);
-    if page < 1 || !(1..=500).contains(&per_page) {
-        return Err(ApiError::validation("page must be ≥ 1 and per_page between 1 and 500"));
-    }
-    // Stored emails are lower-cased and in NFC: look for the same spelling.
-    let email = q.email.map(|part| Email::canonical(part.as_str()));
-    let mut conn = conn(&state.db).await?;
-    let (users, total) = User::search(&mut conn, email.as_deref(), overdue_cutoff(&state), page, per_page).await?;
+    let (users, total) = actions::find_users(&state, q.email.as_ref(), page, per_page).await?;
     Ok(HttpResponse::Ok().json(json!({
         "users": users, "page": page, "per_page": per_page, "total": total,
     })))
@@ -147,10 +135,6 @@ pub async fn update_user(
         role: b.role,
         status: b.status,
     };
-    let mut conn = conn(&state.db).await?;
-    let user = accounts::change_standing(&mut conn, &*state.authenticator, *id, change, Some(admin.id())).await?;
-    let summary = User::summary(&mut conn, user.id, overdue_cutoff(&state))
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let summary = actions::change_user(&state, admin.id(), *id, change).await?;
     Ok(HttpResponse::Ok().json(summary))
 }

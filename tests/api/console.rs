@@ -592,3 +592,45 @@ async fn an_expired_access_cookie_is_renewed_from_the_refresh_cookie_and_a_revok
     assert_eq!(res.status(), 303);
     assert_eq!(location(&res), "/console/sign-in");
 }
+
+#[tokio::test]
+async fn an_admin_finds_a_user_by_email_and_changes_their_role_but_not_their_own() {
+    let app = TestApp::spawn().await;
+    let admin = app.user_with_role("admin").await;
+    let consumer = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&admin.email).await;
+    let part = &consumer.email[..12];
+    let (status, page) = browser
+        .get_text(&format!("/console/admin/users?email={}", part.to_uppercase()))
+        .await;
+    assert_eq!(status, 200);
+    assert!(page.contains(&consumer.email), "found in any case");
+    assert_eq!(
+        page.matches(&admin.email).count(),
+        1,
+        "only in the header: only matches are listed"
+    );
+
+    let res = browser
+        .submit(
+            "/console/admin/users",
+            &format!("/console/admin/users/{}", consumer.id),
+            &[("role", "finance"), ("status", "active")],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let res = app.get_auth("/api/v1/finance/invoices", &consumer.token).await;
+    assert_eq!(res.status(), 200, "the new role applies on the next call");
+
+    let own = browser
+        .submit(
+            "/console/admin/users",
+            &format!("/console/admin/users/{}", admin.id),
+            &[("role", "consumer"), ("status", "active")],
+        )
+        .await;
+    assert_eq!(own.status(), 409);
+    let res = app.get_auth("/api/v1/admin/users", &admin.token).await;
+    assert_eq!(res.status(), 200, "still an admin");
+}
