@@ -223,6 +223,39 @@ pub async fn end_session(state: &AppState, caller: &Caller, also_refresh_token: 
     Ok(())
 }
 
+/// Ends the session a refresh token belongs to, when no live access token
+/// is at hand (the console's expired one): its refresh tokens revoked, the
+/// session deny-listed everywhere. An unknown token ends nothing.
+pub async fn end_session_by_refresh_token(state: &AppState, presented: &str) -> Result<(), ApiError> {
+    if !presented.starts_with(sessions::REFRESH_TOKEN_PREFIX) || presented.len() > 128 {
+        return Ok(());
+    }
+    let mut conn = conn(state).await?;
+    let Some((family, user_id)) =
+        sessions::session_of_refresh_token(&mut conn, state.authenticator.hasher(), presented).await?
+    else {
+        return Ok(());
+    };
+    sessions::revoke_family(&mut conn, family, user_id, Utc::now()).await?;
+    drop(conn);
+    if !state
+        .authenticator
+        .deny(DeniedId::Session(family), session_denied_until(state))
+        .await
+    {
+        tracing::warn!(user_id = %user_id, "logout could not deny-list the session (Redis unavailable)");
+        return Err(ApiError::logout_incomplete());
+    }
+    Ok(())
+}
+
+/// Starts a session for a user who just registered (their password was
+/// hashed a moment ago: no second argon2 run, no second attempt spent).
+pub async fn start_session(state: &AppState, user: &User) -> Result<IssuedSession, ApiError> {
+    let mut conn = conn(state).await?;
+    Ok(sessions::start(&mut conn, issuer(state), user, Utc::now()).await?)
+}
+
 /// A key just created: its row and, this once, the full key.
 pub struct CreatedKey {
     pub row: ApiKey,

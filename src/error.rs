@@ -652,13 +652,23 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
 }
 
 pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::validation(format!("invalid query string: {err}")).into()
+    bad_query(&err).into()
+}
+
+/// 400: a query string the handler's type cannot take.
+pub fn bad_query(err: &QueryPayloadError) -> ApiError {
+    ApiError::validation(format!("invalid query string: {err}"))
 }
 
 /// A path whose parameters do not parse names no resource: 404, as actix
 /// itself would answer, but in the envelope.
 pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::not_found(format!("no such resource: {err}")).into()
+    bad_path(&err).into()
+}
+
+/// 404: path parameters that do not parse name no resource.
+pub fn bad_path(err: &PathError) -> ApiError {
+    ApiError::not_found(format!("no such resource: {err}"))
 }
 
 /// Fallback for responses actix produces itself (unknown route, wrong method,

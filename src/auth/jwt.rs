@@ -175,6 +175,15 @@ impl JwtKeys {
         Some(verified)
     }
 
+    /// The session a token of ours was issued in, expired or not: it binds
+    /// a console form to its session across the access token's renewals.
+    /// Never a reason to let anyone in (that is [`Self::verified`]).
+    pub fn session_of(&self, token: &str) -> Option<Uuid> {
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        decode::<Claims>(token, &self.decoding, &validation).ok()?.claims.sid
+    }
+
     pub fn verify(&self, token: &str) -> Option<Claims> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         let claims = data.claims;

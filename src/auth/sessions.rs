@@ -214,3 +214,15 @@ pub async fn family_of(
         .filter(|t| t.user_id == user_id)
         .map(|t| t.family_id))
 }
+
+/// The session (family) and user of a refresh token, whoever holds it: for
+/// ending a session whose access token has expired.
+pub async fn session_of_refresh_token(
+    conn: &mut AsyncPgConnection,
+    hasher: &TokenHasher,
+    presented: &str,
+) -> Result<Option<(Uuid, Uuid)>, DieselError> {
+    Ok(RefreshToken::lock_by_hash(conn, &hasher.hash(presented))
+        .await?
+        .map(|t| (t.family_id, t.user_id)))
+}

@@ -4,19 +4,27 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::page::{self, ConsoleUser, PageError, PageResult, Signed};
+use super::page::{self, PageError, PageResult, Signed};
 use super::session;
 use crate::actions;
 use crate::app::AppState;
+use crate::auth::{AuthError, Purpose};
 use crate::domain::text::{BillingText, CountryCode, Email, Name, Password, clearable};
 use crate::error::ApiError;
 use crate::models::User;
 use crate::models::user::ProfileChanges;
 
-/// Where to go after signing in: a console path only (never another site).
+/// Where to go after signing in: a console path only (never another site),
+/// in plain URL characters (so it is a valid `Location` as it is).
 fn next_or_home(next: Option<&str>) -> &str {
+    let safe = |n: &str| {
+        (n == "/console" || n.starts_with("/console/") || n.starts_with("/console?"))
+            && n.len() <= 512
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/?=&-_.~%+".contains(&b))
+    };
     match next {
-        Some(n) if n.starts_with("/console") && !n.starts_with("//") && !n.contains("\\") => n,
+        Some(n) if safe(n) => n,
         _ => "/console",
     }
 }
@@ -68,6 +76,7 @@ pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
     let SignInForm { email, password, next } = form.into_inner();
     match actions::log_in(&state, &req, &email, password).await {
         Ok(issued) => {
+            end_previous_session(&state, &req).await;
             session::renew_csrf(&state, &req);
             session::keep_session(&state, &req, issued);
             page::see_other(next_or_home(next.as_deref()))
@@ -83,6 +92,15 @@ pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
                 ),
             )
         }
+    }
+}
+
+/// Signing in over a session this browser still holds ends that one: its
+/// cookies are about to be replaced, and nothing else could end it. Best
+/// effort: a failure (logged) does not stand in the way of the new session.
+async fn end_previous_session(state: &AppState, req: &HttpRequest) {
+    if let Some(previous) = session::refresh_cookie(req) {
+        let _ = actions::end_session_by_refresh_token(state, &previous).await;
     }
 }
 
@@ -132,11 +150,12 @@ pub async fn sign_up(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
     let outcome = async {
         let checked: (Email, Password, Name) = (email.parse()?, password.parse()?, name.parse()?);
         let user = actions::register(&state, &req, checked.0, checked.1, checked.2).await?;
-        actions::log_in(&state, &req, &user.email, password.clone()).await
+        actions::start_session(&state, &user).await
     }
     .await;
     match outcome {
         Ok(issued) => {
+            end_previous_session(&state, &req).await;
             session::renew_csrf(&state, &req);
             session::keep_session(&state, &req, issued);
             page::see_other("/console")
@@ -156,11 +175,30 @@ pub async fn sign_up(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
 }
 
 /// `POST /console/sign-out`: ends the session on every instance, as
-/// `POST /auth/logout` does, and clears the cookies. Without a session it
-/// only clears them.
-pub async fn sign_out(state: web::Data<AppState>, req: HttpRequest, user: Option<ConsoleUser>) -> PageResult {
-    if let Some(user) = user {
-        actions::end_session(&state, &user.0, session::refresh_cookie(&req).as_deref()).await?;
+/// `POST /auth/logout` does (an expired access token's session is ended by
+/// its refresh token), then clears the cookies. When the session cannot be
+/// ended (the database or Redis is down), the error page says so and the
+/// cookies stay, so signing out again finishes the job.
+pub async fn sign_out(state: web::Data<AppState>, req: HttpRequest) -> PageResult {
+    let refresh = session::refresh_cookie(&req);
+    let access = req.cookie(session::SESSION_COOKIE).map(|c| c.value().to_owned());
+    let caller = match &access {
+        Some(token) => {
+            state
+                .authenticator
+                .authenticate_access_token(token, Purpose::EndSession)
+                .await
+        }
+        None => Err(AuthError::Unauthenticated),
+    };
+    match caller {
+        Ok(caller) => actions::end_session(&state, &caller, refresh.as_deref()).await?,
+        Err(AuthError::InvalidToken | AuthError::Unauthenticated | AuthError::Suspended) => {
+            if let Some(refresh) = &refresh {
+                actions::end_session_by_refresh_token(&state, refresh).await?;
+            }
+        }
+        Err(other) => return Err(ApiError::from(other).into()),
     }
     session::forget_session(&state, &req);
     Ok(page::see_other("/console/sign-in"))

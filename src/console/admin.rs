@@ -5,13 +5,13 @@
 use actix_web::web;
 use chrono::NaiveDate;
 use maud::{Markup, html};
-use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use super::page::{self, PageError, PageResult, Signed, money};
 use crate::actions;
 use crate::catalog::{self, UpstreamSettings};
 use crate::domain::Period;
+use crate::domain::currency::parse_decimal_string;
 use crate::domain::gateway as gw;
 use crate::domain::pricing::{PriceVersion, Tier};
 use crate::domain::text::{Description, EmailPart, HttpMethod, Name, RoutePattern, Slug, UpstreamUrl};
@@ -55,7 +55,7 @@ pub async fn catalog(signed: Signed, query: web::Query<Done>) -> PageResult {
     let main = html! {
         main {
             h1 { "Admin" }
-            (page::notice(query.done.as_deref().map(|_| "API added."), "ok"))
+            (page::notice((query.done.as_deref() == Some("added")).then_some("API added."), "ok"))
             p { a href="/console/admin/users" { "Users →" } }
             h2 { "Catalog" }
             div.scroll { table #catalog {
@@ -242,11 +242,7 @@ pub async fn schedule_price(signed: Signed, id: web::Path<String>, form: web::Fo
     admin_only(&signed)?;
     let id: i32 = id.parse().map_err(|_| ApiError::not_found("no such API"))?;
     let f = form.into_inner();
-    let unit_price: Decimal = f
-        .unit_price
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::validation("the price must be a decimal number, e.g. 0.001"))?;
+    let unit_price = parse_decimal_string(f.unit_price.trim()).map_err(ApiError::validation)?;
     let free_calls: i64 = match f.free_calls.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(n) => n
             .parse()
@@ -291,15 +287,15 @@ pub async fn users(signed: Signed, query: web::Query<UsersQuery>) -> PageResult 
         .then(|| email.parse::<EmailPart>())
         .transpose()
         .map_err(PageError::from)?;
-    let page_no = q.page.unwrap_or(1);
+    let page_no = page::page_number(q.page)?;
     let (found, total) = actions::find_users(&signed.state, part.as_ref(), page_no, USERS_PER_PAGE).await?;
-    let done = q.done.as_deref().map(|email| format!("{email} updated."));
+    let done = (q.done.as_deref() == Some("saved")).then_some("Saved.");
     let me = signed.user.id();
     let main = html! {
         main {
             p { a href="/console/admin" { "← Admin" } }
             h1 { "Users" }
-            (page::notice(done.as_deref(), "ok"))
+            (page::notice(done, "ok"))
             form.inline method="get" action="/console/admin/users" {
                 label for="email" { "Email contains" }
                 input #email type="text" name="email" value=(email) maxlength="254";
@@ -336,11 +332,7 @@ pub async fn users(signed: Signed, query: web::Query<UsersQuery>) -> PageResult 
                         }
                     } } }
                 } }
-                nav.pager aria-label="Pages" {
-                    @if page_no > 1 { a href={"/console/admin/users?email=" (page::query_value(&email)) "&page=" (page_no - 1)} { "← Previous" } }
-                    span { "Page " (page_no) }
-                    @if page_no * USERS_PER_PAGE < total { a href={"/console/admin/users?email=" (page::query_value(&email)) "&page=" (page_no + 1)} { "Next →" } }
-                }
+                (page::pager(&format!("/console/admin/users?email={}", page::query_value(&email)), page_no, USERS_PER_PAGE, total))
             }
         }
     };
@@ -366,6 +358,6 @@ pub async fn update_user(signed: Signed, id: web::Path<String>, form: web::Form<
     let user = actions::change_user(&signed.state, signed.user.id(), id, change).await?;
     let email = page::query_value(&user.email);
     Ok(page::see_other(&format!(
-        "/console/admin/users?email={email}&done={email}"
+        "/console/admin/users?email={email}&done=saved"
     )))
 }

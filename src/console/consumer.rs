@@ -34,7 +34,10 @@ pub fn projected_cost(statement: &Statement, now: DateTime<Utc>, tz: chrono_tz::
     if elapsed <= 0 || whole <= 0 {
         return None;
     }
-    let projected = statement.total * Decimal::from(whole) / Decimal::from(elapsed);
+    let projected = statement
+        .total
+        .checked_mul(Decimal::from(whole))?
+        .checked_div(Decimal::from(elapsed))?;
     Some(round_to_minor_unit(projected, statement.currency))
 }
 
@@ -50,6 +53,7 @@ fn statement_table(statement: &Statement) -> Markup {
                         th scope="col" { "API" }
                         th.num scope="col" { "Calls" }
                         th.num scope="col" { "Failed" }
+                        th.num scope="col" { "Billable" }
                         th.num scope="col" { "Free" }
                         th.num scope="col" { "Charged" }
                         th.num scope="col" { "Unit price" }
@@ -61,6 +65,7 @@ fn statement_table(statement: &Statement) -> Markup {
                                 td { code { (line.slug) } br; span.muted { (line.name) } }
                                 td.num data-label="Calls" { (line.priced.calls) }
                                 td.num data-label="Failed" { (line.priced.failed_calls) }
+                                td.num data-label="Billable" { (line.priced.billable_calls) }
                                 td.num data-label="Free" { (line.priced.free_calls) }
                                 td.num data-label="Charged" { (line.priced.charged_calls) }
                                 td.num data-label="Unit price" { (money(line.priced.unit_price, currency)) }
@@ -69,7 +74,7 @@ fn statement_table(statement: &Statement) -> Markup {
                         }
                     }
                     tfoot { tr {
-                        th scope="row" colspan="6" { "Total" }
+                        th scope="row" colspan="7" { "Total" }
                         td.num { (money(statement.total, currency)) }
                     } }
                 }
@@ -216,6 +221,7 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                         th scope="col" { "API" }
                         th.num scope="col" { "Calls" }
                         th.num scope="col" { "Failed" }
+                        th.num scope="col" { "Billable" }
                         th.num scope="col" { "Free" }
                         th.num scope="col" { "Charged" }
                         th.num scope="col" { "Unit price" }
@@ -228,6 +234,7 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                                 td { (line.api_name) br; code { (line.api_slug) } }
                                 td.num data-label="Calls" { (line.priced.calls) }
                                 td.num data-label="Failed" { (line.priced.failed_calls) }
+                                td.num data-label="Billable" { (line.priced.billable_calls) }
                                 td.num data-label="Free" { (line.priced.free_calls) }
                                 td.num data-label="Charged" { (line.priced.charged_calls) }
                                 td.num data-label="Unit price" { (money(line.priced.unit_price, currency)) }
@@ -236,9 +243,9 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                         }
                     }
                     tfoot {
-                        tr { th scope="row" colspan="7" { "Subtotal" } td.num { (money(inv.subtotal, currency)) } }
-                        tr.total { th scope="row" colspan="7" { "Total" } td.num #invoice-total { (money(inv.total, currency)) } }
-                        tr { th scope="row" colspan="7" { "Paid" } td.num { (money(inv.amount_paid, currency)) } }
+                        tr { th scope="row" colspan="8" { "Subtotal" } td.num { (money(inv.subtotal, currency)) } }
+                        tr.total { th scope="row" colspan="8" { "Total" } td.num #invoice-total { (money(inv.total, currency)) } }
+                        tr { th scope="row" colspan="8" { "Paid" } td.num { (money(inv.amount_paid, currency)) } }
                     }
                 }
             }

@@ -15,6 +15,7 @@ use crate::billing::close;
 use crate::billing::export::{self, ExportFormat};
 use crate::billing::payments::{PaymentInput, PaymentSource};
 use crate::domain::Period;
+use crate::domain::currency::parse_decimal_string;
 use crate::domain::text::{PaymentMethod, Reference, UserRef};
 use crate::error::ApiError;
 use crate::models::Invoice;
@@ -47,7 +48,12 @@ pub async fn periods(signed: Signed, query: web::Query<Done>) -> PageResult {
         period = period.previous();
     }
     drop(conn);
-    let done = query.done.as_deref().map(|p| format!("{p} is closed."));
+    // Only a period is echoed: a link cannot make the page say anything else.
+    let done = query
+        .done
+        .as_deref()
+        .and_then(|p| p.parse::<Period>().ok())
+        .map(|p| format!("{p} is closed."));
     let main = html! {
         main {
             h1 { "Finance" }
@@ -112,7 +118,23 @@ pub async fn period(signed: Signed, period: web::Path<String>) -> PageResult {
             }
             @if !report.discrepancies.is_empty() {
                 h2 { "Discrepancies" }
-                p.muted { (report.discrepancies.len()) " lines differ between usage and invoices; the JSON reconciliation (" code { "GET /api/v1/finance/periods/" (period) "/reconciliation" } ") lists them." }
+                p.muted { "Usage recorded (priced now) that differs from what was invoiced: calls that arrived after the close, or a user without an invoice." }
+                div.scroll { table #discrepancies {
+                    thead { tr {
+                        th scope="col" { "User" } th scope="col" { "Invoice" } th scope="col" { "API" }
+                        th.num scope="col" { "Calls recorded" } th.num scope="col" { "Calls invoiced" }
+                        th.num scope="col" { "Recorded" } th.num scope="col" { "Invoiced" }
+                    } }
+                    tbody { @for d in &report.discrepancies { tr {
+                        td { (d.email) }
+                        td data-label="Invoice" { (d.invoice_number.as_deref().unwrap_or("none")) }
+                        td data-label="API" { code { (d.slug) } }
+                        td.num data-label="Calls recorded" { (d.recorded.calls) }
+                        td.num data-label="Calls invoiced" { (d.invoiced.as_ref().map_or(0, |l| l.calls)) }
+                        td.num data-label="Recorded" { (money(d.recorded.amount, code)) }
+                        td.num data-label="Invoiced" { (money(d.invoiced.as_ref().map_or(Decimal::ZERO, |l| l.amount), code)) }
+                    } } }
+                } }
             }
             @if ended && !report.closed {
                 section.danger-zone {
@@ -177,10 +199,7 @@ pub async fn invoices(signed: Signed, query: web::Query<SearchQuery>) -> PageRes
         .map(|u| u.parse::<UserRef>())
         .transpose()
         .map_err(PageError::from)?;
-    let page_no = q.page.unwrap_or(1);
-    if page_no < 1 {
-        return Err(ApiError::validation("page must be ≥ 1").into());
-    }
+    let page_no = page::page_number(q.page)?;
     let mut filter = InvoiceFilter {
         period: period.map(Period::first_day),
         status,
@@ -234,11 +253,7 @@ pub async fn invoices(signed: Signed, query: web::Query<SearchQuery>) -> PageRes
                         td data-label="Status" { span class={"badge " (inv.status)} { (inv.status) } }
                     } } }
                 } }
-                nav.pager aria-label="Pages" {
-                    @if page_no > 1 { a href={"/console/finance/invoices?" (keep) "&page=" (page_no - 1)} { "← Previous" } }
-                    span { "Page " (page_no) }
-                    @if page_no * PER_PAGE < total { a href={"/console/finance/invoices?" (keep) "&page=" (page_no + 1)} { "Next →" } }
-                }
+                (page::pager(&format!("/console/finance/invoices?{keep}"), page_no, PER_PAGE, total))
             }
         }
     };
@@ -288,10 +303,11 @@ pub async fn invoice(signed: Signed, id: web::Path<String>, query: web::Query<Do
     drop(conn);
     let zone = signed.zone();
     let when = |at| page::instant(at, zone);
-    let done = query.done.as_deref().map(|d| match d {
-        "void" => "Invoice voided.",
-        "duplicate" => "That payment was already recorded; nothing changed.",
-        _ => "Payment recorded.",
+    let done = query.done.as_deref().and_then(|d| match d {
+        "void" => Some("Invoice voided."),
+        "duplicate" => Some("That payment was already recorded; nothing changed."),
+        "payment" => Some("Payment recorded."),
+        _ => None,
     });
     let main = html! {
         main {
@@ -316,11 +332,7 @@ pub async fn record_payment(signed: Signed, id: web::Path<String>, form: web::Fo
     finance_only(&signed)?;
     let id: Uuid = id.parse().map_err(|_| ApiError::not_found("invoice not found"))?;
     let f = form.into_inner();
-    let amount: Decimal = f
-        .amount
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::validation("the amount must be a decimal number, e.g. 12.50"))?;
+    let amount = parse_decimal_string(f.amount.trim()).map_err(ApiError::validation)?;
     let input = PaymentInput {
         amount,
         currency: None,

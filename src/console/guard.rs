@@ -24,10 +24,11 @@ pub async fn guard(
     mut req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .cloned()
-        .ok_or_else(|| actix_web::error::ErrorInternalServerError("AppState is not registered"))?;
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        let err = ApiError::internal(anyhow::anyhow!("AppState is not registered"));
+        let res = page::error_response(&err);
+        return Ok(secure(req.into_response(res)));
+    };
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         let body = read_body(&mut req).await;
         let refused = match &body {

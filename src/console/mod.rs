@@ -25,6 +25,8 @@ pub mod session;
 
 use actix_web::{HttpResponse, web};
 
+use crate::error::ApiError;
+
 /// Where the console lives.
 pub const CONSOLE_PREFIX: &str = "/console";
 
@@ -39,6 +41,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope(CONSOLE_PREFIX)
                 .wrap(actix_web::middleware::from_fn(guard::guard))
                 .app_data(web::FormConfig::default().limit(64 * 1024).error_handler(form_error))
+                .app_data(web::QueryConfig::default().error_handler(query_error))
+                .app_data(web::PathConfig::default().error_handler(path_error))
                 .route("", web::get().to(consumer::this_month))
                 .route("/", web::get().to(consumer::this_month))
                 .route("/sign-in", web::get().to(account::sign_in_form))
@@ -93,8 +97,15 @@ async fn not_found() -> HttpResponse {
 /// A form body actix could not read into the handler's type (a missing
 /// or malformed field): the same 400 the API gives a bad body.
 fn form_error(err: actix_web::error::UrlencodedError, _req: &actix_web::HttpRequest) -> actix_web::Error {
-    page::PageError(crate::error::ApiError::validation(format!(
-        "the form is not valid: {err}"
-    )))
-    .into()
+    page::PageError(ApiError::validation(format!("the form is not valid: {err}"))).into()
+}
+
+/// A query string the handler's type cannot take: the API's 400, as a page.
+fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    page::PageError(crate::error::bad_query(&err)).into()
+}
+
+/// A path segment the handler's type cannot take: the API's 404, as a page.
+fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    page::PageError(crate::error::bad_path(&err)).into()
 }

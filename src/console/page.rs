@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use super::assets;
 use super::session::{self, CSRF_FIELD, SIGN_IN};
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, Purpose};
 use crate::error::ApiError;
 use crate::models::user::{Role, User};
 
@@ -169,7 +169,12 @@ impl FromRequest for ConsoleUser {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let req = req.clone();
-        Box::pin(async move { session::signed_in(&req).await.map(ConsoleUser).map_err(PageError) })
+        Box::pin(async move {
+            session::signed_in(&req, Purpose::Plain)
+                .await
+                .map(ConsoleUser)
+                .map_err(PageError)
+        })
     }
 }
 
@@ -269,6 +274,33 @@ pub fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((actix_web::http::header::LOCATION, location))
         .finish()
+}
+
+/// The highest page number a pager takes (so page arithmetic cannot
+/// overflow, whatever `?page=` says).
+pub const MAX_PAGE: i64 = 1_000_000;
+
+/// `?page=` checked: from 1 to [`MAX_PAGE`], 1 when absent.
+pub fn page_number(page: Option<i64>) -> Result<i64, ApiError> {
+    let page = page.unwrap_or(1);
+    if (1..=MAX_PAGE).contains(&page) {
+        Ok(page)
+    } else {
+        Err(ApiError::validation(format!("page must be from 1 to {MAX_PAGE}")))
+    }
+}
+
+/// Previous and next links for page `page` of `total` rows, `per_page` a
+/// page, `base` the page's URL with its query so far.
+pub fn pager(base: &str, page: i64, per_page: i64, total: i64) -> Markup {
+    let has_next = page.checked_mul(per_page).is_some_and(|seen| seen < total);
+    html! {
+        nav.pager aria-label="Pages" {
+            @if page > 1 { a href={(base) "&page=" (page - 1)} { "← Previous" } }
+            span { "Page " (page) }
+            @if has_next { a href={(base) "&page=" (page + 1)} { "Next →" } }
+        }
+    }
 }
 
 /// A value for a query string, percent-encoded (the page escapes it for

@@ -13,11 +13,16 @@
 //! `POST /auth/logout` does (the same `actions::end_session`).
 //!
 //! CSRF: every form carries a token that is the keyed hash of a random
-//! value held in a third `HttpOnly` cookie (a signed double-submit cookie):
-//! another site can neither read the cookie nor compute the hash, and one
-//! able to plant a cookie still cannot compute the hash. The value is
-//! replaced at sign-in and sign-out. [`guard`] checks it on every POST before
-//! any handler runs, along with `Origin` and `Sec-Fetch-Site`.
+//! value held in a third `HttpOnly` cookie (a signed double-submit cookie)
+//! and of the session the form was rendered in: another site can neither
+//! read the cookie nor compute the hash, and a token from one session does
+//! not fit another. The value is replaced at sign-in and sign-out. On every
+//! POST, before any handler runs ([`csrf_ok`], called by the console's
+//! `guard`), the browser must also say the request is the site's own:
+//! `Origin` equal to the console's own origin, or, where a browser sends no
+//! `Origin`, `Sec-Fetch-Site: same-origin`; a request with neither is
+//! refused. That also stops a site that managed to plant cookies (a sibling
+//! subdomain) from posting with them.
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header;
@@ -26,7 +31,7 @@ use actix_web::{HttpMessage, HttpRequest, web};
 use crate::actions;
 use crate::app::AppState;
 use crate::auth::sessions::IssuedSession;
-use crate::auth::{AuthError, Caller, Purpose, tokens};
+use crate::auth::{AuthError, Caller, Credential, Purpose, tokens};
 use crate::error::ApiError;
 
 pub const SESSION_COOKIE: &str = "payg_session";
@@ -100,8 +105,27 @@ fn new_csrf_seed(state: &AppState, req: &HttpRequest) -> String {
     seed
 }
 
-fn csrf_for(state: &AppState, seed: &str) -> String {
-    state.authenticator.hasher().hash(&format!("console-csrf:{seed}"))
+/// The token of the forms rendered for `seed` in `session` (`None`: signed
+/// out).
+fn csrf_for(state: &AppState, seed: &str, session: Option<uuid::Uuid>) -> String {
+    let session = session.map_or_else(|| "-".to_owned(), |s| s.to_string());
+    state
+        .authenticator
+        .hasher()
+        .hash(&format!("console-csrf\0{seed}\0{session}"))
+}
+
+/// The session this request's forms belong to: the one signed in for it
+/// (after a renewal, too), else the one its session cookie names, expired
+/// or not.
+fn form_session(state: &AppState, req: &HttpRequest) -> Option<uuid::Uuid> {
+    let signed_in = req.extensions().get::<Caller>().map(|caller| caller.credential);
+    match signed_in {
+        Some(Credential::AccessToken { session, .. }) => session,
+        _ => req
+            .cookie(SESSION_COOKIE)
+            .and_then(|c| state.authenticator.jwt().session_of(c.value())),
+    }
 }
 
 /// The token this request's forms must carry.
@@ -114,7 +138,7 @@ pub fn csrf_token(state: &AppState, req: &HttpRequest) -> String {
             _ => new_csrf_seed(state, req),
         },
     };
-    csrf_for(state, &seed)
+    csrf_for(state, &seed, form_session(state, req))
 }
 
 /// Replaces the CSRF value (at sign-in: a value planted before cannot
@@ -135,32 +159,33 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Is this state-changing request the console's own? The browser's
-/// `Sec-Fetch-Site` and `Origin`, when sent, must say same-origin; the
-/// body's CSRF field must be the keyed hash of the CSRF cookie.
+/// Is this state-changing request the console's own? The browser says the
+/// request came from the console's own origin (`Origin`, compared with the
+/// scheme and host the browser used, through a trusted proxy if any; or,
+/// without `Origin`, `Sec-Fetch-Site: same-origin`), and the body's CSRF
+/// field is the keyed hash of the CSRF cookie and the session.
 pub fn csrf_ok(state: &AppState, req: &HttpRequest, body: &[u8]) -> bool {
-    if let Some(site) = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && site != "same-origin"
-        && site != "none"
-    {
+    let fetch_site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if fetch_site.is_some_and(|site| site != "same-origin") {
         return false;
     }
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
-        let origin_host = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.split_once("://"))
-            .map(|(_, rest)| rest);
-        if host.is_none() || origin_host != host {
-            return false;
+    match req.headers().get(header::ORIGIN).map(|o| o.to_str()) {
+        Some(Ok(origin)) => {
+            let ours = state.clients.forwarded(req);
+            let expected = ours.host.map(|host| format!("{}://{host}", ours.proto));
+            if expected.is_none_or(|expected| !origin.eq_ignore_ascii_case(&expected)) {
+                return false;
+            }
         }
+        Some(Err(_)) => return false,
+        None if fetch_site.is_none() => return false,
+        None => {}
     }
     let Some(seed) = req.cookie(CSRF_COOKIE).map(|c| c.value().to_owned()) else {
         return false;
     };
     let sent = form_urlencoded_field(body, CSRF_FIELD);
-    plausible_seed(&seed) && sent.is_some_and(|sent| same(&sent, &csrf_for(state, &seed)))
+    plausible_seed(&seed) && sent.is_some_and(|sent| same(&sent, &csrf_for(state, &seed, form_session(state, req))))
 }
 
 /// One field of an `application/x-www-form-urlencoded` body.
@@ -173,7 +198,7 @@ fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
 /// The signed-in caller behind this request's session cookies, renewing
 /// an expired access token with the refresh cookie (the new pair is queued
 /// for the response). No session → 401.
-pub async fn signed_in(req: &HttpRequest) -> Result<Caller, ApiError> {
+pub async fn signed_in(req: &HttpRequest, purpose: Purpose) -> Result<Caller, ApiError> {
     if let Some(caller) = req.extensions().get::<Caller>().copied() {
         return Ok(caller);
     }
@@ -184,12 +209,7 @@ pub async fn signed_in(req: &HttpRequest) -> Result<Caller, ApiError> {
     let access = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
     let refresh = req.cookie(REFRESH_COOKIE).map(|c| c.value().to_owned());
     let first = match &access {
-        Some(token) => {
-            state
-                .authenticator
-                .authenticate_access_token(token, Purpose::Plain)
-                .await
-        }
+        Some(token) => state.authenticator.authenticate_access_token(token, purpose).await,
         None => Err(AuthError::Unauthenticated),
     };
     let caller = match first {
@@ -207,10 +227,7 @@ pub async fn signed_in(req: &HttpRequest) -> Result<Caller, ApiError> {
             };
             let token = session.access.token.clone();
             keep_session(&state, req, session);
-            state
-                .authenticator
-                .authenticate_access_token(&token, Purpose::Plain)
-                .await?
+            state.authenticator.authenticate_access_token(&token, purpose).await?
         }
         Err(err) => {
             if matches!(err, AuthError::InvalidToken | AuthError::Unauthenticated) && access.is_some() {

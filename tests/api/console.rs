@@ -73,11 +73,14 @@ impl Browser {
         (status, res.text().await.expect("body"))
     }
 
+    /// Posts a form as a browser does from the console's own page: with its
+    /// `Origin`.
     async fn post_form(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         let res = self
             .client
             .post(format!("{}{path}", self.base))
             .header(header::COOKIE, self.cookie_header())
+            .header(header::ORIGIN, &self.base)
             .form(form)
             .send()
             .await
@@ -288,6 +291,26 @@ async fn a_form_without_its_csrf_token_or_from_another_site_is_refused_and_chang
         .await
         .expect("POST");
     assert_eq!(fetch_site.status(), 403);
+    // Neither Origin nor Sec-Fetch-Site: not known to be this site's.
+    let unsaid = browser
+        .client
+        .post(format!("{}/console/keys", browser.base))
+        .header(header::COOKIE, browser.cookie_header())
+        .form(&[("csrf", token.as_str()), ("name", "forged")])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(unsaid.status(), 403);
+    // The same CSRF value, another session: the token does not fit.
+    let mut other_session = Browser::new(&app);
+    other_session.sign_in(&user.email).await;
+    other_session
+        .cookies
+        .insert("payg_csrf".to_owned(), browser.cookies["payg_csrf"].clone());
+    let stale = other_session
+        .post_form("/console/keys", &[("csrf", &token), ("name", "forged")])
+        .await;
+    assert_eq!(stale.status(), 403, "a token rendered for the session before");
 
     let keys = app.get_json("/api/v1/api-keys", &user.token).await;
     assert_eq!(
@@ -633,4 +656,141 @@ async fn an_admin_finds_a_user_by_email_and_changes_their_role_but_not_their_own
     assert_eq!(own.status(), 409);
     let res = app.get_auth("/api/v1/admin/users", &admin.token).await;
     assert_eq!(res.status(), 200, "still an admin");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_tls_proxy_cookies_are_secure_and_the_forwarded_origin_is_the_consoles() {
+    let app = TestApp::builder()
+        .env("PAYG_TRUSTED_PROXIES", "127.0.0.1/32")
+        .spawn()
+        .await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    let page = browser
+        .client
+        .get(format!("{}/console/sign-in", browser.base))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "billing.example.com")
+        .send()
+        .await
+        .expect("GET");
+    browser.keep(&page);
+    let token = csrf_in(&page.text().await.expect("body"));
+    let sign_in = |origin: &'static str| {
+        browser
+            .client
+            .post(format!("{}/console/sign-in", browser.base))
+            .header(header::COOKIE, browser.cookie_header())
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "billing.example.com")
+            .header(header::ORIGIN, origin)
+            .form(&[
+                ("csrf", token.as_str()),
+                ("email", user.email.as_str()),
+                ("password", PASSWORD),
+            ])
+            .send()
+    };
+    // The address payg listens on is not the origin the browser used.
+    assert_eq!(sign_in("http://billing.example.com").await.expect("POST").status(), 403);
+    let res = sign_in("https://billing.example.com").await.expect("POST");
+    assert_eq!(res.status(), 303);
+    let cookies: Vec<String> = res
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect();
+    assert!(cookies.iter().any(|c| c.starts_with("payg_session=")));
+    for cookie in &cookies {
+        assert!(cookie.contains("; Secure"), "over TLS every cookie is Secure: {cookie}");
+    }
+}
+
+#[tokio::test]
+async fn after_signing_in_the_browser_goes_only_to_a_console_page() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    for (next, expected) in [
+        ("/console/keys", "/console/keys"),
+        ("//evil.example/console", "/console"),
+        ("https://evil.example/", "/console"),
+        ("/console\\@evil.example", "/console"),
+        ("/consolefoo", "/console"),
+        ("/console/é", "/console"),
+    ] {
+        let mut browser = Browser::new(&app);
+        let res = browser
+            .submit(
+                "/console/sign-in",
+                "/console/sign-in",
+                &[("email", &user.email), ("password", PASSWORD), ("next", next)],
+            )
+            .await;
+        assert_eq!(res.status(), 303, "{next}");
+        assert_eq!(location(&res), expected, "{next}");
+    }
+}
+
+#[tokio::test]
+async fn bad_query_strings_and_pages_beyond_reach_get_an_html_page_not_a_panic() {
+    let app = TestApp::spawn().await;
+    let finance = app.user_with_role("finance").await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&finance.email).await;
+    for path in [
+        "/console/finance/invoices?page=9223372036854775807",
+        "/console/finance/invoices?page=x",
+        "/console/finance/invoices?period=2026-13",
+        "/console/finance/periods/nope",
+    ] {
+        let res = browser.get(path).await;
+        assert_eq!(res.status(), 400, "{path}");
+        let kind = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .expect("type")
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(kind.starts_with("text/html"), "{path}: {kind}");
+    }
+}
+
+#[tokio::test]
+async fn a_sign_out_redis_cannot_record_says_so_keeps_the_cookies_and_its_retry_ends_the_session() {
+    let mut redis = crate::helpers::OwnRedis::start(crate::helpers::free_port());
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let app = TestApp::builder().env("REDIS_URL", &redis_url).spawn().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    let token = browser.csrf("/console/keys").await;
+    let kept = browser.cookies.clone();
+
+    redis.stop();
+    let res = browser.post_form("/console/sign-out", &[("csrf", &token)]).await;
+    assert_eq!(res.status(), 503, "the deny-list entry could not be written");
+    assert!(res.text().await.expect("body").contains("logout_incomplete"));
+    assert_eq!(
+        browser.cookies, kept,
+        "the cookies stay, so signing out again can finish"
+    );
+
+    let _redis = crate::helpers::OwnRedis::start(redis.port);
+    let ended = eventually(Duration::from_secs(10), || {
+        let mut retry = Browser::new(&app);
+        retry.cookies = kept.clone();
+        let token = token.clone();
+        async move { retry.post_form("/console/sign-out", &[("csrf", &token)]).await.status() == 303 }
+    })
+    .await;
+    assert!(ended, "signing out again once Redis is back finishes the job");
+    let mut thief = Browser::new(&app);
+    thief.cookies = kept;
+    assert_eq!(
+        thief.get("/console/keys").await.status(),
+        303,
+        "the old cookies no longer work"
+    );
 }

@@ -22,14 +22,15 @@ document.addEventListener("click", (event) => {
 });
 
 document.addEventListener("submit", (event) => {
-  const form = event.target.closest("form[data-confirm]");
-  if (form && !window.confirm(form.dataset.confirm)) {
+  const form = event.target;
+  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
     event.preventDefault();
     return;
   }
-  // A second click while the first submission is on its way sends nothing.
+  // A second click while the first submission is on its way sends nothing;
+  // the button shows the form is being sent.
   const button = event.submitter;
-  if (button && form !== null) {
+  if (button) {
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
   }
