@@ -60,16 +60,23 @@ SERVER_ENV=(
   # The test closes last month itself; the scheduler must not first.
   PAYG_CLOSE_GRACE="876000h"
   PAYG_METER_FLUSH_MS=50
+  # The test seeds last month in UTC and reads dates in it.
+  PAYG_BILLING_TZ=UTC
   RUST_LOG="${RUST_LOG:-info}"
 )
 mkdir -p "$(dirname "$LOG")" "$SCREENSHOTS"
 env "${SERVER_ENV[@]}" "$PAYG" serve >"$LOG" 2>&1 </dev/null &
 SERVER_PID=$!
+ready=0
 for _ in $(seq 1 120); do
-  curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break
+  if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/healthz" 2>/dev/null; then
+    ready=1
+    break
+  fi
   kill -0 "$SERVER_PID" 2>/dev/null || die "payg exited before answering"
   sleep 0.5
 done
+[ "$ready" -eq 1 ] || die "payg did not answer /healthz within 60 s"
 
 FINANCE_EMAIL="finance-$$@example.com"
 FINANCE_PASSWORD="finance-$(random_hex)"

@@ -62,10 +62,12 @@ impl Application {
             //   1. request_telemetry — request id, one log line, HTTP metrics
             //   2. DefaultHeaders    — `X-Content-Type-Options: nosniff` on every answer
             //   3. ErrorHandlers     — gives actix's own 404/405/413 the JSON envelope
+            //                          (the console's HTML pages pass as they are)
             //   4. routing; the metered scope adds metered_call (auth, limits,
             //      counting), every other /api/v1 route authenticate_first;
-            //      any other path reaches the gateway's catch-all, inside
-            //      metered_call too
+            //      /console adds the console's guard (CSRF before any handler,
+            //      cookies, security headers); any other path reaches the
+            //      gateway's catch-all, inside metered_call too
             App::new()
                 .app_data(app_state.clone())
                 .app_data(authenticator.clone())

@@ -20,7 +20,12 @@ const FINANCE = { email: process.env.FINANCE_EMAIL, password: process.env.FINANC
 const ADMIN = { email: process.env.ADMIN_EMAIL, password: process.env.ADMIN_PASSWORD };
 const SHOTS = process.env.SCREENSHOTS ?? "target/screenshots";
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-for (const [name, value] of Object.entries({ PAYG_URL: BASE, PAYG_DATABASE_URL: DATABASE_URL, ...FINANCE })) {
+const required = {
+  PAYG_URL: BASE, PAYG_DATABASE_URL: DATABASE_URL,
+  FINANCE_EMAIL: FINANCE.email, FINANCE_PASSWORD: FINANCE.password,
+  ADMIN_EMAIL: ADMIN.email, ADMIN_PASSWORD: ADMIN.password,
+};
+for (const [name, value] of Object.entries(required)) {
   if (!value) throw new Error(`${name} is not set: run this through scripts/browser-test.sh`);
 }
 
@@ -65,6 +70,21 @@ async function newPage() {
   // The close and revoke forms ask first (console.js); say yes.
   page.on("dialog", (dialog) => dialog.accept());
   return page;
+}
+
+/** A regular expression matching `text` literally. */
+const literally = (text) => new RegExp(text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+
+/** Goes to `path` and expects `status` (200 unless said). */
+async function visit(page, path, status = 200) {
+  const res = await page.goto(`${BASE}${path}`);
+  assert.equal(res.status(), status, `${path}: ${res.status()}`);
+  return res;
+}
+
+/** Clicks something that submits a form or follows a link, and waits for the next page. */
+async function clickAndLoad(page, selector) {
+  await Promise.all([page.waitForNavigation(), page.click(selector)]);
 }
 
 /** Screenshots at both widths, and no horizontal scrolling at either. */
@@ -143,7 +163,7 @@ test("the console, end to end, in Chromium", async (t) => {
     await page.goto(`${BASE}/console/keys`);
     await shoot(page, "keys-empty");
     await page.fill("#key-name", "browser test");
-    await page.click("text=Create key");
+    await clickAndLoad(page, "text=Create key");
     key = await page.inputValue("#new-key");
     assert.match(key, /^payg_/);
     await shoot(page, "keys-created");
@@ -173,7 +193,7 @@ test("the console, end to end, in Chromium", async (t) => {
     assert.equal((await page.textContent("#current-cost")).trim(), `${current.total} ${current.currency}`);
     for (const line of current.lines) {
       const row = page.locator("main table tbody tr", { hasText: line.slug });
-      assert.match(await row.textContent(), new RegExp(`${line.amount} ${current.currency}`));
+      assert.match(await row.textContent(), literally(`${line.amount} ${current.currency}`));
     }
     await shoot(page, "this-month");
   });
@@ -184,10 +204,10 @@ test("the console, end to end, in Chromium", async (t) => {
       assert.equal(res.status(), 200, path);
       await shoot(page, name);
     }
-    await page.goto(`${BASE}/console/profile`);
+    await visit(page, "/console/profile");
     await page.fill("#company", "Analytical Engines Ltd");
     await page.fill("#country", "GB");
-    await page.click("text=Save");
+    await clickAndLoad(page, "main button[type=submit]");
     assert.match(await page.textContent("main"), /Saved/);
     assert.equal(await page.inputValue("#company"), "Analytical Engines Ltd");
   });
@@ -208,25 +228,27 @@ test("the console, end to end, in Chromium", async (t) => {
     seedLastMonth(other.email, 40, 0, "0.04");
     const financePage = await newPage();
     await signIn(financePage, FINANCE);
-    await financePage.goto(`${BASE}/console/finance`);
+    await visit(financePage, "/console/finance");
     await shoot(financePage, "finance-periods");
     const period = lastMonth();
-    await financePage.goto(`${BASE}/console/finance/periods/${period}`);
+    await visit(financePage, `/console/finance/periods/${period}`);
     await shoot(financePage, "finance-period-open");
     await financePage.check("input[name=confirm]");
     await Promise.all([financePage.waitForURL(/\/console\/finance\?done=/), financePage.click(`button:has-text("Close ${period}")`)]);
     assert.match(await financePage.textContent("main"), new RegExp(`${period} is closed`));
-    await financePage.goto(`${BASE}/console/finance/periods/${period}`);
+    await visit(financePage, `/console/finance/periods/${period}`);
     assert.match(await financePage.textContent("#reconciliation"), /closed/);
     await shoot(financePage, "finance-period-closed");
-    await financePage.goto(`${BASE}/console/finance/invoices?period=${period}`);
+    await visit(financePage, `/console/finance/invoices?period=${period}`);
     await shoot(financePage, "finance-invoices");
-    await financePage.click(`#finance-invoices a >> nth=0`);
+    await clickAndLoad(financePage, `#finance-invoices a >> nth=0`);
     await shoot(financePage, "finance-invoice");
-    // Record a payment on it, then see it listed.
-    await financePage.fill("#reference", `wire-${run}`);
-    await financePage.click("text=Record payment");
-    assert.match(await financePage.textContent("main"), /Payment recorded|already recorded/);
+    // Record a payment on it: the page says so and lists it.
+    const reference = `wire-${run}`;
+    await financePage.fill("#reference", reference);
+    await clickAndLoad(financePage, "text=Record payment");
+    assert.match(await financePage.textContent("main"), /Payment recorded\./);
+    assert.match(await financePage.textContent("main"), literally(reference));
     await financePage.context().close();
   });
 
@@ -236,13 +258,13 @@ test("the console, end to end, in Chromium", async (t) => {
     const [invoice] = invoices;
     await page.goto(`${BASE}/console/invoices`);
     const row = page.locator("#invoices tbody tr", { hasText: invoice.number });
-    assert.match(await row.textContent(), new RegExp(`${invoice.total.replace(".", "\\.")} ${invoice.currency}`));
+    assert.match(await row.textContent(), literally(`${invoice.total} ${invoice.currency}`));
     await shoot(page, "invoices");
-    await row.locator("a").click();
+    await Promise.all([page.waitForURL(`${BASE}/console/invoices/${invoice.id}`), row.locator("a").click()]);
     assert.equal((await page.textContent("#invoice-number")).trim(), invoice.number);
     assert.equal((await page.textContent("#invoice-total")).trim(), `${invoice.total} ${invoice.currency}`);
     await shoot(page, "invoice");
-    await page.click("text=Printable invoice");
+    await Promise.all([page.waitForURL(`${BASE}/console/invoices/${invoice.id}/print`), page.click("text=Printable invoice")]);
     assert.equal((await page.textContent("#invoice-total")).trim(), `${invoice.total} ${invoice.currency}`);
     await shoot(page, "invoice-print");
     await page.pdf({ path: `${SHOTS}/invoice.pdf`, format: "A4" });
@@ -263,15 +285,27 @@ test("the console, end to end, in Chromium", async (t) => {
   });
 
   await t.test("admin pages render for an admin", async () => {
-    if (!ADMIN.email) return;
     const adminPage = await newPage();
     await signIn(adminPage, ADMIN);
-    await adminPage.goto(`${BASE}/console/admin`);
+    await visit(adminPage, "/console/admin");
     await shoot(adminPage, "admin-catalog");
-    await adminPage.click("#catalog a >> nth=0");
+    await clickAndLoad(adminPage, "#catalog a >> nth=0");
+    assert.match(await adminPage.textContent("#prices"), /per call/);
     await shoot(adminPage, "admin-api");
-    await adminPage.goto(`${BASE}/console/admin/users?email=${encodeURIComponent(consumer.email)}`);
+    await visit(adminPage, "/console/admin/users");
     await shoot(adminPage, "admin-users");
+    // Find the consumer and make them finance, in the page.
+    await adminPage.fill("#email", consumer.email.toUpperCase());
+    await clickAndLoad(adminPage, "main form.inline button[type=submit]");
+    const row = adminPage.locator("#users tbody tr", { hasText: consumer.email });
+    assert.equal(await row.count(), 1);
+    await row.locator("select[name=role]").selectOption("finance");
+    await clickAndLoad(adminPage, `#users tbody tr:has-text("${consumer.email}") button`);
+    assert.match(await adminPage.textContent("main"), /Saved\./);
+    const token = await tokenFor(consumer);
+    assert.equal((await api("/api/v1/finance/invoices", { token })).status, 200, "the new role applies");
+    await row.locator("select[name=role]").selectOption("consumer");
+    await clickAndLoad(adminPage, `#users tbody tr:has-text("${consumer.email}") button`);
     await adminPage.context().close();
   });
 
