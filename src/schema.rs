@@ -169,13 +169,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    usage_daily_since (only_row) {
-        only_row -> Bool,
-        since -> Timestamptz,
-    }
-}
-
-diesel::table! {
     usage_records (user_id, api_id, period) {
         user_id -> Uuid,
         api_id -> Int4,
@@ -242,7 +235,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     prices,
     refresh_tokens,
     usage_daily,
-    usage_daily_since,
     usage_records,
     users,
     webhook_events,

@@ -1,1 +1,1 @@
-DROP TABLE usage_daily_since; DROP TABLE usage_daily;
+DROP TABLE usage_daily;

@@ -1,8 +1,12 @@
 -- Daily counts: one row per (user, API, day in the billing time zone),
 -- written by the same flush transaction as usage_records, with the same
 -- additive upsert (calls = usage_daily.calls + EXCLUDED.calls). Each row
--- belongs to the usage_records row of its period, so for a period that has
--- daily counts the days add up to the month.
+-- belongs to the usage_records row of its period. A (user, API, period)
+-- whose calls were all counted since this migration has days that add up to
+-- its month; where they do not (calls counted before it, such as by an
+-- instance still running older code in the month of an upgrade, or rows
+-- imported into usage_records without days), the period is shown by its
+-- monthly total only. Nothing records when this ran: the rows say it.
 CREATE TABLE usage_daily (
     user_id      uuid    NOT NULL,
     api_id       integer NOT NULL,
@@ -21,14 +25,3 @@ CREATE INDEX usage_daily_user_day_idx ON usage_daily (user_id, day);
 
 COMMENT ON COLUMN usage_daily.day IS 'the calendar day the calls arrived on, in the billing time zone';
 COMMENT ON COLUMN usage_daily.period IS 'first day of day''s calendar month: the usage_records row it belongs to';
-
--- One row: the instant daily counting began (this migration's transaction).
--- A period that started before it has only its monthly total (calls before
--- the instant, or flushed meanwhile by an instance still running the code
--- before this migration, have no day); from the first period that starts
--- at or after it, the days add up to the month.
-CREATE TABLE usage_daily_since (
-    only_row boolean     PRIMARY KEY DEFAULT true CHECK (only_row),
-    since    timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO usage_daily_since DEFAULT VALUES;

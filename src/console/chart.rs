@@ -8,8 +8,10 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::page::{self, PageError, PageResult, Signed};
-use crate::domain::Period;
-use crate::models::usage::UsageRecord;
+use crate::domain::{DayRange, Period};
+use crate::error::ApiError;
+use crate::models::Api;
+use crate::models::usage::{UsageDaily, UsageRecord};
 
 const WIDTH: i64 = 640;
 const HEIGHT: i64 = 200;
@@ -90,21 +92,39 @@ fn every_day(period: Period, counts: &[(NaiveDate, i64)]) -> Vec<(NaiveDate, i64
     out
 }
 
+/// What the chart shows of one period.
 struct DailyCounts {
+    /// Calls per day with calls (every API's summed, or the chosen one's).
     days: Vec<(NaiveDate, i64)>,
+    /// Whether any chosen (period, API) line is shown by its monthly total
+    /// only: its days do not add up to it (`UsageDaily::report`).
     monthly_only: bool,
 }
 
-// WIRE-DAILY: replaced by the daily usage model when it lands.
+/// The calls per day of `period`, to every API or to `api` (a slug; one
+/// the catalog lacks is not found).
 async fn daily_counts(
-    _conn: &mut diesel_async::AsyncPgConnection,
-    _user: uuid::Uuid,
-    _period: Period,
-    _api: Option<&str>,
+    conn: &mut diesel_async::AsyncPgConnection,
+    user: uuid::Uuid,
+    period: Period,
+    api: Option<&str>,
 ) -> Result<DailyCounts, PageError> {
+    let api_id = match api {
+        Some(slug) => Some(
+            Api::id_by_slug(conn, slug)
+                .await?
+                .ok_or_else(|| ApiError::not_found("the catalog has no API with this slug"))?,
+        ),
+        None => None,
+    };
+    let report = UsageDaily::report(conn, user, DayRange::of_period(period), api_id).await?;
+    let mut per_day = std::collections::BTreeMap::<NaiveDate, i64>::new();
+    for line in &report.days {
+        *per_day.entry(line.day.date()).or_default() += line.calls;
+    }
     Ok(DailyCounts {
-        days: Vec::new(),
-        monthly_only: true,
+        days: per_day.into_iter().collect(),
+        monthly_only: !report.monthly_only.is_empty(),
     })
 }
 
@@ -172,7 +192,7 @@ pub async fn usage_page(signed: Signed, query: web::Query<UsageQuery>) -> PageRe
             }
             h2 { (title) }
             @if monthly_only {
-                p.notice.info #monthly-only { "Daily counts began after this month started: it shows its monthly total only, "
+                p.notice.info #monthly-only { "Some of this month's calls have no days (counted before daily counts began, or imported): it shows its monthly total only, "
                     strong { (month_total) " calls" } "." }
             } @else {
                 (bar_chart(&title, &days))

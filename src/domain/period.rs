@@ -27,23 +27,17 @@ impl Period {
         Day::containing(instant, tz).period()
     }
 
-    /// The first period that starts at or after `instant` (the period
-    /// containing it, unless it starts exactly then, is the one after).
-    pub fn first_starting_at_or_after(instant: DateTime<Utc>, tz: Tz) -> Self {
-        let containing = Self::containing(instant, tz);
-        if containing.starts_at(tz) >= instant {
-            containing
-        } else {
-            containing.next()
-        }
-    }
-
     pub fn from_first_day(date: NaiveDate) -> Option<Self> {
         (date.day() == 1).then_some(Self(date))
     }
 
     pub fn first_day(self) -> NaiveDate {
         self.0
+    }
+
+    /// The period's last day.
+    pub fn last_day(self) -> NaiveDate {
+        self.next().first_day().pred_opt().unwrap_or(self.0)
     }
 
     pub fn next(self) -> Self {
@@ -208,6 +202,14 @@ impl DayRange {
             Err(_) | Ok(0) => Err(BadDayRange::Reversed),
             Ok(n) if n > Self::MAX_DAYS => Err(BadDayRange::TooLong),
             Ok(_) => Ok(Self { first, last }),
+        }
+    }
+
+    /// Every day of `period` (at most 31: always a valid range).
+    pub fn of_period(period: Period) -> Self {
+        Self {
+            first: Day(period.first_day()),
+            last: Day(period.last_day()),
         }
     }
 
@@ -400,17 +402,6 @@ mod tests {
     }
 
     #[test]
-    fn the_first_period_with_daily_counts_is_the_first_that_starts_after_they_do() {
-        let tz = chrono_tz::Europe::Oslo;
-        let at = |s: &str| Period::first_starting_at_or_after(utc(s), tz).to_string();
-        assert_eq!(at("2026-12-04T17:00:00Z"), "2027-01");
-        // 2026-12-01 00:00 in Oslo is 2026-11-30 23:00 UTC.
-        assert_eq!(at("2026-11-30T23:00:00Z"), "2026-12");
-        assert_eq!(at("2026-11-30T23:00:00.001Z"), "2027-01");
-        assert_eq!(at("2026-11-30T22:59:59Z"), "2026-12");
-    }
-
-    #[test]
     fn only_well_formed_days_parse_and_print_as_sent() {
         for bad in [
             "",
@@ -444,6 +435,17 @@ mod tests {
         assert!(matches!(range("2026-01-02", "2026-01-01"), Err(BadDayRange::Reversed)));
         assert!(matches!(range("1970-01-01", "9999-12-31"), Err(BadDayRange::TooLong)));
         assert!(matches!(range("9999-12-31", "1970-01-01"), Err(BadDayRange::Reversed)));
+        for (period, last) in [
+            ("2026-02", "2026-02-28"),
+            ("2028-02", "2028-02-29"),
+            ("2026-12", "2026-12-31"),
+        ] {
+            let whole = DayRange::of_period(period.parse().unwrap());
+            assert_eq!(
+                (whole.first().to_string(), whole.last().to_string()),
+                (format!("{period}-01"), last.to_owned())
+            );
+        }
     }
 
     #[test]

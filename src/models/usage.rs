@@ -6,10 +6,11 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::{Day, Period};
-use crate::schema::{apis, meter_flushes, usage_daily, usage_daily_since, usage_records};
+use crate::domain::{Day, DayRange, Period};
+use crate::schema::{apis, meter_flushes, usage_records};
 
 /// Which counter rows a call adds to: its day's (`usage_daily`) and, through
 /// the day, its period's (`usage_records`). Fixed when the call arrives.
@@ -146,22 +147,56 @@ const LINE_COLUMNS: LineColumns = (
     usage_records::failed_calls,
 );
 
-/// One API's calls on one day.
-#[derive(Debug, Clone, Queryable)]
-pub struct DayLine {
-    pub day: NaiveDate,
-    pub slug: String,
+/// One API's calls on one day, in a period whose days add up to its
+/// monthly total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DayUsage {
+    pub day: Day,
+    /// The API's catalog slug.
+    pub api: String,
     pub calls: i64,
+    /// Calls answered with a 4xx/5xx (never billed).
     pub failed_calls: i64,
 }
 
-/// One API's calls in one period (`period`: its first day).
-#[derive(Debug, Clone, Queryable)]
-pub struct PeriodLine {
-    pub period: NaiveDate,
-    pub slug: String,
+/// One API's calls in a whole period whose days do not add up to its
+/// monthly total: calls counted before daily counts existed, or imported
+/// without days.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct MonthlyOnlyUsage {
+    pub period: Period,
+    /// The API's catalog slug.
+    pub api: String,
+    /// The whole period's calls, however much of it the range covers.
     pub calls: i64,
+    /// Calls answered with a 4xx/5xx (never billed).
     pub failed_calls: i64,
+}
+
+/// A user's calls over a [`DayRange`], by day where the days can be
+/// trusted, by month where they cannot ([`UsageDaily::report`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DailyReport {
+    /// By day then API; days without calls have no line.
+    pub days: Vec<DayUsage>,
+    /// By period then API.
+    pub monthly_only: Vec<MonthlyOnlyUsage>,
+}
+
+/// One row of [`UsageDaily::report`]'s statement: a day line, or a
+/// monthly-only line (`date`: its period's first day).
+#[derive(QueryableByName)]
+struct ReportRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    monthly_only: bool,
+    #[diesel(sql_type = diesel::sql_types::Date)]
+    date: NaiveDate,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    slug: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    calls: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    failed_calls: i64,
 }
 
 pub struct UsageRecord;
@@ -270,35 +305,6 @@ impl UsageRecord {
             .await
     }
 
-    /// The caller's monthly totals for the periods from `first` to `last`
-    /// (both included), by period then API; of one API when `api_id` is set.
-    pub async fn for_user_periods(
-        conn: &mut AsyncPgConnection,
-        user_id: Uuid,
-        first: Period,
-        last: Period,
-        api_id: Option<i32>,
-    ) -> QueryResult<Vec<PeriodLine>> {
-        let mut query = usage_records::table
-            .inner_join(apis::table)
-            .filter(usage_records::user_id.eq(user_id))
-            .filter(usage_records::period.between(first.first_day(), last.first_day()))
-            .into_boxed();
-        if let Some(api_id) = api_id {
-            query = query.filter(usage_records::api_id.eq(api_id));
-        }
-        query
-            .order((usage_records::period, apis::slug))
-            .select((
-                usage_records::period,
-                apis::slug,
-                usage_records::calls,
-                usage_records::failed_calls,
-            ))
-            .load(conn)
-            .await
-    }
-
     /// Every user's usage for one period: (user, line), by user then API.
     pub async fn lines_for_period(conn: &mut AsyncPgConnection, period: Period) -> QueryResult<Vec<(Uuid, UsageLine)>> {
         usage_records::table
@@ -358,8 +364,12 @@ impl UsageRecord {
 
 /// Daily counters: per (user, API, day in the billing zone), written only
 /// beside [`UsageRecord`]'s, in the same transaction and with the same
-/// deltas, so a period's days add up to its month (for every period that
-/// starts after [`UsageDaily::since`]).
+/// deltas, so a period's days add up to its month — for every (user, API,
+/// period) whose calls were all counted since daily counts exist. Calls
+/// counted before (an instance still running older code in the month of an
+/// upgrade) or rows imported into `usage_records` without days leave a
+/// period's days short of its month, for good: later flushes add the same
+/// to both. [`UsageDaily::report`] shows such a period by its month only.
 pub struct UsageDaily;
 
 impl UsageDaily {
@@ -416,44 +426,73 @@ impl UsageDaily {
         .map(|_| ())
     }
 
-    /// The caller's days from `first` to `last` (both included), by day then
-    /// API; of one API when `api_id` is set. Days without calls have no row.
-    pub async fn for_user(
+    /// The user's calls over `range` (of one API when `api_id` is set): the
+    /// days of each (period, API) line whose days, over the whole period,
+    /// add up to its monthly row (calls and failed calls), and the whole
+    /// monthly row of each line the range reaches into whose days do not.
+    /// One statement, so one snapshot: a flush commits a line's month and
+    /// days together, and is seen whole or not at all.
+    pub async fn report(
         conn: &mut AsyncPgConnection,
         user_id: Uuid,
-        first: Day,
-        last: Day,
+        range: DayRange,
         api_id: Option<i32>,
-    ) -> QueryResult<Vec<DayLine>> {
-        let mut query = usage_daily::table
-            .inner_join(apis::table.on(apis::id.eq(usage_daily::api_id)))
-            .filter(usage_daily::user_id.eq(user_id))
-            .filter(usage_daily::day.between(first.date(), last.date()))
-            .into_boxed();
-        if let Some(api_id) = api_id {
-            query = query.filter(usage_daily::api_id.eq(api_id));
+    ) -> QueryResult<DailyReport> {
+        use diesel::sql_types::{Date, Integer, Nullable};
+        // `sums` and `lines` cover the whole periods the range reaches into
+        // ($2 ≤ day < $3), whatever part of them it covers ($4 ≤ day ≤ $5).
+        let rows: Vec<ReportRow> = diesel::sql_query(
+            "WITH sums AS ( \
+               SELECT api_id, period, sum(calls) AS calls, sum(failed_calls) AS failed_calls \
+               FROM usage_daily \
+               WHERE user_id = $1 AND day >= $2 AND day < $3 AND ($6::int4 IS NULL OR api_id = $6) \
+               GROUP BY api_id, period \
+             ), lines AS ( \
+               SELECT r.api_id, r.period, r.calls, r.failed_calls, \
+                      r.calls = coalesce(s.calls, 0) AND r.failed_calls = coalesce(s.failed_calls, 0) \
+                        AS days_add_up \
+               FROM usage_records r LEFT JOIN sums s USING (api_id, period) \
+               WHERE r.user_id = $1 AND r.period >= $2 AND r.period < $3 \
+                 AND ($6::int4 IS NULL OR r.api_id = $6) \
+             ) \
+             SELECT false AS monthly_only, d.day AS date, a.slug, d.calls, d.failed_calls \
+             FROM usage_daily d \
+             JOIN lines l ON l.api_id = d.api_id AND l.period = d.period AND l.days_add_up \
+             JOIN apis a ON a.id = d.api_id \
+             WHERE d.user_id = $1 AND d.day BETWEEN $4 AND $5 AND d.calls > 0 \
+             UNION ALL \
+             SELECT true, l.period, a.slug, l.calls, l.failed_calls \
+             FROM lines l JOIN apis a ON a.id = l.api_id \
+             WHERE NOT l.days_add_up \
+             ORDER BY monthly_only, date, slug",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(user_id)
+        .bind::<Date, _>(range.first().period().first_day())
+        .bind::<Date, _>(range.last().period().next().first_day())
+        .bind::<Date, _>(range.first().date())
+        .bind::<Date, _>(range.last().date())
+        .bind::<Nullable<Integer>, _>(api_id)
+        .load(conn)
+        .await?;
+        let mut report = DailyReport::default();
+        for row in rows {
+            if !row.monthly_only {
+                report.days.push(DayUsage {
+                    day: Day::from(row.date),
+                    api: row.slug,
+                    calls: row.calls,
+                    failed_calls: row.failed_calls,
+                });
+            } else if let Some(period) = Period::from_first_day(row.date) {
+                report.monthly_only.push(MonthlyOnlyUsage {
+                    period,
+                    api: row.slug,
+                    calls: row.calls,
+                    failed_calls: row.failed_calls,
+                });
+            }
         }
-        query
-            .order((usage_daily::day, apis::slug))
-            .select((
-                usage_daily::day,
-                apis::slug,
-                usage_daily::calls,
-                usage_daily::failed_calls,
-            ))
-            .load(conn)
-            .await
-    }
-
-    /// The instant daily counting began (when its migration ran). A period
-    /// that started before it has a monthly total only; `None` only if an
-    /// operator deleted the row.
-    pub async fn since(conn: &mut AsyncPgConnection) -> QueryResult<Option<DateTime<Utc>>> {
-        usage_daily_since::table
-            .select(usage_daily_since::since)
-            .first(conn)
-            .await
-            .optional()
+        Ok(report)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::domain::text::Slug;
 use crate::domain::{Day, DayRange, Period};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::Api;
-use crate::models::usage::{UsageDaily, UsageRecord};
+use crate::models::usage::{DayUsage, MonthlyOnlyUsage, UsageDaily, UsageRecord};
 use crate::routes::conn;
 use crate::routes::extract::AuthUser;
 
@@ -83,28 +83,6 @@ pub struct DailyUsageQuery {
     api: Option<Slug>,
 }
 
-/// One API's calls on one day.
-#[derive(Serialize, ToSchema)]
-pub struct DayUsage {
-    day: Day,
-    /// The API's catalog slug.
-    api: String,
-    calls: i64,
-    /// Calls answered with a 4xx/5xx (never billed).
-    failed_calls: i64,
-}
-
-/// One API's calls in a whole period that is older than daily counts.
-#[derive(Serialize, ToSchema)]
-pub struct MonthlyOnlyUsage {
-    period: Period,
-    /// The API's catalog slug.
-    api: String,
-    /// The whole period's calls, however much of it the range covers.
-    calls: i64,
-    failed_calls: i64,
-}
-
 #[derive(Serialize, ToSchema)]
 pub struct DailyUsageReport {
     /// The billing time zone (IANA name): a day is a calendar day on its
@@ -115,26 +93,26 @@ pub struct DailyUsageReport {
     from: Day,
     /// The range's last day, as sent or defaulted.
     to: Day,
-    /// The first period with daily counts: for it and every later period,
-    /// its days add up to its monthly total (`GET /api/v1/usage`).
-    daily_from: Period,
-    /// One line per (day, API) with calls, by day then API; days without
-    /// calls are left out, and so are the days of periods before `daily_from`.
+    /// One line per (day, API) with calls, by day then API, for each
+    /// (period, API) whose days, over the whole period, add up to its
+    /// monthly total (`GET /api/v1/usage`); days without calls are left out.
     days: Vec<DayUsage>,
-    /// Periods the range reaches into that are older than daily counts
-    /// (before `daily_from`), with their whole monthly totals, by period then
-    /// API: a chart shows them as months, not days.
+    /// One line per (period, API) the range reaches into whose days do not
+    /// add up to its monthly total (calls counted before daily counts
+    /// existed, such as in the month of an upgrade, or imported without
+    /// days), with the whole period's totals, by period then API: a chart
+    /// shows them as months, not days. None of their days are in `days`.
     monthly_only: Vec<MonthlyOnlyUsage>,
 }
 
 /// The caller's own per-API counts per day, in the billing time zone.
 ///
 /// A day is the calendar day a call arrived on in the billing time zone,
-/// fixed when it arrived (like its period). For every period from
-/// `daily_from` on, the days add up to the period's monthly total (`GET
-/// /api/v1/usage`); older periods have no days, only their monthly totals,
-/// listed in `monthly_only`. Counts reach the database within one flush
-/// interval (`PAYG_METER_FLUSH_MS`).
+/// fixed when it arrived (like its period). Each (period, API) is shown by
+/// its days when they add up to its monthly total (`GET /api/v1/usage`) —
+/// as they do for every call counted since daily counts exist — and
+/// otherwise by its monthly total alone, in `monthly_only`. Counts reach
+/// the database within one flush interval (`PAYG_METER_FLUSH_MS`).
 #[utoipa::path(
     get,
     path = "/api/v1/usage/daily",
@@ -171,49 +149,12 @@ pub async fn get_daily_usage(
         ),
         None => None,
     };
-    let since = UsageDaily::since(&mut conn)
-        .await?
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("usage_daily_since has no row")))?;
-    // A period that started before daily counting began has days for only
-    // part of its calls (if any): it is shown by its monthly total alone.
-    let daily_from = Period::first_starting_at_or_after(since, tz);
-    let first_daily = range.first().max(Day::from(daily_from.first_day()));
-    let days = if first_daily <= range.last() {
-        UsageDaily::for_user(&mut conn, user.id(), first_daily, range.last(), api_id).await?
-    } else {
-        Vec::new()
-    };
-    let monthly_only = if range.first().period() < daily_from {
-        let last = range.last().period().min(daily_from.previous());
-        UsageRecord::for_user_periods(&mut conn, user.id(), range.first().period(), last, api_id).await?
-    } else {
-        Vec::new()
-    };
-    let report = DailyUsageReport {
+    let report = UsageDaily::report(&mut conn, user.id(), range, api_id).await?;
+    Ok(HttpResponse::Ok().json(DailyUsageReport {
         zone: tz.name(),
         from: range.first(),
         to: range.last(),
-        daily_from,
-        days: days
-            .into_iter()
-            .map(|l| DayUsage {
-                day: Day::from(l.day),
-                api: l.slug,
-                calls: l.calls,
-                failed_calls: l.failed_calls,
-            })
-            .collect(),
-        monthly_only: monthly_only
-            .into_iter()
-            .filter_map(|l| {
-                Some(MonthlyOnlyUsage {
-                    period: Period::from_first_day(l.period)?,
-                    api: l.slug,
-                    calls: l.calls,
-                    failed_calls: l.failed_calls,
-                })
-            })
-            .collect(),
-    };
-    Ok(HttpResponse::Ok().json(report))
+        days: report.days,
+        monthly_only: report.monthly_only,
+    }))
 }

@@ -478,6 +478,55 @@ async fn pages_follow_the_apis_404_and_403_rules() {
 }
 
 #[tokio::test]
+async fn the_usage_page_charts_this_months_days_and_shows_a_month_seeded_without_days_by_its_total() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    for path in [
+        "/api/v1/tools/uuid",
+        "/api/v1/tools/uuid",
+        "/api/v1/tools/uuid",
+        "/api/v1/tools/time",
+    ] {
+        assert_eq!(app.get_auth(path, &user.token).await.status(), 200, "{path}");
+    }
+    app.flush_meter().await;
+    // Last month, as `.ci/run` seeds it: a monthly row without days.
+    app.sql(&format!(
+        "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
+         SELECT '{}', id, date_trunc('month', now() AT TIME ZONE 'UTC' - interval '1 month')::date, 10, 0 \
+         FROM apis WHERE slug = 'tools-uuid'",
+        user.id
+    ))
+    .await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+
+    let (status, page) = browser.get_text("/console/usage").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(r#"<svg class="chart""#), "{page}");
+    assert!(page.contains(r#"id="daily-total">4 calls"#), "{page}");
+    assert!(!page.contains(r#"id="monthly-only""#), "{page}");
+    let (status, page) = browser.get_text("/console/usage?api=tools-time").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(r#"id="daily-total">1 calls"#), "{page}");
+
+    let last_month = app.state.current_period().previous();
+    let (status, page) = browser.get_text(&format!("/console/usage?period={last_month}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(r#"id="monthly-only""#), "{page}");
+    assert!(page.contains("10 calls"), "its monthly total: {page}");
+    assert!(!page.contains(r#"<svg class="chart""#), "{page}");
+    // The other API has no calls that month, so no line that lacks days.
+    let (_, page) = browser
+        .get_text(&format!("/console/usage?period={last_month}&api=tools-time"))
+        .await;
+    assert!(!page.contains(r#"id="monthly-only""#), "{page}");
+
+    let (status, _) = browser.get_text("/console/usage?api=no-such-api").await;
+    assert_eq!(status, 404, "an API the catalog lacks");
+}
+
+#[tokio::test]
 async fn finance_closes_a_past_month_only_after_confirming_and_never_this_one() {
     let app = TestApp::spawn().await;
     let finance = app.user_with_role("finance").await;

@@ -597,20 +597,29 @@ async fn usage_and_cost(app: &TestApp, cov: &mut Coverage<'_>, token: &str) {
     );
     let res = app.get_auth("/api/v1/billing/periods/2026-02", token).await;
     cov.json("GET", "/api/v1/billing/periods/{period}", 200, res).await;
-    // Daily counts began when the template database was migrated (after
-    // this clock's February): February is monthly only, then, once they
-    // are dated back, it has days.
+    // February's calls were counted with their days.
     let res = app.get_auth("/api/v1/usage/daily?from=2026-01-20", token).await;
+    let daily = cov.json("GET", "/api/v1/usage/daily", 200, res).await;
+    assert!(daily["days"].as_array().is_some_and(|d| !d.is_empty()), "{daily}");
+    // A month inserted without days is shown by its monthly total (for a
+    // user of its own, removed again so that the closes below see nothing).
+    let seeded = app.new_user().await;
+    app.sql(&format!(
+        "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
+         SELECT '{}', id, DATE '2026-01-01', 7, 1 FROM apis WHERE slug = 'tools-uuid'",
+        seeded.id
+    ))
+    .await;
+    let res = app
+        .get_auth("/api/v1/usage/daily?from=2026-01-20&api=tools-uuid", &seeded.token)
+        .await;
     let daily = cov.json("GET", "/api/v1/usage/daily", 200, res).await;
     assert!(
         daily["monthly_only"].as_array().is_some_and(|m| !m.is_empty()),
         "{daily}"
     );
-    app.sql("UPDATE usage_daily_since SET since = '2026-01-01T00:00:00Z'")
+    app.sql(&format!("DELETE FROM usage_records WHERE user_id = '{}'", seeded.id))
         .await;
-    let res = app.get_auth("/api/v1/usage/daily?api=tools-uuid", token).await;
-    let daily = cov.json("GET", "/api/v1/usage/daily", 200, res).await;
-    assert!(daily["days"].as_array().is_some_and(|d| !d.is_empty()), "{daily}");
 }
 
 /// A consumer with `calls` calls to tools-uuid this month.

@@ -2,8 +2,9 @@
 //! day it arrived on in the billing time zone; the flush writes it beside
 //! the period's counter in the same transaction, so the days of a period
 //! always add up to its month — across month boundaries, DST changes,
-//! durable groups and their settlements. Periods older than daily counts
-//! show their monthly total only.
+//! durable groups and their settlements. A (period, API) whose days do not
+//! add up to its month (calls counted before daily counts, imported rows)
+//! shows its monthly total only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,9 +26,7 @@ fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-/// An app billing in Oslo on a clock the test moves, with daily counts
-/// begun long before any call the test makes (the template database was
-/// migrated at the real "now", after the clock's dates).
+/// An app billing in Oslo on a clock the test moves.
 async fn oslo_app(mode: &str, now: &str) -> (TestApp, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(at(now)));
     let app = TestApp::builder()
@@ -36,14 +35,7 @@ async fn oslo_app(mode: &str, now: &str) -> (TestApp, Arc<ManualClock>) {
         .clock(clock.clone())
         .spawn()
         .await;
-    daily_counts_since(&app, "2020-01-01T00:00:00Z").await;
     (app, clock)
-}
-
-/// Moves the instant daily counting began (what the migration recorded).
-async fn daily_counts_since(app: &TestApp, instant: &str) {
-    app.sql(&format!("UPDATE usage_daily_since SET since = '{instant}'"))
-        .await;
 }
 
 /// `(user, API, period)` rows, from `first_period` (`YYYY-MM-01`) on, whose
@@ -366,7 +358,6 @@ async fn retried_flushes_and_given_up_settlements_apply_their_days_exactly_once(
     };
     let usd = Currency::USD;
     let mut conn = db.conn().await;
-    daily_counts_since(&app, "2026-01-01T00:00:00Z").await;
 
     // A flush whose acknowledgement was lost, retried: applied once.
     let landed = id();
@@ -436,7 +427,7 @@ async fn another_users_calls_never_appear() {
     clock.set(at("2026-05-11T10:00:00Z"));
     app.get_auth("/api/v1/tools/time", &bob.token).await;
     app.flush_meter().await;
-    // Bob's usage in a period older than daily counts, too.
+    // Bob's usage in a period recorded without days, too.
     app.sql(&format!(
         "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls)
          SELECT '{}', id, DATE '2019-12-01', 9, 0 FROM apis WHERE slug = 'tools-uuid'",
@@ -464,25 +455,28 @@ async fn another_users_calls_never_appear() {
     assert_eq!(days_of(&theirs), expect(&[("2026-05-11", "tools-time", 1, 0)]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_period_older_than_daily_counts_shows_its_monthly_total_only() {
-    let (app, clock) = oslo_app("batched", "2026-06-20T10:00:00Z").await;
-    let user = app.new_user().await;
-    // Daily counting began in the middle of June; May was recorded before
-    // (seeded as `.ci/run` seeds last month, straight into usage_records).
-    daily_counts_since(&app, "2026-06-15T12:00:00Z").await;
+/// Adds calls to a monthly row only, as an instance still running the code
+/// from before daily counts flushes them (its upsert, without days).
+async fn add_without_days(app: &TestApp, user: Uuid, api: &str, period: &str, calls: i64, failed_calls: i64) {
     app.sql(&format!(
         "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls)
-         SELECT '{}', id, DATE '2026-05-01', 1500, 10 FROM apis WHERE slug = 'tools-uuid'",
-        user.id
+         SELECT '{user}', id, DATE '{period}', {calls}, {failed_calls} FROM apis WHERE slug = '{api}'
+         ON CONFLICT (user_id, api_id, period) DO UPDATE SET
+           calls = usage_records.calls + EXCLUDED.calls,
+           failed_calls = usage_records.failed_calls + EXCLUDED.failed_calls"
     ))
     .await;
-    // June started before daily counting did: monthly only, though these
-    // two calls do have days.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_inserted_without_days_show_their_monthly_total_only() {
+    let (app, clock) = oslo_app("batched", "2026-06-20T10:00:00Z").await;
+    let user = app.new_user().await;
+    // May seeded as `.ci/run` seeds last month: straight into usage_records.
+    add_without_days(&app, user.id, "tools-uuid", "2026-05-01", 1500, 10).await;
     for _ in 0..2 {
         app.get_auth("/api/v1/tools/uuid", &user.token).await;
     }
-    // July is the first period with daily counts.
     clock.set(at("2026-07-01T08:00:00Z"));
     for _ in 0..3 {
         app.get_auth("/api/v1/tools/uuid", &user.token).await;
@@ -496,17 +490,17 @@ async fn a_period_older_than_daily_counts_shows_its_monthly_total_only() {
             "zone": "Europe/Oslo",
             "from": "2026-05-15",
             "to": "2026-07-31",
-            "daily_from": "2026-07",
-            "days": [{"day": "2026-07-01", "api": "tools-uuid", "calls": 3, "failed_calls": 0}],
+            "days": [
+                {"day": "2026-06-20", "api": "tools-uuid", "calls": 2, "failed_calls": 0},
+                {"day": "2026-07-01", "api": "tools-uuid", "calls": 3, "failed_calls": 0},
+            ],
             "monthly_only": [
                 {"period": "2026-05", "api": "tools-uuid", "calls": 1500, "failed_calls": 10},
-                {"period": "2026-06", "api": "tools-uuid", "calls": 2, "failed_calls": 0},
             ],
         })
     );
-    let july = daily(&app, &user.token, "?from=2026-07-01&to=2026-07-31").await;
-    assert_eq!(july["monthly_only"], json!([]));
-    assert_eq!(days_of(&july), expect(&[("2026-07-01", "tools-uuid", 3, 0)]));
+    let june = daily(&app, &user.token, "?from=2026-06-01&to=2026-07-31").await;
+    assert_eq!(june["monthly_only"], json!([]));
     let may = daily(&app, &user.token, "?from=2026-05-31&to=2026-05-31").await;
     assert_eq!(may["days"], json!([]));
     assert_eq!(may["monthly_only"][0]["calls"], 1500, "the whole month's total");
@@ -515,7 +509,67 @@ async fn a_period_older_than_daily_counts_shows_its_monthly_total_only() {
         (&other_api["days"], &other_api["monthly_only"]),
         (&json!([]), &json!([]))
     );
-    assert_eq!(periods_whose_days_do_not_add_up(&app.db, "2026-07-01").await, 0);
+    assert_eq!(periods_whose_days_do_not_add_up(&app.db, "2026-06-01").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_mid_month_shows_that_month_of_the_apis_it_touched_by_their_totals_only() {
+    let (app, clock) = oslo_app("batched", "2026-06-10T10:00:00Z").await;
+    let user = app.new_user().await;
+    let other = app.new_user().await;
+    // June: this code counts calls to two APIs, with their days …
+    for path in ["/api/v1/tools/uuid", "/api/v1/tools/uuid", "/api/v1/tools/time"] {
+        assert_eq!(app.get_auth(path, &user.token).await.status(), 200);
+    }
+    assert_eq!(app.get_auth("/api/v1/tools/uuid", &other.token).await.status(), 200);
+    app.flush_meter().await;
+    // … while an instance still running the older code flushes more calls
+    // to one of them, without days.
+    add_without_days(&app, user.id, "tools-uuid", "2026-06-01", 5, 1).await;
+    clock.set(at("2026-06-12T10:00:00Z"));
+    app.get_auth("/api/v1/tools/uuid", &user.token).await;
+    // July: every instance counts days. A month whose calls add up but
+    // whose failed calls do not is monthly only too (an older instance
+    // settling a given-up group moves a served call to failed in the month).
+    clock.set(at("2026-07-02T10:00:00Z"));
+    for path in ["/api/v1/tools/uuid", "/api/v1/tools/time"] {
+        assert_eq!(app.get_auth(path, &user.token).await.status(), 200);
+    }
+    app.flush_meter().await;
+    app.sql(&format!(
+        "UPDATE usage_records SET failed_calls = failed_calls + 1
+         WHERE user_id = '{}' AND period = DATE '2026-07-01'
+           AND api_id = (SELECT id FROM apis WHERE slug = 'tools-time')",
+        user.id
+    ))
+    .await;
+
+    let report = daily(&app, &user.token, "?from=2026-06-01&to=2026-07-31").await;
+    assert_eq!(
+        days_of(&report),
+        expect(&[("2026-06-10", "tools-time", 1, 0), ("2026-07-02", "tools-uuid", 1, 0)])
+    );
+    assert_eq!(
+        report["monthly_only"],
+        json!([
+            {"period": "2026-06", "api": "tools-uuid", "calls": 8, "failed_calls": 1},
+            {"period": "2026-07", "api": "tools-time", "calls": 1, "failed_calls": 1},
+        ])
+    );
+    // The whole period is compared, however little of it the range covers.
+    let one_day = daily(&app, &user.token, "?from=2026-06-12&to=2026-06-12").await;
+    assert_eq!(one_day["days"], json!([]));
+    assert_eq!(
+        one_day["monthly_only"],
+        json!([{"period": "2026-06", "api": "tools-uuid", "calls": 8, "failed_calls": 1}])
+    );
+    let time_only = daily(&app, &user.token, "?from=2026-06-01&to=2026-06-30&api=tools-time").await;
+    assert_eq!(days_of(&time_only), expect(&[("2026-06-10", "tools-time", 1, 0)]));
+    assert_eq!(time_only["monthly_only"], json!([]));
+    // Another user's line of the same API and period is theirs alone.
+    let theirs = daily(&app, &other.token, "?from=2026-06-01&to=2026-06-30").await;
+    assert_eq!(days_of(&theirs), expect(&[("2026-06-10", "tools-uuid", 1, 0)]));
+    assert_eq!(theirs["monthly_only"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
