@@ -230,7 +230,7 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                     tbody {
                         @for line in &detail.lines {
                             tr {
-                                td { (line.position + 1) }
+                                td data-label="Line" { (line.position + 1) }
                                 td { (line.api_name) br; code { (line.api_slug) } }
                                 td.num data-label="Calls" { (line.priced.calls) }
                                 td.num data-label="Failed" { (line.priced.failed_calls) }

@@ -115,7 +115,7 @@ async function api(path, { key, token, method = "GET", body } = {}) {
 }
 
 async function tokenFor(who) {
-  const res = await api("/api/v1/auth/login", { method: "POST", body: who });
+  const res = await api("/api/v1/auth/login", { method: "POST", body: { email: who.email, password: who.password } });
   assert.equal(res.status, 200, `login ${who.email}`);
   return res.json.access_token;
 }
