@@ -449,3 +449,35 @@ pub async fn change_user(
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))
 }
+
+/// Rotates a gateway API's signing secret: the new one signs at once, the
+/// previous one beside it for the rotation grace (24 h), so the upstream can
+/// move over without refusing a call. 409 `no_upstream` for a built-in API.
+pub async fn rotate_signing_secret(
+    state: &AppState,
+    id: i32,
+) -> Result<(crate::models::Api, Option<crate::models::api::Upstream>), ApiError> {
+    use crate::models::Api;
+    use crate::models::api::Upstream;
+    let mut conn = conn(state).await?;
+    match Api::find_with_upstream(&mut conn, id).await? {
+        None => return Err(ApiError::not_found("no such API")),
+        Some((_, None)) => {
+            return Err(ApiError::conflict(
+                "no_upstream",
+                "this API has no upstream, so nothing is signed; give it one with PATCH first",
+            ));
+        }
+        Some(_) => {}
+    }
+    let until = state.now() + crate::domain::gateway::ROTATION_GRACE;
+    Upstream::rotate_secret(&mut conn, id, &crate::catalog::new_signing_secret(), until)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such API"))?;
+    let found = Api::find_with_upstream(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such API"))?;
+    drop(conn);
+    state.reload_catalog().await?;
+    Ok(found)
+}

@@ -83,7 +83,7 @@ pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
         }
         Err(err) => {
             let csrf = session::csrf_token(&state, &req);
-            form_failed(
+            page::form_failed(
                 &err,
                 page::document(
                     "Sign in",
@@ -102,12 +102,6 @@ async fn end_previous_session(state: &AppState, req: &HttpRequest) {
     if let Some(previous) = session::refresh_cookie(req) {
         let _ = actions::end_session_by_refresh_token(state, &previous).await;
     }
-}
-
-/// A form shown again with its error, under the status (and headers, such
-/// as `Retry-After`) the API gives that error.
-pub fn form_failed(err: &ApiError, page: Markup) -> HttpResponse {
-    err.console_response(None, |_, _| page.into_string())
 }
 
 fn sign_up_markup(csrf: &str, email: &str, name: &str, error: Option<&str>) -> Markup {
@@ -162,7 +156,7 @@ pub async fn sign_up(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
         }
         Err(err) => {
             let csrf = session::csrf_token(&state, &req);
-            form_failed(
+            page::form_failed(
                 &err,
                 page::document(
                     "Create an account",

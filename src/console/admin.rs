@@ -17,7 +17,7 @@ use crate::domain::pricing::{PriceVersion, Tier};
 use crate::domain::text::{Description, EmailPart, HttpMethod, Name, RoutePattern, Slug, UpstreamUrl};
 use crate::error::ApiError;
 use crate::models::Api;
-use crate::models::api::{ApiChanges, UpstreamUpdate};
+use crate::models::api::{ApiChanges, UpstreamChanges, UpstreamUpdate};
 use crate::models::price::PriceBook;
 use crate::models::user::{Role, StandingChange, UserStatus};
 
@@ -45,7 +45,7 @@ pub struct Done {
 }
 
 /// `GET /console/admin`: every catalog entry with its price now.
-pub async fn catalog(signed: Signed, query: web::Query<Done>) -> PageResult {
+pub async fn show_catalog(signed: Signed, query: web::Query<Done>) -> PageResult {
     admin_only(&signed)?;
     let mut conn = signed.conn().await?;
     let all = Api::all_with_upstreams(&mut conn).await.map_err(PageError::from)?;
@@ -136,7 +136,7 @@ pub async fn create_api(signed: Signed, form: web::Form<NewApiForm>) -> PageResu
 
 /// `GET /console/admin/apis/{id}`: the entry, its upstream, its price
 /// history, and forms to change it and to schedule a price.
-pub async fn api(signed: Signed, id: web::Path<String>, query: web::Query<Done>) -> PageResult {
+pub async fn show_api(signed: Signed, id: web::Path<String>, query: web::Query<Done>) -> PageResult {
     admin_only(&signed)?;
     let id: i32 = id.parse().map_err(|_| ApiError::not_found("no such API"))?;
     let mut conn = signed.conn().await?;
@@ -178,6 +178,26 @@ pub async fn api(signed: Signed, id: web::Path<String>, query: web::Query<Done>)
                     label for="description" { "Description" } input #description type="text" name="description" value=(api.description) maxlength="1000";
                     label.check { input type="checkbox" name="active" value="yes" checked[api.active]; " Active (inactive APIs are not metered or served)" }
                     button type="submit" { "Save" }
+                }
+            }
+            @if let Some(u) = &upstream {
+                section {
+                    h2 { "Upstream" }
+                    form.stack method="post" action={"/console/admin/apis/" (api.id) "/upstream"} {
+                        (signed.csrf_field())
+                        label for="url" { "URL" } input #url type="url" name="url" value=(u.url) required;
+                        label for="timeout_ms" { "Timeout (ms, 1 to 3600000)" } input #timeout_ms type="number" name="timeout_ms" min="1" max="3600000" value=(u.timeout_ms) required;
+                        label for="connect_timeout_ms" { "Connect timeout (ms, 1 to 600000)" } input #connect_timeout_ms type="number" name="connect_timeout_ms" min="1" max="600000" value=(u.connect_timeout_ms) required;
+                        label for="max_body_bytes" { "Largest request body (bytes)" } input #max_body_bytes type="number" name="max_body_bytes" min="0" value=(u.max_body_bytes) required;
+                        label.check { input type="checkbox" name="preserve_host" value="yes" checked[u.preserve_host]; " Send the client's Host header upstream" }
+                        button type="submit" { "Save upstream" }
+                    }
+                    form method="post" action={"/console/admin/apis/" (api.id) "/signing-secret"} data-confirm="Rotate the signing secret? The old one keeps signing beside the new one for 24 hours." {
+                        (signed.csrf_field())
+                        p.muted { "payg signs every forwarded call (" code { "Payg-Signature" } "). "
+                            @if let Some(until) = u.previous_secret_expires_at { "The previous secret signs too until " (signed.when(until)) ". " } }
+                        button type="submit" { "Rotate signing secret" }
+                    }
                 }
             }
             section {
@@ -230,6 +250,63 @@ pub async fn update_api(signed: Signed, id: web::Path<String>, form: web::Form<A
 }
 
 #[derive(Deserialize)]
+pub struct UpstreamForm {
+    url: UpstreamUrl,
+    timeout_ms: i32,
+    connect_timeout_ms: i32,
+    max_body_bytes: i64,
+    preserve_host: Option<String>,
+}
+
+/// `POST /console/admin/apis/{id}/upstream`: as `PATCH /admin/apis/{id}`
+/// with `upstream`; every instance follows within about a second.
+pub async fn update_upstream(signed: Signed, id: web::Path<String>, form: web::Form<UpstreamForm>) -> PageResult {
+    admin_only(&signed)?;
+    let id: i32 = id.parse().map_err(|_| ApiError::not_found("no such API"))?;
+    let f = form.into_inner();
+    gw::check_limits(f.timeout_ms, f.connect_timeout_ms, f.max_body_bytes).map_err(ApiError::validation)?;
+    let change = UpstreamUpdate::Change(UpstreamChanges {
+        url: Some(f.url.into_inner()),
+        timeout_ms: Some(f.timeout_ms),
+        connect_timeout_ms: Some(f.connect_timeout_ms),
+        max_body_bytes: Some(f.max_body_bytes),
+        preserve_host: Some(f.preserve_host.as_deref() == Some("yes")),
+    });
+    let unchanged = ApiChanges {
+        name: None,
+        description: None,
+        active: None,
+    };
+    actions::update_api(&signed.state, id, &unchanged, &change).await?;
+    Ok(page::see_other(&format!("/console/admin/apis/{id}?done=saved")))
+}
+
+/// `POST /console/admin/apis/{id}/signing-secret`: the new secret is shown
+/// once, on this answer (never redirected to, never cached).
+pub async fn rotate_signing_secret(signed: Signed, id: web::Path<String>) -> PageResult {
+    admin_only(&signed)?;
+    let id: i32 = id.parse().map_err(|_| ApiError::not_found("no such API"))?;
+    let (api, upstream) = actions::rotate_signing_secret(&signed.state, id).await?;
+    let main = html! {
+        main {
+            h1 { "New signing secret for " (api.name) }
+            @if let Some(u) = upstream {
+                section.created role="status" {
+                    p { strong { "Shown this once:" } " give it to the upstream. The previous secret signs beside it until "
+                        @if let Some(until) = u.previous_secret_expires_at { (signed.when(until)) } "." }
+                    div.copy {
+                        input #signing-secret type="text" readonly value=(u.signing_secret) aria-label="Signing secret";
+                        button type="button" data-copy="signing-secret" { "Copy" }
+                    }
+                }
+            }
+            p { a href={"/console/admin/apis/" (api.id)} { "← " (api.name) } }
+        }
+    };
+    Ok(signed.page("Signing secret", "/console/admin", main))
+}
+
+#[derive(Deserialize)]
 pub struct PriceForm {
     unit_price: String,
     free_calls: Option<String>,
@@ -279,7 +356,7 @@ const USERS_PER_PAGE: i64 = 50;
 
 /// `GET /console/admin/users?email=&page=`: find users by part of their
 /// email (as `GET /api/v1/admin/users`), change a role or status.
-pub async fn users(signed: Signed, query: web::Query<UsersQuery>) -> PageResult {
+pub async fn list_users(signed: Signed, query: web::Query<UsersQuery>) -> PageResult {
     admin_only(&signed)?;
     let q = query.into_inner();
     let email = q.email.as_deref().unwrap_or("").trim().to_owned();

@@ -34,17 +34,26 @@ pub fn icon_url() -> &'static str {
     &ICON_URL
 }
 
-/// `GET /assets/{name}`; `None` for a name that is not an asset.
-pub fn serve(name: &str) -> Option<HttpResponse> {
-    let (body, content_type) = match name {
-        "console.css" => (CSS, "text/css; charset=utf-8"),
-        "console.js" => (JS, "text/javascript; charset=utf-8"),
-        "favicon.svg" => (ICON, "image/svg+xml"),
+/// `GET /assets/{name}?v=…`; `None` for a name that is not an asset. Only
+/// the URL of this build's content (`v` its hash) may be kept for a year:
+/// during a rolling deploy a page from a newer instance can ask an older
+/// one, which must not let its old file be cached under the new URL.
+pub fn serve(name: &str, version: Option<&str>) -> Option<HttpResponse> {
+    let (body, content_type, url) = match name {
+        "console.css" => (CSS, "text/css; charset=utf-8", css_url()),
+        "console.js" => (JS, "text/javascript; charset=utf-8", js_url()),
+        "favicon.svg" => (ICON, "image/svg+xml", icon_url()),
         _ => return None,
+    };
+    let current = version.is_some_and(|v| url.ends_with(&format!("?v={v}")));
+    let cache = if current {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
     };
     let res = HttpResponse::Ok()
         .content_type(content_type)
-        .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
+        .insert_header((header::CACHE_CONTROL, cache))
         .body(body);
     Some(res)
 }

@@ -20,7 +20,7 @@ const BOTTOM: i64 = 24;
 /// Periods the page offers (this one and the eleven before it).
 const PERIODS: u32 = 12;
 
-/// The largest "nice" axis bound at or above `max` (1, 2 or 5 × 10ⁿ).
+/// The smallest "nice" axis bound at or above `max` (1, 2 or 5 × 10ⁿ).
 fn axis_max(max: i64) -> i64 {
     let mut step = 1i64;
     loop {

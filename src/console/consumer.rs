@@ -9,8 +9,8 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::account::form_failed;
-use super::page::{self, PageError, PageResult, Signed, money};
+use super::invoice::invoice_document;
+use super::page::{self, PageError, PageResult, Signed, form_failed, money};
 use crate::actions;
 use crate::billing::statement::Statement;
 use crate::domain::Period;
@@ -89,14 +89,15 @@ pub async fn this_month(signed: Signed) -> PageResult {
     let state = &signed.state;
     let period = state.current_period();
     let currency = state.config.billing.currency;
+    let now = state.now();
     let mut conn = signed.conn().await?;
-    let statement = Statement::for_user(&mut conn, signed.user.id(), period, currency, state.now())
+    let statement = Statement::for_user(&mut conn, signed.user.id(), period, currency, now)
         .await
         .map_err(PageError::from)?;
     drop(conn);
     let calls: i64 = statement.lines.iter().map(|l| l.priced.calls).sum();
     let failed: i64 = statement.lines.iter().map(|l| l.priced.failed_calls).sum();
-    let projected = projected_cost(&statement, state.now(), signed.zone());
+    let projected = projected_cost(&statement, now, signed.zone());
     let code = currency.code();
     let main = html! {
         main {
@@ -124,7 +125,7 @@ pub async fn this_month(signed: Signed) -> PageResult {
 }
 
 /// `GET /console/invoices`.
-pub async fn invoices(signed: Signed) -> PageResult {
+pub async fn list_invoices(signed: Signed) -> PageResult {
     let mut conn = signed.conn().await?;
     let invoices = Invoice::for_user(&mut conn, signed.user.id())
         .await
@@ -176,95 +177,8 @@ async fn own_invoice(signed: &Signed, id: &str) -> Result<InvoiceDetail, PageErr
     InvoiceDetail::load(&mut conn, invoice).await.map_err(PageError::from)
 }
 
-/// The invoice as a document: number, dates, the billing snapshot, lines,
-/// total, status, payments. The screen page and the printable page share it.
-pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> String, zone: &str) -> Markup {
-    let inv = &detail.invoice;
-    let currency = inv.currency.as_str();
-    let period = Period::from_first_day(inv.period)
-        .map(|p| p.to_string())
-        .unwrap_or_default();
-    html! {
-        article.invoice {
-            header.invoice-head {
-                div {
-                    h1 { "Invoice " span #invoice-number { (inv.number) } }
-                    p { "Status: " span class={"badge " (inv.status)} #invoice-status { (inv.status) } }
-                }
-                dl.facts {
-                    dt { "Period" } dd { (period) " (" (zone) ")" }
-                    dt { "Issued" } dd { (when(inv.issued_at)) }
-                    dt { "Due" } dd { (when(inv.due_at)) }
-                    @if let Some(paid) = inv.paid_at { dt { "Paid" } dd { (when(paid)) } }
-                    @if let Some(voided) = inv.voided_at { dt { "Voided" } dd { (when(voided)) } }
-                }
-            }
-            section.billed-to {
-                h2 { "Billed to" }
-                address {
-                    (inv.billing_name) br;
-                    @if let Some(c) = &inv.billing_company { (c) br; }
-                    @if let Some(a) = &inv.billing_address_line1 { (a) br; }
-                    @if let Some(a) = &inv.billing_address_line2 { (a) br; }
-                    @if inv.billing_postal_code.is_some() || inv.billing_city.is_some() {
-                        (inv.billing_postal_code.as_deref().unwrap_or("")) " " (inv.billing_city.as_deref().unwrap_or("")) br;
-                    }
-                    @if let Some(c) = &inv.billing_country { (c) br; }
-                    (inv.billing_email)
-                    @if let Some(t) = &inv.billing_tax_id { br; "Tax id: " (t) }
-                }
-            }
-            div.scroll {
-                table.lines {
-                    thead { tr {
-                        th scope="col" { "#" }
-                        th scope="col" { "API" }
-                        th.num scope="col" { "Calls" }
-                        th.num scope="col" { "Failed" }
-                        th.num scope="col" { "Billable" }
-                        th.num scope="col" { "Free" }
-                        th.num scope="col" { "Charged" }
-                        th.num scope="col" { "Unit price" }
-                        th.num scope="col" { "Amount" }
-                    } }
-                    tbody {
-                        @for line in &detail.lines {
-                            tr {
-                                td data-label="Line" { (line.position + 1) }
-                                td { (line.api_name) br; code { (line.api_slug) } }
-                                td.num data-label="Calls" { (line.priced.calls) }
-                                td.num data-label="Failed" { (line.priced.failed_calls) }
-                                td.num data-label="Billable" { (line.priced.billable_calls) }
-                                td.num data-label="Free" { (line.priced.free_calls) }
-                                td.num data-label="Charged" { (line.priced.charged_calls) }
-                                td.num data-label="Unit price" { (money(line.priced.unit_price, currency)) }
-                                td.num data-label="Amount" { (money(line.priced.amount, currency)) }
-                            }
-                        }
-                    }
-                    tfoot {
-                        tr { th scope="row" colspan="8" { "Subtotal" } td.num { (money(inv.subtotal, currency)) } }
-                        tr.total { th scope="row" colspan="8" { "Total" } td.num #invoice-total { (money(inv.total, currency)) } }
-                        tr { th scope="row" colspan="8" { "Paid" } td.num { (money(inv.amount_paid, currency)) } }
-                    }
-                }
-            }
-            @if !detail.payments.is_empty() {
-                section {
-                    h2 { "Payments" }
-                    ul {
-                        @for p in &detail.payments {
-                            li { (when(p.received_at)) ": " (money(p.amount, &p.currency)) " — " (p.method) ", reference " code { (p.reference) } }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// `GET /console/invoices/{id}`.
-pub async fn invoice(signed: Signed, id: web::Path<String>) -> PageResult {
+pub async fn show_invoice(signed: Signed, id: web::Path<String>) -> PageResult {
     let detail = own_invoice(&signed, &id).await?;
     let zone = signed.zone();
     let when = |at| page::instant(at, zone);
@@ -282,7 +196,7 @@ pub async fn invoice(signed: Signed, id: web::Path<String>) -> PageResult {
 
 /// `GET /console/invoices/{id}/print`: the invoice alone, for the browser's
 /// "print to PDF" (the stylesheet's print rules drop the console around it).
-pub async fn invoice_print(signed: Signed, id: web::Path<String>) -> PageResult {
+pub async fn print_invoice(signed: Signed, id: web::Path<String>) -> PageResult {
     let detail = own_invoice(&signed, &id).await?;
     let zone = signed.zone();
     let when = |at| page::instant(at, zone);
@@ -380,7 +294,7 @@ async fn active_keys(signed: &Signed) -> Result<Vec<ApiKey>, PageError> {
 
 /// `GET /console/keys`. Managing keys takes a signed-in session (the
 /// console's always is one), as in the API.
-pub async fn keys(signed: Signed, query: web::Query<KeysQuery>) -> PageResult {
+pub async fn list_keys(signed: Signed, query: web::Query<KeysQuery>) -> PageResult {
     let keys = active_keys(&signed).await?;
     let done = query.revoked.as_deref().map(|_| "Key revoked.");
     Ok(signed.page(
@@ -446,7 +360,7 @@ fn price_text(price: &PriceView) -> Markup {
 
 /// `GET /console/apis`: the catalog with this period's prices, and how to
 /// call each API.
-pub async fn apis(signed: Signed) -> PageResult {
+pub async fn list_apis(signed: Signed) -> PageResult {
     let state = &signed.state;
     let mut conn = signed.conn().await?;
     let all = Api::all_with_upstreams(&mut conn).await.map_err(PageError::from)?;

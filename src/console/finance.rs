@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::consumer::invoice_document;
+use super::invoice::invoice_document;
 use super::page::{self, PageError, PageResult, Signed, money};
 use crate::actions;
 use crate::billing::close;
@@ -36,7 +36,7 @@ pub struct Done {
 }
 
 /// `GET /console/finance`: the last periods, closed or not.
-pub async fn periods(signed: Signed, query: web::Query<Done>) -> PageResult {
+pub async fn list_periods(signed: Signed, query: web::Query<Done>) -> PageResult {
     finance_only(&signed)?;
     let current = signed.state.current_period();
     let mut rows = Vec::new();
@@ -93,7 +93,7 @@ pub async fn periods(signed: Signed, query: web::Query<Done>) -> PageResult {
 
 /// `GET /console/finance/periods/{period}`: its reconciliation, and the
 /// close form for a past month not closed yet.
-pub async fn period(signed: Signed, period: web::Path<String>) -> PageResult {
+pub async fn show_period(signed: Signed, period: web::Path<String>) -> PageResult {
     finance_only(&signed)?;
     let period: Period = period.parse().map_err(PageError::from)?;
     let state = &signed.state;
@@ -156,12 +156,12 @@ pub async fn period(signed: Signed, period: web::Path<String>) -> PageResult {
 }
 
 #[derive(Deserialize)]
-pub struct CloseForm {
+pub struct ConfirmForm {
     confirm: Option<String>,
 }
 
 /// `POST /console/finance/periods/{period}/close`: needs the confirmation box.
-pub async fn close(signed: Signed, period: web::Path<String>, form: web::Form<CloseForm>) -> PageResult {
+pub async fn close_period(signed: Signed, period: web::Path<String>, form: web::Form<ConfirmForm>) -> PageResult {
     finance_only(&signed)?;
     let period: Period = period.parse().map_err(PageError::from)?;
     if form.confirm.as_deref() != Some("yes") {
@@ -181,7 +181,7 @@ pub struct SearchQuery {
 }
 
 /// `GET /console/finance/invoices`: search by period, status, user.
-pub async fn invoices(signed: Signed, query: web::Query<SearchQuery>) -> PageResult {
+pub async fn list_invoices(signed: Signed, query: web::Query<SearchQuery>) -> PageResult {
     finance_only(&signed)?;
     let q = query.into_inner();
     let blank = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
@@ -291,7 +291,7 @@ fn invoice_actions(signed: &Signed, detail: &InvoiceDetail) -> Markup {
 }
 
 /// `GET /console/finance/invoices/{id}`: any user's invoice.
-pub async fn invoice(signed: Signed, id: web::Path<String>, query: web::Query<Done>) -> PageResult {
+pub async fn show_invoice(signed: Signed, id: web::Path<String>, query: web::Query<Done>) -> PageResult {
     finance_only(&signed)?;
     let id: Uuid = id.parse().map_err(|_| ApiError::not_found("invoice not found"))?;
     let mut conn = signed.conn().await?;
@@ -347,7 +347,7 @@ pub async fn record_payment(signed: Signed, id: web::Path<String>, form: web::Fo
 }
 
 /// `POST /console/finance/invoices/{id}/void`: needs the confirmation box.
-pub async fn void(signed: Signed, id: web::Path<String>, form: web::Form<super::finance::CloseForm>) -> PageResult {
+pub async fn void_invoice(signed: Signed, id: web::Path<String>, form: web::Form<ConfirmForm>) -> PageResult {
     finance_only(&signed)?;
     let id: Uuid = id.parse().map_err(|_| ApiError::not_found("invoice not found"))?;
     if form.confirm.as_deref() != Some("yes") {
@@ -365,7 +365,7 @@ pub struct ExportQuery {
 
 /// `GET /console/finance/export?period=YYYY-MM&format=csv|json`: the same
 /// streamed export as `GET /api/v1/finance/invoices/export`, as a download.
-pub async fn export(signed: Signed, query: web::Query<ExportQuery>) -> PageResult {
+pub async fn export_invoices(signed: Signed, query: web::Query<ExportQuery>) -> PageResult {
     finance_only(&signed)?;
     let period: Period = query.period.parse().map_err(PageError::from)?;
     let format = match query.format.as_deref() {

@@ -68,7 +68,7 @@ async fn read_body(req: &mut actix_web::dev::ServiceRequest) -> Result<web::Byte
 
 /// The Content-Security-Policy of every console response.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+    connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 fn secure(
     mut res: actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,

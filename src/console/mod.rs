@@ -20,6 +20,7 @@ mod chart;
 mod consumer;
 mod finance;
 mod guard;
+mod invoice;
 pub mod page;
 pub mod session;
 
@@ -53,30 +54,35 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/profile", web::get().to(account::profile))
                 .route("/profile", web::post().to(account::update_profile))
                 .route("/usage", web::get().to(chart::usage_page))
-                .route("/invoices", web::get().to(consumer::invoices))
-                .route("/invoices/{id}", web::get().to(consumer::invoice))
-                .route("/invoices/{id}/print", web::get().to(consumer::invoice_print))
-                .route("/keys", web::get().to(consumer::keys))
+                .route("/invoices", web::get().to(consumer::list_invoices))
+                .route("/invoices/{id}", web::get().to(consumer::show_invoice))
+                .route("/invoices/{id}/print", web::get().to(consumer::print_invoice))
+                .route("/keys", web::get().to(consumer::list_keys))
                 .route("/keys", web::post().to(consumer::create_key))
                 .route("/keys/{id}/revoke", web::post().to(consumer::revoke_key))
-                .route("/apis", web::get().to(consumer::apis))
-                .route("/finance", web::get().to(finance::periods))
-                .route("/finance/periods/{period}", web::get().to(finance::period))
-                .route("/finance/periods/{period}/close", web::post().to(finance::close))
-                .route("/finance/invoices", web::get().to(finance::invoices))
-                .route("/finance/invoices/{id}", web::get().to(finance::invoice))
+                .route("/apis", web::get().to(consumer::list_apis))
+                .route("/finance", web::get().to(finance::list_periods))
+                .route("/finance/periods/{period}", web::get().to(finance::show_period))
+                .route("/finance/periods/{period}/close", web::post().to(finance::close_period))
+                .route("/finance/invoices", web::get().to(finance::list_invoices))
+                .route("/finance/invoices/{id}", web::get().to(finance::show_invoice))
                 .route(
                     "/finance/invoices/{id}/payments",
                     web::post().to(finance::record_payment),
                 )
-                .route("/finance/invoices/{id}/void", web::post().to(finance::void))
-                .route("/finance/export", web::get().to(finance::export))
-                .route("/admin", web::get().to(admin::catalog))
+                .route("/finance/invoices/{id}/void", web::post().to(finance::void_invoice))
+                .route("/finance/export", web::get().to(finance::export_invoices))
+                .route("/admin", web::get().to(admin::show_catalog))
                 .route("/admin/apis", web::post().to(admin::create_api))
-                .route("/admin/apis/{id}", web::get().to(admin::api))
+                .route("/admin/apis/{id}", web::get().to(admin::show_api))
                 .route("/admin/apis/{id}", web::post().to(admin::update_api))
                 .route("/admin/apis/{id}/prices", web::post().to(admin::schedule_price))
-                .route("/admin/users", web::get().to(admin::users))
+                .route("/admin/apis/{id}/upstream", web::post().to(admin::update_upstream))
+                .route(
+                    "/admin/apis/{id}/signing-secret",
+                    web::post().to(admin::rotate_signing_secret),
+                )
+                .route("/admin/users", web::get().to(admin::list_users))
                 .route("/admin/users/{id}", web::post().to(admin::update_user))
                 .default_service(web::to(not_found)),
         );
@@ -86,8 +92,13 @@ async fn to_console() -> HttpResponse {
     page::see_other(CONSOLE_PREFIX)
 }
 
-async fn asset(name: web::Path<String>) -> HttpResponse {
-    assets::serve(&name).unwrap_or_else(page::not_found_page)
+#[derive(serde::Deserialize)]
+struct AssetQuery {
+    v: Option<String>,
+}
+
+async fn asset(name: web::Path<String>, query: web::Query<AssetQuery>) -> HttpResponse {
+    assets::serve(&name, query.v.as_deref()).unwrap_or_else(page::not_found_page)
 }
 
 async fn not_found() -> HttpResponse {

@@ -3,8 +3,7 @@
 //! HTML face of an [`ApiError`].
 //!
 //! Templates are `maud` macros, checked when payg compiles; every value is
-//! escaped unless wrapped in `PreEscaped` (used only for the SVG the chart
-//! module builds from numbers).
+//! escaped (nothing here is `PreEscaped`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -323,6 +322,12 @@ pub fn instant(at: DateTime<Utc>, zone: Tz) -> String {
 
 pub fn day(day: NaiveDate) -> String {
     day.format("%Y-%m-%d").to_string()
+}
+
+/// A form shown again with its error, under the status (and headers, such
+/// as `Retry-After`) the API gives that error.
+pub fn form_failed(err: &ApiError, page: Markup) -> HttpResponse {
+    err.console_response(None, |_, _| page.into_string())
 }
 
 /// A notice after an action (`?done=…` on the page it redirected to).

@@ -10,7 +10,7 @@ use crate::actions;
 use crate::app::AppState;
 use crate::catalog::{self, UpstreamSettings};
 use crate::domain::currency::DecimalString;
-use crate::domain::gateway::{self as gw, ROTATION_GRACE};
+use crate::domain::gateway::{self as gw};
 use crate::domain::pricing::{PriceVersion, PriceView, Tier};
 use crate::domain::text::{Description, GatewayPrefix, HttpMethod, Name, RoutePattern, Slug, UpstreamUrl};
 use crate::domain::{Currency, Period};
@@ -279,26 +279,7 @@ pub async fn rotate_signing_secret(
     _admin: AdminUser,
     id: web::Path<i32>,
 ) -> ApiResult<HttpResponse> {
-    let mut conn = conn(&state.db).await?;
-    match Api::find_with_upstream(&mut conn, *id).await? {
-        None => return Err(ApiError::not_found("no such API")),
-        Some((_, None)) => {
-            return Err(ApiError::conflict(
-                "no_upstream",
-                "this API has no upstream, so nothing is signed; give it one with PATCH first",
-            ));
-        }
-        Some(_) => {}
-    }
-    let until = state.now() + ROTATION_GRACE;
-    Upstream::rotate_secret(&mut conn, *id, &catalog::new_signing_secret(), until)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such API"))?;
-    let Some((api, upstream)) = Api::find_with_upstream(&mut conn, *id).await? else {
-        return Err(ApiError::not_found("no such API"));
-    };
-    drop(conn);
-    state.reload_catalog().await?;
+    let (api, upstream) = actions::rotate_signing_secret(&state, *id).await?;
     Ok(HttpResponse::Ok().json(AdminApi {
         upstream: upstream.as_ref().map(|u| UpstreamView::new(u, true)),
         api,

@@ -42,8 +42,6 @@ pub struct UserPage {
     pub total: i64,
 }
 
-/// An issued invoice due before this instant makes its user overdue (as
-/// authentication reads it).
 /// Users, by email, optionally only those whose email contains a text;
 /// paged like the finance invoice list.
 #[utoipa::path(

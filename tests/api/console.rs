@@ -843,3 +843,98 @@ async fn a_sign_out_redis_cannot_record_says_so_keeps_the_cookies_and_its_retry_
         "the old cookies no longer work"
     );
 }
+
+#[tokio::test]
+async fn an_admin_adds_a_gateway_api_changes_its_upstream_rotates_its_secret_and_schedules_a_price() {
+    let app = TestApp::spawn().await;
+    let admin = app.user_with_role("admin").await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&admin.email).await;
+    let res = browser
+        .submit(
+            "/console/admin",
+            "/console/admin/apis",
+            &[
+                ("slug", "weather"),
+                ("name", "Weather"),
+                ("method", "*"),
+                ("route", "/weather"),
+                ("url", "http://127.0.0.1:9"),
+                ("description", "Forecasts"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.expect("body");
+    assert!(body.contains(r#"id="signing-secret""#), "the secret is shown once");
+    let apis = app.get_json("/api/v1/admin/apis", &admin.token).await;
+    let weather = apis["apis"]
+        .as_array()
+        .expect("apis")
+        .iter()
+        .find(|a| a["slug"] == "weather")
+        .expect("created")
+        .clone();
+    let id = weather["id"].as_i64().expect("id");
+    let page = format!("/console/admin/apis/{id}");
+
+    let res = browser
+        .submit(
+            &page,
+            &format!("{page}/upstream"),
+            &[
+                ("url", "http://127.0.0.1:10"),
+                ("timeout_ms", "5000"),
+                ("connect_timeout_ms", "1000"),
+                ("max_body_bytes", "1024"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let bad = browser
+        .submit(
+            &page,
+            &format!("{page}/upstream"),
+            &[
+                ("url", "http://127.0.0.1:10"),
+                ("timeout_ms", "0"),
+                ("connect_timeout_ms", "1000"),
+                ("max_body_bytes", "1024"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
+    let apis = app.get_json("/api/v1/admin/apis", &admin.token).await;
+    let upstream = apis["apis"]
+        .as_array()
+        .expect("apis")
+        .iter()
+        .find(|a| a["slug"] == "weather")
+        .expect("still there")["upstream"]
+        .clone();
+    assert_eq!(upstream["url"], "http://127.0.0.1:10");
+    assert_eq!(upstream["timeout_ms"], 5000);
+
+    let res = browser.submit(&page, &format!("{page}/signing-secret"), &[]).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.expect("body").contains(r#"id="signing-secret""#));
+
+    let next = app.state.current_period().next().to_string();
+    let res = browser
+        .submit(
+            &page,
+            &format!("{page}/prices"),
+            &[("unit_price", "0.25"), ("free_calls", "10"), ("effective_from", &next)],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let (_, history) = browser.get_text(&page).await;
+    assert!(
+        history.contains("0.25 USD") && history.contains("scheduled"),
+        "{history}"
+    );
+    let lenient = browser
+        .submit(&page, &format!("{page}/prices"), &[("unit_price", "1e1")])
+        .await;
+    assert_eq!(lenient.status(), 400, "amounts are read as the API reads them");
+}

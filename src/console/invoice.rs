@@ -1,0 +1,96 @@
+//! The invoice as a document, shared by the consumer's and finance's
+//! invoice pages and the printable page.
+
+use chrono::{DateTime, Utc};
+use maud::{Markup, html};
+
+use super::page::money;
+use crate::domain::Period;
+use crate::models::invoice::InvoiceDetail;
+
+/// The invoice as a document: number, dates, the billing snapshot, lines,
+/// total, status, payments. The screen page and the printable page share it.
+pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> String, zone: &str) -> Markup {
+    let inv = &detail.invoice;
+    let currency = inv.currency.as_str();
+    let period = Period::from_first_day(inv.period)
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    html! {
+        article.invoice {
+            header.invoice-head {
+                div {
+                    h1 { "Invoice " span #invoice-number { (inv.number) } }
+                    p { "Status: " span class={"badge " (inv.status)} #invoice-status { (inv.status) } }
+                }
+                dl.facts {
+                    dt { "Period" } dd { (period) " (" (zone) ")" }
+                    dt { "Issued" } dd { (when(inv.issued_at)) }
+                    dt { "Due" } dd { (when(inv.due_at)) }
+                    @if let Some(paid) = inv.paid_at { dt { "Paid" } dd { (when(paid)) } }
+                    @if let Some(voided) = inv.voided_at { dt { "Voided" } dd { (when(voided)) } }
+                }
+            }
+            section.billed-to {
+                h2 { "Billed to" }
+                address {
+                    (inv.billing_name) br;
+                    @if let Some(c) = &inv.billing_company { (c) br; }
+                    @if let Some(a) = &inv.billing_address_line1 { (a) br; }
+                    @if let Some(a) = &inv.billing_address_line2 { (a) br; }
+                    @if inv.billing_postal_code.is_some() || inv.billing_city.is_some() {
+                        (inv.billing_postal_code.as_deref().unwrap_or("")) " " (inv.billing_city.as_deref().unwrap_or("")) br;
+                    }
+                    @if let Some(c) = &inv.billing_country { (c) br; }
+                    (inv.billing_email)
+                    @if let Some(t) = &inv.billing_tax_id { br; "Tax id: " (t) }
+                }
+            }
+            div.scroll {
+                table.lines {
+                    thead { tr {
+                        th scope="col" { "#" }
+                        th scope="col" { "API" }
+                        th.num scope="col" { "Calls" }
+                        th.num scope="col" { "Failed" }
+                        th.num scope="col" { "Billable" }
+                        th.num scope="col" { "Free" }
+                        th.num scope="col" { "Charged" }
+                        th.num scope="col" { "Unit price" }
+                        th.num scope="col" { "Amount" }
+                    } }
+                    tbody {
+                        @for line in &detail.lines {
+                            tr {
+                                td data-label="Line" { (line.position + 1) }
+                                td { (line.api_name) br; code { (line.api_slug) } }
+                                td.num data-label="Calls" { (line.priced.calls) }
+                                td.num data-label="Failed" { (line.priced.failed_calls) }
+                                td.num data-label="Billable" { (line.priced.billable_calls) }
+                                td.num data-label="Free" { (line.priced.free_calls) }
+                                td.num data-label="Charged" { (line.priced.charged_calls) }
+                                td.num data-label="Unit price" { (money(line.priced.unit_price, currency)) }
+                                td.num data-label="Amount" { (money(line.priced.amount, currency)) }
+                            }
+                        }
+                    }
+                    tfoot {
+                        tr { th scope="row" colspan="8" { "Subtotal" } td.num { (money(inv.subtotal, currency)) } }
+                        tr.total { th scope="row" colspan="8" { "Total" } td.num #invoice-total { (money(inv.total, currency)) } }
+                        tr { th scope="row" colspan="8" { "Paid" } td.num { (money(inv.amount_paid, currency)) } }
+                    }
+                }
+            }
+            @if !detail.payments.is_empty() {
+                section {
+                    h2 { "Payments" }
+                    ul {
+                        @for p in &detail.payments {
+                            li { (when(p.received_at)) ": " (money(p.amount, &p.currency)) " — " (p.method) ", reference " code { (p.reference) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
