@@ -145,7 +145,10 @@ pub async fn log_in(
 
 /// A refresh token → the session's next pair. A retired token presented
 /// again (outside the retry grace) ends the whole session on every instance.
-pub async fn refresh(state: &AppState, presented: &str) -> Result<IssuedSession, ApiError> {
+pub async fn refresh(state: &AppState, req: &HttpRequest, presented: &str) -> Result<IssuedSession, ApiError> {
+    // A refresh is a credential attempt: it spends the address's bucket,
+    // whichever door it comes through.
+    state.clients.take_credential_attempt(req)?;
     if !presented.starts_with(sessions::REFRESH_TOKEN_PREFIX) || presented.len() > 128 {
         return Err(ApiError::invalid_token());
     }
@@ -480,4 +483,25 @@ pub async fn rotate_signing_secret(
     drop(conn);
     state.reload_catalog().await?;
     Ok(found)
+}
+
+/// The streamed CSV or JSON export of a closed period, as a download: the
+/// first page is read before the answer starts (so a failure there is an
+/// error answer); a later failure ends the transfer, logged, so a partial
+/// file never looks complete.
+pub async fn export_download(
+    state: &AppState,
+    period: crate::domain::Period,
+    format: crate::billing::export::ExportFormat,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    let body = crate::billing::export::stream(state.db.clone(), period, format).await?;
+    Ok(actix_web::HttpResponse::Ok()
+        .content_type(format.content_type())
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"invoices-{period}.{}\"", format.extension()),
+        ))
+        .streaming(futures_util::TryStreamExt::inspect_err(body, |e| {
+            tracing::error!(error = %e, "export failed midway; aborting the transfer");
+        })))
 }

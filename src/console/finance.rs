@@ -2,7 +2,7 @@
 //! reconciliation, closing a past month, invoice search and detail,
 //! recording a payment, voiding, and the export download.
 
-use actix_web::{HttpResponse, web};
+use actix_web::web;
 use maud::{Markup, html};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use super::invoice::invoice_document;
 use super::page::{self, PageError, PageResult, Signed, money};
 use crate::actions;
 use crate::billing::close;
-use crate::billing::export::{self, ExportFormat};
+use crate::billing::export::ExportFormat;
 use crate::billing::payments::{PaymentInput, PaymentSource};
 use crate::domain::Period;
 use crate::domain::currency::parse_decimal_string;
@@ -373,16 +373,5 @@ pub async fn export_invoices(signed: Signed, query: web::Query<ExportQuery>) -> 
         Some("json") => ExportFormat::Json,
         Some(_) => return Err(ApiError::validation("format must be csv or json").into()),
     };
-    let body = export::stream(signed.state.db.clone(), period, format)
-        .await
-        .map_err(PageError::from)?;
-    Ok(HttpResponse::Ok()
-        .content_type(format.content_type())
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"invoices-{period}.{}\"", format.extension()),
-        ))
-        .streaming(futures_util::TryStreamExt::inspect_err(body, |e| {
-            tracing::error!(error = %e, "export failed midway; aborting the transfer");
-        })))
+    Ok(actions::export_download(&signed.state, period, format).await?)
 }

@@ -217,7 +217,7 @@ pub async fn signed_in(req: &HttpRequest, purpose: Purpose) -> Result<Caller, Ap
         // Expired, or ended: the refresh token says which (a session ended
         // anywhere has its refresh tokens revoked).
         Err(AuthError::InvalidToken | AuthError::Unauthenticated) if refresh.is_some() => {
-            let renewed = actions::refresh(&state, refresh.as_deref().unwrap_or_default()).await;
+            let renewed = actions::refresh(&state, req, refresh.as_deref().unwrap_or_default()).await;
             let session = match renewed {
                 Ok(session) => session,
                 Err(err) => {

@@ -143,9 +143,8 @@ pub async fn refresh(
     req: HttpRequest,
     body: Json<RefreshRequest>,
 ) -> ApiResult<HttpResponse> {
-    state.clients.take_credential_attempt(&req)?;
     let presented = body.into_inner().refresh_token;
-    Ok(token_response(actions::refresh(&state, &presented).await?))
+    Ok(token_response(actions::refresh(&state, &req, &presented).await?))
 }
 
 #[derive(Deserialize, Default, ToSchema)]

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::actions;
 use crate::app::AppState;
 use crate::billing::close::{self, CloseOutcome, Reconciliation};
-use crate::billing::export::{self, ExportFormat, ExportJsonRow};
+use crate::billing::export::{ExportFormat, ExportJsonRow};
 use crate::billing::payments::{PaymentInput, PaymentRecorded, PaymentSource};
 use crate::domain::currency::DecimalString;
 use crate::domain::text::{PaymentMethod, Reference, UserRef};
@@ -205,16 +205,7 @@ pub async fn export_invoices(
 ) -> ApiResult<HttpResponse> {
     let period = query.period;
     let format = query.format.unwrap_or(ExportFormat::Csv);
-    let body = export::stream(state.db.clone(), period, format).await?;
-    Ok(HttpResponse::Ok()
-        .content_type(format.content_type())
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"invoices-{period}.{}\"", format.extension()),
-        ))
-        .streaming(futures_util::TryStreamExt::inspect_err(body, |e| {
-            tracing::error!(error = %e, "export failed midway; aborting the transfer");
-        })))
+    actions::export_download(&state, period, format).await
 }
 
 /// Money received against an invoice, in the invoice's currency. Recording
