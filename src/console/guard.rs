@@ -27,8 +27,9 @@ pub async fn guard(
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
         let err = ApiError::internal(anyhow::anyhow!("AppState is not registered"));
         let res = page::error_response(&err);
-        return Ok(secure(req.into_response(res)));
+        return Ok(secure(req.into_response(res), false));
     };
+    let tls = session::over_tls(&state, req.request());
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         let body = read_body(&mut req).await;
         let refused = match &body {
@@ -42,14 +43,14 @@ pub async fn guard(
             };
             tracing::warn!(path = %req.path(), code = err.code(), "console form refused");
             let res = page::error_response(&err);
-            return Ok(secure(req.into_response(res)));
+            return Ok(secure(req.into_response(res), tls));
         }
         if let Ok(body) = body {
             req.set_payload(actix_web::dev::Payload::from(body));
         }
     }
     let res = next.call(req).await?.map_into_boxed_body();
-    Ok(secure(res))
+    Ok(secure(res, tls))
 }
 
 async fn read_body(req: &mut actix_web::dev::ServiceRequest) -> Result<web::Bytes, ApiError> {
@@ -70,8 +71,12 @@ async fn read_body(req: &mut actix_web::dev::ServiceRequest) -> Result<web::Byte
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
     connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// Sets the queued cookies and the security headers; over TLS also
+/// `Strict-Transport-Security`, so the browser never asks over plain HTTP
+/// again (sent only over TLS, as browsers ignore it otherwise).
 fn secure(
     mut res: actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
+    tls: bool,
 ) -> actix_web::dev::ServiceResponse<actix_web::body::BoxBody> {
     let cookies = res.request().extensions_mut().remove::<session::CookieJar>();
     let headers = res.headers_mut();
@@ -95,6 +100,12 @@ fn secure(
     ];
     for (name, value) in fixed {
         headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    if tls {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            header::HeaderValue::from_static("max-age=31536000"),
+        );
     }
     res
 }

@@ -61,7 +61,7 @@ fn queue(req: &HttpRequest, cookie: Cookie<'static>) {
 
 /// Whether the browser reached payg over TLS (through a trusted proxy:
 /// payg itself listens on plain HTTP).
-fn over_tls(state: &AppState, req: &HttpRequest) -> bool {
+pub fn over_tls(state: &AppState, req: &HttpRequest) -> bool {
     state.clients.forwarded(req).proto.eq_ignore_ascii_case("https")
 }
 

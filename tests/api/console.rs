@@ -754,6 +754,17 @@ async fn behind_a_trusted_tls_proxy_cookies_are_secure_and_the_forwarded_origin_
     for cookie in &cookies {
         assert!(cookie.contains("; Secure"), "over TLS every cookie is Secure: {cookie}");
     }
+    assert_eq!(
+        res.headers()
+            .get(header::STRICT_TRANSPORT_SECURITY)
+            .expect("HSTS over TLS"),
+        "max-age=31536000"
+    );
+    let plain = Browser::new(&app).get("/console/sign-in").await;
+    assert!(
+        !plain.headers().contains_key(header::STRICT_TRANSPORT_SECURITY),
+        "not over plain HTTP"
+    );
 }
 
 #[tokio::test]
