@@ -22,6 +22,7 @@ fn next_or_home(next: Option<&str>) -> &str {
             && n.len() <= 512
             && n.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"/?=&-_.~%+".contains(&b))
+            && !n.split(['/', '?']).any(|segment| segment == "." || segment == "..")
     };
     match next {
         Some(n) if safe(n) => n,
@@ -99,8 +100,13 @@ pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, form: web::Fo
 /// cookies are about to be replaced, and nothing else could end it. Best
 /// effort: a failure (logged) does not stand in the way of the new session.
 async fn end_previous_session(state: &AppState, req: &HttpRequest) {
-    if let Some(previous) = session::refresh_cookie(req) {
-        let _ = actions::end_session_by_refresh_token(state, &previous).await;
+    if let Some(previous) = session::refresh_cookie(req)
+        && let Err(err) = actions::end_session_by_refresh_token(state, &previous).await
+    {
+        tracing::warn!(
+            code = err.code(),
+            "could not end the session this browser held before signing in"
+        );
     }
 }
 

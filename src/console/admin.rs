@@ -264,6 +264,16 @@ pub async fn update_upstream(signed: Signed, id: web::Path<String>, form: web::F
     admin_only(&signed)?;
     let id: i32 = id.parse().map_err(|_| ApiError::not_found("no such API"))?;
     let f = form.into_inner();
+    let mut conn = signed.conn().await?;
+    let found = Api::find_with_upstream(&mut conn, id).await.map_err(PageError::from)?;
+    drop(conn);
+    match found {
+        None => return Err(ApiError::not_found("no such API").into()),
+        Some((_, None)) => {
+            return Err(ApiError::conflict("no_upstream", "this API has no upstream to change").into());
+        }
+        Some(_) => {}
+    }
     gw::check_limits(f.timeout_ms, f.connect_timeout_ms, f.max_body_bytes).map_err(ApiError::validation)?;
     let change = UpstreamUpdate::Change(UpstreamChanges {
         url: Some(f.url.into_inner()),

@@ -7,7 +7,8 @@
 //! types, authorise by extractor ([`page::Signed`], then the caller's role
 //! as `auth` decides it), call what the JSON API calls (`actions`, models,
 //! `billing`) and render a `maud` template. Pages work without JavaScript;
-//! `assets/console.js` only adds conveniences (copy a key, confirm a close).
+//! `assets/console.js` only adds conveniences (copy a key, confirm a close,
+//! keep a form from being sent twice).
 //! Sessions, cookies and CSRF tokens are `session.rs`'s; `guard.rs` checks
 //! every form and adds the security headers.
 //! Nothing here decides a status: failures are `ApiError`s, which

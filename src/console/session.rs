@@ -10,7 +10,8 @@
 //! gives the console exactly its rights (`ConsoleUser` is a `Caller` with an
 //! access-token credential); when it expires, the refresh token renews the
 //! pair in place, and signing out ends the session everywhere as
-//! `POST /auth/logout` does (the same `actions::end_session`).
+//! `POST /auth/logout` does (the same `actions::end_session`; with an
+//! expired access token, `actions::end_session_by_refresh_token`).
 //!
 //! CSRF: every form carries a token that is the keyed hash of a random
 //! value held in a third `HttpOnly` cookie (a signed double-submit cookie)
@@ -171,9 +172,9 @@ pub fn csrf_ok(state: &AppState, req: &HttpRequest, body: &[u8]) -> bool {
     }
     match req.headers().get(header::ORIGIN).map(|o| o.to_str()) {
         Some(Ok(origin)) => {
-            let ours = state.clients.forwarded(req);
-            let expected = ours.host.map(|host| format!("{}://{host}", ours.proto));
-            if expected.is_none_or(|expected| !origin.eq_ignore_ascii_case(&expected)) {
+            let expected = own_origin(state, req);
+            if expected.is_none_or(|expected| normal_origin(origin) != expected) {
+                tracing::warn!(origin, expected = ?own_origin(state, req), "console form from another origin");
                 return false;
             }
         }
@@ -186,6 +187,32 @@ pub fn csrf_ok(state: &AppState, req: &HttpRequest, body: &[u8]) -> bool {
     };
     let sent = form_urlencoded_field(body, CSRF_FIELD);
     plausible_seed(&seed) && sent.is_some_and(|sent| same(&sent, &csrf_for(state, &seed, form_session(state, req))))
+}
+
+/// The console's origin as the browser reached it: the scheme and host a
+/// trusted proxy forwarded, else payg's own (`Host`, or the request's
+/// authority under HTTP/2), normalised.
+fn own_origin(state: &AppState, req: &HttpRequest) -> Option<String> {
+    let ours = state.clients.forwarded(req);
+    let host = ours
+        .host
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))?;
+    Some(normal_origin(&format!("{}://{host}", ours.proto)))
+}
+
+/// An origin in one spelling: lower case, without the scheme's default port
+/// (browsers never send `:443` or `:80` in `Origin`; a proxy may forward
+/// them in the host).
+fn normal_origin(origin: &str) -> String {
+    let origin = origin.trim().to_ascii_lowercase();
+    for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+        if origin.starts_with(scheme)
+            && let Some(bare) = origin.strip_suffix(port)
+        {
+            return bare.to_owned();
+        }
+    }
+    origin
 }
 
 /// One field of an `application/x-www-form-urlencoded` body.
@@ -220,10 +247,15 @@ pub async fn signed_in(req: &HttpRequest, purpose: Purpose) -> Result<Caller, Ap
             let renewed = actions::refresh(&state, req, refresh.as_deref().unwrap_or_default()).await;
             let session = match renewed {
                 Ok(session) => session,
-                Err(err) => {
+                // The session is over (revoked, expired, reused, or the
+                // account suspended): its cookies go.
+                Err(err) if matches!(err.code(), "unauthorized" | "account_suspended") => {
                     forget_session(&state, req);
                     return Err(err);
                 }
+                // Throttled, or the database is away: the session may be
+                // fine, so its cookies stay for the next try.
+                Err(err) => return Err(err),
             };
             let token = session.access.token.clone();
             keep_session(&state, req, session);
@@ -244,4 +276,26 @@ pub async fn signed_in(req: &HttpRequest, purpose: Purpose) -> Result<Caller, Ap
 /// signing out.
 pub fn refresh_cookie(req: &HttpRequest) -> Option<String> {
     req.cookie(REFRESH_COOKIE).map(|c| c.value().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_in_one_spelling() {
+        assert_eq!(
+            normal_origin("HTTPS://Billing.Example.com:443"),
+            "https://billing.example.com"
+        );
+        assert_eq!(normal_origin("http://example.com:80"), "http://example.com");
+        assert_eq!(normal_origin("http://example.com:8080"), "http://example.com:8080");
+        assert_eq!(normal_origin("https://[::1]:443"), "https://[::1]");
+        assert_eq!(normal_origin("https://[::1]:8443"), "https://[::1]:8443");
+        assert_eq!(
+            normal_origin("http://example.com:443"),
+            "http://example.com:443",
+            "not http's default"
+        );
+    }
 }

@@ -598,7 +598,7 @@ async fn signing_out_on_one_instance_ends_the_console_session_on_another() {
     assert!(!on_a.cookies.contains_key("payg_session"), "the cookies are cleared");
     // A copy of the cookies from before (kept by the browser of a careless
     // shared computer, or stolen) is refused on B.
-    let ended = eventually(Duration::from_secs(2), || {
+    let ended = eventually(Duration::from_secs(10), || {
         let mut on_b = Browser::at(&b.address);
         on_b.cookies = kept.clone();
         async move { on_b.get("/console/keys").await.status() == 303 }
@@ -948,4 +948,63 @@ async fn an_admin_adds_a_gateway_api_changes_its_upstream_rotates_its_secret_and
         .submit(&page, &format!("{page}/prices"), &[("unit_price", "1e1")])
         .await;
     assert_eq!(lenient.status(), 400, "amounts are read as the API reads them");
+}
+
+#[tokio::test]
+async fn a_renewal_refused_by_the_address_bucket_keeps_the_session_cookies() {
+    // Three credential attempts from this address: registering, the API
+    // login, the console sign-in. The renewal is the fourth.
+    let app = TestApp::builder()
+        .env("PAYG_CLIENT_AUTH_PER_MINUTE", "1")
+        .env("PAYG_CLIENT_AUTH_BURST", "3")
+        .spawn()
+        .await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    browser.cookies.remove("payg_session");
+    let kept = browser.cookies.clone();
+    let res = browser.get("/console/keys").await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    assert_eq!(browser.cookies, kept, "a throttled renewal does not sign anyone out");
+}
+
+#[tokio::test]
+async fn signing_out_with_an_expired_access_cookie_ends_the_session_by_its_refresh_cookie() {
+    // Access tokens live a second (and are accepted 5 s past it, the
+    // verifier's skew).
+    let app = TestApp::builder().env("JWT_TTL", "1s").spawn().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    let token = browser.csrf("/console/keys").await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let kept = browser.cookies.clone();
+    let res = browser.post_form("/console/sign-out", &[("csrf", &token)]).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/console/sign-in");
+    let mut thief = Browser::new(&app);
+    thief.cookies = kept;
+    let res = thief.get("/console/keys").await;
+    assert_eq!(res.status(), 303, "the refresh cookie no longer renews");
+}
+
+#[tokio::test]
+async fn signing_in_over_a_held_session_ends_that_session() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    let before = browser.cookies.clone();
+    browser.sign_in(&user.email).await;
+    let mut old = Browser::new(&app);
+    old.cookies = before;
+    old.cookies.remove("payg_session");
+    assert_eq!(
+        old.get("/console/keys").await.status(),
+        303,
+        "the earlier session was ended"
+    );
+    assert_eq!(browser.get("/console/keys").await.status(), 200, "the new one works");
 }

@@ -1,5 +1,6 @@
 // payg console conveniences. Every page works without this script: it only
-// copies a key to the clipboard, asks before a destructive form is sent,
+// copies a key or secret to the clipboard, asks before a destructive form is
+// sent (close, void, revoke, rotate), keeps a form from being sent twice,
 // and opens the print dialog. No inline script anywhere (the CSP forbids it).
 "use strict";
 
@@ -33,5 +34,15 @@ document.addEventListener("submit", (event) => {
   if (button) {
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
+  }
+});
+
+// A page restored by Back shows its buttons as they were left: usable again.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) {
+    for (const button of document.querySelectorAll("button[aria-busy]")) {
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    }
   }
 });
