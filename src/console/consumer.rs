@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::invoice::invoice_document;
+use super::invoice::{invoice_document, priced_cells, priced_heads};
 use super::page::{self, PageError, PageResult, Signed, form_failed, money};
 use crate::actions;
 use crate::billing::statement::Statement;
@@ -51,25 +51,13 @@ fn statement_table(statement: &Statement) -> Markup {
                 table {
                     thead { tr {
                         th scope="col" { "API" }
-                        th.num scope="col" { "Calls" }
-                        th.num scope="col" { "Failed" }
-                        th.num scope="col" { "Billable" }
-                        th.num scope="col" { "Free" }
-                        th.num scope="col" { "Charged" }
-                        th.num scope="col" { "Unit price" }
-                        th.num scope="col" { "Amount" }
+                        (priced_heads())
                     } }
                     tbody {
                         @for line in &statement.lines {
                             tr {
                                 td { code { (line.slug) } br; span.muted { (line.name) } }
-                                td.num data-label="Calls" { (line.priced.calls) }
-                                td.num data-label="Failed" { (line.priced.failed_calls) }
-                                td.num data-label="Billable" { (line.priced.billable_calls) }
-                                td.num data-label="Free" { (line.priced.free_calls) }
-                                td.num data-label="Charged" { (line.priced.charged_calls) }
-                                td.num data-label="Unit price" { (money(line.priced.unit_price, currency)) }
-                                td.num data-label="Amount" { (money(line.priced.amount, currency)) }
+                                (priced_cells(&line.priced, currency))
                             }
                         }
                     }

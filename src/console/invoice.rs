@@ -6,6 +6,7 @@ use maud::{Markup, html};
 
 use super::page::money;
 use crate::domain::Period;
+use crate::domain::pricing::PricedLine;
 use crate::models::invoice::InvoiceDetail;
 
 /// The invoice as a document: number, dates, the billing snapshot, lines,
@@ -51,26 +52,14 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                     thead { tr {
                         th scope="col" { "#" }
                         th scope="col" { "API" }
-                        th.num scope="col" { "Calls" }
-                        th.num scope="col" { "Failed" }
-                        th.num scope="col" { "Billable" }
-                        th.num scope="col" { "Free" }
-                        th.num scope="col" { "Charged" }
-                        th.num scope="col" { "Unit price" }
-                        th.num scope="col" { "Amount" }
+                        (priced_heads())
                     } }
                     tbody {
                         @for line in &detail.lines {
                             tr {
                                 td data-label="Line" { (line.position + 1) }
                                 td { (line.api_name) br; code { (line.api_slug) } }
-                                td.num data-label="Calls" { (line.priced.calls) }
-                                td.num data-label="Failed" { (line.priced.failed_calls) }
-                                td.num data-label="Billable" { (line.priced.billable_calls) }
-                                td.num data-label="Free" { (line.priced.free_calls) }
-                                td.num data-label="Charged" { (line.priced.charged_calls) }
-                                td.num data-label="Unit price" { (money(line.priced.unit_price, currency)) }
-                                td.num data-label="Amount" { (money(line.priced.amount, currency)) }
+                                (priced_cells(&line.priced, currency))
                             }
                         }
                     }
@@ -92,5 +81,32 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                 }
             }
         }
+    }
+}
+
+/// The column heads of a priced line: every field the API gives, in its order.
+pub fn priced_heads() -> Markup {
+    html! {
+        th.num scope="col" { "Calls" }
+        th.num scope="col" { "Failed" }
+        th.num scope="col" { "Billable" }
+        th.num scope="col" { "Free" }
+        th.num scope="col" { "Charged" }
+        th.num scope="col" { "Unit price" }
+        th.num scope="col" { "Amount" }
+    }
+}
+
+/// A priced line's cells, exactly as the API gives them (this month's
+/// statement and an invoice alike).
+pub fn priced_cells(line: &PricedLine, currency: &str) -> Markup {
+    html! {
+        td.num data-label="Calls" { (line.calls) }
+        td.num data-label="Failed" { (line.failed_calls) }
+        td.num data-label="Billable" { (line.billable_calls) }
+        td.num data-label="Free" { (line.free_calls) }
+        td.num data-label="Charged" { (line.charged_calls) }
+        td.num data-label="Unit price" { (money(line.unit_price, currency)) }
+        td.num data-label="Amount" { (money(line.amount, currency)) }
     }
 }
