@@ -109,15 +109,15 @@ async fn not_found() -> HttpResponse {
 /// A form body actix could not read into the handler's type (a missing
 /// or malformed field): the same 400 the API gives a bad body.
 fn form_error(err: actix_web::error::UrlencodedError, _req: &actix_web::HttpRequest) -> actix_web::Error {
-    page::PageError(ApiError::validation(format!("the form is not valid: {err}"))).into()
+    page::PageError::from(ApiError::validation(format!("the form is not valid: {err}"))).into()
 }
 
 /// A query string the handler's type cannot take: the API's 400, as a page.
 fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
-    page::PageError(crate::error::bad_query(&err)).into()
+    page::PageError::from(crate::error::bad_query(&err)).into()
 }
 
 /// A path segment the handler's type cannot take: the API's 404, as a page.
 fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
-    page::PageError(crate::error::bad_path(&err)).into()
+    page::PageError::from(crate::error::bad_path(&err)).into()
 }

@@ -22,29 +22,48 @@ use crate::error::ApiError;
 use crate::models::user::{Role, User};
 
 /// A failure on a console page: the error the JSON API would give, shown
-/// as a page (a 401 sends the browser to sign in).
+/// as a page (a 401 sends the browser to sign in, and back to `back_to`
+/// afterwards when that is known).
 #[derive(Debug)]
-pub struct PageError(pub ApiError);
+pub struct PageError {
+    pub err: ApiError,
+    back_to: Option<String>,
+}
 
 impl<E: Into<ApiError>> From<E> for PageError {
     fn from(err: E) -> Self {
-        PageError(err.into())
+        PageError {
+            err: err.into(),
+            back_to: None,
+        }
+    }
+}
+
+impl PageError {
+    /// For a page asked for without a session: signing in leads back to it.
+    fn returning_to(err: ApiError, req: &HttpRequest) -> Self {
+        let back_to = (req.method() == actix_web::http::Method::GET).then(|| req.uri().to_string());
+        PageError { err, back_to }
     }
 }
 
 impl std::fmt::Display for PageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.err.fmt(f)
     }
 }
 
 impl ResponseError for PageError {
     fn status_code(&self) -> actix_web::http::StatusCode {
-        self.0.status_code()
+        self.err.status_code()
     }
 
     fn error_response(&self) -> HttpResponse {
-        self.0.console_response(Some(SIGN_IN), error_page)
+        let sign_in = match &self.back_to {
+            Some(path) => format!("{SIGN_IN}?next={}", query_value(path)),
+            None => SIGN_IN.to_owned(),
+        };
+        self.err.console_response(Some(&sign_in), error_page)
     }
 }
 
@@ -172,7 +191,7 @@ impl FromRequest for ConsoleUser {
             session::signed_in(&req, Purpose::Plain)
                 .await
                 .map(ConsoleUser)
-                .map_err(PageError)
+                .map_err(|err| PageError::returning_to(err, &req))
         })
     }
 }

@@ -141,7 +141,7 @@ async fn console_cookies_are_httponly_strict_and_scoped_and_every_page_carries_t
     assert_eq!(location(&res), "/console");
     let res = browser.get("/console").await;
     assert_eq!(res.status(), 303, "no session: sign in first");
-    assert_eq!(location(&res), "/console/sign-in");
+    assert_eq!(location(&res), "/console/sign-in?next=%2Fconsole");
 
     let token = browser.csrf("/console/sign-in").await;
     let res = browser
@@ -662,7 +662,7 @@ async fn an_expired_access_cookie_is_renewed_from_the_refresh_cookie_and_a_revok
     thief.cookies.remove("payg_session");
     let res = thief.get("/console/keys").await;
     assert_eq!(res.status(), 303);
-    assert_eq!(location(&res), "/console/sign-in");
+    assert_eq!(location(&res), "/console/sign-in?next=%2Fconsole%2Fkeys");
 }
 
 #[tokio::test]
@@ -1007,4 +1007,35 @@ async fn signing_in_over_a_held_session_ends_that_session() {
         "the earlier session was ended"
     );
     assert_eq!(browser.get("/console/keys").await.status(), 200, "the new one works");
+}
+
+#[tokio::test]
+async fn a_page_asked_for_without_a_session_is_where_signing_in_leads() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    let wanted = "/console/usage?period=2026-11&api=tools-uuid";
+    let res = browser.get(wanted).await;
+    assert_eq!(res.status(), 303);
+    let sign_in = location(&res);
+    let (status, form) = browser.get_text(&sign_in).await;
+    assert_eq!(status, 200);
+    let token = csrf_in(&form);
+    let marker = "name=\"next\" value=\"";
+    let start = form.find(marker).expect("the form carries next") + marker.len();
+    let next = form[start..].split('"').next().expect("value").replace("&amp;", "&");
+    assert_eq!(next, wanted);
+    let res = browser
+        .post_form(
+            "/console/sign-in",
+            &[
+                ("csrf", &token),
+                ("email", &user.email),
+                ("password", PASSWORD),
+                ("next", &next),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), wanted);
 }
