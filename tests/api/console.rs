@@ -117,6 +117,17 @@ impl Browser {
     }
 }
 
+/// Last month's calls to tools-uuid for a user, inserted as a meter flush
+/// before daily counts would have left them (a month's row, no days).
+async fn seed_last_month(app: &TestApp, user: uuid::Uuid, calls: i64, failed: i64) {
+    app.sql(&format!(
+        "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
+         SELECT '{user}', id, date_trunc('month', now() AT TIME ZONE 'UTC' - interval '1 month')::date, {calls}, {failed} \
+         FROM apis WHERE slug = 'tools-uuid'"
+    ))
+    .await;
+}
+
 fn csrf_in(body: &str) -> String {
     let marker = "name=\"csrf\" value=\"";
     let start = body.find(marker).expect("a form with a CSRF field") + marker.len();
@@ -407,13 +418,7 @@ async fn pages_follow_the_apis_404_and_403_rules() {
     let finance = app.user_with_role("finance").await;
     let other = app.new_user().await;
     // An invoice of the other user's.
-    app.sql(&format!(
-        "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
-         SELECT '{}', id, date_trunc('month', now() AT TIME ZONE 'UTC' - interval '1 month')::date, 10, 0 \
-         FROM apis WHERE slug = 'tools-uuid'",
-        other.id
-    ))
-    .await;
+    seed_last_month(&app, other.id, 10, 0).await;
     let period = app.state.current_period().previous().to_string();
     let closed = app
         .post_auth(
@@ -491,13 +496,7 @@ async fn the_usage_page_charts_this_months_days_and_shows_a_month_seeded_without
     }
     app.flush_meter().await;
     // Last month, as `.ci/run` seeds it: a monthly row without days.
-    app.sql(&format!(
-        "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
-         SELECT '{}', id, date_trunc('month', now() AT TIME ZONE 'UTC' - interval '1 month')::date, 10, 0 \
-         FROM apis WHERE slug = 'tools-uuid'",
-        user.id
-    ))
-    .await;
+    seed_last_month(&app, user.id, 10, 0).await;
     let mut browser = Browser::new(&app);
     browser.sign_in(&user.email).await;
 
@@ -531,13 +530,7 @@ async fn finance_closes_a_past_month_only_after_confirming_and_never_this_one() 
     let app = TestApp::spawn().await;
     let finance = app.user_with_role("finance").await;
     let consumer = app.new_user().await;
-    app.sql(&format!(
-        "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
-         SELECT '{}', id, date_trunc('month', now() AT TIME ZONE 'UTC' - interval '1 month')::date, 1500, 10 \
-         FROM apis WHERE slug = 'tools-uuid'",
-        consumer.id
-    ))
-    .await;
+    seed_last_month(&app, consumer.id, 1500, 10).await;
     let last = app.state.current_period().previous().to_string();
     let mut browser = Browser::new(&app);
     browser.sign_in(&finance.email).await;
