@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use actix_web::HttpRequest;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -332,24 +332,20 @@ pub async fn void_invoice(state: &AppState, invoice_id: Uuid) -> Result<crate::m
     Ok(invoice)
 }
 
-/// A price scheduled: its row, the period it applies from, and whether
-/// that is later than the one asked for.
-pub struct ScheduledPrice {
-    pub row: crate::models::price::PriceRow,
-    pub effective: crate::domain::Period,
-    pub deferred: bool,
-}
-
-/// Schedules a new price version for an API from `requested` (default: the
-/// current period), in the billing currency only. It takes effect from that
-/// period only if no call to the API is recorded in it yet; otherwise from
-/// the next — a price change never re-prices calls already made.
+/// Schedules a new price version for an API, in the billing currency only,
+/// from `start` — a whole second at least [`PRICE_NOTICE`] ahead — or, by
+/// default, from the first whole second that far ahead. Calls that arrive
+/// before it keep the version in force then: a price change never re-prices
+/// calls already made, however long they wait in a meter buffer.
+///
+/// [`PRICE_NOTICE`]: crate::domain::pricing::PRICE_NOTICE
 pub async fn schedule_price(
     state: &AppState,
     api_id: i32,
     version: &crate::domain::pricing::PriceVersion,
-    requested: Option<crate::domain::Period>,
-) -> Result<ScheduledPrice, ApiError> {
+    start: Option<DateTime<Utc>>,
+) -> Result<crate::models::price::PriceRow, ApiError> {
+    use crate::domain::pricing;
     let billing_currency = state.config.billing.currency;
     if version.currency != billing_currency {
         return Err(ApiError::currency_mismatch(format!(
@@ -357,18 +353,44 @@ pub async fn schedule_price(
         )));
     }
     version.validate()?;
-    let current = state.current_period();
-    let requested = requested.unwrap_or(current);
-    if requested < current {
-        return Err(ApiError::validation("a price cannot take effect in a past period"));
-    }
+    let now = state.now();
+    let start = match start {
+        None => pricing::start_from_now(now),
+        Some(at) if !pricing::is_whole_second(at) => {
+            return Err(ApiError::validation("effective_from must be a whole second"));
+        }
+        Some(at) if !pricing::may_start_at(at, now) => {
+            return Err(ApiError::validation(format!(
+                "effective_from must be at least {} s ahead: calls already made keep the price they arrived under",
+                pricing::PRICE_NOTICE.num_seconds()
+            )));
+        }
+        Some(at) => at,
+    };
     let mut conn = conn(state).await?;
-    let (row, effective) = crate::models::price::PriceRow::schedule(&mut conn, api_id, requested, version).await?;
-    Ok(ScheduledPrice {
-        row,
-        effective,
-        deferred: effective != requested,
-    })
+    match crate::models::price::PriceRow::schedule(&mut conn, api_id, start, version).await {
+        Err(diesel::result::Error::NotFound) => Err(ApiError::not_found("no API with this id")),
+        other => Ok(other?),
+    }
+}
+
+/// Cancels a price version that has not started: 404 for an unknown one,
+/// 409 `price_started` once it is within [`PRICE_NOTICE`] of its start
+/// (calls may already be priced by it).
+///
+/// [`PRICE_NOTICE`]: crate::domain::pricing::PRICE_NOTICE
+pub async fn cancel_price(state: &AppState, api_id: i32, price_id: i32) -> Result<(), ApiError> {
+    use crate::models::price::{Cancelled, PriceRow};
+    let started_by = state.now() + crate::domain::pricing::PRICE_NOTICE;
+    let mut conn = conn(state).await?;
+    match PriceRow::cancel(&mut conn, api_id, price_id, started_by).await? {
+        Cancelled::Cancelled => Ok(()),
+        Cancelled::Started => Err(ApiError::conflict(
+            "price_started",
+            "this price version has started (or starts within the notice period); schedule a new one instead",
+        )),
+        Cancelled::NotFound => Err(ApiError::not_found("no price version with this id for this API")),
+    }
 }
 
 /// Adds a catalog entry (built-in, or a gateway API with an upstream) at the

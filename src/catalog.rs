@@ -27,24 +27,27 @@
 //! Entries are matched by slug. Apply creates what is missing and changes
 //! what differs, all in one transaction (a bad entry changes nothing); a
 //! second apply of the same file changes nothing. A price that differs from
-//! the latest one scheduled is scheduled from the current period (or the
-//! next, if calls were already recorded in this one, as `POST …/prices`
-//! does). Entries the file does not name are left alone; method and route
+//! the latest one scheduled is scheduled from the instant `apply` is given
+//! (the first whole second [`PRICE_NOTICE`] ahead, as `POST …/prices`
+//! without `effective_from` does): calls that arrive before it keep the
+//! price they arrived under. A file entry without a price leaves the API's
+//! prices as they are. Entries the file does not name are left alone; method and route
 //! are an entry's identity and never change; an upstream is never removed.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::tokens;
 use crate::config::Secret;
+use crate::domain::Currency;
 use crate::domain::gateway as gw;
 use crate::domain::pricing::{InvalidPrice, PriceVersion, Tier};
 use crate::domain::text::{Description, GatewayPrefix, HttpMethod, InvalidText, Name, RoutePattern, Slug, UpstreamUrl};
-use crate::domain::{Currency, Period};
 use crate::models::Api;
 use crate::models::api::{ApiChanges, NewApi, NewUpstream, Upstream, UpstreamChanges, UpstreamUpdate};
 use crate::models::price::{PriceBook, PriceRow};
@@ -258,7 +261,7 @@ pub struct Applied {
 pub async fn apply(
     conn: &mut AsyncPgConnection,
     file: &CatalogFile,
-    current: Period,
+    price_start: DateTime<Utc>,
     currency: Currency,
 ) -> Result<Applied, ApplyError> {
     let mut slugs = HashSet::new();
@@ -270,7 +273,7 @@ pub async fn apply(
     conn.transaction(async |conn| {
         let mut applied = Applied::default();
         for entry in &file.apis {
-            apply_entry(conn, entry, current, currency, &mut applied).await?;
+            apply_entry(conn, entry, price_start, currency, &mut applied).await?;
         }
         Ok(applied)
     })
@@ -280,7 +283,7 @@ pub async fn apply(
 async fn apply_entry(
     conn: &mut AsyncPgConnection,
     entry: &EntryFile,
-    current: Period,
+    price_start: DateTime<Utc>,
     currency: Currency,
     applied: &mut Applied,
 ) -> Result<(), ApplyError> {
@@ -389,9 +392,11 @@ async fn apply_entry(
     }
     if let Some(version) = price {
         let book = PriceBook::load(conn, Some(&[api.id])).await?;
-        if book.latest(api.id) != Some(&version) {
-            let (_, effective) = PriceRow::schedule(conn, api.id, current, &version).await?;
-            applied.changes.push(format!("priced {slug} from {effective}"));
+        if book.latest(api.id).map(|e| &e.version) != Some(&version) {
+            PriceRow::upsert(conn, api.id, price_start, &version).await?;
+            applied
+                .changes
+                .push(format!("priced {slug} from {}", price_start.to_rfc3339()));
         }
     }
     Ok(())
@@ -414,7 +419,7 @@ pub async fn export(conn: &mut AsyncPgConnection) -> Result<CatalogFile, ApplyEr
             route: api.route.parse().map_err(parse)?,
             active: api.active,
             upstream: upstream.as_ref().map(UpstreamSettings::of).transpose().map_err(parse)?,
-            price: book.latest(api.id).map(PriceFile::of),
+            price: book.latest(api.id).map(|e| PriceFile::of(&e.version)),
         });
     }
     Ok(CatalogFile { apis })

@@ -51,12 +51,19 @@ pub async fn connect(database_url: &str) -> diesel::ConnectionResult<AsyncPgConn
     Ok(conn)
 }
 
-/// Applies pending migrations under an advisory lock. Runs diesel's sync
+/// Applies pending migrations under an advisory lock, with `payg.billing_tz`
+/// set on the session to the billing zone. Runs diesel's sync
 /// migration harness over the async connection (no libpq).
-pub async fn run_migrations(database_url: &str) -> anyhow::Result<usize> {
+pub async fn run_migrations(database_url: &str, billing_tz: chrono_tz::Tz) -> anyhow::Result<usize> {
     let mut conn = AsyncPgConnection::establish(database_url)
         .await
         .context("connecting to PostgreSQL to migrate")?;
+    // A migration that turns a period into an instant reads the billing zone
+    // here: it is the server's configuration, not the database's.
+    diesel::sql_query("SELECT set_config('payg.billing_tz', $1, false)")
+        .bind::<Text, _>(billing_tz.name())
+        .execute(&mut conn)
+        .await?;
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
         .execute(&mut conn)

@@ -193,8 +193,8 @@ async fn catalog_command(config: &Config, cmd: CatalogCommand) -> anyhow::Result
             let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let parsed: catalog::CatalogFile =
                 toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let current = Period::containing(Utc::now(), config.billing_tz);
-            let applied = catalog::apply(&mut conn, &parsed, current, config.billing.currency).await?;
+            let price_start = payg::domain::pricing::start_from_now(Utc::now());
+            let applied = catalog::apply(&mut conn, &parsed, price_start, config.billing.currency).await?;
             if applied.changes.is_empty() {
                 println!("no changes: the catalog already matches {}", file.display());
             }
@@ -219,7 +219,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     if db::ensure_database_exists(url).await? {
         tracing::info!("created the database");
     }
-    let applied = db::run_migrations(url).await?;
+    let applied = db::run_migrations(url, config.billing_tz).await?;
     tracing::info!(applied, "migrations up to date");
     Ok(())
 }

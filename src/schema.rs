@@ -62,6 +62,8 @@ diesel::table! {
         charged_calls -> Int8,
         unit_price -> Numeric,
         amount -> Numeric,
+        price_id -> Int4,
+        price_effective_from -> Nullable<Timestamptz>,
     }
 }
 
@@ -126,7 +128,7 @@ diesel::table! {
     prices (id) {
         id -> Int4,
         api_id -> Int4,
-        effective_from -> Date,
+        effective_from -> Timestamptz,
         currency -> Text,
         unit_price -> Numeric,
         free_calls -> Int8,
@@ -163,6 +165,17 @@ diesel::table! {
         api_id -> Int4,
         day -> Date,
         period -> Date,
+        calls -> Int8,
+        failed_calls -> Int8,
+    }
+}
+
+diesel::table! {
+    usage_prices (user_id, api_id, period, price_id) {
+        user_id -> Uuid,
+        api_id -> Int4,
+        period -> Date,
+        price_id -> Int4,
         calls -> Int8,
         failed_calls -> Int8,
     }
@@ -235,6 +248,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     prices,
     refresh_tokens,
     usage_daily,
+    usage_prices,
     usage_records,
     users,
     webhook_events,

@@ -20,7 +20,7 @@ use crate::domain::{Currency, Period};
 use crate::models::User;
 use crate::models::invoice::{ClosedPeriod, Invoice, InvoiceLine, InvoiceStatus};
 use crate::models::price::PriceBook;
-use crate::models::usage::{UsageLine, UsageRecord};
+use crate::models::usage::{UsagePrice, UsageRecord, VersionUsage};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CloseOutcome {
@@ -130,6 +130,8 @@ pub async fn close_period(
                         api_id: line.api_id,
                         api_slug: line.slug,
                         api_name: line.name,
+                        price_id: line.price_id,
+                        price_effective_from: line.price_effective_from,
                         priced: line.priced,
                     });
                 }
@@ -166,9 +168,9 @@ pub async fn statements_for_period(
     currency: Currency,
     as_of: DateTime<Utc>,
 ) -> QueryResult<BTreeMap<Uuid, Statement>> {
-    let rows = UsageRecord::lines_for_period(conn, period).await?;
+    let rows = UsagePrice::lines_for_period(conn, period).await?;
     let book = PriceBook::load(conn, None).await?;
-    let mut by_user: BTreeMap<Uuid, Vec<UsageLine>> = BTreeMap::new();
+    let mut by_user: BTreeMap<Uuid, Vec<VersionUsage>> = BTreeMap::new();
     for (user_id, line) in rows {
         by_user.entry(user_id).or_default().push(line);
     }
@@ -187,6 +189,9 @@ pub struct Discrepancy {
     pub email: String,
     pub invoice_number: Option<String>,
     pub slug: String,
+    /// The price version of the line (0: none was in force).
+    pub price_id: i32,
+    pub price_effective_from: Option<DateTime<Utc>>,
     pub recorded: PricedLine,
     pub invoiced: Option<PricedLine>,
 }
@@ -200,6 +205,10 @@ struct DiscrepancyView<'a> {
     email: &'a str,
     invoice_number: Option<&'a str>,
     slug: &'a str,
+    /// The price version the calls arrived under (0: none was in force).
+    price_id: i32,
+    /// When that version started.
+    price_effective_from: Option<DateTime<Utc>>,
     recorded_calls: i64,
     invoiced_calls: i64,
     recorded_failed_calls: i64,
@@ -224,6 +233,8 @@ impl Serialize for Discrepancy {
             email: &self.email,
             invoice_number: self.invoice_number.as_deref(),
             slug: &self.slug,
+            price_id: self.price_id,
+            price_effective_from: self.price_effective_from,
             recorded_calls: self.recorded.calls,
             invoiced_calls: invoiced.calls,
             recorded_failed_calls: self.recorded.failed_calls,
@@ -280,9 +291,9 @@ pub async fn reconcile(
         .map(|(_, n, _)| n)
         .collect::<std::collections::HashSet<_>>()
         .len();
-    let mut by_key: HashMap<(Uuid, String), (String, InvoiceLine)> = HashMap::new();
+    let mut by_key: HashMap<(Uuid, String, i32), (String, InvoiceLine)> = HashMap::new();
     for (user_id, number, line) in invoiced {
-        by_key.insert((user_id, line.api_slug.clone()), (number, line));
+        by_key.insert((user_id, line.api_slug.clone(), line.price_id), (number, line));
     }
     let ids: Vec<Uuid> = statements.keys().copied().collect();
     let mut emails: HashMap<Uuid, String> = User::emails(conn, &ids).await?.into_iter().collect();
@@ -293,7 +304,7 @@ pub async fn reconcile(
     for (user_id, statement) in &statements {
         for line in &statement.lines {
             recorded_total += line.priced.amount;
-            let (number, invoiced) = match by_key.remove(&(*user_id, line.slug.clone())) {
+            let (number, invoiced) = match by_key.remove(&(*user_id, line.slug.clone(), line.price_id)) {
                 Some((n, l)) => (Some(n), Some(l.priced)),
                 None => (None, None),
             };
@@ -305,6 +316,8 @@ pub async fn reconcile(
                     email: emails.remove(user_id).unwrap_or_default(),
                     invoice_number: number,
                     slug: line.slug.clone(),
+                    price_id: line.price_id,
+                    price_effective_from: line.price_effective_from,
                     recorded: line.priced,
                     invoiced,
                 });

@@ -51,7 +51,7 @@ impl ExportFormat {
 /// export names: `quantity` = calls, `failed_quantity` = failed calls,
 /// `free_quantity` = free calls, `charged_quantity` = charged calls (what
 /// `line_amount` charges for).
-pub const CSV_HEADER: [&str; 19] = [
+pub const CSV_HEADER: [&str; 20] = [
     "invoice_number",
     "user_email",
     "billing_name",
@@ -71,6 +71,7 @@ pub const CSV_HEADER: [&str; 19] = [
     "currency",
     "issued_at",
     "due_at",
+    "price_effective_from",
 ];
 
 /// One row of the JSON export: an invoice line with its invoice's facts
@@ -104,6 +105,9 @@ pub struct ExportJsonRow<'a> {
     pub currency: &'a str,
     pub issued_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
+    /// When the line's price version started (one line per API and
+    /// version); empty when no price was in force (free).
+    pub price_effective_from: Option<DateTime<Utc>>,
 }
 
 impl<'a> From<&'a ExportRow> for ExportJsonRow<'a> {
@@ -128,6 +132,7 @@ impl<'a> From<&'a ExportRow> for ExportJsonRow<'a> {
             currency: &row.currency,
             issued_at: row.issued_at,
             due_at: row.due_at,
+            price_effective_from: row.price_effective_from,
         }
     }
 }
@@ -202,6 +207,7 @@ impl CsvChunk {
         self.text(r.currency)?;
         self.text(&r.issued_at.to_rfc3339())?;
         self.text(&r.due_at.to_rfc3339())?;
+        self.text(&r.price_effective_from.map(|at| at.to_rfc3339()).unwrap_or_default())?;
         self.writer.write_record(None::<&[u8]>)
     }
 
@@ -391,6 +397,7 @@ mod tests {
             currency: "USD".into(),
             issued_at: at("2026-04-01T00:11:00Z"),
             due_at: at("2026-04-15T00:11:00.25Z"),
+            price_effective_from: Some(at("2026-03-01T00:00:00Z")),
         }
     }
 
@@ -403,7 +410,8 @@ mod tests {
             String::from_utf8(csv.finish().unwrap()).unwrap(),
             format!(
                 "{}\r\nINV-2026-000001,a@example.com,Ann,,GB,,2026-03,issued,tools-uuid,\
-                 1005,5,5,995,0.0010,1.00,12.50,USD,2026-04-01T00:11:00+00:00,2026-04-15T00:11:00.250+00:00\r\n",
+                 1005,5,5,995,0.0010,1.00,12.50,USD,2026-04-01T00:11:00+00:00,2026-04-15T00:11:00.250+00:00,\
+                 2026-03-01T00:00:00+00:00\r\n",
                 CSV_HEADER.join(",")
             )
         );

@@ -1,6 +1,7 @@
-//! What a user owes for one period, computed from the usage records and the
-//! price versions in force — the same computation month close uses, so the
-//! cost a user sees equals the invoice issued for it.
+//! What a user owes for one period, computed from the usage per price
+//! version the calls arrived under — the same computation month close and
+//! every meter flush use, so the cost a user sees equals the invoice issued
+//! for it.
 
 use chrono::{DateTime, Utc};
 use diesel::QueryResult;
@@ -9,11 +10,13 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::pricing::{PricedLine, price_line};
+use crate::domain::pricing::{PriceVersion, PricedLine, price_month};
 use crate::domain::{Currency, Period};
 use crate::models::price::PriceBook;
-use crate::models::usage::{UsageLine, UsageRecord};
+use crate::models::usage::{UsagePrice, VersionUsage};
 
+/// One line: a user's calls to one API in one period that arrived under one
+/// price version.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatementLine {
     #[serde(skip)]
@@ -21,8 +24,55 @@ pub struct StatementLine {
     pub slug: String,
     #[serde(skip)]
     pub name: String,
+    /// The price version these calls arrived under; 0 when none was in
+    /// force (the API was free then).
+    pub price_id: i32,
+    /// When that version started; `null` when none was in force.
+    pub price_effective_from: Option<DateTime<Utc>>,
     #[serde(flatten)]
     pub priced: PricedLine,
+}
+
+/// The calls of one (user, API, period) under one price version.
+#[derive(Debug, Clone, Copy)]
+pub struct VersionCalls {
+    pub price_id: i32,
+    pub calls: i64,
+    pub failed_calls: i64,
+}
+
+/// One version's line of a (user, API, period), priced.
+#[derive(Debug, Clone, Copy)]
+pub struct PricedVersion {
+    pub price_id: i32,
+    pub effective_from: Option<DateTime<Utc>>,
+    pub priced: PricedLine,
+}
+
+/// Prices the version rows of one (user, API, period) — what every cost
+/// figure (statements, invoices, `users.total_cost`) is made of: the rows
+/// ordered by when their versions started (calls under no version came
+/// first: a version, once in force, is followed only by later ones), then
+/// `price_month`. A version the book does not hold prices nothing.
+pub fn price_versions(api_id: i32, rows: &[VersionCalls], book: &PriceBook, currency: Currency) -> Vec<PricedVersion> {
+    let mut ordered: Vec<(Option<DateTime<Utc>>, VersionCalls, PriceVersion)> = rows
+        .iter()
+        .map(|r| {
+            let (entry, version) = book.version_or_free(api_id, r.price_id, currency);
+            (entry.map(|e| e.effective_from), *r, version)
+        })
+        .collect();
+    ordered.sort_by_key(|(from, r, _)| (*from, r.price_id));
+    let priced = price_month(ordered.iter().map(|(_, r, v)| (r.calls, r.failed_calls, v)));
+    ordered
+        .iter()
+        .zip(priced)
+        .map(|((from, r, _), priced)| PricedVersion {
+            price_id: r.price_id,
+            effective_from: *from,
+            priced,
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -38,27 +88,38 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// Prices usage lines (one per API) with the versions in force for `period`.
+    /// Prices usage rows (one per API and version, an API's rows
+    /// together): one line per API and version, each API's versions in the
+    /// order they started.
     pub fn build(
         period: Period,
         currency: Currency,
         as_of: DateTime<Utc>,
-        usage: &[UsageLine],
+        usage: &[VersionUsage],
         book: &PriceBook,
     ) -> Self {
-        let lines: Vec<StatementLine> = usage
-            .iter()
-            .map(|u| StatementLine {
-                api_id: u.api_id,
-                slug: u.slug.clone(),
-                name: u.name.clone(),
-                priced: price_line(
-                    u.calls,
-                    u.failed_calls,
-                    &book.for_period_or_free(u.api_id, period, currency),
-                ),
-            })
-            .collect();
+        let mut lines: Vec<StatementLine> = Vec::with_capacity(usage.len());
+        for api_rows in usage.chunk_by(|a, b| a.api_id == b.api_id) {
+            let first = &api_rows[0];
+            let rows: Vec<VersionCalls> = api_rows
+                .iter()
+                .map(|u| VersionCalls {
+                    price_id: u.price_id,
+                    calls: u.calls,
+                    failed_calls: u.failed_calls,
+                })
+                .collect();
+            for v in price_versions(first.api_id, &rows, book, currency) {
+                lines.push(StatementLine {
+                    api_id: first.api_id,
+                    slug: first.slug.clone(),
+                    name: first.name.clone(),
+                    price_id: v.price_id,
+                    price_effective_from: v.effective_from,
+                    priced: v.priced,
+                });
+            }
+        }
         let subtotal: Decimal = lines.iter().map(|l| l.priced.amount).sum();
         Self {
             period,
@@ -83,7 +144,7 @@ impl Statement {
         currency: Currency,
         as_of: DateTime<Utc>,
     ) -> QueryResult<Statement> {
-        let usage = UsageRecord::for_user_period(conn, user_id, period).await?;
+        let usage = UsagePrice::for_user_period(conn, user_id, period).await?;
         let api_ids: Vec<i32> = usage.iter().map(|u| u.api_id).collect();
         let book = PriceBook::load(conn, Some(&api_ids)).await?;
         Ok(Self::build(period, currency, as_of, &usage, &book))

@@ -1,7 +1,8 @@
-//! A meter flush as billing sees it: the counters move (each period's row
-//! and each day's row beside it) and every touched user's `total_cost`
-//! moves with them, in one transaction, so the stored total always equals
-//! the priced sum of the user's records, and a period's days add up to it.
+//! A meter flush as billing sees it: the counters move (each period's row,
+//! the row of each price version its calls arrived under, and each day's
+//! row) and every touched user's `total_cost` moves with them, in one
+//! transaction, so the stored total always equals the priced sum of the
+//! user's records, and a period's versions and days add up to it.
 
 use std::collections::BTreeMap;
 
@@ -10,11 +11,14 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::domain::pricing::price_line;
+use crate::billing::statement::{VersionCalls, price_versions};
 use crate::domain::{Currency, Period};
 use crate::models::User;
 use crate::models::price::PriceBook;
-use crate::models::usage::{Counters, FlushId, MonthlyKey, UsageDaily, UsageDelta, UsageKey, UsageRecord, by_period};
+use crate::models::usage::{
+    FlushId, MonthlyKey, PricedKey, UsageDaily, UsageDelta, UsageKey, UsagePrice, UsageRecord, VersionCounters, by_day,
+    by_period,
+};
 
 /// What a flush did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,79 +110,135 @@ pub async fn settle_given_up(
             })
             .collect();
         if !moved.is_empty() {
-            // Per period for the records (and their price), per day beside
-            // them: the same calls move in both.
-            let monthly = by_period(&moved);
-            let monthly_moved: Vec<_> = monthly.iter().map(|(k, d)| (*k, d.failed_calls)).collect();
-            let after = UsageRecord::move_to_failed(conn, &monthly_moved).await?;
-            let daily_moved: Vec<_> = moved.iter().map(|(k, d)| (*k, d.failed_calls)).collect();
-            UsageDaily::move_to_failed(conn, &daily_moved).await?;
-            add_cost(conn, &monthly, &after, currency).await?;
+            // The same calls move in the period rows, in the rows of the
+            // versions that priced them, and in the day rows — in that
+            // (lock) order, as a flush writes them.
+            let book = book_for(conn, &moved).await?;
+            let failed_only = |d: &UsageDelta| d.failed_calls;
+            let monthly: Vec<_> = by_period(&moved).iter().map(|(k, d)| (*k, failed_only(d))).collect();
+            UsageRecord::move_to_failed(conn, &monthly).await?;
+            let priced = by_price(&moved, &book);
+            let priced_moved: Vec<_> = priced.iter().map(|(k, d)| (*k, failed_only(d))).collect();
+            UsagePrice::move_to_failed(conn, &priced_moved).await?;
+            let daily: Vec<_> = by_day(&moved).iter().map(|(k, d)| (*k, failed_only(d))).collect();
+            UsageDaily::move_to_failed(conn, &daily).await?;
+            add_cost(conn, &priced, &book, currency).await?;
         }
         Ok(Settlement::Compensated)
     })
     .await
 }
 
-/// The counter upserts — per period, then per day — and the priced
-/// difference on each user's total, inside the caller's transaction. Prices
-/// apply to the period rows, as they always have: the days only count.
+/// The counter upserts — per period, per price version in force when the
+/// calls arrived, then per day — and the priced difference on each user's
+/// total, inside the caller's transaction. Each call's version is resolved
+/// here from the second it arrived in, by the versions this transaction
+/// reads: a version starts at least `PRICE_NOTICE` after it was scheduled,
+/// and a call is flushed after it arrived, so every version that could
+/// price a call of this batch is already there. Prices apply to the
+/// version rows; the period rows and the days only count.
 async fn add_priced(
     conn: &mut AsyncPgConnection,
     deltas: &[(UsageKey, UsageDelta)],
     currency: Currency,
 ) -> QueryResult<()> {
-    let monthly = by_period(deltas);
-    let after = UsageRecord::add(conn, &monthly).await?;
-    UsageDaily::add(conn, deltas).await?;
-    add_cost(conn, &monthly, &after, currency).await
+    let book = book_for(conn, deltas).await?;
+    UsageRecord::add(conn, &by_period(deltas)).await?;
+    let priced = by_price(deltas, &book);
+    UsagePrice::add(conn, &priced).await?;
+    UsageDaily::add(conn, &by_day(deltas)).await?;
+    add_cost(conn, &priced, &book, currency).await
 }
 
-/// Adds what `deltas` changed in the price of the rows they left as `after`
-/// to each user's `total_cost`, inside the caller's transaction.
-async fn add_cost(
-    conn: &mut AsyncPgConnection,
-    deltas: &[(MonthlyKey, UsageDelta)],
-    after: &[Counters],
-    currency: Currency,
-) -> QueryResult<()> {
+/// The price versions of the APIs `deltas` count calls to.
+async fn book_for(conn: &mut AsyncPgConnection, deltas: &[(UsageKey, UsageDelta)]) -> QueryResult<PriceBook> {
     let mut api_ids: Vec<i32> = deltas.iter().map(|(k, _)| k.api_id).collect();
     api_ids.sort_unstable();
     api_ids.dedup();
-    let book = PriceBook::load(conn, Some(&api_ids)).await?;
-    let amounts = cost_deltas(deltas, after, &book, currency);
+    PriceBook::load(conn, Some(&api_ids)).await
+}
+
+/// `deltas` merged per (user, API, period, version in force during the
+/// second each call arrived in): sorted and unique.
+fn by_price(deltas: &[(UsageKey, UsageDelta)], book: &PriceBook) -> Vec<(PricedKey, UsageDelta)> {
+    let mut priced: BTreeMap<PricedKey, UsageDelta> = BTreeMap::new();
+    for (key, delta) in deltas {
+        let priced_key = PricedKey {
+            user_id: key.user_id,
+            api_id: key.api_id,
+            period: key.period(),
+            price_id: book.id_in_force_during(key.api_id, key.second),
+        };
+        priced.entry(priced_key).or_default().add(*delta);
+    }
+    priced.into_iter().collect()
+}
+
+/// Adds what `deltas` changed in the price of their (user, API, period)s to
+/// each user's `total_cost`, inside the caller's transaction, after the
+/// upserts.
+async fn add_cost(
+    conn: &mut AsyncPgConnection,
+    deltas: &[(PricedKey, UsageDelta)],
+    book: &PriceBook,
+    currency: Currency,
+) -> QueryResult<()> {
+    let mut records: Vec<MonthlyKey> = deltas.iter().map(|(k, _)| k.monthly()).collect();
+    records.dedup();
+    let after = UsagePrice::of_records(conn, &records).await?;
+    let amounts = cost_deltas(deltas, &after, book, currency);
     User::add_to_total_cost(conn, &amounts).await
 }
 
-/// Per user, what the batch added to their cost: for each touched record,
-/// `price(after) − price(before)`, priced with the version in force for its
-/// period. Prices are not linear (free calls, tiers), so it is the
-/// difference, never the delta's own price. Sorted by user id.
+/// Per user, what the batch added to their cost: for each touched (user,
+/// API, period), the price of all its version rows as they are now minus
+/// their price without `deltas`. Prices are not linear (free calls, tiers,
+/// and a later version's calls numbered after an earlier one's), so it is
+/// the difference of the whole record, never the delta's own price. Sorted
+/// by user id.
 fn cost_deltas(
-    deltas: &[(MonthlyKey, UsageDelta)],
-    after: &[Counters],
+    deltas: &[(PricedKey, UsageDelta)],
+    after: &[VersionCounters],
     book: &PriceBook,
     currency: Currency,
 ) -> Vec<(Uuid, Decimal)> {
-    let mut per_user: BTreeMap<Uuid, Decimal> = BTreeMap::new();
+    let mut records: BTreeMap<MonthlyKey, (Vec<VersionCalls>, Vec<VersionCalls>)> = BTreeMap::new();
     for row in after {
         let Some(period) = Period::from_first_day(row.period) else {
             continue;
         };
-        let key = MonthlyKey {
+        let key = PricedKey {
             user_id: row.user_id,
             api_id: row.api_id,
             period,
+            price_id: row.price_id,
         };
-        let Ok(i) = deltas.binary_search_by(|(k, _)| k.cmp(&key)) else {
-            continue;
+        let delta = deltas
+            .binary_search_by(|(k, _)| k.cmp(&key))
+            .map_or(UsageDelta::default(), |i| deltas[i].1);
+        let (now, before) = records.entry(key.monthly()).or_default();
+        now.push(VersionCalls {
+            price_id: row.price_id,
+            calls: row.calls,
+            failed_calls: row.failed_calls,
+        });
+        before.push(VersionCalls {
+            price_id: row.price_id,
+            calls: row.calls - delta.calls,
+            failed_calls: row.failed_calls - delta.failed_calls,
+        });
+    }
+    let mut per_user: BTreeMap<Uuid, Decimal> = BTreeMap::new();
+    for (key, (now, before)) in records {
+        let amount = |rows: &[VersionCalls]| -> Decimal {
+            price_versions(key.api_id, rows, book, currency)
+                .iter()
+                .map(|l| l.priced.amount)
+                .sum()
         };
-        let delta = deltas[i].1;
-        let price = book.for_period_or_free(row.api_id, period, currency);
-        let now = price_line(row.calls, row.failed_calls, &price).amount;
-        let before = price_line(row.calls - delta.calls, row.failed_calls - delta.failed_calls, &price).amount;
-        if now != before {
-            *per_user.entry(row.user_id).or_default() += now - before;
+        let change = amount(&now) - amount(&before);
+        if !change.is_zero() {
+            *per_user.entry(key.user_id).or_default() += change;
         }
     }
     per_user.into_iter().collect()

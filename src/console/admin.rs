@@ -3,22 +3,22 @@
 //! gateway API — and users (find by email, change role or status).
 
 use actix_web::web;
-use chrono::NaiveDate;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::page::{self, PageError, PageResult, Signed, money};
 use crate::actions;
 use crate::catalog::{self, UpstreamSettings};
-use crate::domain::Period;
 use crate::domain::currency::parse_decimal_string;
 use crate::domain::gateway as gw;
-use crate::domain::pricing::{PriceVersion, Tier};
+use crate::domain::pricing::{PriceStart, PriceVersion, Tier};
 use crate::domain::text::{Description, EmailPart, HttpMethod, Name, RoutePattern, Slug, UpstreamUrl};
 use crate::error::ApiError;
 use crate::models::Api;
 use crate::models::api::{ApiChanges, UpstreamChanges, UpstreamUpdate};
-use crate::models::price::PriceBook;
+use crate::models::price::{PriceBook, PriceStatus};
 use crate::models::user::{Role, StandingChange, UserStatus};
 
 fn admin_only(signed: &Signed) -> Result<(), PageError> {
@@ -51,7 +51,7 @@ pub async fn show_catalog(signed: Signed, query: web::Query<Done>) -> PageResult
     let all = Api::all_with_upstreams(&mut conn).await.map_err(PageError::from)?;
     let book = PriceBook::load(&mut conn, None).await.map_err(PageError::from)?;
     drop(conn);
-    let period = signed.state.current_period();
+    let now = signed.state.now();
     let main = html! {
         main {
             h1 { "Admin" }
@@ -61,13 +61,16 @@ pub async fn show_catalog(signed: Signed, query: web::Query<Done>) -> PageResult
             div.scroll { table #catalog {
                 thead { tr {
                     th scope="col" { "API" } th scope="col" { "Route" } th scope="col" { "Upstream" }
-                    th scope="col" { "Price in " (period) } th scope="col" { "State" }
+                    th scope="col" { "Price now" } th scope="col" { "State" }
                 } }
                 tbody { @for (api, upstream) in &all { tr {
                     td { a href={"/console/admin/apis/" (api.id)} { (api.name) } br; code.muted { (api.slug) } }
                     td data-label="Route" { code { (api.method) " " (api.route) } }
                     td data-label="Upstream" { @match upstream { Some(u) => code { (u.url) }, None => span.muted { "built in" } } }
-                    td data-label="Price" { @match book.for_period(api.id, period) { Some(v) => (version_text(v)), None => "free" } }
+                    td data-label="Price" {
+                        @match book.in_force_at(api.id, now) { Some(e) => (version_text(&e.version)), None => "free" }
+                        @if let Some(next) = book.next_after(api.id, now) { br; span.muted { "from " (signed.when(next.effective_from)) ": " (version_text(&next.version)) } }
+                    }
                     td data-label="State" { @if api.active { span.badge.paid { "active" } } @else { span.badge.void { "inactive" } } }
                 } } }
             } }
@@ -146,13 +149,12 @@ pub async fn show_api(signed: Signed, id: web::Path<String>, query: web::Query<D
         .ok_or_else(|| ApiError::not_found("no such API"))?;
     let book = PriceBook::load(&mut conn, Some(&[id])).await.map_err(PageError::from)?;
     drop(conn);
-    let current = signed.state.current_period();
-    let history: Vec<(NaiveDate, PriceVersion)> = book.history(id).to_vec();
+    let now = signed.state.now();
+    let zone = signed.zone();
+    let in_force = book.in_force_at(id, now);
     let done = query.done.as_deref().map(|d| match d {
-        "deferred" => {
-            "Price scheduled. Calls were already recorded in the period asked for, so it applies from the next."
-        }
-        "price" => "Price scheduled.",
+        "price" => "Price scheduled: calls that arrive before it starts keep the price they arrived under.",
+        "cancelled" => "Scheduled price cancelled.",
         _ => "Saved.",
     });
     let currency = signed.state.config.billing.currency;
@@ -203,22 +205,33 @@ pub async fn show_api(signed: Signed, id: web::Path<String>, query: web::Query<D
             section {
                 h2 { "Prices" }
                 div.scroll { table #prices {
-                    thead { tr { th scope="col" { "From" } th scope="col" { "Price" } } }
-                    tbody { @for (from, v) in history.iter().rev() { tr {
-                        td { (Period::from_first_day(*from).map(|p| p.to_string()).unwrap_or_else(|| page::day(*from)))
-                            @if Period::from_first_day(*from).is_some_and(|p| p > current) { " " span.badge { "scheduled" } } }
-                        td { (version_text(v)) }
+                    thead { tr { th scope="col" { "From" } th scope="col" { "Price" } th scope="col" { "State" } } }
+                    tbody { @for entry in book.history(id).iter().rev() { tr {
+                        td { (price_start_text(entry.effective_from, zone)) }
+                        td data-label="Price" { (version_text(&entry.version)) }
+                        td data-label="State" { @match entry.status(in_force, now) {
+                            PriceStatus::Scheduled => {
+                                span.badge { "scheduled" } " "
+                                form.inline method="post" action={"/console/admin/apis/" (api.id) "/prices/" (entry.id) "/cancel"} data-confirm="Cancel this scheduled price?" {
+                                    (signed.csrf_field())
+                                    button type="submit" { "Cancel" }
+                                }
+                            }
+                            PriceStatus::InForce => span.badge.paid { "in force" },
+                            PriceStatus::Superseded => span.muted { "superseded" },
+                        } }
                     } } }
                 } }
                 h3 { "Schedule a price" }
+                p.muted { "Calls are priced by the version in force when they arrive: a new price never changes what calls already made cost. Free calls and tiers count the whole month, across versions." }
                 form.stack method="post" action={"/console/admin/apis/" (api.id) "/prices"} {
                     (signed.csrf_field())
                     label for="unit_price" { "Price per call (" (currency) ")" }
                     input #unit_price type="text" name="unit_price" inputmode="decimal" required placeholder="0.001";
                     label for="free_calls" { "Free calls each month" }
                     input #free_calls type="number" name="free_calls" min="0" value="0";
-                    label for="effective_from" { "From period " span.muted { "(YYYY-MM; this month if empty — deferred to the next if calls were recorded)" } }
-                    input #effective_from type="text" name="effective_from" pattern="[0-9]{4}-[0-9]{2}" placeholder=(current);
+                    label for="effective_from" { "From " span.muted { "(an instant such as 2027-01-01T00:00:00Z, or a month YYYY-MM from its first instant in " (zone) "; empty: in about 2 seconds)" } }
+                    input #effective_from type="text" name="effective_from" placeholder="now";
                     button type="submit" { "Schedule price" }
                 }
             }
@@ -336,23 +349,39 @@ pub async fn schedule_price(signed: Signed, id: web::Path<String>, form: web::Fo
             .map_err(|_| ApiError::validation("free calls must be a whole number"))?,
         None => 0,
     };
-    let requested = f
+    let start = f
         .effective_from
         .as_deref()
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(str::parse::<Period>)
+        .map(str::parse::<PriceStart>)
         .transpose()
-        .map_err(PageError::from)?;
+        .map_err(|e| ApiError::validation(e.to_string()))?
+        .map(|s| s.instant(signed.zone()));
     let version = PriceVersion {
         currency: signed.state.config.billing.currency,
         unit_price,
         free_calls,
         tiers: Vec::<Tier>::new(),
     };
-    let scheduled = actions::schedule_price(&signed.state, id, &version, requested).await?;
-    let done = if scheduled.deferred { "deferred" } else { "price" };
-    Ok(page::see_other(&format!("/console/admin/apis/{id}?done={done}")))
+    actions::schedule_price(&signed.state, id, &version, start).await?;
+    Ok(page::see_other(&format!("/console/admin/apis/{id}?done=price")))
+}
+
+/// `POST /console/admin/apis/{id}/prices/{price_id}/cancel`.
+pub async fn cancel_price(signed: Signed, path: web::Path<(String, String)>) -> PageResult {
+    admin_only(&signed)?;
+    let (id, price_id) = path.into_inner();
+    let not_found = || ApiError::not_found("no such price version");
+    let id: i32 = id.parse().map_err(|_| not_found())?;
+    let price_id: i32 = price_id.parse().map_err(|_| not_found())?;
+    actions::cancel_price(&signed.state, id, price_id).await?;
+    Ok(page::see_other(&format!("/console/admin/apis/{id}?done=cancelled")))
+}
+
+/// A price version's first instant, to the second, in the billing zone.
+fn price_start_text(at: DateTime<Utc>, zone: Tz) -> String {
+    at.with_timezone(&zone).format("%Y-%m-%d %H:%M:%S %Z").to_string()
 }
 
 #[derive(Deserialize)]

@@ -356,7 +356,7 @@ pub async fn list_apis(signed: Signed) -> PageResult {
     let ids: Vec<i32> = active.iter().map(|(a, _)| a.id).collect();
     let book = PriceBook::load(&mut conn, Some(&ids)).await.map_err(PageError::from)?;
     drop(conn);
-    let period = state.current_period();
+    let now = state.now();
     let base = signed.base_url();
     let main = html! {
         main {
@@ -368,17 +368,20 @@ pub async fn list_apis(signed: Signed) -> PageResult {
                 section.api {
                     h2 { (api.name) " " code.muted { (api.slug) } }
                     @if !api.description.is_empty() { p { (api.description) } }
-                    p { "Price: " @match book.for_period(api.id, period) {
-                        Some(v) => (price_text(&PriceView::new(period, v))),
+                    p { "Price: " @match book.in_force_at(api.id, now) {
+                        Some(e) => (price_text(&e.view())),
                         None => "free",
                     } }
+                    @if let Some(next) = book.next_after(api.id, now) {
+                        p.muted { "From " (signed.when(next.effective_from)) ": " (price_text(&next.view())) }
+                    }
                     @let path = if upstream.is_some() { format!("{}/…", api.route) } else { api.route.clone() };
                     pre { code { "curl -X " (api.method.replace('*', "GET")) " -H 'X-API-Key: payg_…' '"
                         (base) (path) "'" } }
                     @if upstream.is_some() { p.muted { "A gateway API: payg forwards every path under " code { (api.route) } " to the provider." } }
                 }
             }
-            p.muted { "Prices are for " (period) "; a price change applies from the period it names." }
+            p.muted { "A call costs the price in force when it arrives: a price change never changes what calls already made cost. Free calls count the whole month." }
         }
     };
     Ok(signed.page("APIs", "/console/apis", main))

@@ -78,6 +78,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/admin/apis/{id}", web::get().to(admin::show_api))
                 .route("/admin/apis/{id}", web::post().to(admin::update_api))
                 .route("/admin/apis/{id}/prices", web::post().to(admin::schedule_price))
+                .route(
+                    "/admin/apis/{id}/prices/{price_id}/cancel",
+                    web::post().to(admin::cancel_price),
+                )
                 .route("/admin/apis/{id}/upstream", web::post().to(admin::update_upstream))
                 .route(
                     "/admin/apis/{id}/signing-secret",

@@ -2,22 +2,138 @@
 //! month's cost, invoice lines, `users.total_cost` — comes from
 //! [`price_line`], so the same usage always prices to the same amount.
 //!
-//! Rule, per (user, API, period):
+//! A call is priced by the price version in force when it arrived. A
+//! (user, API, period) is therefore priced as one line per version its
+//! calls arrived under, oldest version first ([`price_month`]); each line by
+//! [`price_line`]:
 //! 1. `billable_calls = calls − failed_calls` (failed calls are never billed);
-//! 2. `free_calls = min(billable_calls, price.free_calls)`;
-//! 3. `charged_calls = billable_calls − free_calls`, charged at the flat unit
-//!    price, or tier by tier when the price has graduated tiers;
-//! 4. the exact amount is rounded once, to the currency's minor unit,
-//!    half to even (banker's rounding): 0.005 → 0.00, 0.015 → 0.02.
+//! 2. the month's billable calls are counted across versions, in the order
+//!    the versions started: a line's calls are the month's billable calls
+//!    number `before + 1` to `before + billable_calls`, where `before` is
+//!    the billable calls of the earlier versions' lines;
+//! 3. the free allowance and the tiers of the line's version apply to those
+//!    numbers: a call whose number is within the version's `free_calls` is
+//!    free (`free_calls` of the line), and the others are charged at the
+//!    flat unit price, or in the tier their number falls in (tiers count
+//!    charged calls, numbered after the allowance) — so a month priced by
+//!    one version costs the same however its calls were split, and a new
+//!    version neither restarts the allowance nor the tiers;
+//! 4. the exact amount is rounded once per line, to the currency's minor
+//!    unit, half to even (banker's rounding): 0.005 → 0.00, 0.015 → 0.02.
 //!
 //! An invoice's subtotal is the sum of its rounded lines, so lines always
 //! add up to the total.
 
+use std::str::FromStr;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono_tz::Tz;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::currency::DecimalString;
 use crate::domain::{Currency, Period};
+
+/// How far ahead of "now" a price version may start at the earliest (and
+/// how long before its start it may still be cancelled): every instance
+/// prices the calls of a second when it flushes them, after that second, so
+/// this is the clock difference between instances and the database that the
+/// rule "a call is priced by the version in force when it arrived" tolerates.
+pub const PRICE_NOTICE: TimeDelta = TimeDelta::seconds(2);
+
+/// When a price asked for "now" starts: [`PRICE_NOTICE`] from `now`, rounded
+/// up to a whole second (versions start on whole seconds: calls are
+/// stamped with the second they arrived in).
+pub fn start_from_now(now: DateTime<Utc>) -> DateTime<Utc> {
+    let earliest = now + PRICE_NOTICE;
+    let floor = earliest.duration_trunc(TimeDelta::seconds(1)).unwrap_or(earliest);
+    if floor == earliest {
+        floor
+    } else {
+        floor + TimeDelta::seconds(1)
+    }
+}
+
+/// Whether a version may still start at `start` (or be cancelled before it):
+/// a whole second at least [`PRICE_NOTICE`] after `now`.
+pub fn may_start_at(start: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    start >= now + PRICE_NOTICE
+}
+
+/// Whether `start` is a whole second.
+pub fn is_whole_second(start: DateTime<Utc>) -> bool {
+    start.timestamp_subsec_nanos() == 0
+}
+
+/// When a price version is asked to start: an instant (RFC 3339), or a
+/// billing period (`YYYY-MM`), meaning its first instant in the billing
+/// time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceStart {
+    At(DateTime<Utc>),
+    Period(Period),
+}
+
+impl PriceStart {
+    pub fn instant(self, tz: Tz) -> DateTime<Utc> {
+        match self {
+            PriceStart::At(at) => at,
+            PriceStart::Period(period) => period.starts_at(tz),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("effective_from must be an RFC 3339 instant (e.g. 2026-12-01T00:00:00Z) or a period YYYY-MM")]
+pub struct BadPriceStart;
+
+impl FromStr for PriceStart {
+    type Err = BadPriceStart;
+
+    fn from_str(s: &str) -> Result<Self, BadPriceStart> {
+        if let Ok(period) = s.parse::<Period>() {
+            return Ok(PriceStart::Period(period));
+        }
+        DateTime::parse_from_rfc3339(s)
+            .map(|at| PriceStart::At(at.with_timezone(&Utc)))
+            .map_err(|_| BadPriceStart)
+    }
+}
+
+impl<'de> Deserialize<'de> for PriceStart {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl utoipa::PartialSchema for PriceStart {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::DateTime,
+                    )))
+                    .description(Some("An instant, a whole second (RFC 3339).")),
+            )
+            .item(<Period as utoipa::PartialSchema>::schema())
+            .description(Some(
+                "When the version starts: an instant (a whole second), or a period `YYYY-MM` \
+                 (its first instant in the billing time zone).",
+            ))
+            .examples([serde_json::json!("2026-12-01T00:00:00Z")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PriceStart {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("PriceStart")
+    }
+}
 
 /// One graduated tier: calls up to `up_to` (cumulative, counted after the
 /// free allowance) at `unit_price`; `None` = no upper bound.
@@ -33,7 +149,7 @@ pub struct Tier {
     pub unit_price: Decimal,
 }
 
-/// A price as it applied to one period.
+/// A price: what the calls that arrive while it is in force cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriceVersion {
     pub currency: Currency,
@@ -75,22 +191,36 @@ impl PricedLine {
     };
 }
 
+/// Rounds to the currency's minor unit, half to even, and shows that many
+/// decimals (a zero is "0.00", however it was computed).
 pub fn round_to_minor_unit(amount: Decimal, currency: Currency) -> Decimal {
-    amount.round_dp_with_strategy(currency.minor_units(), RoundingStrategy::MidpointNearestEven)
+    let mut rounded = amount.round_dp_with_strategy(currency.minor_units(), RoundingStrategy::MidpointNearestEven);
+    rounded.rescale(currency.minor_units());
+    rounded
 }
 
-/// Prices one usage record. Never panics: counters are clamped to be
-/// non-negative and arithmetic saturates instead of overflowing.
-pub fn price_line(calls: i64, failed_calls: i64, price: &PriceVersion) -> PricedLine {
+/// Prices the calls of one (user, API, period) that arrived under `price`,
+/// after `billable_before` billable calls of the same (user, API, period)
+/// that arrived under earlier versions (rule 2 above; 0 for the first or only
+/// version). Never panics: counters are clamped to be non-negative and
+/// arithmetic saturates instead of overflowing.
+pub fn price_line(calls: i64, failed_calls: i64, billable_before: i64, price: &PriceVersion) -> PricedLine {
     let calls = calls.max(0);
     let failed_calls = failed_calls.clamp(0, calls);
     let billable_calls = calls - failed_calls;
-    let free_calls = billable_calls.min(price.free_calls.max(0));
+    let before = billable_before.max(0);
+    let through = before.saturating_add(billable_calls);
+    let allowance = price.free_calls.max(0);
+    let free_calls = (through.min(allowance) - before).clamp(0, billable_calls);
     let charged_calls = billable_calls - free_calls;
     let exact = if price.tiers.is_empty() {
         Decimal::from(charged_calls).saturating_mul(price.unit_price)
     } else {
-        graduated(charged_calls, &price.tiers)
+        // Charged calls are numbered after the allowance; this line's are
+        // the ones from `charged_before + 1` on.
+        let charged_before = before.max(allowance) - allowance;
+        let charged_through = charged_before.saturating_add(charged_calls);
+        graduated(charged_through, &price.tiers).saturating_sub(graduated(charged_before, &price.tiers))
     };
     PricedLine {
         calls,
@@ -103,6 +233,23 @@ pub fn price_line(calls: i64, failed_calls: i64, price: &PriceVersion) -> Priced
     }
 }
 
+/// Prices the lines of one (user, API, period): `(calls, failed_calls,
+/// version)` per version its calls arrived under, in the order the versions
+/// started. Each line by [`price_line`], after the billable calls of the
+/// lines before it.
+pub fn price_month<'a>(lines: impl IntoIterator<Item = (i64, i64, &'a PriceVersion)>) -> Vec<PricedLine> {
+    let mut before = 0i64;
+    lines
+        .into_iter()
+        .map(|(calls, failed_calls, price)| {
+            let line = price_line(calls, failed_calls, before, price);
+            before = before.saturating_add(line.billable_calls);
+            line
+        })
+        .collect()
+}
+
+/// The exact price of the first `charged_calls` charged calls of a month.
 fn graduated(charged_calls: i64, tiers: &[Tier]) -> Decimal {
     let mut total = Decimal::ZERO;
     let mut covered = 0i64;
@@ -124,6 +271,16 @@ fn graduated(charged_calls: i64, tiers: &[Tier]) -> Decimal {
 pub struct InvalidPrice(pub String);
 
 impl PriceVersion {
+    /// What calls cost when no version is in force: nothing.
+    pub fn free(currency: Currency) -> Self {
+        Self {
+            currency,
+            unit_price: Decimal::ZERO,
+            free_calls: 0,
+            tiers: Vec::new(),
+        }
+    }
+
     /// Checks a price is usable: a non-negative unit price and allowance,
     /// and tiers with strictly increasing bounds, only the last unbounded,
     /// non-negative prices.
@@ -158,11 +315,12 @@ fn validate_tiers(tiers: &[Tier]) -> Result<(), InvalidPrice> {
     Ok(())
 }
 
-/// A price as clients see it: the version and the period it applies from.
+/// A price as clients see it: the version and the instant it applies from.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PriceView {
-    /// The period from which this price applies (`YYYY-MM`).
-    pub effective_from: Period,
+    /// The first instant this price applies to (RFC 3339, a whole second):
+    /// calls that arrive from then on, until the next version starts.
+    pub effective_from: DateTime<Utc>,
     pub currency: Currency,
     /// Per call, before any tiers.
     #[serde(with = "rust_decimal::serde::str")]
@@ -175,7 +333,7 @@ pub struct PriceView {
 }
 
 impl PriceView {
-    pub fn new(from: Period, v: &PriceVersion) -> Self {
+    pub fn new(from: DateTime<Utc>, v: &PriceVersion) -> Self {
         Self {
             effective_from: from,
             currency: v.currency,
@@ -212,7 +370,7 @@ mod tests {
             (12345, 45, dec!(0.0123), 300, (12300, 300, 12000, dec!(147.60))),
         ];
         for (calls, failed, unit, free, (billable, free_used, charged, amount)) in table {
-            let line = price_line(calls, failed, &flat(unit, free));
+            let line = price_line(calls, failed, 0, &flat(unit, free));
             assert_eq!(
                 (line.billable_calls, line.free_calls, line.charged_calls, line.amount),
                 (billable, free_used, charged, amount),
@@ -233,14 +391,18 @@ mod tests {
             (1, dec!(0.0149999), dec!(0.01)),
         ];
         for (calls, unit, amount) in table {
-            assert_eq!(price_line(calls, 0, &flat(unit, 0)).amount, amount, "{calls} x {unit}");
+            assert_eq!(
+                price_line(calls, 0, 0, &flat(unit, 0)).amount,
+                amount,
+                "{calls} x {unit}"
+            );
         }
         let yen = PriceVersion {
             currency: "JPY".parse().unwrap(),
             ..flat(dec!(0.5), 0)
         };
-        assert_eq!(price_line(5, 0, &yen).amount, dec!(2)); // 2.5 -> 2
-        assert_eq!(price_line(7, 0, &yen).amount, dec!(4)); // 3.5 -> 4
+        assert_eq!(price_line(5, 0, 0, &yen).amount, dec!(2)); // 2.5 -> 2
+        assert_eq!(price_line(7, 0, 0, &yen).amount, dec!(4)); // 3.5 -> 4
     }
 
     #[test]
@@ -272,14 +434,14 @@ mod tests {
             (60_000, dec!(47.00)), // 10 + 32 + 5
         ];
         for (calls, amount) in table {
-            assert_eq!(price_line(calls, 0, &price).amount, amount, "{calls} calls");
+            assert_eq!(price_line(calls, 0, 0, &price).amount, amount, "{calls} calls");
         }
         // Tiers count charged calls: the free allowance comes first.
         let with_free = PriceVersion {
             free_calls: 1_000,
             ..price
         };
-        let line = price_line(11_000, 0, &with_free);
+        let line = price_line(11_000, 0, 0, &with_free);
         assert_eq!(
             (line.free_calls, line.charged_calls, line.amount),
             (1_000, 10_000, dec!(10.00))
@@ -288,10 +450,86 @@ mod tests {
 
     #[test]
     fn nonsense_counters_never_panic_or_go_negative() {
-        let line = price_line(-5, 10, &flat(dec!(0.001), 0));
+        let line = price_line(-5, 10, -3, &flat(dec!(0.001), 0));
         assert_eq!((line.calls, line.billable_calls, line.amount), (0, 0, dec!(0.00)));
-        let line = price_line(i64::MAX, 0, &flat(Decimal::MAX, 0));
+        let line = price_line(i64::MAX, 0, i64::MAX, &flat(Decimal::MAX, 0));
         assert!(line.amount > Decimal::ZERO);
+    }
+
+    fn tiered(free: i64) -> PriceVersion {
+        PriceVersion {
+            free_calls: free,
+            tiers: vec![
+                Tier {
+                    up_to: Some(100),
+                    unit_price: dec!(0.10),
+                },
+                Tier {
+                    up_to: None,
+                    unit_price: dec!(0.01),
+                },
+            ],
+            ..flat(dec!(0.10), 0)
+        }
+    }
+
+    #[test]
+    fn a_month_split_across_versions_counts_the_allowance_and_tiers_over_the_whole_month() {
+        // One version, any split: the same as the whole month at once.
+        let whole = price_line(250, 10, 0, &tiered(20)).amount;
+        for split in [0, 1, 19, 20, 21, 119, 120, 121, 240] {
+            let lines = price_month([(split, 0, &tiered(20)), (250 - split, 10, &tiered(20))]);
+            let exact: Decimal = lines.iter().map(|l| l.amount).sum();
+            assert_eq!(exact, whole, "split after {split}");
+            assert_eq!(lines.iter().map(|l| l.free_calls).sum::<i64>(), 20);
+        }
+        // 30 calls at 0.10 with 50 free, then a version at 1.00 with 40 free:
+        // the first 30 were free; the next version's allowance counts them,
+        // so only 10 more are free, and 20 of its 30 are charged.
+        let old = flat(dec!(0.10), 50);
+        let new = flat(dec!(1.00), 40);
+        let lines = price_month([(30, 0, &old), (32, 2, &new)]);
+        assert_eq!(
+            (lines[0].free_calls, lines[0].charged_calls, lines[0].amount),
+            (30, 0, dec!(0.00))
+        );
+        assert_eq!(
+            (lines[1].free_calls, lines[1].charged_calls, lines[1].amount),
+            (10, 20, dec!(20.00))
+        );
+        // Tiers go on where the earlier version left them: 90 charged calls
+        // in the first band, then the new version's calls number 91 on.
+        let cheap_then = tiered(0);
+        let dearer = PriceVersion {
+            tiers: vec![
+                Tier {
+                    up_to: Some(100),
+                    unit_price: dec!(0.20),
+                },
+                Tier {
+                    up_to: None,
+                    unit_price: dec!(0.02),
+                },
+            ],
+            ..cheap_then.clone()
+        };
+        let lines = price_month([(90, 0, &cheap_then), (20, 0, &dearer)]);
+        assert_eq!(lines[0].amount, dec!(9.00));
+        assert_eq!(lines[1].amount, dec!(2.20)); // 10 × 0.20 + 10 × 0.02
+    }
+
+    #[test]
+    fn a_price_asked_for_now_starts_on_the_whole_second_after_the_notice() {
+        let now = DateTime::parse_from_rfc3339("2026-12-05T10:00:00.250Z")
+            .unwrap()
+            .to_utc();
+        let start = start_from_now(now);
+        assert_eq!(start.to_rfc3339(), "2026-12-05T10:00:03+00:00");
+        assert!(may_start_at(start, now) && is_whole_second(start));
+        let on_the_second = DateTime::parse_from_rfc3339("2026-12-05T10:00:00Z").unwrap().to_utc();
+        assert_eq!(start_from_now(on_the_second), on_the_second + PRICE_NOTICE);
+        assert!(!may_start_at(on_the_second + TimeDelta::seconds(1), on_the_second));
+        assert!(!is_whole_second(now));
     }
 
     #[test]

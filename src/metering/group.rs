@@ -160,6 +160,7 @@ mod tests {
             user_id: Uuid::new_v4(),
             api_id: 1,
             day: "2026-11-30".parse::<Day>().unwrap(),
+            second: 1_764_460_800,
         };
         let first: Vec<_> = (0..3)
             .map(|i| {

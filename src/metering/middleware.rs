@@ -53,7 +53,8 @@ pub async fn metered_call(
     req.extensions_mut().insert(MatchedRoute(api.route_label.clone()));
     // The day (and with it the period) is fixed when the call arrives, not
     // when it is flushed: one time-zone conversion, no allocation.
-    let day = Day::containing(state.clock.now(), state.billing_tz);
+    let arrived = state.clock.now();
+    let day = Day::containing(arrived, state.billing_tz);
     let caller = match state.authenticator.authenticate(req.request(), Purpose::Metered).await {
         Ok(caller) => caller,
         Err(err) => return Ok(req.error_response(ApiError::from(err)).map_into_right_body()),
@@ -65,6 +66,9 @@ pub async fn metered_call(
         user_id: caller.user_id,
         api_id: api.api_id,
         day,
+        // The price in force during this second prices the call, whenever
+        // its count is written (billing/usage_cost.rs resolves it).
+        second: arrived.timestamp(),
     };
     let rate = state.rate_limits.take(caller.user_id).await;
     if let Some(rate) = rate.filter(|r| !r.allowed) {

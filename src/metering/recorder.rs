@@ -92,6 +92,7 @@ mod tests {
                             user_id: users[i % 3],
                             api_id: (t % 2) + 1,
                             day,
+                            second: 1_764_460_800,
                         };
                         recorder.record(key, UsageDelta::one(i % 10 == 0));
                     }

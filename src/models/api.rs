@@ -4,7 +4,6 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use crate::config::Secret;
-use crate::domain::Period;
 use crate::domain::pricing::PriceVersion;
 use crate::domain::text::{Description, HttpMethod, Name, Slug, UpstreamUrl};
 use crate::models::price::PriceRow;
@@ -175,7 +174,7 @@ impl Api {
                 .returning(Api::as_returning())
                 .get_result(conn)
                 .await?;
-            PriceRow::upsert(conn, api.id, Period::EPOCH, first_price).await?;
+            PriceRow::upsert(conn, api.id, DateTime::UNIX_EPOCH, first_price).await?;
             let upstream = match upstream {
                 Some(up) => Some(Upstream::insert(conn, api.id, up).await?),
                 None => None,

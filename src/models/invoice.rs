@@ -63,6 +63,11 @@ pub struct InvoiceLine {
     pub api_slug: String,
     #[serde(rename = "name")]
     pub api_name: String,
+    /// The price version these calls arrived under; 0 when none was in
+    /// force (the API was free then).
+    pub price_id: i32,
+    /// When that version started; `null` when none was in force.
+    pub price_effective_from: Option<DateTime<Utc>>,
     /// The line as pricing computed it at close; its columns are
     /// `invoice_lines.calls` … `invoice_lines.amount`.
     #[diesel(embed)]
@@ -169,6 +174,7 @@ pub struct ExportRow {
     pub currency: String,
     pub issued_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
+    pub price_effective_from: Option<DateTime<Utc>>,
 }
 
 /// One page of the export: the rows of whole invoices, and the invoice
@@ -556,6 +562,7 @@ impl Invoice {
                 invoices::currency,
                 invoices::issued_at,
                 invoices::due_at,
+                invoice_lines::price_effective_from,
             ))
             .load(conn)
             .await

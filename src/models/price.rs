@@ -1,15 +1,16 @@
-//! Price versions per API and the in-memory book the pricing function reads.
+//! Price versions per API, each from an instant, and the in-memory book
+//! that says which version was in force when a call arrived.
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
+use crate::domain::Currency;
 use crate::domain::currency::UnknownCurrency;
-use crate::domain::pricing::{PriceVersion, Tier};
-use crate::domain::{Currency, Period};
+use crate::domain::pricing::{PriceVersion, PriceView, Tier};
 use crate::schema::{price_tiers, prices};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -17,7 +18,7 @@ use crate::schema::{price_tiers, prices};
 pub struct PriceRow {
     pub id: i32,
     pub api_id: i32,
-    pub effective_from: NaiveDate,
+    pub effective_from: DateTime<Utc>,
     pub currency: String,
     pub unit_price: Decimal,
     pub free_calls: i64,
@@ -36,7 +37,7 @@ struct TierRow {
 #[diesel(table_name = prices)]
 struct NewPrice<'a> {
     api_id: i32,
-    effective_from: NaiveDate,
+    effective_from: DateTime<Utc>,
     currency: &'a str,
     unit_price: Decimal,
     free_calls: i64,
@@ -51,12 +52,25 @@ struct NewTier {
     unit_price: Decimal,
 }
 
-/// Every price version of some APIs, ready to answer "which price applied
-/// to this API in this period?".
+/// `usage_prices.price_id` and `invoice_lines.price_id` for calls that
+/// arrived while no version was in force (the API was free then).
+pub const UNPRICED: i32 = 0;
+
+/// One version of an API's price, as the book holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceEntry {
+    pub id: i32,
+    /// The first instant it prices (a whole second).
+    pub effective_from: DateTime<Utc>,
+    pub version: PriceVersion,
+}
+
+/// Every price version of some APIs, ready to answer "which price was in
+/// force for this API when this call arrived?".
 #[derive(Debug, Default, Clone)]
 pub struct PriceBook {
     /// Per API, versions sorted by `effective_from`.
-    versions: HashMap<i32, Vec<(NaiveDate, PriceVersion)>>,
+    versions: HashMap<i32, Vec<PriceEntry>>,
 }
 
 impl PriceBook {
@@ -87,90 +101,170 @@ impl PriceBook {
                 .currency
                 .parse()
                 .map_err(|e: UnknownCurrency| diesel::result::Error::DeserializationError(Box::new(e)))?;
-            book.versions.entry(row.api_id).or_default().push((
-                row.effective_from,
-                PriceVersion {
+            book.versions.entry(row.api_id).or_default().push(PriceEntry {
+                id: row.id,
+                effective_from: row.effective_from,
+                version: PriceVersion {
                     currency,
                     unit_price: row.unit_price,
                     free_calls: row.free_calls,
                     tiers: tiers_by_price.remove(&row.id).unwrap_or_default(),
                 },
-            ));
+            });
         }
         Ok(book)
     }
 
-    /// The version in force for `period`: the latest that starts on or before it.
-    pub fn for_period(&self, api_id: i32, period: Period) -> Option<&PriceVersion> {
+    /// The version in force at `instant`: the latest that starts at or before it.
+    pub fn in_force_at(&self, api_id: i32, instant: DateTime<Utc>) -> Option<&PriceEntry> {
         let versions = self.versions.get(&api_id)?;
-        let idx = versions.partition_point(|(from, _)| *from <= period.first_day());
-        idx.checked_sub(1).map(|i| &versions[i].1)
+        let idx = versions.partition_point(|v| v.effective_from <= instant);
+        idx.checked_sub(1).map(|i| &versions[i])
     }
 
-    /// Every version of an API, oldest first, with the day it starts.
-    pub fn history(&self, api_id: i32) -> &[(NaiveDate, PriceVersion)] {
+    /// The id of the version in force during the Unix second `second`
+    /// ([`UNPRICED`] when none was): versions start on whole seconds, so
+    /// the whole second had one version.
+    pub fn id_in_force_during(&self, api_id: i32, second: i64) -> i32 {
+        let Some(versions) = self.versions.get(&api_id) else {
+            return UNPRICED;
+        };
+        let idx = versions.partition_point(|v| v.effective_from.timestamp() <= second);
+        idx.checked_sub(1).map_or(UNPRICED, |i| versions[i].id)
+    }
+
+    /// The version with this id, or a free price for [`UNPRICED`] (or an id
+    /// the book does not hold: a row is never priced by a guess at a price).
+    pub fn version_or_free(
+        &self,
+        api_id: i32,
+        price_id: i32,
+        currency: Currency,
+    ) -> (Option<&PriceEntry>, PriceVersion) {
+        match self
+            .versions
+            .get(&api_id)
+            .and_then(|vs| vs.iter().find(|v| v.id == price_id))
+        {
+            Some(entry) => (Some(entry), entry.version.clone()),
+            None => (None, PriceVersion::free(currency)),
+        }
+    }
+
+    /// Every version of an API, oldest first.
+    pub fn history(&self, api_id: i32) -> &[PriceEntry] {
         self.versions.get(&api_id).map_or(&[], Vec::as_slice)
     }
 
-    /// The latest version scheduled (in force now, or from a later period).
-    pub fn latest(&self, api_id: i32) -> Option<&PriceVersion> {
-        self.versions.get(&api_id)?.last().map(|(_, v)| v)
+    /// The version scheduled last (in force now, or starting later).
+    pub fn latest(&self, api_id: i32) -> Option<&PriceEntry> {
+        self.versions.get(&api_id)?.last()
     }
 
-    /// Like [`for_period`](Self::for_period), with a zero price when an API
-    /// has no version yet (an API is free until it is priced).
-    pub fn for_period_or_free(&self, api_id: i32, period: Period, currency: Currency) -> PriceVersion {
-        self.for_period(api_id, period).cloned().unwrap_or(PriceVersion {
-            currency,
-            unit_price: Decimal::ZERO,
-            free_calls: 0,
-            tiers: Vec::new(),
-        })
+    /// The first version that starts after `instant`, if one is scheduled.
+    pub fn next_after(&self, api_id: i32, instant: DateTime<Utc>) -> Option<&PriceEntry> {
+        let versions = self.versions.get(&api_id)?;
+        versions.get(versions.partition_point(|v| v.effective_from <= instant))
     }
 }
 
+impl PriceEntry {
+    pub fn view(&self) -> PriceView {
+        PriceView::new(self.effective_from, &self.version)
+    }
+
+    /// Where this version stands at `now`, given the one in force then.
+    pub fn status(&self, in_force: Option<&PriceEntry>, now: DateTime<Utc>) -> PriceStatus {
+        if self.effective_from > now {
+            PriceStatus::Scheduled
+        } else if in_force.is_some_and(|e| e.id == self.id) {
+            PriceStatus::InForce
+        } else {
+            PriceStatus::Superseded
+        }
+    }
+}
+
+/// Where a price version stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PriceStatus {
+    /// Starts later; may be cancelled until shortly before it starts.
+    Scheduled,
+    /// Prices the calls arriving now.
+    InForce,
+    /// Followed by a version that has started.
+    Superseded,
+}
+
+/// What became of a cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    Cancelled,
+    /// The version starts too soon (or has started): calls may be priced by it.
+    Started,
+    NotFound,
+}
+
 impl PriceRow {
-    /// Schedules `version` for `api_id` from `requested`, or from the next
-    /// period if a call to the API was already recorded in `requested` — a
-    /// price change never re-prices calls already made. The usage table is
-    /// locked against meter flushes meanwhile, so "no calls recorded" stays
-    /// true while the version is written. Returns the row and the period
-    /// it takes effect from; `NotFound` for an unknown API.
+    /// Schedules `version` for `api_id` from `start` (which the caller has
+    /// checked is far enough ahead: no call can have been priced by a version
+    /// starting then), replacing a version scheduled for that same instant.
+    /// `NotFound` for an unknown API.
     pub async fn schedule(
         conn: &mut AsyncPgConnection,
         api_id: i32,
-        requested: Period,
+        start: DateTime<Utc>,
         version: &PriceVersion,
-    ) -> QueryResult<(PriceRow, Period)> {
-        use crate::models::usage::UsageRecord;
+    ) -> QueryResult<PriceRow> {
         use crate::schema::apis;
         conn.transaction(async |conn| {
             apis::table.find(api_id).select(apis::id).first::<i32>(conn).await?;
-            UsageRecord::lock_against_flushes(conn).await?;
-            let effective = if UsageRecord::any_in_period(conn, api_id, requested).await? {
-                requested.next()
-            } else {
-                requested
-            };
-            let row = PriceRow::upsert(conn, api_id, effective, version).await?;
-            Ok((row, effective))
+            PriceRow::upsert(conn, api_id, start, version).await
         })
         .await
     }
 
-    /// Writes a version effective from `period`, replacing one already
-    /// scheduled for that same period (which, by the caller's check, has no
-    /// calls priced under it yet).
+    /// Removes a version of `api_id` that starts after `started_by`.
+    pub async fn cancel(
+        conn: &mut AsyncPgConnection,
+        api_id: i32,
+        price_id: i32,
+        started_by: DateTime<Utc>,
+    ) -> QueryResult<Cancelled> {
+        conn.transaction(async |conn| {
+            let mine = prices::table
+                .filter(prices::id.eq(price_id))
+                .filter(prices::api_id.eq(api_id));
+            let deleted = diesel::delete(mine.filter(prices::effective_from.gt(started_by)))
+                .execute(conn)
+                .await?;
+            if deleted == 1 {
+                return Ok(Cancelled::Cancelled);
+            }
+            let exists: bool = diesel::select(diesel::dsl::exists(mine)).get_result(conn).await?;
+            Ok(if exists {
+                Cancelled::Started
+            } else {
+                Cancelled::NotFound
+            })
+        })
+        .await
+    }
+
+    /// Writes a version effective from `start`, replacing one already
+    /// scheduled for that same instant (which, by the caller's check, has
+    /// not started).
     pub async fn upsert(
         conn: &mut AsyncPgConnection,
         api_id: i32,
-        period: Period,
+        start: DateTime<Utc>,
         version: &PriceVersion,
     ) -> QueryResult<PriceRow> {
         let row: PriceRow = diesel::insert_into(prices::table)
             .values(NewPrice {
                 api_id,
-                effective_from: period.first_day(),
+                effective_from: start,
                 currency: version.currency.code(),
                 unit_price: version.unit_price,
                 free_calls: version.free_calls,

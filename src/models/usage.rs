@@ -12,19 +12,32 @@ use uuid::Uuid;
 use crate::domain::{Day, DayRange, Period};
 use crate::schema::{apis, meter_flushes, usage_records};
 
-/// Which counter rows a call adds to: its day's (`usage_daily`) and, through
-/// the day, its period's (`usage_records`). Fixed when the call arrives.
-/// Ordered by user, API, then day, so the days of one (user, API, period)
-/// are neighbours once sorted.
+/// Which counter rows a call adds to: its day's (`usage_daily`), through
+/// the day its period's (`usage_records`), and, through the second it
+/// arrived in, the row of the price version in force then
+/// (`usage_prices`, resolved when the count is written). Fixed when the
+/// call arrives. Ordered by user, API, day, then second, so the days (and
+/// seconds) of one (user, API, period) are neighbours once sorted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UsageKey {
     pub user_id: Uuid,
     pub api_id: i32,
     /// The day the call arrived on, in the billing time zone.
     pub day: Day,
+    /// The Unix second the call arrived in: what decides its price.
+    pub second: i64,
 }
 
 impl UsageKey {
+    /// The `usage_daily` row the call belongs to.
+    pub fn daily(&self) -> DailyKey {
+        DailyKey {
+            user_id: self.user_id,
+            api_id: self.api_id,
+            day: self.day,
+        }
+    }
+
     /// The period the call belongs to: its day's month.
     pub fn period(&self) -> Period {
         self.day.period()
@@ -36,6 +49,41 @@ impl UsageKey {
             user_id: self.user_id,
             api_id: self.api_id,
             period: self.period(),
+        }
+    }
+}
+
+/// Which `usage_daily` row (user, API, day) a count belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DailyKey {
+    pub user_id: Uuid,
+    pub api_id: i32,
+    pub day: Day,
+}
+
+impl DailyKey {
+    pub fn period(&self) -> Period {
+        self.day.period()
+    }
+}
+
+/// Which `usage_prices` row (user, API, period, price version) a count
+/// belongs to: the version is the one in force when its calls arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PricedKey {
+    pub user_id: Uuid,
+    pub api_id: i32,
+    pub period: Period,
+    /// `prices.id`, or `models::price::UNPRICED`.
+    pub price_id: i32,
+}
+
+impl PricedKey {
+    pub fn monthly(&self) -> MonthlyKey {
+        MonthlyKey {
+            user_id: self.user_id,
+            api_id: self.api_id,
+            period: self.period,
         }
     }
 }
@@ -62,6 +110,20 @@ pub fn by_period(deltas: &[(UsageKey, UsageDelta)]) -> Vec<(MonthlyKey, UsageDel
     monthly
 }
 
+/// `deltas` (sorted by key, unique) merged per (user, API, day): sorted
+/// and unique in turn, since the seconds of one day are neighbours.
+pub fn by_day(deltas: &[(UsageKey, UsageDelta)]) -> Vec<(DailyKey, UsageDelta)> {
+    let mut daily: Vec<(DailyKey, UsageDelta)> = Vec::with_capacity(deltas.len());
+    for (key, delta) in deltas {
+        let key = key.daily();
+        match daily.last_mut() {
+            Some((last, sum)) if *last == key => sum.add(*delta),
+            _ => daily.push((key, *delta)),
+        }
+    }
+    daily
+}
+
 /// How much to add to a counter row.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UsageDelta {
@@ -81,21 +143,6 @@ impl UsageDelta {
         self.calls += other.calls;
         self.failed_calls += other.failed_calls;
     }
-}
-
-/// A counter row as an upsert left it.
-#[derive(Debug, Clone, Copy, QueryableByName)]
-pub struct Counters {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub user_id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    pub api_id: i32,
-    #[diesel(sql_type = diesel::sql_types::Date)]
-    pub period: NaiveDate,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub calls: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub failed_calls: i64,
 }
 
 #[derive(Insertable)]
@@ -225,12 +272,11 @@ impl UsageRecord {
         Ok(inserted == 1)
     }
 
-    /// Adds `deltas` to their counter rows with one atomic upsert and returns
-    /// the rows as it left them. `deltas` must have unique keys and be sorted
+    /// Adds `deltas` to their counter rows with one atomic upsert. `deltas` must have unique keys and be sorted
     /// by key: every writer locking rows in the same order is what keeps
     /// concurrent flushes from deadlocking. A flush calls it before
     /// [`UsageDaily::add`]: a day's row is written under its month's lock.
-    pub async fn add(conn: &mut AsyncPgConnection, deltas: &[(MonthlyKey, UsageDelta)]) -> QueryResult<Vec<Counters>> {
+    pub async fn add(conn: &mut AsyncPgConnection, deltas: &[(MonthlyKey, UsageDelta)]) -> QueryResult<()> {
         debug_assert!(
             deltas.windows(2).all(|w| w[0].0 < w[1].0),
             "deltas must be sorted and unique"
@@ -246,28 +292,24 @@ impl UsageRecord {
              ON CONFLICT (user_id, api_id, period) DO UPDATE SET \
                calls = usage_records.calls + EXCLUDED.calls, \
                failed_calls = usage_records.failed_calls + EXCLUDED.failed_calls, \
-               updated_at = now() \
-             RETURNING user_id, api_id, period, calls, failed_calls",
+               updated_at = now()",
         )
         .bind::<Array<diesel::sql_types::Uuid>, _>(deltas.iter().map(|(k, _)| k.user_id).collect::<Vec<_>>())
         .bind::<Array<Integer>, _>(deltas.iter().map(|(k, _)| k.api_id).collect::<Vec<_>>())
         .bind::<Array<Date>, _>(deltas.iter().map(|(k, _)| k.period.first_day()).collect::<Vec<_>>())
         .bind::<Array<BigInt>, _>(deltas.iter().map(|(_, d)| d.calls).collect::<Vec<_>>())
         .bind::<Array<BigInt>, _>(deltas.iter().map(|(_, d)| d.failed_calls).collect::<Vec<_>>())
-        .load::<Counters>(conn)
+        .execute(conn)
         .await
+        .map(|_| ())
     }
 
     /// Moves calls already counted to `failed_calls` (`moved`: sorted,
-    /// unique keys, as for [`UsageRecord::add`], whose lock order it keeps)
-    /// and returns the rows as it left them. An upsert, not an UPDATE, for
+    /// unique keys, as for [`UsageRecord::add`], whose lock order it keeps). An upsert, not an UPDATE, for
     /// that lock order; the row the insert would make (`moved` calls, all
     /// failed) satisfies the table's checks, which PostgreSQL tests before it
     /// finds the conflict. The rows exist: their calls were counted.
-    pub async fn move_to_failed(
-        conn: &mut AsyncPgConnection,
-        moved: &[(MonthlyKey, i64)],
-    ) -> QueryResult<Vec<Counters>> {
+    pub async fn move_to_failed(conn: &mut AsyncPgConnection, moved: &[(MonthlyKey, i64)]) -> QueryResult<()> {
         debug_assert!(
             moved.windows(2).all(|w| w[0].0 < w[1].0),
             "moved must be sorted and unique"
@@ -278,15 +320,15 @@ impl UsageRecord {
              SELECT u, a, p, n, n FROM unnest($1::uuid[], $2::int4[], $3::date[], $4::int8[]) AS m(u, a, p, n) \
              ON CONFLICT (user_id, api_id, period) DO UPDATE SET \
                failed_calls = usage_records.failed_calls + EXCLUDED.failed_calls, \
-               updated_at = now() \
-             RETURNING user_id, api_id, period, calls, failed_calls",
+               updated_at = now()",
         )
         .bind::<Array<diesel::sql_types::Uuid>, _>(moved.iter().map(|(k, _)| k.user_id).collect::<Vec<_>>())
         .bind::<Array<Integer>, _>(moved.iter().map(|(k, _)| k.api_id).collect::<Vec<_>>())
         .bind::<Array<Date>, _>(moved.iter().map(|(k, _)| k.period.first_day()).collect::<Vec<_>>())
         .bind::<Array<BigInt>, _>(moved.iter().map(|(_, n)| *n).collect::<Vec<_>>())
-        .load::<Counters>(conn)
+        .execute(conn)
         .await
+        .map(|_| ())
     }
 
     /// The caller's usage for one period, one line per API used.
@@ -332,32 +374,187 @@ impl UsageRecord {
         Ok(days.into_iter().filter_map(Period::from_first_day).collect())
     }
 
-    /// Whether any call to `api_id` has been recorded in `period`.
-    pub async fn any_in_period(conn: &mut AsyncPgConnection, api_id: i32, period: Period) -> QueryResult<bool> {
-        diesel::select(diesel::dsl::exists(
-            usage_records::table
-                .filter(usage_records::api_id.eq(api_id))
-                .filter(usage_records::period.eq(period.first_day()))
-                .filter(usage_records::calls.gt(0)),
-        ))
-        .get_result(conn)
-        .await
-    }
-
-    /// Waits for in-flight meter flushes and holds new ones back until the
-    /// transaction ends (a price change takes it to keep "no calls recorded
-    /// in this period" true while it writes).
-    pub async fn lock_against_flushes(conn: &mut AsyncPgConnection) -> QueryResult<()> {
-        diesel::sql_query("LOCK TABLE usage_records IN SHARE ROW EXCLUSIVE MODE")
-            .execute(conn)
-            .await
-            .map(|_| ())
-    }
-
     /// Forgets flush ids old enough that no retry can still be in flight.
     pub async fn prune_flush_log(conn: &mut AsyncPgConnection, older_than: DateTime<Utc>) -> QueryResult<usize> {
         diesel::delete(meter_flushes::table.filter(meter_flushes::applied_at.lt(older_than)))
             .execute(conn)
+            .await
+    }
+}
+
+/// One `usage_prices` row: a (user, API, period)'s calls under one price
+/// version.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct VersionCounters {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub user_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub api_id: i32,
+    #[diesel(sql_type = diesel::sql_types::Date)]
+    pub period: NaiveDate,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub price_id: i32,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub calls: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub failed_calls: i64,
+}
+
+/// A user's calls to one API in one period under one price version, with
+/// the API's names: what a statement line prices.
+#[derive(Debug, Clone, Queryable)]
+pub struct VersionUsage {
+    pub api_id: i32,
+    pub slug: String,
+    pub name: String,
+    pub price_id: i32,
+    pub calls: i64,
+    pub failed_calls: i64,
+}
+
+/// `usage_prices` as it is priced: plus, per (user, API, period), the calls
+/// its month row holds beyond its version rows (counted by an instance
+/// running the code from before price versions, during a rolling upgrade),
+/// under the version in force at the period's first instant — as that code
+/// priced them. A view (see its migration), so declared here, not in
+/// `schema.rs`.
+mod usage_by_price {
+    diesel::table! {
+        usage_by_price (user_id, api_id, period, price_id) {
+            user_id -> Uuid,
+            api_id -> Int4,
+            period -> Date,
+            price_id -> Int4,
+            calls -> Int8,
+            failed_calls -> Int8,
+        }
+    }
+    use crate::schema::apis;
+    diesel::allow_tables_to_appear_in_same_query!(usage_by_price, apis);
+}
+use usage_by_price::usage_by_price as priced_usage;
+
+type VersionColumns = (
+    apis::id,
+    apis::slug,
+    apis::name,
+    priced_usage::price_id,
+    priced_usage::calls,
+    priced_usage::failed_calls,
+);
+const VERSION_COLUMNS: VersionColumns = (
+    apis::id,
+    apis::slug,
+    apis::name,
+    priced_usage::price_id,
+    priced_usage::calls,
+    priced_usage::failed_calls,
+);
+
+/// Counters per price version: per (user, API, period, version in force
+/// when the calls arrived), written only beside [`UsageRecord`]'s, in the
+/// same transaction and from the same deltas, so the versions of a period
+/// add up to its month. Statements, close and `users.total_cost` price these
+/// rows (through the `usage_by_price` view), never the monthly ones.
+pub struct UsagePrice;
+
+impl UsagePrice {
+    /// Adds `deltas` (sorted, unique keys: the lock order) to their rows with
+    /// one atomic upsert. Call it after [`UsageRecord::add`], in the same
+    /// transaction: each row belongs to its month's row, locked already.
+    pub async fn add(conn: &mut AsyncPgConnection, deltas: &[(PricedKey, UsageDelta)]) -> QueryResult<()> {
+        debug_assert!(
+            deltas.windows(2).all(|w| w[0].0 < w[1].0),
+            "deltas must be sorted and unique"
+        );
+        use diesel::sql_types::{Array, BigInt, Date, Integer};
+        diesel::sql_query(
+            "INSERT INTO usage_prices (user_id, api_id, period, price_id, calls, failed_calls) \
+             SELECT * FROM unnest($1::uuid[], $2::int4[], $3::date[], $4::int4[], $5::int8[], $6::int8[]) \
+             ON CONFLICT (user_id, api_id, period, price_id) DO UPDATE SET \
+               calls = usage_prices.calls + EXCLUDED.calls, \
+               failed_calls = usage_prices.failed_calls + EXCLUDED.failed_calls",
+        )
+        .bind::<Array<diesel::sql_types::Uuid>, _>(deltas.iter().map(|(k, _)| k.user_id).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(deltas.iter().map(|(k, _)| k.api_id).collect::<Vec<_>>())
+        .bind::<Array<Date>, _>(deltas.iter().map(|(k, _)| k.period.first_day()).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(deltas.iter().map(|(k, _)| k.price_id).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(deltas.iter().map(|(_, d)| d.calls).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(deltas.iter().map(|(_, d)| d.failed_calls).collect::<Vec<_>>())
+        .execute(conn)
+        .await
+        .map(|_| ())
+    }
+
+    /// [`UsageRecord::move_to_failed`] for the version rows (`moved`:
+    /// sorted, unique keys), after it, in the same transaction.
+    pub async fn move_to_failed(conn: &mut AsyncPgConnection, moved: &[(PricedKey, i64)]) -> QueryResult<()> {
+        debug_assert!(
+            moved.windows(2).all(|w| w[0].0 < w[1].0),
+            "moved must be sorted and unique"
+        );
+        use diesel::sql_types::{Array, BigInt, Date, Integer};
+        diesel::sql_query(
+            "INSERT INTO usage_prices (user_id, api_id, period, price_id, calls, failed_calls) \
+             SELECT u, a, p, v, n, n FROM unnest($1::uuid[], $2::int4[], $3::date[], $4::int4[], $5::int8[]) \
+               AS m(u, a, p, v, n) \
+             ON CONFLICT (user_id, api_id, period, price_id) DO UPDATE SET \
+               failed_calls = usage_prices.failed_calls + EXCLUDED.failed_calls",
+        )
+        .bind::<Array<diesel::sql_types::Uuid>, _>(moved.iter().map(|(k, _)| k.user_id).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(moved.iter().map(|(k, _)| k.api_id).collect::<Vec<_>>())
+        .bind::<Array<Date>, _>(moved.iter().map(|(k, _)| k.period.first_day()).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(moved.iter().map(|(k, _)| k.price_id).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(moved.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+        .execute(conn)
+        .await
+        .map(|_| ())
+    }
+
+    /// Every version row of the (user, API, period)s `records` names, as
+    /// they are now (in the caller's transaction, after its upserts).
+    pub async fn of_records(conn: &mut AsyncPgConnection, records: &[MonthlyKey]) -> QueryResult<Vec<VersionCounters>> {
+        use diesel::sql_types::{Array, Date, Integer};
+        diesel::sql_query(
+            "SELECT v.user_id, v.api_id, v.period, v.price_id, v.calls, v.failed_calls \
+             FROM usage_by_price v \
+             JOIN unnest($1::uuid[], $2::int4[], $3::date[]) AS r(u, a, p) \
+               ON v.user_id = r.u AND v.api_id = r.a AND v.period = r.p",
+        )
+        .bind::<Array<diesel::sql_types::Uuid>, _>(records.iter().map(|k| k.user_id).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(records.iter().map(|k| k.api_id).collect::<Vec<_>>())
+        .bind::<Array<Date>, _>(records.iter().map(|k| k.period.first_day()).collect::<Vec<_>>())
+        .load(conn)
+        .await
+    }
+
+    /// The caller's usage for one period, one row per API and version.
+    pub async fn for_user_period(
+        conn: &mut AsyncPgConnection,
+        user_id: Uuid,
+        period: Period,
+    ) -> QueryResult<Vec<VersionUsage>> {
+        priced_usage::table
+            .inner_join(apis::table.on(apis::id.eq(priced_usage::api_id)))
+            .filter(priced_usage::user_id.eq(user_id))
+            .filter(priced_usage::period.eq(period.first_day()))
+            .order((apis::slug, priced_usage::price_id))
+            .select(VERSION_COLUMNS)
+            .load(conn)
+            .await
+    }
+
+    /// Every user's usage for one period: (user, row), by user then API.
+    pub async fn lines_for_period(
+        conn: &mut AsyncPgConnection,
+        period: Period,
+    ) -> QueryResult<Vec<(Uuid, VersionUsage)>> {
+        priced_usage::table
+            .inner_join(apis::table.on(apis::id.eq(priced_usage::api_id)))
+            .filter(priced_usage::period.eq(period.first_day()))
+            .order((priced_usage::user_id, apis::slug, priced_usage::price_id))
+            .select((priced_usage::user_id, VERSION_COLUMNS))
+            .load(conn)
             .await
     }
 }
@@ -377,7 +574,7 @@ impl UsageDaily {
     /// with one atomic upsert. Call it after [`UsageRecord::add`] with the
     /// same deltas (merged by period there), in the same transaction: each
     /// day row belongs to its month's row, which is then locked already.
-    pub async fn add(conn: &mut AsyncPgConnection, deltas: &[(UsageKey, UsageDelta)]) -> QueryResult<()> {
+    pub async fn add(conn: &mut AsyncPgConnection, deltas: &[(DailyKey, UsageDelta)]) -> QueryResult<()> {
         debug_assert!(
             deltas.windows(2).all(|w| w[0].0 < w[1].0),
             "deltas must be sorted and unique"
@@ -403,7 +600,7 @@ impl UsageDaily {
 
     /// [`UsageRecord::move_to_failed`] for the day rows (`moved`: sorted,
     /// unique keys), after it, in the same transaction.
-    pub async fn move_to_failed(conn: &mut AsyncPgConnection, moved: &[(UsageKey, i64)]) -> QueryResult<()> {
+    pub async fn move_to_failed(conn: &mut AsyncPgConnection, moved: &[(DailyKey, i64)]) -> QueryResult<()> {
         debug_assert!(
             moved.windows(2).all(|w| w[0].0 < w[1].0),
             "moved must be sorted and unique"
@@ -507,10 +704,18 @@ mod tests {
             user_id,
             api_id,
             day: day.parse().unwrap(),
+            second: 7,
         };
         let d = |calls, failed_calls| UsageDelta { calls, failed_calls };
         let mut deltas = vec![
             (key(b, 1, "2026-10-31"), d(1, 0)),
+            (
+                UsageKey {
+                    second: 8,
+                    ..key(a, 1, "2026-11-02")
+                },
+                d(1, 0),
+            ),
             (key(a, 2, "2026-11-01"), d(2, 2)),
             (key(a, 1, "2026-11-02"), d(3, 1)),
             (key(a, 1, "2026-10-30"), d(4, 0)),
@@ -527,10 +732,14 @@ mod tests {
             by_period(&deltas),
             vec![
                 (monthly(a, 1, "2026-10"), d(10, 1)),
-                (monthly(a, 1, "2026-11"), d(8, 1)),
+                (monthly(a, 1, "2026-11"), d(9, 1)),
                 (monthly(a, 2, "2026-11"), d(2, 2)),
                 (monthly(b, 1, "2026-10"), d(1, 0)),
             ]
         );
+        let daily = by_day(&deltas);
+        assert_eq!(daily.len(), 6, "two seconds of one day make one day row");
+        assert!(daily.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(daily.iter().map(|(_, d)| d.calls).sum::<i64>(), 22);
     }
 }

@@ -1,6 +1,7 @@
 //! Admin routes (admin role): the API catalog and its prices.
 
 use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -9,15 +10,15 @@ use utoipa::ToSchema;
 use crate::actions;
 use crate::app::AppState;
 use crate::catalog::{self, UpstreamSettings};
+use crate::domain::Currency;
 use crate::domain::currency::DecimalString;
 use crate::domain::gateway::{self as gw};
-use crate::domain::pricing::{PriceVersion, PriceView, Tier};
+use crate::domain::pricing::{PriceStart, PriceVersion, PriceView, Tier};
 use crate::domain::text::{Description, GatewayPrefix, HttpMethod, Name, RoutePattern, Slug, UpstreamUrl};
-use crate::domain::{Currency, Period};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::models::Api;
 use crate::models::api::{ApiChanges, Upstream, UpstreamChanges, UpstreamUpdate};
-use crate::models::price::PriceBook;
+use crate::models::price::{PriceBook, PriceEntry, PriceStatus};
 use crate::routes::conn;
 use crate::routes::extract::AdminUser;
 use crate::routes::json::Json;
@@ -91,11 +92,11 @@ pub async fn list_apis(state: web::Data<AppState>, _admin: AdminUser) -> ApiResu
     let mut conn = conn(&state.db).await?;
     let all = Api::all_with_upstreams(&mut conn).await?;
     let book = PriceBook::load(&mut conn, None).await?;
-    let period = state.current_period();
+    let now = state.now();
     let apis: Vec<AdminApiView> = all
         .into_iter()
         .map(|(api, upstream)| AdminApiView {
-            current_price: book.for_period(api.id, period).map(|v| PriceView::new(period, v)),
+            current_price: book.in_force_at(api.id, now).map(PriceEntry::view),
             upstream: upstream.as_ref().map(|u| UpstreamView::new(u, false)),
             api,
         })
@@ -304,23 +305,43 @@ pub struct NewPriceRequest {
     /// Graduated tiers (default none: flat `unit_price`).
     #[serde(default)]
     tiers: Vec<Tier>,
-    /// `YYYY-MM`; default: the current period.
-    effective_from: Option<Period>,
+    /// When the version starts; default: the first whole second at least
+    /// 2 s from now (every instance knows of it before it starts). Calls
+    /// that arrive before it keep the price in force when they arrived.
+    effective_from: Option<PriceStart>,
+}
+
+/// A price version as admins see it.
+#[derive(Serialize, ToSchema)]
+pub struct PriceVersionView {
+    /// The version's id (to cancel it while it is scheduled).
+    id: i32,
+    status: PriceStatus,
+    #[serde(flatten)]
+    price: PriceView,
+}
+
+impl PriceVersionView {
+    fn new(entry: &PriceEntry, in_force: Option<&PriceEntry>, now: DateTime<Utc>) -> Self {
+        Self {
+            id: entry.id,
+            status: entry.status(in_force, now),
+            price: entry.view(),
+        }
+    }
 }
 
 #[derive(ToSchema)]
 pub struct CreatedPrice {
     pub api_id: i32,
-    pub price: PriceView,
-    /// True when calls were already recorded in the requested period, so
-    /// the price takes effect from the next one.
-    pub deferred: bool,
+    pub price: PriceVersionView,
 }
 
-/// Sets a new price. It takes effect from the requested period's start (the
-/// current period by default) only if no call to this API has been recorded
-/// in that period yet; otherwise from the next period — a price change never
-/// re-prices calls already made.
+/// Schedules a new price version from `effective_from` (default: about
+/// 2 s from now, returned). Calls that arrive before it keep the price in
+/// force when they arrived, however long they wait in a meter's buffer:
+/// a price change never re-prices calls already made. A version asked for
+/// the same instant as a scheduled one replaces it.
 #[utoipa::path(
     post,
     path = "/api/v1/admin/apis/{id}/prices",
@@ -330,7 +351,7 @@ pub struct CreatedPrice {
     responses(
         (status = 201, description = "The new price version", body = CreatedPrice),
         (status = 400, description = "`validation_failed`: a negative price or allowance, bad tiers, \
-            or a bad or past `effective_from`", body = ErrorBody),
+            or an `effective_from` that is not a whole second at least 2 s ahead", body = ErrorBody),
         (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
         (status = 404, description = "`not_found`: no such API, or `id` is not an integer", body = ErrorBody),
         (status = 422, description = "`currency_mismatch`: not the billing currency", body = ErrorBody),
@@ -353,10 +374,85 @@ pub async fn create_price(
         free_calls: b.free_calls,
         tiers: b.tiers,
     };
-    let scheduled = actions::schedule_price(&state, *id, &version, b.effective_from).await?;
+    let start = b.effective_from.map(|s| s.instant(state.config.billing_tz));
+    let row = actions::schedule_price(&state, *id, &version, start).await?;
+    let entry = PriceEntry {
+        id: row.id,
+        effective_from: row.effective_from,
+        version,
+    };
     Ok(HttpResponse::Created().json(json!({
-        "api_id": scheduled.row.api_id,
-        "price": PriceView::new(scheduled.effective, &version),
-        "deferred": scheduled.deferred,
+        "api_id": row.api_id,
+        "price": PriceVersionView::new(&entry, None, state.now()),
     })))
+}
+
+#[derive(ToSchema)]
+pub struct PriceHistory {
+    pub api_id: i32,
+    /// Every version, oldest first.
+    pub prices: Vec<PriceVersionView>,
+}
+
+/// Every price version of an API — superseded, in force and scheduled —
+/// oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/apis/{id}/prices",
+    tag = "admin",
+    operation_id = "admin_list_prices",
+    params(("id" = i32, Path, description = "The catalog entry's id")),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The API's price versions", body = PriceHistory),
+        (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such API, or `id` is not an integer", body = ErrorBody),
+    )
+)]
+pub async fn list_prices(state: web::Data<AppState>, _admin: AdminUser, id: web::Path<i32>) -> ApiResult<HttpResponse> {
+    let id = *id;
+    let mut conn = conn(&state.db).await?;
+    if Api::find_with_upstream(&mut conn, id).await?.is_none() {
+        return Err(ApiError::not_found("no API with this id"));
+    }
+    let book = PriceBook::load(&mut conn, Some(&[id])).await?;
+    let now = state.now();
+    let in_force = book.in_force_at(id, now);
+    let prices: Vec<PriceVersionView> = book
+        .history(id)
+        .iter()
+        .map(|e| PriceVersionView::new(e, in_force, now))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "api_id": id, "prices": prices })))
+}
+
+/// Cancels a scheduled price version. Once it is within 2 s of its start
+/// (or has started) calls may be priced by it, and it cannot be cancelled:
+/// schedule another version instead.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/apis/{id}/prices/{price_id}",
+    tag = "admin",
+    params(
+        ("id" = i32, Path, description = "The catalog entry's id"),
+        ("price_id" = i32, Path, description = "The price version's id"),
+    ),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 403, description = "`forbidden`: the caller does not have the admin role", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such version of this API, or an id is not an integer",
+            body = ErrorBody),
+        (status = 409, description = "`price_started`: the version has started, or starts within 2 s",
+            body = ErrorBody),
+    )
+)]
+pub async fn cancel_price(
+    state: web::Data<AppState>,
+    _admin: AdminUser,
+    path: web::Path<(i32, i32)>,
+) -> ApiResult<HttpResponse> {
+    let (api_id, price_id) = path.into_inner();
+    actions::cancel_price(&state, api_id, price_id).await?;
+    Ok(HttpResponse::NoContent().finish())
 }

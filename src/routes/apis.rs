@@ -8,7 +8,7 @@ use crate::app::AppState;
 use crate::domain::pricing::PriceView;
 use crate::error::ApiResult;
 use crate::models::Api;
-use crate::models::price::PriceBook;
+use crate::models::price::{PriceBook, PriceEntry};
 use crate::routes::conn;
 
 #[derive(Serialize, ToSchema)]
@@ -18,8 +18,11 @@ pub struct ApiView {
     route: String,
     name: String,
     description: String,
-    /// The price in force this period.
+    /// The price in force now (`null`: free).
     price: Option<PriceView>,
+    /// The next price version, when one is scheduled: calls that arrive
+    /// from its `effective_from` on cost that.
+    next_price: Option<PriceView>,
 }
 
 #[derive(ToSchema)]
@@ -40,11 +43,12 @@ pub async fn list_apis(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let active = Api::active(&mut conn).await?;
     let ids: Vec<i32> = active.iter().map(|a| a.id).collect();
     let book = PriceBook::load(&mut conn, Some(&ids)).await?;
-    let period = state.current_period();
+    let now = state.now();
     let apis: Vec<ApiView> = active
         .into_iter()
         .map(|a| ApiView {
-            price: book.for_period(a.id, period).map(|v| PriceView::new(period, v)),
+            price: book.in_force_at(a.id, now).map(PriceEntry::view),
+            next_price: book.next_after(a.id, now).map(PriceEntry::view),
             slug: a.slug,
             method: a.method,
             route: a.route,

@@ -119,7 +119,8 @@ route_table! {
     // Admin: the catalog and prices.
     "/admin/apis" => get: admin::list_apis, post: admin::create_api;
     "/admin/apis/{id}" => patch: admin::update_api;
-    "/admin/apis/{id}/prices" => post: admin::create_price;
+    "/admin/apis/{id}/prices" => get: admin::list_prices, post: admin::create_price;
+    "/admin/apis/{id}/prices/{price_id}" => delete: admin::cancel_price;
     "/admin/apis/{id}/signing-secret" => post: admin::rotate_signing_secret;
     // Admin: users' roles and statuses.
     "/admin/users" => get: admin_users::list_users;

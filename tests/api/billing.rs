@@ -1,7 +1,7 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use payg::domain::ManualClock;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -39,13 +39,22 @@ async fn call(app: &TestApp, user: &Registered, path: &str, times: usize) {
     }
 }
 
-async fn set_price(app: &TestApp, admin: &Registered, slug: &str, body: Value) -> Value {
+/// Schedules a price (from "now", 2 s ahead, unless `body` says when).
+async fn schedule_price(app: &TestApp, admin: &Registered, slug: &str, body: Value) -> Value {
     let id = api_id(&app.db, slug).await;
     let res = app
         .post_auth(&format!("/api/v1/admin/apis/{id}/prices"), &admin.token, &body)
         .await;
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
     res.json().await.unwrap()
+}
+
+/// Schedules a price from "now" and moves the clock to its start: the
+/// calls made next cost it.
+async fn set_price(app: &TestApp, clock: &ManualClock, admin: &Registered, slug: &str, body: Value) -> Value {
+    let set = schedule_price(app, admin, slug, body).await;
+    clock.set(at(set["price"]["effective_from"].as_str().unwrap()));
+    set
 }
 
 async fn close(app: &TestApp, finance: &Registered, period: &str) -> reqwest::Response {
@@ -64,11 +73,12 @@ async fn total_cost(app: &TestApp, user: &Registered) -> Decimal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn current_cost_prices_free_calls_tiers_and_failures() {
-    let (app, _clock) = app_at("2026-11-15T12:00:00Z").await;
+    let (app, clock) = app_at("2026-11-15T12:00:00Z").await;
     let admin = app.user_with_role("admin").await;
     let user = app.new_user().await;
     set_price(
         &app,
+        &clock,
         &admin,
         "tools-uuid",
         json!({"unit_price": "0.002", "free_calls": 3}),
@@ -76,6 +86,7 @@ async fn current_cost_prices_free_calls_tiers_and_failures() {
     .await;
     set_price(
         &app,
+        &clock,
         &admin,
         "tools-random",
         json!({"unit_price": "0.01", "tiers": [{"up_to": 2, "unit_price": "0.01"}, {"up_to": null, "unit_price": "0.005"}]}),
@@ -127,41 +138,103 @@ async fn current_cost_prices_free_calls_tiers_and_failures() {
     assert_eq!(other["total"], "0");
 }
 
-/// Property: for random usage and random prices, what each user sees as the
-/// current cost equals the invoice issued when the month closes, and
-/// `users.total_cost` equals the priced sum of their records.
+/// The price versions of an API: (id, first instant), oldest first.
+async fn versions(app: &TestApp, admin: &Registered, slug: &str) -> Vec<(i64, DateTime<Utc>)> {
+    let id = api_id(&app.db, slug).await;
+    let list: Value = app
+        .get_json(&format!("/api/v1/admin/apis/{id}/prices"), &admin.token)
+        .await;
+    list["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_i64().unwrap(), at(p["effective_from"].as_str().unwrap())))
+        .collect()
+}
+
+/// Property: for random usage and random prices changed at random moments
+/// of the month — with calls still in the meter's buffer when they change —
+/// every call is priced by the version in force when it arrived, what each
+/// user sees as the current cost equals the invoice issued when the month
+/// closes, and `users.total_cost` equals the priced sum of their records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices() {
     let (app, clock) = app_at("2026-01-10T00:00:00Z").await;
     let admin = app.user_with_role("admin").await;
     let finance = app.user_with_role("finance").await;
-    let users = vec![app.new_user().await, app.new_user().await, app.new_user().await];
+    let users = [app.new_user().await, app.new_user().await, app.new_user().await];
     let mut rng = StdRng::seed_from_u64(0x9a7_2026);
     let mut running_cost: HashMap<usize, Decimal> = HashMap::new();
+    let mut split_lines = 0;
+    let slugs = ["tools-uuid", "tools-time", "tools-random"];
+    let calls_to = |slug: &str| match slug {
+        "tools-uuid" => vec!["/api/v1/tools/uuid"],
+        "tools-time" => vec!["/api/v1/tools/time", "/api/v1/tools/time?tz=Nowhere"],
+        _ => vec!["/api/v1/tools/random?min=1&max=2"],
+    };
     for round in 0..4u32 {
         let month = round + 1;
         let period = format!("2026-{month:02}");
-        clock.set(at(&format!("2026-{month:02}-10T00:00:00Z")));
-        for slug in ["tools-uuid", "tools-time", "tools-random"] {
-            let unit = Decimal::new(rng.random_range(0..5000), rng.random_range(2..6));
-            let mut body = json!({"unit_price": unit.to_string(), "free_calls": rng.random_range(0..4)});
-            if rng.random_range(0..2) == 1 {
-                let up_to = rng.random_range(1..6);
-                let second = Decimal::new(rng.random_range(0..5000), rng.random_range(2..6));
-                body["tiers"] = json!([{"up_to": up_to, "unit_price": unit.to_string()}, {"up_to": null, "unit_price": second.to_string()}]);
+        let mut now = at(&format!("2026-{month:02}-10T00:00:00Z"));
+        clock.set(now);
+        // Per (user, slug): calls made under each version id.
+        let mut made: HashMap<(usize, &str), BTreeMap<i64, i64>> = HashMap::new();
+        for step in 0..3 {
+            for slug in slugs {
+                if step > 0 && rng.random_range(0..2) == 0 {
+                    continue;
+                }
+                let unit = Decimal::new(rng.random_range(0..5000), rng.random_range(2..6));
+                let mut body = json!({"unit_price": unit.to_string(), "free_calls": rng.random_range(0..4)});
+                if rng.random_range(0..2) == 1 {
+                    let up_to = rng.random_range(1..6);
+                    let second = Decimal::new(rng.random_range(0..5000), rng.random_range(2..6));
+                    body["tiers"] = json!([{"up_to": up_to, "unit_price": unit.to_string()}, {"up_to": null, "unit_price": second.to_string()}]);
+                }
+                schedule_price(&app, &admin, slug, body).await;
             }
-            set_price(&app, &admin, slug, body).await;
-        }
-        for user in &users {
-            call(&app, user, "/api/v1/tools/uuid", rng.random_range(0..12)).await;
-            call(&app, user, "/api/v1/tools/time", rng.random_range(0..12)).await;
-            call(&app, user, "/api/v1/tools/time?tz=Nowhere", rng.random_range(0..4)).await;
-            call(&app, user, "/api/v1/tools/random?min=1&max=2", rng.random_range(0..12)).await;
+            for slug in slugs {
+                let in_force = versions(&app, &admin, slug)
+                    .await
+                    .into_iter()
+                    .rev()
+                    .find(|(_, from)| *from <= now)
+                    .map_or(0, |(id, _)| id);
+                for (i, user) in users.iter().enumerate() {
+                    for path in calls_to(slug) {
+                        for _ in 0..rng.random_range(0..5) {
+                            // Counted unless refused (an overdue invoice from
+                            // an earlier round blocks the user: 402).
+                            if app.get_auth(path, &user.token).await.status() != 402 {
+                                *made.entry((i, slug)).or_default().entry(in_force).or_default() += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            // Sometimes before the new versions start, sometimes after.
+            now += Duration::seconds(rng.random_range(0..4));
+            clock.set(now);
         }
         app.flush_meter().await;
         let mut seen = HashMap::new();
         for (i, user) in users.iter().enumerate() {
             let bill: Value = app.get_json("/api/v1/billing/current", &user.token).await;
+            for slug in slugs {
+                let lines: BTreeMap<i64, i64> = bill["lines"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| l["slug"] == slug)
+                    .map(|l| (l["price_id"].as_i64().unwrap(), l["calls"].as_i64().unwrap()))
+                    .collect();
+                let expected = made.remove(&(i, slug)).unwrap_or_default();
+                split_lines += usize::from(expected.len() > 1);
+                assert_eq!(
+                    lines, expected,
+                    "round {round}, user {i}, {slug}: calls by the version they arrived under"
+                );
+            }
             *running_cost.entry(i).or_default() += dec(&bill["total"]);
             assert_eq!(
                 total_cost(&app, user).await,
@@ -213,18 +286,26 @@ async fn current_cost_equals_the_invoice_after_close_for_random_usage_and_prices
             for (line, seen_line) in lines.iter().zip(seen_lines) {
                 for field in [
                     "slug",
+                    "price_id",
+                    "price_effective_from",
                     "calls",
                     "failed_calls",
                     "billable_calls",
                     "free_calls",
                     "charged_calls",
-                    "amount",
                 ] {
                     assert_eq!(line[field], seen_line[field], "round {round}, user {i}, {field}");
                 }
+                // As numbers: a zero read back from PostgreSQL is "0", not "0.00".
+                assert_eq!(
+                    dec(&line["amount"]),
+                    dec(&seen_line["amount"]),
+                    "round {round}, user {i}"
+                );
             }
         }
     }
+    assert!(split_lines >= 4, "months with calls under two versions: {split_lines}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,19 +430,40 @@ async fn a_price_change_never_reprices_calls_already_made() {
     let admin = app.user_with_role("admin").await;
     let finance = app.user_with_role("finance").await;
     let user = app.new_user().await;
+    // Calls still in the meter's buffer when the price changes keep the
+    // price they arrived under.
     call(&app, &user, "/api/v1/tools/uuid", 20).await;
-    app.flush_meter().await;
-    let before: Value = app.get_json("/api/v1/billing/current", &user.token).await;
-    assert_eq!(before["total"], "0.02");
-
-    // Calls exist under the old price this period: the new one waits for the next.
-    let set = set_price(&app, &admin, "tools-uuid", json!({"unit_price": "1.00"})).await;
-    assert_eq!(set["deferred"], true);
-    assert_eq!(set["price"]["effective_from"], "2026-09");
+    let set = schedule_price(&app, &admin, "tools-uuid", json!({"unit_price": "1.00"})).await;
+    assert_eq!(
+        set["price"]["effective_from"], "2026-08-10T00:00:02Z",
+        "2 s ahead: {set}"
+    );
+    assert_eq!(set["price"]["status"], "scheduled");
+    call(&app, &user, "/api/v1/tools/uuid", 5).await;
+    clock.set(at("2026-08-10T00:00:01.999Z"));
     call(&app, &user, "/api/v1/tools/uuid", 5).await;
     app.flush_meter().await;
+    let before: Value = app.get_json("/api/v1/billing/current", &user.token).await;
+    assert_eq!(before["total"], "0.03", "30 × 0.001 = 0.03: {before}");
+
+    // From its instant on, calls cost the new price; the month shows one
+    // line per version.
+    clock.set(at("2026-08-10T00:00:02Z"));
+    call(&app, &user, "/api/v1/tools/uuid", 2).await;
+    app.flush_meter().await;
     let after: Value = app.get_json("/api/v1/billing/current", &user.token).await;
-    assert_eq!(after["total"], "0.02", "25 × 0.001 = 0.025 → 0.02 (half-even)");
+    assert_eq!(after["total"], "2.03", "{after}");
+    let lines = after["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "{after}");
+    assert_eq!(
+        (lines[0]["calls"].as_i64(), lines[1]["calls"].as_i64()),
+        (Some(30), Some(2))
+    );
+    assert_eq!(lines[1]["price_effective_from"], "2026-08-10T00:00:02Z");
+    assert_eq!(
+        (&lines[0]["amount"], &lines[1]["amount"]),
+        (&json!("0.03"), &json!("2.00"))
+    );
 
     clock.set(at("2026-09-01T00:11:00Z"));
     close(&app, &finance, "2026-08").await;
@@ -370,19 +472,31 @@ async fn a_price_change_never_reprices_calls_already_made() {
     let sept: Value = app.get_json("/api/v1/billing/current", &user.token).await;
     assert_eq!(sept["total"], "2.00");
     let aug: Value = app.get_json("/api/v1/billing/periods/2026-08", &user.token).await;
-    assert_eq!(aug["total"], "0.02");
-    assert_eq!(total_cost(&app, &user).await, Decimal::new(202, 2));
-
-    // Setting a price in the past is refused; the public catalog shows the current one.
-    let id = api_id(&app.db, "tools-uuid").await;
-    let res = app
-        .post_auth(
-            &format!("/api/v1/admin/apis/{id}/prices"),
-            &admin.token,
-            &json!({"unit_price": "5", "effective_from": "2026-08"}),
-        )
+    assert_eq!(aug["total"], "2.03");
+    let invoices: Value = app.get_json("/api/v1/invoices", &user.token).await;
+    let invoice_id = invoices["invoices"][0]["id"].as_str().unwrap().to_owned();
+    let invoice: Value = app
+        .get_json(&format!("/api/v1/invoices/{invoice_id}"), &user.token)
         .await;
-    assert_eq!(res.status(), 400);
+    assert_eq!(invoice["total"], "2.03");
+    let lines = invoice["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "{invoice}");
+    assert_eq!(lines[1]["price_effective_from"], "2026-08-10T00:00:02Z");
+    assert_eq!(total_cost(&app, &user).await, Decimal::new(403, 2));
+
+    // A start that has passed, or is less than 2 s ahead, or not a whole
+    // second, is refused; the public catalog shows the price in force.
+    let id = api_id(&app.db, "tools-uuid").await;
+    for start in ["2026-08", "2026-09-01T00:11:01Z", "2026-09-01T00:11:05.5Z", "tomorrow"] {
+        let res = app
+            .post_auth(
+                &format!("/api/v1/admin/apis/{id}/prices"),
+                &admin.token,
+                &json!({"unit_price": "5", "effective_from": start}),
+            )
+            .await;
+        assert_eq!(res.status(), 400, "{start}");
+    }
     let res = app
         .post_auth(
             &format!("/api/v1/admin/apis/{id}/prices"),
@@ -464,7 +578,7 @@ async fn payments_are_idempotent_and_settle_the_invoice() {
     let admin = app.user_with_role("admin").await;
     let finance = app.user_with_role("finance").await;
     let user = app.new_user().await;
-    set_price(&app, &admin, "tools-uuid", json!({"unit_price": "1.25"})).await;
+    set_price(&app, &clock, &admin, "tools-uuid", json!({"unit_price": "1.25"})).await;
     let invoice = issued_invoice(&app, &clock, &finance, &user, 4).await;
     assert_eq!(invoice["total"], "5.00");
     assert_eq!(invoice["status"], "issued");

@@ -167,10 +167,12 @@ async fn a_given_up_group_ends_up_failed_whether_or_not_its_commit_landed() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
     let db = &app.db;
+    let now = Utc::now();
     let key = UsageKey {
         user_id: user.id,
         api_id: api_id(db, "tools-uuid").await,
-        day: Day::containing(Utc::now(), chrono_tz::Tz::UTC),
+        day: Day::containing(now, chrono_tz::Tz::UTC),
+        second: now.timestamp(),
     };
     let deltas = [(
         key,

@@ -67,7 +67,7 @@ async fn closed_period_with_many_invoices() -> (TestApp, String) {
 
 /// The columns of an export row, in CSV order, as finance reads them; the
 /// JSON export has exactly these fields.
-const COLUMNS: [&str; 19] = [
+const COLUMNS: [&str; 20] = [
     "invoice_number",
     "user_email",
     "billing_name",
@@ -87,6 +87,7 @@ const COLUMNS: [&str; 19] = [
     "currency",
     "issued_at",
     "due_at",
+    "price_effective_from",
 ];
 
 /// One user of `closed_period_with_many_invoices`, as the SQL there made them.
@@ -139,7 +140,7 @@ fn priced(slug: &str, calls: i64, failed: i64) -> (i64, i64, Decimal) {
     (free, charged, amount)
 }
 
-/// Every column but invoice_number, issued_at and due_at (checked on their
+/// Every column but invoice_number and the instants (checked on their
 /// own), as the JSON export holds it, for one seeded line.
 fn expected_row(user: &Seeded, slug: &str) -> BTreeMap<&'static str, Value> {
     let (_, calls, failed) = *user.usage.iter().find(|(s, _, _)| *s == slug).unwrap();
@@ -229,6 +230,11 @@ fn assert_rows_are_the_seeded_usage(rows: &[serde_json::Map<String, Value>], exp
                     .unwrap_or_else(|e| panic!("{number}: {column}: {e}"))
             };
             assert_eq!(time("issued_at"), issued, "{number}: issued at the close");
+            assert_eq!(
+                time("price_effective_from"),
+                at("2026-03-01T00:00:00Z"),
+                "{number}: the version in force"
+            );
             assert_eq!(
                 time("due_at"),
                 issued + chrono::Duration::days(DUE_DAYS),

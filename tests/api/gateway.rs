@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::helpers::{Registered, TestApp, TestDb, error_code, usage_of};
+use crate::helpers::{Registered, TestApp, TestDb, api_id, error_code, usage_of};
 use crate::upstream::{Upstream, raw, refused_address};
 
 fn this_period() -> String {
@@ -813,12 +813,46 @@ free_calls = 1
     assert_eq!(line["charged_calls"], 2, "one free call: {line}");
     assert_eq!(line["amount"], "1.00", "{line}");
 
-    // A changed timeout and price: applied once, then nothing again.
+    // A changed timeout and price: applied once, then nothing again. The
+    // price starts 2 s after the apply; calls made before it (still in the
+    // meter's buffer) keep the old price.
+    for _ in 0..2 {
+        assert_eq!(app.get_auth("/weather/today", &user.token).await.status(), 200);
+    }
     std::fs::write(&file, catalog(5000, "0.75")).unwrap();
+    let asked = chrono::Utc::now();
     let (ok, out, err) = run_cli(&app.db.url, &["catalog", "apply", path]);
     assert!(ok, "{err}");
     assert!(out.contains("updated weather: upstream"), "{out}");
-    assert!(out.contains("priced weather from"), "{out}");
+    let from = out
+        .lines()
+        .find_map(|l| l.strip_prefix("priced weather from "))
+        .unwrap_or_else(|| panic!("no price line: {out}"));
+    let from = chrono::DateTime::parse_from_rfc3339(from.trim()).unwrap();
+    assert!(
+        from >= asked + chrono::TimeDelta::seconds(2) && from <= chrono::Utc::now() + chrono::TimeDelta::seconds(3),
+        "{from} is not 2 s after the apply"
+    );
+    app.flush_meter().await;
+    let bill = app.get_json("/api/v1/billing/current", &user.token).await;
+    let weather: Vec<&Value> = bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["slug"] == "weather")
+        .collect();
+    assert_eq!(weather.len(), 1, "{bill}");
+    assert_eq!(
+        (&weather[0]["calls"], &weather[0]["amount"]),
+        (&json!(5), &json!("2.00")),
+        "{bill}"
+    );
+    let weather_id = api_id(&app.db, "weather").await;
+    let admin = app.user_with_role("admin").await;
+    let prices = app
+        .get_json(&format!("/api/v1/admin/apis/{weather_id}/prices"), &admin.token)
+        .await;
+    assert_eq!(prices["prices"].as_array().map(Vec::len), Some(2), "{prices}");
     assert!(!out.contains("pgs_"), "no new secret for an existing upstream: {out}");
     let (_, out, _) = run_cli(&app.db.url, &["catalog", "apply", path]);
     assert!(out.starts_with("no changes"), "{out}");
@@ -840,6 +874,26 @@ free_calls = 1
     let (ok, out, err) = run_cli(&app.db.url, &["catalog", "apply", exported_file.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(out.starts_with("no changes"), "{out}");
+
+    // An entry without a price leaves the API's prices as they are.
+    let unpriced = catalog(5000, "0.75").replace("[api.price]\nunit_price = \"0.75\"\nfree_calls = 1\n", "");
+    assert!(!unpriced.contains("api.price"), "{unpriced}");
+    std::fs::write(&file, unpriced).unwrap();
+    let (ok, out, err) = run_cli(&app.db.url, &["catalog", "apply", path]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("no changes"), "{out}");
+    let unchanged = app
+        .get_json(&format!("/api/v1/admin/apis/{weather_id}/prices"), &admin.token)
+        .await;
+    let versions = |v: &Value| -> Vec<(Value, Value, Value)> {
+        v["prices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["id"].clone(), p["effective_from"].clone(), p["unit_price"].clone()))
+            .collect()
+    };
+    assert_eq!(versions(&unchanged), versions(&prices));
 
     // A bad entry changes nothing, the good one beside it included.
     let bad = format!(

@@ -99,7 +99,7 @@ impl TestDb {
             conn.batch_execute(&format!("CREATE DATABASE {building}"))
                 .await
                 .expect("create template");
-            db::run_migrations(&format!("{PG_SERVER}/{building}"))
+            db::run_migrations(&format!("{PG_SERVER}/{building}"), chrono_tz::UTC)
                 .await
                 .expect("migrate template");
             conn.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
@@ -331,6 +331,15 @@ impl TestApp {
             .post(self.url(path))
             .bearer_auth(token)
             .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn delete_auth(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
             .send()
             .await
             .expect("request")

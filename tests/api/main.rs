@@ -18,6 +18,7 @@ mod metering;
 mod openapi;
 mod operations;
 mod outage;
+mod prices;
 mod profile;
 mod push;
 mod upstream;

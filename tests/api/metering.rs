@@ -190,10 +190,12 @@ async fn a_retried_flush_whose_commit_already_landed_is_not_applied_twice() {
     let db = TestDb::new().await;
     let app = TestApp::builder().database(db.clone()).spawn().await;
     let user = app.new_user().await;
+    let now = Utc::now();
     let key = UsageKey {
         user_id: user.id,
         api_id: api_id(&db, "tools-uuid").await,
-        day: Day::containing(Utc::now(), chrono_tz::Tz::UTC),
+        day: Day::containing(now, chrono_tz::Tz::UTC),
+        second: now.timestamp(),
     };
     let deltas = [(
         key,

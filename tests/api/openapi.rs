@@ -437,7 +437,7 @@ async fn probes(app: &TestApp, cov: &mut Coverage<'_>) {
 }
 
 /// The catalog and a price; returns the admin's token.
-async fn admin(app: &TestApp, cov: &mut Coverage<'_>) -> String {
+async fn admin(app: &TestApp, clock: &ManualClock, cov: &mut Coverage<'_>) -> String {
     let admin = app.user_with_role("admin").await;
     let res = app.get_auth("/api/v1/admin/apis", &admin.token).await;
     cov.json("GET", "/api/v1/admin/apis", 200, res).await;
@@ -485,7 +485,7 @@ async fn admin(app: &TestApp, cov: &mut Coverage<'_>) -> String {
         rotated["upstream"]["previous_secret_expires_at"].is_string(),
         "{rotated}"
     );
-    // Before any call this period, so it applies now: invoices below have
+    // In force from 2 s on (the clock is moved there): invoices below have
     // amounts worth paying.
     let uuid = api_id(&app.db, "tools-uuid").await;
     let res = app
@@ -496,7 +496,37 @@ async fn admin(app: &TestApp, cov: &mut Coverage<'_>) -> String {
         )
         .await;
     let price = cov.json("POST", "/api/v1/admin/apis/{id}/prices", 201, res).await;
-    assert_eq!(price["deferred"], false, "{price}");
+    assert_eq!(price["price"]["status"], "scheduled", "{price}");
+    clock.set(at(price["price"]["effective_from"].as_str().unwrap()));
+    // A version scheduled for later, listed, then cancelled.
+    let res = app
+        .post_auth(
+            &format!("/api/v1/admin/apis/{uuid}/prices"),
+            &admin.token,
+            &json!({"unit_price": "9.00", "effective_from": "2027-01"}),
+        )
+        .await;
+    let later = cov.json("POST", "/api/v1/admin/apis/{id}/prices", 201, res).await;
+    let res = app
+        .get_auth(&format!("/api/v1/admin/apis/{uuid}/prices"), &admin.token)
+        .await;
+    let prices = cov.json("GET", "/api/v1/admin/apis/{id}/prices", 200, res).await;
+    let statuses: Vec<&str> = prices["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.last(), Some(&"scheduled"), "{prices}");
+    assert_eq!(statuses[statuses.len() - 2], "in_force", "{prices}");
+    let res = app
+        .delete_auth(
+            &format!("/api/v1/admin/apis/{uuid}/prices/{}", later["price"]["id"]),
+            &admin.token,
+        )
+        .await;
+    cov.empty("DELETE", "/api/v1/admin/apis/{id}/prices/{price_id}", 204, res)
+        .await;
     // Users: one found by email, then given the finance role.
     let someone = app.new_user().await;
     let res = app
@@ -739,7 +769,7 @@ async fn real_responses_have_exactly_the_fields_of_their_schemas() {
     let mut cov = Coverage::new(&spec);
 
     probes(&app, &mut cov).await;
-    admin(&app, &mut cov).await;
+    admin(&app, &clock, &mut cov).await;
     let token = account(&app, &mut cov).await;
     api_keys(&app, &mut cov, &token).await;
     tools(&app, &mut cov, &token).await;

@@ -319,10 +319,14 @@ async fn retried_flushes_and_given_up_settlements_apply_their_days_exactly_once(
     let user = app.new_user().await;
     let db = &app.db;
     let api = api_id(db, "tools-uuid").await;
-    let key = |day: &str| UsageKey {
-        user_id: user.id,
-        api_id: api,
-        day: day.parse().unwrap(),
+    let key = |day: &str| {
+        let day: Day = day.parse().unwrap();
+        UsageKey {
+            user_id: user.id,
+            api_id: api,
+            day,
+            second: day.starts_at(chrono_tz::Tz::UTC).timestamp(),
+        }
     };
     // One group spanning three days and two periods (sorted by key).
     let deltas = [
