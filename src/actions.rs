@@ -334,9 +334,11 @@ pub async fn void_invoice(state: &AppState, invoice_id: Uuid) -> Result<crate::m
 
 /// Schedules a new price version for an API, in the billing currency only,
 /// from `start` — a whole second at least [`PRICE_NOTICE`] ahead — or, by
-/// default, from the first whole second that far ahead. Calls that arrive
-/// before it keep the version in force then: a price change never re-prices
-/// calls already made, however long they wait in a meter buffer.
+/// default, from the first whole second that far ahead. "Now" is read once a
+/// connection is in hand, just before the write, so the notice is not spent
+/// waiting for the pool. Calls that arrive before the start keep the version
+/// in force then: a price change never re-prices calls already made,
+/// however long they wait in a meter buffer.
 ///
 /// [`PRICE_NOTICE`]: crate::domain::pricing::PRICE_NOTICE
 pub async fn schedule_price(
@@ -353,21 +355,15 @@ pub async fn schedule_price(
         )));
     }
     version.validate()?;
+    let mut conn = conn(state).await?;
     let now = state.now();
     let start = match start {
         None => pricing::start_from_now(now),
-        Some(at) if !pricing::is_whole_second(at) => {
-            return Err(ApiError::validation("effective_from must be a whole second"));
+        Some(at) => {
+            pricing::check_start(at, now)?;
+            at
         }
-        Some(at) if !pricing::may_start_at(at, now) => {
-            return Err(ApiError::validation(format!(
-                "effective_from must be at least {} s ahead: calls already made keep the price they arrived under",
-                pricing::PRICE_NOTICE.num_seconds()
-            )));
-        }
-        Some(at) => at,
     };
-    let mut conn = conn(state).await?;
     match crate::models::price::PriceRow::schedule(&mut conn, api_id, start, version).await {
         Err(diesel::result::Error::NotFound) => Err(ApiError::not_found("no API with this id")),
         other => Ok(other?),
@@ -375,22 +371,14 @@ pub async fn schedule_price(
 }
 
 /// Cancels a price version that has not started: 404 for an unknown one,
-/// 409 `price_started` once it is within [`PRICE_NOTICE`] of its start
-/// (calls may already be priced by it).
+/// 409 `price_started` once it is within [`PRICE_NOTICE`] of its start, or
+/// has priced a call.
 ///
 /// [`PRICE_NOTICE`]: crate::domain::pricing::PRICE_NOTICE
 pub async fn cancel_price(state: &AppState, api_id: i32, price_id: i32) -> Result<(), ApiError> {
-    use crate::models::price::{Cancelled, PriceRow};
-    let started_by = state.now() + crate::domain::pricing::PRICE_NOTICE;
     let mut conn = conn(state).await?;
-    match PriceRow::cancel(&mut conn, api_id, price_id, started_by).await? {
-        Cancelled::Cancelled => Ok(()),
-        Cancelled::Started => Err(ApiError::conflict(
-            "price_started",
-            "this price version has started (or starts within the notice period); schedule a new one instead",
-        )),
-        Cancelled::NotFound => Err(ApiError::not_found("no price version with this id for this API")),
-    }
+    let started_by = state.now() + crate::domain::pricing::PRICE_NOTICE;
+    Ok(crate::models::price::PriceRow::cancel(&mut conn, api_id, price_id, started_by).await?)
 }
 
 /// Adds a catalog entry (built-in, or a gateway API with an upstream) at the

@@ -27,9 +27,11 @@
 //! Entries are matched by slug. Apply creates what is missing and changes
 //! what differs, all in one transaction (a bad entry changes nothing); a
 //! second apply of the same file changes nothing. A price that differs from
-//! the latest one scheduled is scheduled from the instant `apply` is given
-//! (the first whole second [`PRICE_NOTICE`] ahead, as `POST …/prices`
-//! without `effective_from` does): calls that arrive before it keep the
+//! the latest one scheduled is scheduled from the first whole second
+//! [`PRICE_NOTICE`] after it is written (as `POST …/prices` without
+//! `effective_from` does), and the apply fails, changing nothing, if its
+//! transaction would commit less than a second before such a start: calls
+//! that arrive before the start keep the
 //! price they arrived under. A file entry without a price leaves the API's
 //! prices as they are. Entries the file does not name are left alone; method and route
 //! are an entry's identity and never change; an upstream is never removed.
@@ -37,16 +39,17 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::tokens;
 use crate::config::Secret;
+use crate::domain::Clock;
 use crate::domain::Currency;
 use crate::domain::gateway as gw;
-use crate::domain::pricing::{InvalidPrice, PriceVersion, Tier};
+use crate::domain::pricing::{InvalidPrice, PriceVersion, Tier, start_from_now};
 use crate::domain::text::{Description, GatewayPrefix, HttpMethod, InvalidText, Name, RoutePattern, Slug, UpstreamUrl};
 use crate::models::Api;
 use crate::models::api::{ApiChanges, NewApi, NewUpstream, Upstream, UpstreamChanges, UpstreamUpdate};
@@ -238,6 +241,10 @@ impl PriceFile {
 pub enum ApplyError {
     #[error("{slug}: {why}")]
     Invalid { slug: String, why: String },
+    /// The transaction took so long that a price it scheduled would become
+    /// visible too close to its start (see [`apply`]); nothing was changed.
+    #[error("the apply took too long to schedule its prices safely; nothing was changed: run it again")]
+    TooSlow,
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
 }
@@ -255,13 +262,15 @@ fn invalid(slug: &str, why: impl ToString) -> ApplyError {
 pub struct Applied {
     pub changes: Vec<String>,
     pub new_secrets: Vec<(String, Secret)>,
+    /// The earliest start of a price this apply scheduled.
+    first_price_start: Option<DateTime<Utc>>,
 }
 
 /// Applies `file` in one transaction (see the module's documentation).
 pub async fn apply(
     conn: &mut AsyncPgConnection,
     file: &CatalogFile,
-    price_start: DateTime<Utc>,
+    clock: &dyn Clock,
     currency: Currency,
 ) -> Result<Applied, ApplyError> {
     let mut slugs = HashSet::new();
@@ -273,7 +282,16 @@ pub async fn apply(
     conn.transaction(async |conn| {
         let mut applied = Applied::default();
         for entry in &file.apis {
-            apply_entry(conn, entry, price_start, currency, &mut applied).await?;
+            apply_entry(conn, entry, clock, currency, &mut applied).await?;
+        }
+        // A price becomes visible at the commit: at least a second before it
+        // starts, or instances could flush calls of its first second without
+        // it (the notice is [`PRICE_NOTICE`]; the rest covers clock skew).
+        if applied
+            .first_price_start
+            .is_some_and(|first| clock.now() + TimeDelta::seconds(1) > first)
+        {
+            return Err(ApplyError::TooSlow);
         }
         Ok(applied)
     })
@@ -283,7 +301,7 @@ pub async fn apply(
 async fn apply_entry(
     conn: &mut AsyncPgConnection,
     entry: &EntryFile,
-    price_start: DateTime<Utc>,
+    clock: &dyn Clock,
     currency: Currency,
     applied: &mut Applied,
 ) -> Result<(), ApplyError> {
@@ -393,10 +411,12 @@ async fn apply_entry(
     if let Some(version) = price {
         let book = PriceBook::load(conn, Some(&[api.id])).await?;
         if book.latest(api.id).map(|e| &e.version) != Some(&version) {
-            PriceRow::upsert(conn, api.id, price_start, &version).await?;
+            let start = start_from_now(clock.now());
+            PriceRow::upsert(conn, api.id, start, &version).await?;
+            applied.first_price_start = Some(applied.first_price_start.map_or(start, |first| first.min(start)));
             applied
                 .changes
-                .push(format!("priced {slug} from {}", price_start.to_rfc3339()));
+                .push(format!("priced {slug} from {}", start.to_rfc3339()));
         }
     }
     Ok(())

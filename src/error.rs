@@ -24,9 +24,10 @@ use crate::clients::Throttled;
 use crate::domain::currency::UnknownCurrency;
 use crate::domain::gateway::PathEscape;
 use crate::domain::period::{BadDayRange, BadPeriod};
-use crate::domain::pricing::InvalidPrice;
+use crate::domain::pricing::{BadPriceStart, InvalidPrice, InvalidStart};
 use crate::domain::text::InvalidText;
 use crate::gateway::{UpstreamAnswer, UpstreamError};
+use crate::models::price::CancelError;
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -445,6 +446,28 @@ impl From<InvalidPrice> for ApiError {
 impl From<UnknownCurrency> for ApiError {
     fn from(err: UnknownCurrency) -> Self {
         Self::currency_mismatch(err.to_string())
+    }
+}
+
+impl From<InvalidStart> for ApiError {
+    fn from(err: InvalidStart) -> Self {
+        Self::validation(err.to_string())
+    }
+}
+
+impl From<BadPriceStart> for ApiError {
+    fn from(err: BadPriceStart) -> Self {
+        Self::validation(err.to_string())
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(err: CancelError) -> Self {
+        match err {
+            e @ CancelError::NotFound => Self::not_found(e.to_string()),
+            e @ CancelError::Started => Self::conflict("price_started", e.to_string()),
+            CancelError::Database(e) => e.into(),
+        }
     }
 }
 

@@ -193,8 +193,7 @@ async fn catalog_command(config: &Config, cmd: CatalogCommand) -> anyhow::Result
             let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let parsed: catalog::CatalogFile =
                 toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let price_start = payg::domain::pricing::start_from_now(Utc::now());
-            let applied = catalog::apply(&mut conn, &parsed, price_start, config.billing.currency).await?;
+            let applied = catalog::apply(&mut conn, &parsed, &SystemClock, config.billing.currency).await?;
             if applied.changes.is_empty() {
                 println!("no changes: the catalog already matches {}", file.display());
             }

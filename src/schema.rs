@@ -178,6 +178,7 @@ diesel::table! {
         price_id -> Int4,
         calls -> Int8,
         failed_calls -> Int8,
+        price_ref -> Nullable<Int4>,
     }
 }
 

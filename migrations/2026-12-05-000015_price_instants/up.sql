@@ -7,9 +7,17 @@
 -- The billing time zone is the server's configuration, not the database's:
 -- payg sets `payg.billing_tz` on the migrating session (db::run_migrations),
 -- and a period's first day becomes that day's first instant there.
-CREATE FUNCTION pg_temp.billing_tz() RETURNS text LANGUAGE sql AS $$
-    SELECT coalesce(nullif(current_setting('payg.billing_tz', true), ''), 'UTC')
+-- Old code cannot read an instant where it expects a date: stop every
+-- instance, migrate, then start the new release (README, "Upgrading").
+CREATE FUNCTION pg_temp.billing_tz() RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('payg.billing_tz', true), '') = '' THEN
+        RAISE EXCEPTION 'set payg.billing_tz to the billing time zone before this migration (payg sets it when it migrates)';
+    END IF;
+    RETURN current_setting('payg.billing_tz');
+END
 $$;
+SELECT pg_temp.billing_tz();
 
 ALTER TABLE prices DROP CONSTRAINT prices_effective_from_check;
 ALTER TABLE prices ALTER COLUMN effective_from TYPE timestamptz
@@ -30,11 +38,16 @@ CREATE TABLE usage_prices (
     price_id     integer NOT NULL CHECK (price_id >= 0),
     calls        bigint  NOT NULL DEFAULT 0 CHECK (calls >= 0),
     failed_calls bigint  NOT NULL DEFAULT 0 CHECK (failed_calls >= 0 AND failed_calls <= calls),
+    -- A version that has priced calls can never be deleted (cancelled): the
+    -- flush's insert and a cancellation's delete meet on this key.
+    price_ref    integer GENERATED ALWAYS AS (nullif(price_id, 0)) STORED REFERENCES prices (id),
     PRIMARY KEY (user_id, api_id, period, price_id),
     FOREIGN KEY (user_id, api_id, period) REFERENCES usage_records (user_id, api_id, period)
 );
 -- Statements and close read one period's rows.
 CREATE INDEX usage_prices_period_idx ON usage_prices (period);
+-- A cancellation checks that no row refers to the version.
+CREATE INDEX usage_prices_price_ref_idx ON usage_prices (price_ref);
 COMMENT ON COLUMN usage_prices.price_id IS
     'the prices row in force when these calls arrived; 0 when none was (free)';
 
@@ -48,39 +61,6 @@ SELECT r.user_id, r.api_id, r.period,
                  ORDER BY p.effective_from DESC LIMIT 1), 0),
        r.calls, r.failed_calls
 FROM usage_records r;
-
--- What statements, close and the flush's cost price: usage_prices, plus —
--- for a (user, API, period) whose month row holds calls its version rows do
--- not (counted by an instance still running the code from before this
--- migration, during a rolling upgrade, or rows imported into usage_records
--- alone) — the difference, priced as that code priced it: by the version in
--- force at the period's first instant. The billing zone is fixed here, when
--- the view is created, as the backfill above uses it.
-DO $view$
-BEGIN
-EXECUTE format($sql$
-CREATE VIEW usage_by_price AS
-SELECT user_id, api_id, period, price_id,
-       sum(calls)::bigint AS calls, sum(failed_calls)::bigint AS failed_calls
-FROM (
-    SELECT user_id, api_id, period, price_id, calls, failed_calls FROM usage_prices
-    UNION ALL
-    SELECT r.user_id, r.api_id, r.period,
-           coalesce((SELECT p.id FROM prices p
-                     WHERE p.api_id = r.api_id
-                       AND p.effective_from <= (r.period::timestamp AT TIME ZONE %L)
-                     ORDER BY p.effective_from DESC LIMIT 1), 0),
-           r.calls - coalesce(v.calls, 0), r.failed_calls - coalesce(v.failed_calls, 0)
-    FROM usage_records r
-    LEFT JOIN (SELECT user_id, api_id, period, sum(calls) AS calls, sum(failed_calls) AS failed_calls
-               FROM usage_prices GROUP BY user_id, api_id, period) v
-      USING (user_id, api_id, period)
-    WHERE r.calls <> coalesce(v.calls, 0) OR r.failed_calls <> coalesce(v.failed_calls, 0)
-) u
-GROUP BY user_id, api_id, period, price_id
-$sql$, pg_temp.billing_tz());
-END
-$view$;
 
 -- An invoice line is one API at one price version.
 ALTER TABLE invoice_lines

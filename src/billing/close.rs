@@ -296,7 +296,7 @@ pub async fn reconcile(
         by_key.insert((user_id, line.api_slug.clone(), line.price_id), (number, line));
     }
     let ids: Vec<Uuid> = statements.keys().copied().collect();
-    let mut emails: HashMap<Uuid, String> = User::emails(conn, &ids).await?.into_iter().collect();
+    let emails: HashMap<Uuid, String> = User::emails(conn, &ids).await?.into_iter().collect();
 
     let mut discrepancies = Vec::new();
     let mut recorded_total = Decimal::ZERO;
@@ -313,7 +313,7 @@ pub async fn reconcile(
             if as_invoiced.calls != line.priced.calls || as_invoiced.failed_calls != line.priced.failed_calls {
                 discrepancies.push(Discrepancy {
                     user_id: *user_id,
-                    email: emails.remove(user_id).unwrap_or_default(),
+                    email: emails.get(user_id).cloned().unwrap_or_default(),
                     invoice_number: number,
                     slug: line.slug.clone(),
                     price_id: line.price_id,

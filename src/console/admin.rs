@@ -356,7 +356,7 @@ pub async fn schedule_price(signed: Signed, id: web::Path<String>, form: web::Fo
         .filter(|s| !s.is_empty())
         .map(str::parse::<PriceStart>)
         .transpose()
-        .map_err(|e| ApiError::validation(e.to_string()))?
+        .map_err(ApiError::from)?
         .map(|s| s.instant(signed.zone()));
     let version = PriceVersion {
         currency: signed.state.config.billing.currency,

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::invoice::{invoice_document, priced_cells, priced_heads};
+use super::invoice::{invoice_document, priced_cells, priced_heads, version_note};
 use super::page::{self, PageError, PageResult, Signed, form_failed, money};
 use crate::actions;
 use crate::billing::statement::Statement;
@@ -41,8 +41,10 @@ pub fn projected_cost(statement: &Statement, now: DateTime<Utc>, tz: chrono_tz::
     Some(round_to_minor_unit(projected, statement.currency))
 }
 
-fn statement_table(statement: &Statement) -> Markup {
+fn statement_table(statement: &Statement, signed: &Signed) -> Markup {
     let currency = statement.currency.code();
+    let period_start = statement.period.starts_at(signed.zone());
+    let when = |at| signed.when(at);
     html! {
         @if statement.lines.is_empty() {
             (page::empty("No calls yet this period."))
@@ -56,7 +58,7 @@ fn statement_table(statement: &Statement) -> Markup {
                     tbody {
                         @for line in &statement.lines {
                             tr {
-                                td { code { (line.slug) } br; span.muted { (line.name) } }
+                                td { code { (line.slug) } br; span.muted { (line.name) } (version_note(line.price_effective_from, period_start, &when)) }
                                 (priced_cells(&line.priced, currency))
                             }
                         }
@@ -105,7 +107,7 @@ pub async fn this_month(signed: Signed) -> PageResult {
             }
             p.muted { "As of " (signed.when(statement.as_of)) ". Calls appear within a second or so of being made." }
             h2 { "By API" }
-            (statement_table(&statement))
+            (statement_table(&statement, &signed))
             p { a href="/console/usage" { "Usage over time →" } }
         }
     };
@@ -176,7 +178,7 @@ pub async fn show_invoice(signed: Signed, id: web::Path<String>) -> PageResult {
                 a href="/console/invoices" { "← Invoices" }
                 a.button href={"/console/invoices/" (detail.invoice.id) "/print"} { "Printable invoice" }
             }
-            (invoice_document(&detail, &when, zone.name()))
+            (invoice_document(&detail, &when, zone))
         }
     };
     Ok(signed.page(&format!("Invoice {}", detail.invoice.number), "/console/invoices", main))
@@ -194,7 +196,7 @@ pub async fn print_invoice(signed: Signed, id: web::Path<String>) -> PageResult 
                 a href={"/console/invoices/" (detail.invoice.id)} { "← Back" }
                 button type="button" data-print { "Print" }
             }
-            (invoice_document(&detail, &when, zone.name()))
+            (invoice_document(&detail, &when, zone))
         }
     };
     Ok(page::html_response(page::document(
@@ -346,8 +348,8 @@ fn price_text(price: &PriceView) -> Markup {
     }
 }
 
-/// `GET /console/apis`: the catalog with this period's prices, and how to
-/// call each API.
+/// `GET /console/apis`: the catalog with the prices in force now (and the
+/// next scheduled ones), and how to call each API.
 pub async fn list_apis(signed: Signed) -> PageResult {
     let state = &signed.state;
     let mut conn = signed.conn().await?;

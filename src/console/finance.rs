@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::invoice::invoice_document;
+use super::invoice::{invoice_document, version_note};
 use super::page::{self, PageError, PageResult, Signed, money};
 use crate::actions;
 use crate::billing::close;
@@ -104,6 +104,8 @@ pub async fn show_period(signed: Signed, period: web::Path<String>) -> PageResul
     drop(conn);
     let ended = period < state.current_period();
     let code = report.currency.code();
+    let period_start = period.starts_at(signed.zone());
+    let when = |at| signed.when(at);
     let main = html! {
         main {
             p { a href="/console/finance" { "← Periods" } }
@@ -128,7 +130,7 @@ pub async fn show_period(signed: Signed, period: web::Path<String>) -> PageResul
                     tbody { @for d in &report.discrepancies { tr {
                         td { (d.email) }
                         td data-label="Invoice" { (d.invoice_number.as_deref().unwrap_or("none")) }
-                        td data-label="API" { code { (d.slug) } }
+                        td data-label="API" { code { (d.slug) } (version_note(d.price_effective_from, period_start, &when)) }
                         td.num data-label="Calls recorded" { (d.recorded.calls) }
                         td.num data-label="Calls invoiced" { (d.invoiced.as_ref().map_or(0, |l| l.calls)) }
                         td.num data-label="Recorded" { (money(d.recorded.amount, code)) }
@@ -313,7 +315,7 @@ pub async fn show_invoice(signed: Signed, id: web::Path<String>, query: web::Que
         main {
             p { a href="/console/finance/invoices" { "← Invoices" } }
             (page::notice(done, "ok"))
-            (invoice_document(&detail, &when, zone.name()))
+            (invoice_document(&detail, &when, zone))
             (invoice_actions(&signed, &detail))
         }
     };

@@ -2,6 +2,7 @@
 //! invoice pages and the printable page.
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use maud::{Markup, html};
 
 use super::page::money;
@@ -9,14 +10,32 @@ use crate::domain::Period;
 use crate::domain::pricing::PricedLine;
 use crate::models::invoice::InvoiceDetail;
 
+/// Under a line's API: when its price version started, if that was during
+/// the period (a month priced by two versions has a line for each), or that
+/// no price was in force.
+pub fn version_note(
+    from: Option<DateTime<Utc>>,
+    period_start: DateTime<Utc>,
+    when: &dyn Fn(DateTime<Utc>) -> String,
+) -> Markup {
+    html! {
+        @match from {
+            None => { br; span.muted { "no price in force (free)" } }
+            Some(at) if at > period_start => { br; span.muted { "price from " (when(at)) } }
+            Some(_) => {}
+        }
+    }
+}
+
 /// The invoice as a document: number, dates, the billing snapshot, lines,
 /// total, status, payments. The screen page and the printable page share it.
-pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> String, zone: &str) -> Markup {
+pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> String, zone: Tz) -> Markup {
     let inv = &detail.invoice;
     let currency = inv.currency.as_str();
-    let period = Period::from_first_day(inv.period)
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let billed = Period::from_first_day(inv.period);
+    let period = billed.map(|p| p.to_string()).unwrap_or_default();
+    let period_start = billed.map_or(DateTime::UNIX_EPOCH, |p| p.starts_at(zone));
+    let zone = zone.name();
     html! {
         article.invoice {
             header.invoice-head {
@@ -58,7 +77,7 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                         @for line in &detail.lines {
                             tr {
                                 td data-label="Line" { (line.position + 1) }
-                                td { (line.api_name) br; code { (line.api_slug) } }
+                                td { (line.api_name) br; code { (line.api_slug) } (version_note(line.price_effective_from, period_start, when)) }
                                 (priced_cells(&line.priced, currency))
                             }
                         }

@@ -14,14 +14,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Period(NaiveDate);
 
 impl Period {
-    /// 1970-01, the first period there is (and the first a new API's
-    /// price applies from).
-    pub const EPOCH: Period = match NaiveDate::from_ymd_opt(1970, 1, 1) {
-        Some(day) => Period(day),
-        // Evaluated at compile time: this arm cannot be reached at run time.
-        None => panic!("1970-01-01 is a date"),
-    };
-
     /// The period an instant belongs to, read on the billing zone's wall clock.
     pub fn containing(instant: DateTime<Utc>, tz: Tz) -> Self {
         Day::containing(instant, tz).period()

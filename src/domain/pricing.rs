@@ -55,9 +55,30 @@ pub fn start_from_now(now: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// Whether a version may still start at `start` (or be cancelled before it):
-/// a whole second at least [`PRICE_NOTICE`] after `now`.
+/// at least [`PRICE_NOTICE`] after `now`.
 pub fn may_start_at(start: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     start >= now + PRICE_NOTICE
+}
+
+/// Why a version may not start when asked.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidStart {
+    #[error("effective_from must be a whole second")]
+    NotWholeSecond,
+    #[error("effective_from must be at least 2 s ahead: calls already made keep the price they arrived under")]
+    TooSoon,
+}
+
+/// Checks a requested start against `now` (read once the version is about
+/// to be written: the notice is counted from then).
+pub fn check_start(start: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), InvalidStart> {
+    if !is_whole_second(start) {
+        return Err(InvalidStart::NotWholeSecond);
+    }
+    if !may_start_at(start, now) {
+        return Err(InvalidStart::TooSoon);
+    }
+    Ok(())
 }
 
 /// Whether `start` is a whole second.

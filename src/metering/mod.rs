@@ -8,8 +8,8 @@
 //! - [`recorder`]: in-memory pending deltas (batched mode).
 //! - [`group`]: the calls waiting for the next group commit (durable mode).
 //! - [`Meter`] (here): the mode switch; the flush that moves pending
-//!   deltas into `usage_records` and `usage_daily` with one atomic
-//!   multi-row upsert each, in one transaction (`billing::usage_cost`),
+//!   deltas into `usage_records`, `usage_prices` and `usage_daily` with one
+//!   atomic multi-row upsert each, in one transaction (`billing::usage_cost`),
 //!   which `jobs` runs on a timer; and the group
 //!   commit that `jobs` runs whenever durable calls are waiting.
 

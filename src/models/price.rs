@@ -197,13 +197,16 @@ pub enum PriceStatus {
     Superseded,
 }
 
-/// What became of a cancellation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cancelled {
-    Cancelled,
-    /// The version starts too soon (or has started): calls may be priced by it.
-    Started,
+/// Why a version could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no price version with this id for this API")]
     NotFound,
+    /// It starts within the notice, has started, or has priced calls.
+    #[error("this price version has started (or starts within 2 s); schedule a new one instead")]
+    Started,
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
 }
 
 impl PriceRow {
@@ -225,31 +228,35 @@ impl PriceRow {
         .await
     }
 
-    /// Removes a version of `api_id` that starts after `started_by`.
+    /// Removes a version of `api_id` that starts after `started_by` and has
+    /// priced no call (`usage_prices` refers to it by key: a version a flush
+    /// has used cannot be deleted, whatever the clocks said).
     pub async fn cancel(
         conn: &mut AsyncPgConnection,
         api_id: i32,
         price_id: i32,
         started_by: DateTime<Utc>,
-    ) -> QueryResult<Cancelled> {
-        conn.transaction(async |conn| {
-            let mine = prices::table
-                .filter(prices::id.eq(price_id))
-                .filter(prices::api_id.eq(api_id));
-            let deleted = diesel::delete(mine.filter(prices::effective_from.gt(started_by)))
-                .execute(conn)
-                .await?;
-            if deleted == 1 {
-                return Ok(Cancelled::Cancelled);
+    ) -> Result<(), CancelError> {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let mine = prices::table
+            .filter(prices::id.eq(price_id))
+            .filter(prices::api_id.eq(api_id));
+        match diesel::delete(mine.filter(prices::effective_from.gt(started_by)))
+            .execute(conn)
+            .await
+        {
+            Ok(1) => Ok(()),
+            Err(Error::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)) => Err(CancelError::Started),
+            Err(e) => Err(e.into()),
+            Ok(_) => {
+                let exists: bool = diesel::select(diesel::dsl::exists(mine)).get_result(conn).await?;
+                Err(if exists {
+                    CancelError::Started
+                } else {
+                    CancelError::NotFound
+                })
             }
-            let exists: bool = diesel::select(diesel::dsl::exists(mine)).get_result(conn).await?;
-            Ok(if exists {
-                Cancelled::Started
-            } else {
-                Cancelled::NotFound
-            })
-        })
-        .await
+        }
     }
 
     /// Writes a version effective from `start`, replacing one already

@@ -1,6 +1,7 @@
-//! Usage records: per (user, API, period) counters, and per (user, API,
-//! day) counters beside them, that only ever change through additive
-//! upserts — both in the same transaction, so the days of a period add up
+//! Usage records: per (user, API, period) counters, and beside them per
+//! (user, API, period, price version in force on arrival) and per (user,
+//! API, day) counters, that only ever change through additive upserts — all
+//! in the same transaction, so a period's versions and its days each add up
 //! to its month.
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -10,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::domain::{Day, DayRange, Period};
-use crate::schema::{apis, meter_flushes, usage_records};
+use crate::schema::{apis, meter_flushes, usage_prices, usage_records};
 
 /// Which counter rows a call adds to: its day's (`usage_daily`), through
 /// the day its period's (`usage_records`), and, through the second it
@@ -347,17 +348,6 @@ impl UsageRecord {
             .await
     }
 
-    /// Every user's usage for one period: (user, line), by user then API.
-    pub async fn lines_for_period(conn: &mut AsyncPgConnection, period: Period) -> QueryResult<Vec<(Uuid, UsageLine)>> {
-        usage_records::table
-            .inner_join(apis::table)
-            .filter(usage_records::period.eq(period.first_day()))
-            .order((usage_records::user_id, apis::slug))
-            .select((usage_records::user_id, LINE_COLUMNS))
-            .load(conn)
-            .await
-    }
-
     /// Past periods (before `current`) with usage and no close yet, oldest first.
     pub async fn unclosed_periods_before(conn: &mut AsyncPgConnection, current: Period) -> QueryResult<Vec<Period>> {
         use crate::schema::closed_periods;
@@ -412,50 +402,28 @@ pub struct VersionUsage {
     pub failed_calls: i64,
 }
 
-/// `usage_prices` as it is priced: plus, per (user, API, period), the calls
-/// its month row holds beyond its version rows (counted by an instance
-/// running the code from before price versions, during a rolling upgrade),
-/// under the version in force at the period's first instant — as that code
-/// priced them. A view (see its migration), so declared here, not in
-/// `schema.rs`.
-mod usage_by_price {
-    diesel::table! {
-        usage_by_price (user_id, api_id, period, price_id) {
-            user_id -> Uuid,
-            api_id -> Int4,
-            period -> Date,
-            price_id -> Int4,
-            calls -> Int8,
-            failed_calls -> Int8,
-        }
-    }
-    use crate::schema::apis;
-    diesel::allow_tables_to_appear_in_same_query!(usage_by_price, apis);
-}
-use usage_by_price::usage_by_price as priced_usage;
-
 type VersionColumns = (
     apis::id,
     apis::slug,
     apis::name,
-    priced_usage::price_id,
-    priced_usage::calls,
-    priced_usage::failed_calls,
+    usage_prices::price_id,
+    usage_prices::calls,
+    usage_prices::failed_calls,
 );
 const VERSION_COLUMNS: VersionColumns = (
     apis::id,
     apis::slug,
     apis::name,
-    priced_usage::price_id,
-    priced_usage::calls,
-    priced_usage::failed_calls,
+    usage_prices::price_id,
+    usage_prices::calls,
+    usage_prices::failed_calls,
 );
 
 /// Counters per price version: per (user, API, period, version in force
 /// when the calls arrived), written only beside [`UsageRecord`]'s, in the
 /// same transaction and from the same deltas, so the versions of a period
 /// add up to its month. Statements, close and `users.total_cost` price these
-/// rows (through the `usage_by_price` view), never the monthly ones.
+/// rows, never the monthly ones.
 pub struct UsagePrice;
 
 impl UsagePrice {
@@ -517,7 +485,7 @@ impl UsagePrice {
         use diesel::sql_types::{Array, Date, Integer};
         diesel::sql_query(
             "SELECT v.user_id, v.api_id, v.period, v.price_id, v.calls, v.failed_calls \
-             FROM usage_by_price v \
+             FROM usage_prices v \
              JOIN unnest($1::uuid[], $2::int4[], $3::date[]) AS r(u, a, p) \
                ON v.user_id = r.u AND v.api_id = r.a AND v.period = r.p",
         )
@@ -534,11 +502,11 @@ impl UsagePrice {
         user_id: Uuid,
         period: Period,
     ) -> QueryResult<Vec<VersionUsage>> {
-        priced_usage::table
-            .inner_join(apis::table.on(apis::id.eq(priced_usage::api_id)))
-            .filter(priced_usage::user_id.eq(user_id))
-            .filter(priced_usage::period.eq(period.first_day()))
-            .order((apis::slug, priced_usage::price_id))
+        usage_prices::table
+            .inner_join(apis::table.on(apis::id.eq(usage_prices::api_id)))
+            .filter(usage_prices::user_id.eq(user_id))
+            .filter(usage_prices::period.eq(period.first_day()))
+            .order((apis::slug, usage_prices::price_id))
             .select(VERSION_COLUMNS)
             .load(conn)
             .await
@@ -549,11 +517,11 @@ impl UsagePrice {
         conn: &mut AsyncPgConnection,
         period: Period,
     ) -> QueryResult<Vec<(Uuid, VersionUsage)>> {
-        priced_usage::table
-            .inner_join(apis::table.on(apis::id.eq(priced_usage::api_id)))
-            .filter(priced_usage::period.eq(period.first_day()))
-            .order((priced_usage::user_id, apis::slug, priced_usage::price_id))
-            .select((priced_usage::user_id, VERSION_COLUMNS))
+        usage_prices::table
+            .inner_join(apis::table.on(apis::id.eq(usage_prices::api_id)))
+            .filter(usage_prices::period.eq(period.first_day()))
+            .order((usage_prices::user_id, apis::slug, usage_prices::price_id))
+            .select((usage_prices::user_id, VERSION_COLUMNS))
             .load(conn)
             .await
     }

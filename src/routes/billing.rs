@@ -9,7 +9,7 @@ use crate::error::{ApiResult, ErrorBody};
 use crate::routes::conn;
 use crate::routes::extract::AuthUser;
 
-/// What the caller owes so far this period, per API.
+/// What the caller owes so far this period, per API and price version.
 #[utoipa::path(
     get,
     path = "/api/v1/billing/current",

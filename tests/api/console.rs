@@ -120,12 +120,8 @@ impl Browser {
 /// Last month's calls to tools-uuid for a user, inserted as a meter flush
 /// before daily counts would have left them (a month's row, no days).
 async fn seed_last_month(app: &TestApp, user: uuid::Uuid, calls: i64, failed: i64) {
-    app.sql(&format!(
-        "INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
-         SELECT '{user}', id, date_trunc('month', now() AT TIME ZONE 'UTC' - interval '1 month')::date, {calls}, {failed} \
-         FROM apis WHERE slug = 'tools-uuid'"
-    ))
-    .await;
+    let last = app.state.current_period().previous().to_string();
+    app.seed_month(user, "tools-uuid", &last, calls, failed).await;
 }
 
 fn csrf_in(body: &str) -> String {
@@ -941,6 +937,44 @@ async fn an_admin_adds_a_gateway_api_changes_its_upstream_rotates_its_secret_and
         .submit(&page, &format!("{page}/prices"), &[("unit_price", "1e1")])
         .await;
     assert_eq!(lenient.status(), 400, "amounts are read as the API reads them");
+
+    // The scheduled price is cancelled from its row: with the form's CSRF
+    // token, by an admin only.
+    let api = page.rsplit('/').next().expect("id").to_owned();
+    let prices = app
+        .get_json(&format!("/api/v1/admin/apis/{api}/prices"), &admin.token)
+        .await;
+    let scheduled = prices["prices"]
+        .as_array()
+        .expect("prices")
+        .iter()
+        .find(|p| p["status"] == "scheduled")
+        .expect("the price scheduled above")["id"]
+        .clone();
+    let cancel = format!("{page}/prices/{scheduled}/cancel");
+    assert!(history.contains(&cancel), "a cancel form on its row: {history}");
+    let forged = browser.post_form(&cancel, &[]).await;
+    assert_eq!(forged.status(), 403, "no CSRF token");
+    let consumer = app.new_user().await;
+    let mut as_consumer = Browser::new(&app);
+    as_consumer.sign_in(&consumer.email).await;
+    let refused = as_consumer.submit("/console", &cancel, &[]).await;
+    assert_eq!(refused.status(), 403, "admins only");
+    let res = browser.submit(&page, &cancel, &[]).await;
+    assert_eq!(res.status(), 303);
+    let after = app
+        .get_json(&format!("/api/v1/admin/apis/{api}/prices"), &admin.token)
+        .await;
+    assert!(
+        after["prices"]
+            .as_array()
+            .expect("prices")
+            .iter()
+            .all(|p| p["id"] != scheduled),
+        "{after}"
+    );
+    let (_, cancelled) = browser.get_text(&format!("{page}?done=cancelled")).await;
+    assert!(cancelled.contains("Scheduled price cancelled."), "{cancelled}");
 }
 
 #[tokio::test]

@@ -221,6 +221,78 @@ async fn a_given_up_group_ends_up_failed_whether_or_not_its_commit_landed() {
     assert_eq!(total_cost().await, Decimal::ZERO);
 }
 
+/// A given-up group whose calls arrived under two price versions: its
+/// settlement makes them failed under each, and the user's running total
+/// follows the statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_up_group_spanning_two_price_versions_is_failed_under_each() {
+    let app = TestApp::spawn().await;
+    let user = app.new_user().await;
+    let db = &app.db;
+    let now = Utc::now();
+    let api = api_id(db, "tools-uuid").await;
+    // A version from 5 s ago (written directly: the API would want 2 s of notice).
+    let started = now.timestamp() - 5;
+    app.sql(&format!(
+        "INSERT INTO prices (api_id, effective_from, unit_price, free_calls) \
+         VALUES ({api}, to_timestamp({started}), 0.01, 0)"
+    ))
+    .await;
+    let key = |second: i64| UsageKey {
+        user_id: user.id,
+        api_id: api,
+        day: Day::containing(now, chrono_tz::Tz::UTC),
+        second,
+    };
+    let deltas = [
+        (
+            key(started - 1),
+            UsageDelta {
+                calls: 3000,
+                failed_calls: 0,
+            },
+        ),
+        (
+            key(started),
+            UsageDelta {
+                calls: 1000,
+                failed_calls: 0,
+            },
+        ),
+    ];
+    let id = || FlushId {
+        id: Uuid::new_v4(),
+        instance_id: Uuid::new_v4(),
+    };
+    let bill = async || -> (Value, Decimal) {
+        let bill: Value = app.get_json("/api/v1/billing/current", &user.token).await;
+        let me: Value = app.get_json("/api/v1/me", &user.token).await;
+        (bill, Decimal::from_str(me["total_cost"].as_str().unwrap()).unwrap())
+    };
+    let mut conn = db.conn().await;
+    let (landed, settlement) = (id(), id());
+    let applied = usage_cost::apply(&mut conn, Some(landed), &deltas, Currency::USD)
+        .await
+        .unwrap();
+    assert_eq!(applied, BatchOutcome::Applied);
+    let (statement, total) = bill().await;
+    assert_eq!(statement["total"], "13.00", "3000 × 0.001 + 1000 × 0.01: {statement}");
+    assert_eq!(total, Decimal::new(1300, 2));
+
+    let settle = usage_cost::settle_given_up(&mut conn, landed, settlement, &deltas, Currency::USD);
+    assert_eq!(settle.await.unwrap(), Settlement::Compensated);
+    let (statement, total) = bill().await;
+    let lines: Vec<(i64, i64)> = statement["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["calls"].as_i64().unwrap(), l["failed_calls"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(lines, vec![(3000, 3000), (1000, 1000)], "{statement}");
+    assert_eq!(statement["total"], "0.00");
+    assert_eq!(total, Decimal::ZERO);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_lets_waiting_durable_calls_commit_first() {
     let mut app = durable().spawn().await;

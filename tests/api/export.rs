@@ -52,10 +52,18 @@ async fn closed_period_with_many_invoices() -> (TestApp, String) {
     for (slug, unit_price, free_calls) in PRICES {
         app.sql(&format!(
             "INSERT INTO prices (api_id, effective_from, unit_price, free_calls)
-             SELECT id, DATE '2026-03-01', {unit_price}, {free_calls} FROM apis WHERE slug = '{slug}'"
+             SELECT id, TIMESTAMPTZ '2026-03-01T00:00:00Z', {unit_price}, {free_calls} FROM apis WHERE slug = '{slug}'"
         ))
         .await;
     }
+    // The same calls by the version they arrived under, as a flush writes them.
+    app.sql(
+        "INSERT INTO usage_prices (user_id, api_id, period, price_id, calls, failed_calls)
+         SELECT r.user_id, r.api_id, r.period, p.id, r.calls, r.failed_calls
+         FROM usage_records r
+         JOIN prices p ON p.api_id = r.api_id AND p.effective_from = TIMESTAMPTZ '2026-03-01T00:00:00Z'",
+    )
+    .await;
     let res = app
         .post_auth("/api/v1/finance/periods/2026-03/close", &finance.token, &json!({}))
         .await;

@@ -336,6 +336,26 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Usage written straight into the counters, as an import would: the
+    /// month's row and its row under the price version in force at the
+    /// month's first instant (UTC), without days. `period` is `YYYY-MM`.
+    pub async fn seed_month(&self, user: Uuid, slug: &str, period: &str, calls: i64, failed: i64) {
+        self.sql(&format!(
+            "WITH ins AS ( \
+               INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls) \
+               SELECT '{user}', id, DATE '{period}-01', {calls}, {failed} FROM apis WHERE slug = '{slug}' \
+               RETURNING api_id, period) \
+             INSERT INTO usage_prices (user_id, api_id, period, price_id, calls, failed_calls) \
+             SELECT '{user}', i.api_id, i.period, \
+                    coalesce((SELECT p.id FROM prices p WHERE p.api_id = i.api_id \
+                              AND p.effective_from <= i.period::timestamp AT TIME ZONE 'UTC' \
+                              ORDER BY p.effective_from DESC LIMIT 1), 0), \
+                    {calls}, {failed} \
+             FROM ins i"
+        ))
+        .await;
+    }
+
     pub async fn delete_auth(&self, path: &str, token: &str) -> reqwest::Response {
         self.client
             .delete(self.url(path))

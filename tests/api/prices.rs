@@ -284,6 +284,36 @@ async fn a_scheduled_price_can_be_cancelled_until_shortly_before_it_starts() {
     assert_eq!(res.status(), 404, "no such API");
 }
 
+/// A version that has priced a call cannot be cancelled, whatever the
+/// clock says (here moved back before the version's start, as a skewed
+/// instance's would be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_priced_a_call_is_never_cancelled() {
+    let clock = Arc::new(ManualClock::new(at("2026-05-10T12:00:00Z")));
+    let app = TestApp::builder().clock(clock.clone()).spawn().await;
+    let admin = app.user_with_role("admin").await;
+    let user = app.new_user().await;
+    let uuid = api_id(&app.db, "tools-uuid").await;
+    let set = schedule(
+        &app,
+        &admin,
+        uuid,
+        json!({"unit_price": "2.00", "effective_from": "2026-05-10T13:00:00Z"}),
+    )
+    .await;
+    clock.set(at("2026-05-10T13:00:00Z"));
+    calls(&app, &user, 1).await;
+    app.flush_meter().await;
+    clock.set(at("2026-05-10T12:00:00Z"));
+    let res = app
+        .delete_auth(&format!("{}/{}", prices_path(uuid), set["price"]["id"]), &admin.token)
+        .await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(error_code(res).await, "price_started");
+    let (total, _) = uuid_lines(&app, &user).await;
+    assert_eq!(total, "2.00", "the call keeps its price");
+}
+
 /// Free calls and tiers count the month's billable calls across versions:
 /// a new version neither restarts the allowance nor the tiers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
