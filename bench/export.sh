@@ -105,6 +105,15 @@ INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls)
 SELECT md5('bench' || g)::uuid, a.id, DATE '$PERIOD-01', 1000 + (g * a.id) % 5000, g % 7
 FROM generate_series(1, $USERS) AS g
 CROSS JOIN (SELECT id FROM apis ORDER BY id LIMIT $APIS) AS a;
+-- The same calls under the price version in force at the month's start, as
+-- a flush writes them (statements and invoices price these rows).
+INSERT INTO usage_prices (user_id, api_id, period, price_id, calls, failed_calls)
+SELECT r.user_id, r.api_id, r.period,
+       coalesce((SELECT p.id FROM prices p
+                 WHERE p.api_id = r.api_id AND p.effective_from <= r.period::timestamp AT TIME ZONE 'UTC'
+                 ORDER BY p.effective_from DESC LIMIT 1), 0),
+       r.calls, r.failed_calls
+FROM usage_records r WHERE r.period = DATE '$PERIOD-01';
 COMMIT;
 ANALYZE;
 SQL

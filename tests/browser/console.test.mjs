@@ -124,14 +124,23 @@ function psql(sql) {
   return execFileSync("psql", ["-w", "-qtA", "-v", "ON_ERROR_STOP=1", DATABASE_URL, "-c", sql], { encoding: "utf8" }).trim();
 }
 
-/** Last month's usage for a user, as the meter would have left it (UTC billing zone). */
+/** Last month's usage for a user, as the meter would have left it (UTC billing zone): the month's
+ *  counter and the same calls under the price version in force at its start. */
 function seedLastMonth(email, calls, failed, cost) {
   const out = psql(`
     WITH ins AS (
       INSERT INTO usage_records (user_id, api_id, period, calls, failed_calls)
       SELECT u.id, a.id, date_trunc('month', (now() AT TIME ZONE 'UTC') - interval '1 month')::date, ${calls}, ${failed}
       FROM users u, apis a WHERE u.email = '${email}' AND a.slug = 'tools-uuid'
-      RETURNING user_id)
+      RETURNING user_id, api_id, period, calls, failed_calls
+    ), by_version AS (
+      INSERT INTO usage_prices (user_id, api_id, period, price_id, calls, failed_calls)
+      SELECT i.user_id, i.api_id, i.period,
+             coalesce((SELECT p.id FROM prices p
+                       WHERE p.api_id = i.api_id AND p.effective_from <= i.period::timestamp AT TIME ZONE 'UTC'
+                       ORDER BY p.effective_from DESC LIMIT 1), 0),
+             i.calls, i.failed_calls
+      FROM ins i)
     UPDATE users SET total_cost = total_cost + ${cost} WHERE id IN (SELECT user_id FROM ins) RETURNING email`);
   assert.equal(out, email);
 }
