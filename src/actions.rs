@@ -322,6 +322,61 @@ pub async fn record_payment(
     Ok(recorded)
 }
 
+/// Adds prepaid credit to a user (finance, or a payment event); idempotent
+/// on the reference.
+pub async fn top_up_credit(
+    state: &AppState,
+    user_id: Uuid,
+    input: crate::billing::credits::TopUpInput,
+) -> Result<crate::billing::credits::ToppedUp, ApiError> {
+    let mut conn = conn(state).await?;
+    let currency = state.config.billing.currency;
+    Ok(crate::billing::credits::top_up(&mut conn, user_id, input, currency, state.now()).await?)
+}
+
+/// A user's credit: balance and one page of the ledger, newest first.
+pub async fn credit_ledger(
+    state: &AppState,
+    user_id: Uuid,
+    page: i64,
+    per_page: i64,
+) -> Result<CreditLedger, ApiError> {
+    use crate::models::credit::{self, CreditMovement};
+    if page < 1 || !(1..=500).contains(&per_page) {
+        return Err(ApiError::validation("page must be ≥ 1 and per_page between 1 and 500"));
+    }
+    let mut conn = conn(state).await?;
+    let balance = credit::balance(&mut conn, user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let (movements, total) = CreditMovement::page_for_user(&mut conn, user_id, page, per_page).await?;
+    Ok(CreditLedger {
+        user_id,
+        balance,
+        currency: state.config.billing.currency,
+        movements,
+        page,
+        per_page,
+        total,
+    })
+}
+
+/// A user's prepaid credit: the balance (the sum of every movement) and a
+/// page of the movements, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CreditLedger {
+    pub user_id: Uuid,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "25.00")]
+    pub balance: rust_decimal::Decimal,
+    pub currency: crate::domain::Currency,
+    pub movements: Vec<crate::models::credit::CreditMovement>,
+    pub page: i64,
+    pub per_page: i64,
+    /// Movements on all pages.
+    pub total: i64,
+}
+
 /// Voids an issued invoice; every instance re-reads the user's standing
 /// (a void can lift an overdue block).
 pub async fn void_invoice(state: &AppState, invoice_id: Uuid) -> Result<crate::models::Invoice, ApiError> {

@@ -18,6 +18,7 @@ use crate::auth::accounts::ChangeError;
 use crate::auth::password::PoolBusy;
 use crate::auth::sessions::SessionError;
 use crate::billing::close::CloseError;
+use crate::billing::credits::CreditError;
 use crate::billing::export::ExportError;
 use crate::billing::payments::{PaymentError, SignatureError, VoidError};
 use crate::clients::Throttled;
@@ -467,6 +468,18 @@ impl From<CancelError> for ApiError {
             e @ CancelError::NotFound => Self::not_found(e.to_string()),
             e @ CancelError::Started => Self::conflict("price_started", e.to_string()),
             CancelError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<CreditError> for ApiError {
+    fn from(err: CreditError) -> Self {
+        match err {
+            e @ CreditError::UserNotFound => Self::not_found(e.to_string()),
+            e @ CreditError::ReferenceReused(_) => Self::conflict("reference_reused", e.to_string()),
+            e @ CreditError::CurrencyMismatch { .. } => Self::currency_mismatch(e.to_string()),
+            e @ CreditError::BadAmount(_) => Self::validation(e.to_string()),
+            CreditError::Database(e) => e.into(),
         }
     }
 }

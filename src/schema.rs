@@ -49,6 +49,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    credit_movements (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        kind -> Text,
+        amount -> Numeric,
+        currency -> Text,
+        reference -> Nullable<Text>,
+        period -> Nullable<Date>,
+        source -> Text,
+        recorded_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     invoice_lines (invoice_id, position) {
         invoice_id -> Uuid,
         position -> Int4,
@@ -98,6 +114,8 @@ diesel::table! {
         billing_postal_code -> Nullable<Text>,
         billing_country -> Nullable<Text>,
         billing_tax_id -> Nullable<Text>,
+        credit_applied -> Numeric,
+        amount_due -> Numeric,
     }
 }
 
@@ -211,6 +229,7 @@ diesel::table! {
         total_cost -> Numeric,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        credit_balance -> Numeric,
     }
 }
 
@@ -224,6 +243,7 @@ diesel::table! {
 
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(api_upstreams -> apis (api_id));
+diesel::joinable!(credit_movements -> users (user_id));
 diesel::joinable!(invoice_lines -> apis (api_id));
 diesel::joinable!(invoice_lines -> invoices (invoice_id));
 diesel::joinable!(invoices -> users (user_id));
@@ -240,6 +260,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_upstreams,
     apis,
     closed_periods,
+    credit_movements,
     invoice_lines,
     invoice_sequences,
     invoices,

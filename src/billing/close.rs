@@ -18,6 +18,7 @@ use crate::config::BillingSettings;
 use crate::domain::pricing::PricedLine;
 use crate::domain::{Currency, Period};
 use crate::models::User;
+use crate::models::credit::CreditMovement;
 use crate::models::invoice::{ClosedPeriod, Invoice, InvoiceLine, InvoiceStatus};
 use crate::models::price::PriceBook;
 use crate::models::usage::{UsagePrice, UsageRecord, VersionUsage};
@@ -84,6 +85,7 @@ pub async fn close_period(
                 .map(|u| (u.id, u))
                 .collect();
 
+            let drawn = CreditMovement::drawn_in_period(conn, period).await?;
             let count = i32::try_from(billed.len()).unwrap_or(i32::MAX);
             let first_number = Invoice::reserve_numbers(conn, year, count).await?;
             let mut new_invoices = Vec::with_capacity(billed.len());
@@ -93,8 +95,12 @@ pub async fn close_period(
                     continue;
                 };
                 let id = Uuid::new_v4();
-                // Nothing to pay (e.g. everything rounded to 0.00): settled at issue.
-                let settled = statement.total.is_zero();
+                // What the period's usage drew from prepaid credit pays for
+                // it first (it never drew more than it was charged).
+                let credit_applied = drawn.get(&user_id).copied().unwrap_or_default().min(statement.total);
+                // Nothing to pay (everything rounded to 0.00, or credit paid
+                // it all): settled at issue.
+                let settled = statement.total == credit_applied;
                 new_invoices.push(Invoice {
                     id,
                     number: invoice_number(year, first_number + i64::try_from(i).unwrap_or(0)),
@@ -122,6 +128,8 @@ pub async fn close_period(
                     billing_postal_code: user.postal_code.clone(),
                     billing_country: user.country.clone(),
                     billing_tax_id: user.tax_id.clone(),
+                    credit_applied,
+                    amount_due: statement.total - credit_applied,
                 });
                 for (position, line) in statement.lines.into_iter().enumerate() {
                     new_lines.push(InvoiceLine {

@@ -5,10 +5,12 @@
 //! - [`statement`]: usage records + price versions → priced lines (current cost);
 //! - [`close`]: closing a period, invoice numbering, reconciliation;
 //! - [`export`]: streamed CSV/JSON export of invoice lines;
+//! - [`credits`]: prepaid credit — top-ups, usage drawing on it, credit given back;
 //! - [`payments`]: recording payments, webhook signatures, voiding.
 //! - [`usage_cost`]: a meter flush — counters and `users.total_cost` in one transaction.
 
 pub mod close;
+pub mod credits;
 pub mod export;
 pub mod payments;
 pub mod statement;

@@ -1,5 +1,7 @@
 //! Money received against invoices: recorded by finance or by a signed
-//! payment-provider webhook; idempotent on the provider's reference.
+//! payment-provider webhook; idempotent on the provider's reference. What
+//! an invoice still asks for is its total less the prepaid credit applied
+//! at the close and what was paid.
 
 use chrono::{DateTime, Utc};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -10,6 +12,7 @@ use serde::Serialize;
 use sha2::Sha256;
 use uuid::Uuid;
 
+use crate::billing::credits;
 use crate::domain::Currency;
 use crate::models::invoice::{Invoice, InvoiceStatus, Payment, WebhookEvent};
 
@@ -130,7 +133,7 @@ pub async fn record_payment(
             InvoiceStatus::Paid => return Err(PaymentError::AlreadyPaid(invoice.number.clone())),
             InvoiceStatus::Issued => {}
         }
-        let outstanding = invoice.total - invoice.amount_paid;
+        let outstanding = invoice.total - invoice.credit_applied - invoice.amount_paid;
         if input.amount > outstanding {
             return Err(PaymentError::Overpayment {
                 number: invoice.number.clone(),
@@ -161,7 +164,7 @@ pub async fn record_payment(
             Err(e) => return Err(e.into()),
         }
         let paid = invoice.amount_paid + input.amount;
-        let settled = paid == invoice.total;
+        let settled = paid + invoice.credit_applied == invoice.total;
         let invoice = Invoice::set_paid(conn, invoice.id, paid, settled, now).await?;
         Ok(Recorded::Created { payment, invoice })
     })
@@ -193,6 +196,16 @@ pub async fn void_invoice(
             };
             return Err(VoidError::NotVoidable(why));
         }
+        // Credit the invoice applied goes back to the balance.
+        credits::give_back_on_void(
+            conn,
+            invoice.user_id,
+            &invoice.number,
+            invoice.credit_applied,
+            &invoice.currency,
+            now,
+        )
+        .await?;
         Ok(Invoice::set_void(conn, invoice.id, now).await?)
     })
     .await

@@ -11,6 +11,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
+use crate::billing::credits;
 use crate::billing::statement::{VersionCalls, price_versions};
 use crate::domain::{Currency, Period};
 use crate::models::User;
@@ -186,22 +187,37 @@ async fn add_cost(
     let mut records: Vec<MonthlyKey> = deltas.iter().map(|(k, _)| k.monthly()).collect();
     records.dedup();
     let after = UsagePrice::of_records(conn, &records).await?;
-    let amounts = cost_deltas(deltas, &after, book, currency);
-    User::add_to_total_cost(conn, &amounts).await
+    let changes = cost_deltas(deltas, &after, book, currency);
+    let mut per_user: Vec<(Uuid, Decimal)> = Vec::new();
+    for ((user_id, _), change) in &changes {
+        match per_user.last_mut() {
+            Some((last, sum)) if last == user_id => *sum += *change,
+            _ => per_user.push((*user_id, *change)),
+        }
+    }
+    let balances = User::add_to_total_cost(conn, &per_user).await?;
+    // Most flushes touch no one with credit, and take nothing back: no
+    // further statement for them.
+    let may_draw = balances.iter().any(|(_, balance)| *balance > Decimal::ZERO)
+        || changes.iter().any(|(_, change)| *change < Decimal::ZERO);
+    if may_draw {
+        credits::draw_for_usage(conn, &changes, currency).await?;
+    }
+    Ok(())
 }
 
-/// Per user, what the batch added to their cost: for each touched (user,
-/// API, period), the price of all its version rows as they are now minus
-/// their price without `deltas`. Prices are not linear (free calls, tiers,
-/// and a later version's calls numbered after an earlier one's), so it is
-/// the difference of the whole record, never the delta's own price. Sorted
-/// by user id.
+/// Per (user, period), what the batch added to its cost: for each touched
+/// (user, API, period), the price of all its version rows as they are now
+/// minus their price without `deltas`. Prices are not linear (free calls,
+/// tiers, and a later version's calls numbered after an earlier one's), so
+/// it is the difference of the whole record, never the delta's own price.
+/// Sorted by user id, then period.
 fn cost_deltas(
     deltas: &[(PricedKey, UsageDelta)],
     after: &[VersionCounters],
     book: &PriceBook,
     currency: Currency,
-) -> Vec<(Uuid, Decimal)> {
+) -> Vec<((Uuid, Period), Decimal)> {
     let mut records: BTreeMap<MonthlyKey, (Vec<VersionCalls>, Vec<VersionCalls>)> = BTreeMap::new();
     for row in after {
         let Some(period) = Period::from_first_day(row.period) else {
@@ -228,7 +244,7 @@ fn cost_deltas(
             failed_calls: row.failed_calls - delta.failed_calls,
         });
     }
-    let mut per_user: BTreeMap<Uuid, Decimal> = BTreeMap::new();
+    let mut per_period: BTreeMap<(Uuid, Period), Decimal> = BTreeMap::new();
     for (key, (now, before)) in records {
         let amount = |rows: &[VersionCalls]| -> Decimal {
             price_versions(key.api_id, rows, book, currency)
@@ -238,8 +254,8 @@ fn cost_deltas(
         };
         let change = amount(&now) - amount(&before);
         if !change.is_zero() {
-            *per_user.entry(key.user_id).or_default() += change;
+            *per_period.entry((key.user_id, key.period)).or_default() += change;
         }
     }
-    per_user.into_iter().collect()
+    per_period.into_iter().collect()
 }

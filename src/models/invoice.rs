@@ -45,6 +45,14 @@ pub struct Invoice {
     pub billing_postal_code: Option<String>,
     pub billing_country: Option<String>,
     pub billing_tax_id: Option<String>,
+    /// Prepaid credit that paid part of the total when the period closed;
+    /// what is due is `total − credit_applied − amount_paid`.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub credit_applied: Decimal,
+    /// What the invoice still asks for (a generated column).
+    #[serde(with = "rust_decimal::serde::str")]
+    #[diesel(skip_insertion)]
+    pub amount_due: Decimal,
 }
 
 fn serialize_period<S: serde::Serializer>(date: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {

@@ -8,7 +8,7 @@ macro_rules! text_enum {
             diesel::expression::AsExpression, diesel::deserialize::FromSqlRow, utoipa::ToSchema,
         )]
         #[diesel(sql_type = diesel::sql_types::Text)]
-        #[serde(rename_all = "lowercase")]
+        #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
         impl $name {
@@ -52,6 +52,7 @@ macro_rules! text_enum {
 
 pub mod api;
 pub mod api_key;
+pub mod credit;
 pub mod invoice;
 pub mod price;
 pub mod refresh_token;

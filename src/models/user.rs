@@ -215,10 +215,14 @@ impl User {
 
     /// Adds each amount to its user's `total_cost`, locking the users in id
     /// order first so two flushes never wait on each other's users in
-    /// opposite orders. `amounts` must be sorted by user id.
-    pub async fn add_to_total_cost(conn: &mut AsyncPgConnection, amounts: &[(Uuid, Decimal)]) -> QueryResult<()> {
+    /// opposite orders. `amounts` must be sorted by user id. Returns each
+    /// user's credit balance (what a draw on it may take).
+    pub async fn add_to_total_cost(
+        conn: &mut AsyncPgConnection,
+        amounts: &[(Uuid, Decimal)],
+    ) -> QueryResult<Vec<(Uuid, Decimal)>> {
         if amounts.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let ids: Vec<Uuid> = amounts.iter().map(|(id, _)| *id).collect();
         let deltas: Vec<Decimal> = amounts.iter().map(|(_, d)| *d).collect();
@@ -229,15 +233,23 @@ impl User {
             .for_no_key_update()
             .load::<Uuid>(conn)
             .await?;
-        diesel::sql_query(
+        #[derive(QueryableByName)]
+        struct Balance {
+            #[diesel(sql_type = diesel::sql_types::Uuid)]
+            id: Uuid,
+            #[diesel(sql_type = diesel::sql_types::Numeric)]
+            credit_balance: Decimal,
+        }
+        let balances: Vec<Balance> = diesel::sql_query(
             "UPDATE users SET total_cost = users.total_cost + d.delta \
-             FROM unnest($1::uuid[], $2::numeric[]) AS d(id, delta) WHERE users.id = d.id",
+             FROM unnest($1::uuid[], $2::numeric[]) AS d(id, delta) WHERE users.id = d.id \
+             RETURNING users.id, users.credit_balance",
         )
         .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
         .bind::<diesel::sql_types::Array<diesel::sql_types::Numeric>, _>(&deltas)
-        .execute(conn)
+        .load(conn)
         .await?;
-        Ok(())
+        Ok(balances.into_iter().map(|b| (b.id, b.credit_balance)).collect())
     }
 
     /// Locks the user's row until the transaction ends, to serialise changes

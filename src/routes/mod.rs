@@ -56,6 +56,7 @@ pub mod api_keys;
 pub mod apis;
 pub mod auth;
 pub mod billing;
+pub mod credits;
 pub mod extract;
 pub mod finance;
 pub mod gateway;
@@ -105,6 +106,7 @@ route_table! {
     // Consumers: their own cost and invoices.
     "/billing/current" => get: billing::current_cost;
     "/billing/periods/{period}" => get: billing::period_cost;
+    "/credits" => get: credits::my_credits;
     "/invoices" => get: invoices::list_invoices;
     "/invoices/{id}" => get: invoices::get_invoice;
     // Finance (finance or admin role).
@@ -116,6 +118,7 @@ route_table! {
     "/finance/invoices/{id}" => get: finance::get_invoice;
     "/finance/invoices/{id}/payments" => post: finance::record_payment;
     "/finance/invoices/{id}/void" => post: finance::void_invoice;
+    "/finance/users/{id}/credits" => get: credits::user_credits, post: credits::top_up;
     // Admin: the catalog and prices.
     "/admin/apis" => get: admin::list_apis, post: admin::create_api;
     "/admin/apis/{id}" => patch: admin::update_api;

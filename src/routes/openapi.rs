@@ -30,7 +30,7 @@ use crate::domain::text::{
 use crate::domain::{Currency, Day, Period};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    admin, admin_users, api_keys, apis, auth, billing, finance, health, invoices, me, tools, usage, webhooks,
+    admin, admin_users, api_keys, apis, auth, billing, credits, finance, health, invoices, me, tools, usage, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -58,6 +58,7 @@ use crate::routes::{
         usage::get_daily_usage,
         billing::current_cost,
         billing::period_cost,
+        credits::my_credits,
         invoices::list_invoices,
         invoices::get_invoice,
         finance::close_period,
@@ -67,6 +68,8 @@ use crate::routes::{
         finance::get_invoice,
         finance::record_payment,
         finance::void_invoice,
+        credits::user_credits,
+        credits::top_up,
         admin::list_apis,
         admin::create_api,
         admin::update_api,

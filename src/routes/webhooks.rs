@@ -5,17 +5,21 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::billing::credits::{self, TopUp, TopUpInput, ToppedUp};
 use crate::billing::payments::{self, PaymentInput, PaymentRecorded, PaymentSource};
 use crate::domain::Currency;
 use crate::domain::currency::DecimalString;
 use crate::domain::text::{EventId, ProviderText};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::models::credit::MovementSource;
 use crate::routes::conn;
 
-/// A payment provider's event, applied once per `id`. Only
-/// `payment.succeeded` is acted on; other types are acknowledged and ignored.
+/// A payment provider's event, applied once per `id`. `payment.succeeded`
+/// records a payment against an invoice; `credits.purchased` adds prepaid
+/// credit to a user; other types are acknowledged and ignored.
 // Parsed as plain JSON first (anything that does not parse is `invalid_json`,
 // as before), then its text fields are checked (`validation_failed`)
 // whatever the event type.
@@ -30,14 +34,16 @@ pub struct PaymentEvent {
     /// Required for `payment.succeeded`.
     #[schema(value_type = Option<ProviderText>, inline)]
     invoice_number: Option<String>,
-    /// Required for `payment.succeeded`: a decimal string.
+    /// Required for `credits.purchased`: the user the credit is for.
+    user_id: Option<Uuid>,
+    /// Required for both: a decimal string.
     #[serde(default, with = "crate::domain::currency::decimal_string_option")]
     #[schema(value_type = Option<DecimalString>, inline)]
     amount: Option<Decimal>,
-    /// Required for `payment.succeeded`: the invoice's currency.
+    /// Required for both: the invoice's (or the billing) currency.
     #[schema(value_type = Option<Currency>)]
     currency: Option<String>,
-    /// Required for `payment.succeeded`: the provider's payment reference.
+    /// Required for both: the provider's payment reference (each is applied once).
     #[schema(value_type = Option<ProviderText>, inline)]
     reference: Option<String>,
 }
@@ -45,7 +51,7 @@ pub struct PaymentEvent {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookStatus {
-    /// Not a `payment.succeeded` event.
+    /// Neither a `payment.succeeded` nor a `credits.purchased` event.
     Ignored,
     /// This event id was applied before.
     Duplicate,
@@ -56,13 +62,22 @@ pub struct WebhookAck {
     pub status: WebhookStatus,
 }
 
-/// A 200 answer: an acknowledgement, or the payment this event recorded
-/// before.
+/// A 200 answer: an acknowledgement, or the payment or top-up this event's
+/// reference recorded before.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum WebhookOutcome {
     Ack(WebhookAck),
     Recorded(Box<PaymentRecorded>),
+    ToppedUp(Box<TopUp>),
+}
+
+/// A 201 answer: the payment, or the top-up, the event recorded.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum WebhookApplied {
+    Recorded(Box<PaymentRecorded>),
+    ToppedUp(Box<TopUp>),
 }
 
 /// Receives a signed payment event: `Payg-Signature: t=<unix>,v1=<hex
@@ -75,15 +90,15 @@ pub enum WebhookOutcome {
     params(("Payg-Signature" = String, Header, pattern = r"^t=[0-9]+(,v1=[0-9a-f]{64}){1,4}$",
         description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">`, at most four `v1` (a rotation needs two)")),
     responses(
-        (status = 201, description = "The payment was recorded", body = PaymentRecorded),
-        (status = 200, description = "Acknowledged: ignored, a duplicate event, or a payment already recorded",
-            body = WebhookOutcome),
+        (status = 201, description = "The payment (or the credit) was recorded", body = WebhookApplied),
+        (status = 200, description = "Acknowledged: ignored, a duplicate event, or a payment or top-up already \
+            recorded", body = WebhookOutcome),
         (status = 400, description = "`invalid_signature` or `stale_signature`: the signature is missing, wrong or \
             too old; `invalid_json`: the event does not parse; `validation_failed`: a bad id or missing fields",
             body = ErrorBody),
-        (status = 404, description = "`not_found`: no invoice with that number", body = ErrorBody),
+        (status = 404, description = "`not_found`: no invoice with that number, or no such user", body = ErrorBody),
         (status = 409, description = "`invoice_not_payable`: the invoice is void or already paid; \
-            `reference_reused`: the reference was used for a different payment", body = ErrorBody),
+            `reference_reused`: the reference was used for a different payment or top-up", body = ErrorBody),
         (status = 422, description = "`overpayment`: more than is outstanding; \
             `currency_mismatch`: not the invoice's currency", body = ErrorBody),
         (status = 429, description = "`too_many_requests`: too many webhooks from this address \
@@ -112,6 +127,9 @@ pub async fn payment_webhook(
         .flatten()
     {
         text.parse::<ProviderText>()?;
+    }
+    if event.kind == "credits.purchased" {
+        return credits_purchased(&state, id, event).await;
     }
     if event.kind != "payment.succeeded" {
         // Providers send many event types; acknowledging the rest stops retries.
@@ -146,5 +164,40 @@ pub async fn payment_webhook(
         HttpResponse::Created().json(recorded.into_body())
     } else {
         HttpResponse::Ok().json(recorded.into_body())
+    })
+}
+
+/// A `credits.purchased` event: prepaid credit for a user, applied once per
+/// event id (claimed in the top-up's transaction) and once per reference.
+async fn credits_purchased(state: &AppState, id: EventId, event: PaymentEvent) -> ApiResult<HttpResponse> {
+    let (Some(user_id), Some(amount), Some(currency), Some(reference)) =
+        (event.user_id, event.amount, event.currency, event.reference)
+    else {
+        return Err(ApiError::validation(
+            "credits.purchased needs user_id, amount, currency and reference",
+        ));
+    };
+    let input = TopUpInput {
+        amount,
+        currency: Some(currency.parse::<Currency>()?),
+        reference,
+        source: MovementSource::Webhook,
+        recorded_by: None,
+    };
+    let mut conn = conn(&state.db).await?;
+    let outcome = credits::top_up_from_event(
+        &mut conn,
+        id.as_str(),
+        &event.kind,
+        user_id,
+        input,
+        state.config.billing.currency,
+        state.now(),
+    )
+    .await?;
+    Ok(match outcome {
+        None => HttpResponse::Ok().json(json!({"status": "duplicate"})),
+        Some(ToppedUp::Created(top_up)) => HttpResponse::Created().json(top_up),
+        Some(ToppedUp::Duplicate(top_up)) => HttpResponse::Ok().json(top_up),
     })
 }

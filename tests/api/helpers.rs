@@ -442,6 +442,22 @@ impl TestApp {
         self.db.conn().await.batch_execute(sql).await.expect("sql");
     }
 
+    /// The two text columns `a` and `b` of a query's one row.
+    pub async fn sql_row(&self, sql: &str) -> [String; 2] {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            a: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            b: String,
+        }
+        let row: Row = diesel::sql_query(sql)
+            .get_result(&mut self.db.conn().await)
+            .await
+            .expect("a row");
+        [row.a, row.b]
+    }
+
     pub async fn count_users(&self) -> i64 {
         scalar_i64(&self.db, "SELECT count(*) AS n FROM users").await
     }

@@ -7,6 +7,7 @@ mod auth;
 mod billing;
 mod cli;
 mod console;
+mod credits;
 mod durable;
 mod errors;
 mod export;

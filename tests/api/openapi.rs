@@ -754,6 +754,26 @@ async fn invoices_and_finance(app: &TestApp, clock: &ManualClock, cov: &mut Cove
     cov.json("POST", "/api/v1/webhooks/payments", 201, res).await;
     let res = webhook(event).await.unwrap();
     cov.json("POST", "/api/v1/webhooks/payments", 200, res).await;
+
+    // Prepaid credit: a top-up by finance and by an event, the ledger both ways.
+    let me = app.get_json("/api/v1/me", token).await;
+    let user_id = me["id"].as_str().unwrap().to_owned();
+    let top_up = json!({"amount": "5.00", "reference": "spec-credit-1"});
+    let path = format!("/api/v1/finance/users/{user_id}/credits");
+    let res = app.post_auth(&path, &finance.token, &top_up).await;
+    cov.json("POST", "/api/v1/finance/users/{id}/credits", 201, res).await;
+    let res = app.post_auth(&path, &finance.token, &top_up).await;
+    cov.json("POST", "/api/v1/finance/users/{id}/credits", 200, res).await;
+    let event = json!({"id": "evt_spec_2", "type": "credits.purchased", "user_id": user_id,
+                       "amount": "1.00", "currency": "USD", "reference": "ch_spec_credit"})
+    .to_string();
+    let res = webhook(event.clone()).await.unwrap();
+    cov.json("POST", "/api/v1/webhooks/payments", 201, res).await;
+    let res = app.get_auth(&path, &finance.token).await;
+    let ledger = cov.json("GET", "/api/v1/finance/users/{id}/credits", 200, res).await;
+    assert_eq!(ledger["balance"], "6.00", "{ledger}");
+    let res = app.get_auth("/api/v1/credits", token).await;
+    cov.json("GET", "/api/v1/credits", 200, res).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
