@@ -58,7 +58,7 @@ pub async fn list_periods(signed: Signed, query: web::Query<Done>) -> PageResult
         main {
             h1 { "Finance" }
             (page::notice(done.as_deref(), "ok"))
-            p { a href="/console/finance/invoices" { "Search invoices →" } }
+            p { a href="/console/finance/invoices" { "Search invoices →" } " · " a href="/console/finance/credit" { "Prepaid credit →" } }
             h2 { "Periods" }
             div.scroll { table #periods {
                 thead { tr {

@@ -85,7 +85,11 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                     tfoot {
                         tr { th scope="row" colspan="8" { "Subtotal" } td.num { (money(inv.subtotal, currency)) } }
                         tr.total { th scope="row" colspan="8" { "Total" } td.num #invoice-total { (money(inv.total, currency)) } }
+                        @if !inv.credit_applied.is_zero() {
+                            tr { th scope="row" colspan="8" { "Prepaid credit applied" } td.num #invoice-credit { (money(inv.credit_applied, currency)) } }
+                        }
                         tr { th scope="row" colspan="8" { "Paid" } td.num { (money(inv.amount_paid, currency)) } }
+                        tr.total { th scope="row" colspan="8" { "Amount due" } td.num #invoice-due { (money(inv.amount_due, currency)) } }
                     }
                 }
             }

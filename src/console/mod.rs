@@ -19,6 +19,7 @@ mod admin;
 mod assets;
 mod chart;
 mod consumer;
+mod credit;
 mod finance;
 mod guard;
 mod invoice;
@@ -62,6 +63,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/keys", web::post().to(consumer::create_key))
                 .route("/keys/{id}/revoke", web::post().to(consumer::revoke_key))
                 .route("/apis", web::get().to(consumer::list_apis))
+                .route("/credit", web::get().to(credit::my_credit))
+                .route("/finance/credit", web::get().to(credit::user_credit))
+                .route("/finance/credit/{id}", web::post().to(credit::top_up))
                 .route("/finance", web::get().to(finance::list_periods))
                 .route("/finance/periods/{period}", web::get().to(finance::show_period))
                 .route("/finance/periods/{period}/close", web::post().to(finance::close_period))

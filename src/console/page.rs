@@ -133,6 +133,7 @@ pub fn document(title: &str, chrome: Option<(&Viewer, &str, &str, &str)>, main: 
                             (nav_link("/console", "This month", active))
                             (nav_link("/console/usage", "Usage", active))
                             (nav_link("/console/invoices", "Invoices", active))
+                            (nav_link("/console/credit", "Credit", active))
                             (nav_link("/console/keys", "API keys", active))
                             (nav_link("/console/apis", "APIs", active))
                             (nav_link("/console/profile", "Profile", active))

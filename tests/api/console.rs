@@ -556,6 +556,49 @@ async fn finance_closes_a_past_month_only_after_confirming_and_never_this_one() 
     assert_eq!(invoices["invoices"][0]["total"], "1.49");
     let (_, reconciliation) = browser.get_text(&page).await;
     assert!(reconciliation.contains("1.49 USD"), "{reconciliation}");
+    let id = invoices["invoices"][0]["id"].as_str().expect("id").to_owned();
+    let (_, invoice) = browser.get_text(&format!("/console/finance/invoices/{id}")).await;
+    assert!(invoice.contains("Amount due"), "{invoice}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finance_adds_credit_in_the_console_and_the_consumer_sees_it_drawn() {
+    let app = TestApp::spawn().await;
+    let finance = app.user_with_role("finance").await;
+    let consumer = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&finance.email).await;
+    let find = format!("/console/finance/credit?user={}", consumer.email);
+    let (status, page) = browser.get_text(&find).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Add credit"), "{page}");
+    let action = format!("/console/finance/credit/{}", consumer.id);
+    let fields = [("amount", "2.50"), ("reference", "console-wire-1")];
+    let res = browser.submit(&find, &action, &fields).await;
+    assert_eq!(res.status(), 303);
+    assert!(location(&res).ends_with("done=added"), "{}", location(&res));
+    let again = browser.submit(&find, &action, &fields).await;
+    assert!(
+        location(&again).ends_with("done=duplicate"),
+        "the same reference adds nothing"
+    );
+    let bad = browser
+        .submit(&find, &action, &[("amount", "-1"), ("reference", "console-wire-2")])
+        .await;
+    assert_eq!(bad.status(), 400);
+
+    for _ in 0..10 {
+        assert_eq!(app.get_auth("/api/v1/tools/uuid", &consumer.token).await.status(), 200);
+    }
+    app.flush_meter().await;
+    let mut as_consumer = Browser::new(&app);
+    as_consumer.sign_in(&consumer.email).await;
+    let (status, mine) = as_consumer.get_text("/console/credit").await;
+    assert_eq!(status, 200);
+    assert!(mine.contains("2.49 USD"), "2.50 less 10 calls at 0.001: {mine}");
+    assert!(mine.contains("console-wire-1") && mine.contains("Usage "), "{mine}");
+    let (status, _) = as_consumer.get_text(&find).await;
+    assert_eq!(status, 403, "finance pages stay finance's");
 }
 
 #[tokio::test]
