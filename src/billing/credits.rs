@@ -179,6 +179,10 @@ pub async fn draw_for_usage(
     if drawable.is_empty() {
         return Ok(());
     }
+    // A close reads each user's draw for its period: one that is running
+    // finishes before this draw is decided, and one that starts later waits
+    // for it and sees it (a draw is never left out of the invoice).
+    ClosedPeriod::hold_off_close(conn).await?;
     let mut periods: Vec<Period> = drawable.iter().map(|d| d.period).collect();
     periods.sort_unstable();
     periods.dedup();

@@ -206,6 +206,17 @@ pub struct ClosedPeriod {
 const CLOSE_LOCK_KEY: i64 = 0x7061_7967_636c_6f73; // "paygclos"
 
 impl ClosedPeriod {
+    /// Holds off closes until the transaction ends (the close lock, shared):
+    /// a close then waits for this transaction, and this transaction sees a
+    /// close that committed before it took the lock.
+    pub async fn hold_off_close(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+        diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind::<diesel::sql_types::BigInt, _>(CLOSE_LOCK_KEY)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
     /// Takes the close lock until the transaction ends: one close at a time,
     /// across every instance.
     pub async fn lock_for_close(conn: &mut AsyncPgConnection) -> QueryResult<()> {
