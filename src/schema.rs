@@ -57,6 +57,7 @@ diesel::table! {
         currency -> Text,
         reference -> Nullable<Text>,
         period -> Nullable<Date>,
+        invoice_id -> Nullable<Uuid>,
         source -> Text,
         recorded_by -> Nullable<Uuid>,
         created_at -> Timestamptz,

@@ -1,3 +1,12 @@
+-- Credit is money: a revert that would drop balances, draws or the credit
+-- invoices applied refuses instead.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM credit_movements) OR EXISTS (SELECT 1 FROM invoices WHERE credit_applied > 0) THEN
+        RAISE EXCEPTION 'prepaid credit has been used: this migration cannot be reverted';
+    END IF;
+END
+$$;
 -- The trigger as it was before the credit applied existed.
 CREATE OR REPLACE FUNCTION refuse_invoice_amount_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -26,6 +35,7 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
-ALTER TABLE invoices DROP COLUMN amount_due, DROP COLUMN credit_applied;
+ALTER TABLE invoices DROP CONSTRAINT invoices_paid_means_covered, DROP CONSTRAINT invoices_covered_at_most_once,
+    DROP COLUMN amount_due, DROP COLUMN credit_applied;
 DROP TABLE credit_movements;
 ALTER TABLE users DROP COLUMN credit_balance;

@@ -19,23 +19,32 @@ CREATE TABLE credit_movements (
     -- is the same movement, or a conflict).
     reference   text,
     period      date,
+    -- adjustment (void): the invoice whose credit came back.
+    invoice_id  uuid REFERENCES invoices (id),
     source      text NOT NULL CHECK (source IN ('finance', 'webhook', 'usage', 'void')),
     recorded_by uuid REFERENCES users (id),
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     CHECK (kind <> 'top_up' OR (amount > 0 AND reference IS NOT NULL)),
-    CHECK (kind <> 'usage' OR (amount <= 0 AND period IS NOT NULL AND reference IS NULL))
+    CHECK (kind <> 'usage' OR (amount <= 0 AND period IS NOT NULL AND reference IS NULL)),
+    CHECK (source <> 'void' OR (kind = 'adjustment' AND amount > 0 AND invoice_id IS NOT NULL))
 );
 COMMENT ON COLUMN credit_movements.amount IS 'signed, major units (exact): + adds credit, - draws it';
-CREATE UNIQUE INDEX credit_movements_reference_idx ON credit_movements (reference) WHERE reference IS NOT NULL;
+CREATE UNIQUE INDEX credit_movements_reference_idx ON credit_movements (reference) WHERE kind = 'top_up';
+-- An invoice gives its credit back once.
+CREATE UNIQUE INDEX credit_movements_void_idx ON credit_movements (invoice_id) WHERE source = 'void';
 CREATE UNIQUE INDEX credit_movements_usage_idx ON credit_movements (user_id, period) WHERE kind = 'usage';
 CREATE INDEX credit_movements_user_idx ON credit_movements (user_id, created_at DESC, id);
 
 -- An invoice shows the credit its period drew; what is due is the rest.
 ALTER TABLE invoices ADD COLUMN credit_applied numeric NOT NULL DEFAULT 0 CHECK (credit_applied >= 0);
 COMMENT ON COLUMN invoices.credit_applied IS 'prepaid credit that paid part of the total at the close';
-ALTER TABLE invoices ADD COLUMN amount_due numeric GENERATED ALWAYS AS (total - credit_applied - amount_paid) STORED;
-COMMENT ON COLUMN invoices.amount_due IS 'what the invoice still asks for: total - credit_applied - amount_paid';
+ALTER TABLE invoices ADD COLUMN amount_due numeric
+    GENERATED ALWAYS AS (CASE WHEN status = 'void' THEN 0 ELSE total - credit_applied - amount_paid END) STORED;
+COMMENT ON COLUMN invoices.amount_due IS 'what the invoice still asks for: total - credit_applied - amount_paid (0 once void)';
+ALTER TABLE invoices
+    ADD CONSTRAINT invoices_covered_at_most_once CHECK (credit_applied + amount_paid <= total),
+    ADD CONSTRAINT invoices_paid_means_covered CHECK (status <> 'paid' OR credit_applied + amount_paid = total);
 
 -- The credit applied is part of the frozen snapshot; payments cover the rest.
 CREATE OR REPLACE FUNCTION refuse_invoice_amount_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -56,7 +65,7 @@ BEGIN
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status AND NOT (
            (OLD.status = 'issued' AND NEW.status = 'paid' AND NEW.amount_paid + NEW.credit_applied = NEW.total)
-        OR (OLD.status = 'issued' AND NEW.status = 'void' AND NEW.amount_paid = 0)
+        OR (OLD.status IN ('issued', 'paid') AND NEW.status = 'void' AND NEW.amount_paid = 0)
     ) THEN
         RAISE EXCEPTION 'an invoice moves only issued → paid (paid in full) or issued → void (nothing paid)';
     END IF;

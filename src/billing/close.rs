@@ -66,6 +66,8 @@ pub async fn close_period(
     let outcome = conn
         .transaction::<_, DieselError, _>(async |conn| {
             ClosedPeriod::lock_for_close(conn).await?;
+            // Flushes drawing credit for this period finish first, or wait.
+            ClosedPeriod::lock_period_for_close(conn, period).await?;
             if let Some(closed) = ClosedPeriod::find(conn, period).await? {
                 return Ok(CloseOutcome {
                     period,

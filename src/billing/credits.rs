@@ -40,6 +40,10 @@ pub enum ToppedUp {
     Duplicate(TopUp),
 }
 
+/// The largest single top-up (10^12): far above any real one, and far
+/// enough below `rust_decimal`'s range that no balance can leave it.
+pub const MAX_TOP_UP: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CreditError {
     #[error("no such user")]
@@ -48,7 +52,7 @@ pub enum CreditError {
     ReferenceReused(String),
     #[error("credit is in the billing currency {expected}, not {given}")]
     CurrencyMismatch { given: String, expected: String },
-    #[error("amount must be positive with at most {0} decimal places")]
+    #[error("amount must be positive, at most 1000000000000, with at most {0} decimal places")]
     BadAmount(u32),
     #[error(transparent)]
     Database(#[from] DieselError),
@@ -72,7 +76,10 @@ pub async fn top_up(
             expected: currency.code().to_owned(),
         });
     }
-    if input.amount <= Decimal::ZERO || input.amount.normalize().scale() > currency.minor_units() {
+    if input.amount <= Decimal::ZERO
+        || input.amount > MAX_TOP_UP
+        || input.amount.normalize().scale() > currency.minor_units()
+    {
         return Err(CreditError::BadAmount(currency.minor_units()));
     }
     let attempt = conn
@@ -91,6 +98,7 @@ pub async fn top_up(
                 currency: currency.code().to_owned(),
                 reference: Some(input.reference.clone()),
                 period: None,
+                invoice_id: None,
                 source: input.source,
                 recorded_by: input.recorded_by,
                 created_at: now,
@@ -179,15 +187,16 @@ pub async fn draw_for_usage(
     if drawable.is_empty() {
         return Ok(());
     }
-    // A close reads each user's draw for its period: one that is running
-    // finishes before this draw is decided, and one that starts later waits
-    // for it and sees it (a draw is never left out of the invoice).
-    ClosedPeriod::hold_off_close(conn).await?;
     let mut periods: Vec<Period> = drawable.iter().map(|d| d.period).collect();
     periods.sort_unstable();
     periods.dedup();
     let mut closed = Vec::new();
     for period in periods {
+        // The close of this period reads each user's draw: one that is
+        // running finishes before this draw is decided, one that starts
+        // later waits for it and sees it (no draw is left out of an
+        // invoice). Other periods' closes are not waited for.
+        ClosedPeriod::hold_off_close_of(conn, period).await?;
         if ClosedPeriod::find(conn, period).await?.is_some() {
             closed.push(period);
         }
@@ -220,7 +229,7 @@ pub async fn draw_for_usage(
 pub async fn give_back_on_void(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
-    invoice_number: &str,
+    invoice_id: Uuid,
     credit_applied: Decimal,
     currency: &str,
     now: DateTime<Utc>,
@@ -235,8 +244,9 @@ pub async fn give_back_on_void(
         kind: MovementKind::Adjustment,
         amount: credit_applied,
         currency: currency.to_owned(),
-        reference: Some(format!("void:{invoice_number}")),
+        reference: None,
         period: None,
+        invoice_id: Some(invoice_id),
         source: MovementSource::Void,
         recorded_by: None,
         created_at: now,

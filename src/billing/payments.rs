@@ -175,7 +175,7 @@ pub async fn record_payment(
 pub enum VoidError {
     #[error("invoice not found")]
     NotFound,
-    #[error("only an issued invoice with no payments can be voided (this one is {0})")]
+    #[error("only an invoice no payment was recorded against can be voided (this one is {0})")]
     NotVoidable(String),
     #[error(transparent)]
     Database(#[from] DieselError),
@@ -188,11 +188,13 @@ pub async fn void_invoice(
 ) -> Result<Invoice, VoidError> {
     conn.transaction::<_, VoidError, _>(async |conn| {
         let invoice = Invoice::lock(conn, invoice_id).await?.ok_or(VoidError::NotFound)?;
-        if invoice.status != InvoiceStatus::Issued || !invoice.amount_paid.is_zero() {
+        // Issued, or paid by credit alone: nothing was paid that would need
+        // refunding (credit is given back below).
+        if invoice.status == InvoiceStatus::Void || !invoice.amount_paid.is_zero() {
             let why = if invoice.amount_paid.is_zero() {
                 invoice.status.to_string()
             } else {
-                "partly paid".to_owned()
+                "paid, in part or in full".to_owned()
             };
             return Err(VoidError::NotVoidable(why));
         }
@@ -200,7 +202,7 @@ pub async fn void_invoice(
         credits::give_back_on_void(
             conn,
             invoice.user_id,
-            &invoice.number,
+            invoice.id,
             invoice.credit_applied,
             &invoice.currency,
             now,

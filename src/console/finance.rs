@@ -264,7 +264,10 @@ pub async fn list_invoices(signed: Signed, query: web::Query<SearchQuery>) -> Pa
 
 fn invoice_actions(signed: &Signed, detail: &InvoiceDetail) -> Markup {
     let inv = &detail.invoice;
-    let due = inv.total - inv.amount_paid;
+    let due = inv.amount_due;
+    // Paid by prepaid credit alone: voidable (its credit comes back).
+    let voidable =
+        inv.status == InvoiceStatus::Issued || (inv.status == InvoiceStatus::Paid && inv.amount_paid.is_zero());
     html! {
         @if inv.status == InvoiceStatus::Issued {
             section {
@@ -280,9 +283,11 @@ fn invoice_actions(signed: &Signed, detail: &InvoiceDetail) -> Markup {
                     button type="submit" { "Record payment" }
                 }
             }
+        }
+        @if voidable {
             section.danger-zone {
                 h2 { "Void" }
-                form method="post" action={"/console/finance/invoices/" (inv.id) "/void"} data-confirm={"Void invoice " (inv.number) "? It stays numbered but is owed no more."} {
+                form method="post" action={"/console/finance/invoices/" (inv.id) "/void"} data-confirm={"Void invoice " (inv.number) "? It stays numbered but is owed no more; prepaid credit it applied goes back to the balance."} {
                     (signed.csrf_field())
                     label.check { input type="checkbox" name="confirm" value="yes" required; " I understand: void " (inv.number) "." }
                     button.danger type="submit" { "Void invoice" }

@@ -8,7 +8,7 @@ use maud::{Markup, html};
 use super::page::money;
 use crate::domain::Period;
 use crate::domain::pricing::PricedLine;
-use crate::models::invoice::InvoiceDetail;
+use crate::models::invoice::{InvoiceDetail, InvoiceStatus};
 
 /// Under a line's API: when its price version started, if that was during
 /// the period (a month priced by two versions has a line for each), or that
@@ -89,7 +89,9 @@ pub fn invoice_document(detail: &InvoiceDetail, when: &dyn Fn(DateTime<Utc>) -> 
                             tr { th scope="row" colspan="8" { "Prepaid credit applied" } td.num #invoice-credit { (money(inv.credit_applied, currency)) } }
                         }
                         tr { th scope="row" colspan="8" { "Paid" } td.num { (money(inv.amount_paid, currency)) } }
-                        tr.total { th scope="row" colspan="8" { "Amount due" } td.num #invoice-due { (money(inv.amount_due, currency)) } }
+                        @if inv.status != InvoiceStatus::Void {
+                            tr.total { th scope="row" colspan="8" { "Amount due" } td.num #invoice-due { (money(inv.amount_due, currency)) } }
+                        }
                     }
                 }
             }

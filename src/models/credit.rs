@@ -38,6 +38,8 @@ pub struct CreditMovement {
     #[serde(serialize_with = "serialize_period")]
     #[schema(value_type = Option<crate::domain::Period>)]
     pub period: Option<NaiveDate>,
+    /// An adjustment's invoice (the one whose void gave credit back).
+    pub invoice_id: Option<Uuid>,
     pub source: MovementSource,
     #[serde(skip)]
     pub recorded_by: Option<Uuid>,
@@ -68,11 +70,13 @@ pub struct Drawable {
 }
 
 impl CreditMovement {
+    /// The top-up recorded under `reference`, if any.
     pub async fn find_by_reference(
         conn: &mut AsyncPgConnection,
         reference: &str,
     ) -> QueryResult<Option<CreditMovement>> {
         credit_movements::table
+            .filter(credit_movements::kind.eq(MovementKind::TopUp))
             .filter(credit_movements::reference.eq(reference))
             .select(CreditMovement::as_select())
             .first(conn)

@@ -205,13 +205,38 @@ pub struct ClosedPeriod {
 /// Serialises closes across instances (held for the closing transaction).
 const CLOSE_LOCK_KEY: i64 = 0x7061_7967_636c_6f73; // "paygclos"
 
+/// With a period's key, the lock one period's close holds against the
+/// flushes that draw credit for it (two-key advisory locks: this class,
+/// then `period_lock_key`).
+const PERIOD_CLOSE_LOCK_CLASS: i32 = 0x7063_6c6f; // "pclo"
+
+/// A period as an advisory-lock key: its year and month, 202612.
+fn period_lock_key(period: Period) -> i32 {
+    use chrono::Datelike;
+    let day = period.first_day();
+    day.year() * 100 + i32::try_from(day.month()).unwrap_or(0)
+}
+
 impl ClosedPeriod {
-    /// Holds off closes until the transaction ends (the close lock, shared):
-    /// a close then waits for this transaction, and this transaction sees a
-    /// close that committed before it took the lock.
-    pub async fn hold_off_close(conn: &mut AsyncPgConnection) -> QueryResult<()> {
-        diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1)")
-            .bind::<diesel::sql_types::BigInt, _>(CLOSE_LOCK_KEY)
+    /// Holds off the close of `period` until the transaction ends (that
+    /// period's close lock, shared): its close then waits for this
+    /// transaction, and this transaction sees a close that committed before
+    /// it took the lock. Closes of other periods are not held off.
+    pub async fn hold_off_close_of(conn: &mut AsyncPgConnection, period: Period) -> QueryResult<()> {
+        diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1, $2)")
+            .bind::<diesel::sql_types::Integer, _>(PERIOD_CLOSE_LOCK_CLASS)
+            .bind::<diesel::sql_types::Integer, _>(period_lock_key(period))
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    /// Takes `period`'s close lock (exclusive) until the transaction ends:
+    /// flushes drawing credit for the period wait, and are waited for.
+    pub async fn lock_period_for_close(conn: &mut AsyncPgConnection, period: Period) -> QueryResult<()> {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind::<diesel::sql_types::Integer, _>(PERIOD_CLOSE_LOCK_CLASS)
+            .bind::<diesel::sql_types::Integer, _>(period_lock_key(period))
             .execute(conn)
             .await
             .map(|_| ())

@@ -34,8 +34,9 @@ pub struct PaymentEvent {
     /// Required for `payment.succeeded`.
     #[schema(value_type = Option<ProviderText>, inline)]
     invoice_number: Option<String>,
-    /// Required for `credits.purchased`: the user the credit is for.
-    user_id: Option<Uuid>,
+    /// Required for `credits.purchased`: the id of the user the credit is for.
+    #[schema(value_type = Option<Uuid>)]
+    user_id: Option<String>,
     /// Required for both: a decimal string.
     #[serde(default, with = "crate::domain::currency::decimal_string_option")]
     #[schema(value_type = Option<DecimalString>, inline)]
@@ -177,6 +178,9 @@ async fn credits_purchased(state: &AppState, id: EventId, event: PaymentEvent) -
             "credits.purchased needs user_id, amount, currency and reference",
         ));
     };
+    let user_id: Uuid = user_id
+        .parse()
+        .map_err(|_| ApiError::validation("user_id must be a user's id (a UUID)"))?;
     let input = TopUpInput {
         amount,
         currency: Some(currency.parse::<Currency>()?),

@@ -275,14 +275,31 @@ async fn usage_draws_on_credit_as_it_is_flushed_and_the_invoice_shows_what_is_du
         (&json!("paid"), &json!("0.00"))
     );
 
-    // Voiding an invoice gives back the credit it applied.
+    // Paid by credit alone, an invoice can still be voided: its credit
+    // comes back, and nothing is due on it.
     let covered_id = covered["id"].as_str().unwrap();
     let before: Value = app.get_json("/api/v1/credits", &fully.token).await;
     assert_eq!(before["balance"], "0.70");
-    // A paid invoice cannot be voided; an issued one can (see below).
     let res = app
         .post_auth(
             &format!("/api/v1/finance/invoices/{covered_id}/void"),
+            &finance.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let voided: Value = res.json().await.unwrap();
+    assert_eq!(
+        (&voided["status"], &voided["amount_due"]),
+        (&json!("void"), &json!("0"))
+    );
+    let after: Value = app.get_json("/api/v1/credits", &fully.token).await;
+    assert_eq!(after["balance"], "1.00", "{after}");
+    assert_eq!(after["movements"][0]["invoice_id"], json!(covered_id));
+    // An invoice someone paid cannot be voided.
+    let res = app
+        .post_auth(
+            &format!("/api/v1/finance/invoices/{id}/void"),
             &finance.token,
             &json!({}),
         )
@@ -385,8 +402,38 @@ async fn the_payment_webhook_adds_credit_once_per_event_and_reference() {
     .await
     .unwrap();
     assert_eq!(res.status(), 400, "no user_id");
+    let res = send(
+        json!({"id": "evt_c5", "type": "credits.purchased", "user_id": "cus_123", "amount": "1.00",
+                          "currency": "USD", "reference": "ch_3"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 400, "not a user's id");
+    assert_eq!(error_code(res).await, "validation_failed");
+    // Other event types are acknowledged whatever their user_id looks like.
+    let res = send(json!({"id": "evt_c6", "type": "customer.updated", "user_id": "cus_123"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
     let ledger: Value = app.get_json("/api/v1/credits", &user.token).await;
     assert_eq!(ledger["balance"], "10.00");
+}
+
+/// Eight identical top-ups at once: one adds the credit, the others find
+/// it (the reference's unique index settles the race).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_top_ups_with_one_reference_add_credit_once() {
+    let (app, _clock) = app_at("2026-03-10T00:00:00Z").await;
+    let finance = app.user_with_role("finance").await;
+    let user = app.new_user().await;
+    let body = json!({"amount": "3.00", "reference": "wire-race"});
+    let tries = (0..8).map(|_| top_up(&app, &finance, user.id, body.clone()));
+    let answers = futures_util::future::join_all(tries).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 201]);
+    let ledger: Value = app.get_json("/api/v1/credits", &user.token).await;
+    assert_eq!((&ledger["balance"], &ledger["total"]), (&json!("3.00"), &json!(1)));
 }
 
 /// Property: whatever happens — top-ups, calls at random prices, closes,
@@ -466,6 +513,18 @@ async fn the_balance_is_always_the_sum_of_the_ledger() {
             );
             assert!(credit <= total && due == total - credit, "{invoice}");
             credited += usize::from(credit > Decimal::ZERO);
+            let drawn = app
+                .sql_row(&format!(
+                    "SELECT coalesce(sum(-amount), 0)::text AS a, '' AS b FROM credit_movements \
+                     WHERE user_id = '{}' AND kind = 'usage' AND period = DATE '2026-{month:02}-01'",
+                    user.id
+                ))
+                .await;
+            assert_eq!(
+                credit,
+                drawn[0].parse::<Decimal>().unwrap(),
+                "the invoice applies what the month drew"
+            );
             let id = invoice["id"].as_str().unwrap();
             match rng.random_range(0..3) {
                 0 if invoice["status"] == "issued" => {
