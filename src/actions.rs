@@ -341,15 +341,14 @@ pub async fn credit_ledger(
     page: i64,
     per_page: i64,
 ) -> Result<CreditLedger, ApiError> {
-    use crate::models::credit::{self, CreditMovement};
+    use crate::models::credit::CreditMovement;
     if page < 1 || !(1..=500).contains(&per_page) {
         return Err(ApiError::validation("page must be ≥ 1 and per_page between 1 and 500"));
     }
     let mut conn = conn(state).await?;
-    let balance = credit::balance(&mut conn, user_id)
+    let (balance, movements, total) = CreditMovement::ledger_page(&mut conn, user_id, page, per_page)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    let (movements, total) = CreditMovement::page_for_user(&mut conn, user_id, page, per_page).await?;
     Ok(CreditLedger {
         user_id,
         balance,

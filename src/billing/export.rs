@@ -51,7 +51,7 @@ impl ExportFormat {
 /// export names: `quantity` = calls, `failed_quantity` = failed calls,
 /// `free_quantity` = free calls, `charged_quantity` = charged calls (what
 /// `line_amount` charges for).
-pub const CSV_HEADER: [&str; 20] = [
+pub const CSV_HEADER: [&str; 23] = [
     "invoice_number",
     "user_email",
     "billing_name",
@@ -72,6 +72,9 @@ pub const CSV_HEADER: [&str; 20] = [
     "issued_at",
     "due_at",
     "price_effective_from",
+    "invoice_credit_applied",
+    "invoice_amount_paid",
+    "invoice_amount_due",
 ];
 
 /// One row of the JSON export: an invoice line with its invoice's facts
@@ -108,6 +111,18 @@ pub struct ExportJsonRow<'a> {
     /// When the line's price version started (one line per API and
     /// version); empty when no price was in force (free).
     pub price_effective_from: Option<DateTime<Utc>>,
+    /// Prepaid credit the invoice applied at the close.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub invoice_credit_applied: Decimal,
+    /// Payments recorded against it so far.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub invoice_amount_paid: Decimal,
+    /// What it still asks for: total − credit applied − paid (0 once void).
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub invoice_amount_due: Decimal,
 }
 
 impl<'a> From<&'a ExportRow> for ExportJsonRow<'a> {
@@ -133,6 +148,9 @@ impl<'a> From<&'a ExportRow> for ExportJsonRow<'a> {
             issued_at: row.issued_at,
             due_at: row.due_at,
             price_effective_from: row.price_effective_from,
+            invoice_credit_applied: row.invoice_credit_applied,
+            invoice_amount_paid: row.invoice_amount_paid,
+            invoice_amount_due: row.invoice_amount_due,
         }
     }
 }
@@ -208,6 +226,9 @@ impl CsvChunk {
         self.text(&r.issued_at.to_rfc3339())?;
         self.text(&r.due_at.to_rfc3339())?;
         self.text(&r.price_effective_from.map(|at| at.to_rfc3339()).unwrap_or_default())?;
+        self.display(r.invoice_credit_applied)?;
+        self.display(r.invoice_amount_paid)?;
+        self.display(r.invoice_amount_due)?;
         self.writer.write_record(None::<&[u8]>)
     }
 
@@ -398,6 +419,9 @@ mod tests {
             issued_at: at("2026-04-01T00:11:00Z"),
             due_at: at("2026-04-15T00:11:00.25Z"),
             price_effective_from: Some(at("2026-03-01T00:00:00Z")),
+            invoice_credit_applied: dec!(2.50),
+            invoice_amount_paid: dec!(0),
+            invoice_amount_due: dec!(10.00),
         }
     }
 
@@ -411,7 +435,7 @@ mod tests {
             format!(
                 "{}\r\nINV-2026-000001,a@example.com,Ann,,GB,,2026-03,issued,tools-uuid,\
                  1005,5,5,995,0.0010,1.00,12.50,USD,2026-04-01T00:11:00+00:00,2026-04-15T00:11:00.250+00:00,\
-                 2026-03-01T00:00:00+00:00\r\n",
+                 2026-03-01T00:00:00+00:00,2.50,0,10.00\r\n",
                 CSV_HEADER.join(",")
             )
         );

@@ -244,7 +244,7 @@ pub async fn list_invoices(signed: Signed, query: web::Query<SearchQuery>) -> Pa
                 div.scroll { table #finance-invoices {
                     thead { tr {
                         th scope="col" { "Number" } th scope="col" { "Period" } th scope="col" { "Billed to" }
-                        th.num scope="col" { "Total" } th.num scope="col" { "Paid" } th scope="col" { "Status" }
+                        th.num scope="col" { "Total" } th.num scope="col" { "Paid" } th.num scope="col" { "Due" } th scope="col" { "Status" }
                     } }
                     tbody { @for inv in &found { tr {
                         td { a href={"/console/finance/invoices/" (inv.id)} { (inv.number) } }
@@ -252,6 +252,7 @@ pub async fn list_invoices(signed: Signed, query: web::Query<SearchQuery>) -> Pa
                         td data-label="Billed to" { (inv.billing_email) }
                         td.num data-label="Total" { (money(inv.total, &inv.currency)) }
                         td.num data-label="Paid" { (money(inv.amount_paid, &inv.currency)) }
+                        td.num data-label="Due" { (money(inv.amount_due, &inv.currency)) }
                         td data-label="Status" { span class={"badge " (inv.status)} { (inv.status) } }
                     } } }
                 } }

@@ -127,6 +127,28 @@ impl CreditMovement {
         Ok((rows, total))
     }
 
+    /// The user's balance and a page of their movements (newest first) with
+    /// their count, read in one snapshot so the page adds up to the balance
+    /// it shows; `None` for an unknown user.
+    pub async fn ledger_page(
+        conn: &mut AsyncPgConnection,
+        user_id: Uuid,
+        page: i64,
+        per_page: i64,
+    ) -> QueryResult<Option<(Decimal, Vec<CreditMovement>, i64)>> {
+        conn.build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run(async |conn| {
+                let Some(balance) = balance(conn, user_id).await? else {
+                    return Ok(None);
+                };
+                let (movements, total) = CreditMovement::page_for_user(conn, user_id, page, per_page).await?;
+                Ok(Some((balance, movements, total)))
+            })
+            .await
+    }
+
     /// What `user_id`'s usage in `period` drew from credit (≥ 0).
     pub async fn drawn(conn: &mut AsyncPgConnection, user_id: Uuid, period: Period) -> QueryResult<Decimal> {
         let amount: Option<Decimal> = credit_movements::table

@@ -183,6 +183,9 @@ pub struct ExportRow {
     pub issued_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
     pub price_effective_from: Option<DateTime<Utc>>,
+    pub invoice_credit_applied: Decimal,
+    pub invoice_amount_paid: Decimal,
+    pub invoice_amount_due: Decimal,
 }
 
 /// One page of the export: the rows of whole invoices, and the invoice
@@ -607,6 +610,9 @@ impl Invoice {
                 invoices::issued_at,
                 invoices::due_at,
                 invoice_lines::price_effective_from,
+                invoices::credit_applied,
+                invoices::amount_paid,
+                invoices::amount_due,
             ))
             .load(conn)
             .await

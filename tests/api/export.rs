@@ -75,7 +75,7 @@ async fn closed_period_with_many_invoices() -> (TestApp, String) {
 
 /// The columns of an export row, in CSV order, as finance reads them; the
 /// JSON export has exactly these fields.
-const COLUMNS: [&str; 20] = [
+const COLUMNS: [&str; 23] = [
     "invoice_number",
     "user_email",
     "billing_name",
@@ -96,6 +96,9 @@ const COLUMNS: [&str; 20] = [
     "issued_at",
     "due_at",
     "price_effective_from",
+    "invoice_credit_applied",
+    "invoice_amount_paid",
+    "invoice_amount_due",
 ];
 
 /// One user of `closed_period_with_many_invoices`, as the SQL there made them.
@@ -175,6 +178,9 @@ fn expected_row(user: &Seeded, slug: &str) -> BTreeMap<&'static str, Value> {
         ("line_amount", json!(amount.to_string())),
         ("invoice_total", json!(total.to_string())),
         ("currency", json!("USD")),
+        ("invoice_credit_applied", json!("0")),
+        ("invoice_amount_paid", json!("0")),
+        ("invoice_amount_due", json!(total.to_string())),
     ])
 }
 
