@@ -6,13 +6,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use payg::domain::ManualClock;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    PASSWORD, Registered, TestApp, TestDb, error_code, eventually, scalar_i64, statuses_of_concurrent,
+    PASSWORD, Registered, TestApp, TestDb, at, error_code, eventually, scalar_i64, statuses_of_concurrent,
 };
 
 const DEADLINE: Duration = Duration::from_secs(2);
@@ -474,10 +473,6 @@ async fn a_role_or_status_change_reaches_another_instance_on_the_next_call() {
         (shown["role"].as_str(), shown["status"].as_str()),
         (Some("finance"), Some("active"))
     );
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,18 +8,7 @@ use rand::{RngExt, SeedableRng};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::helpers::{Registered, TestApp, TestDb, api_id, error_code, scalar_i64};
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn dec(v: &Value) -> Decimal {
-    v.as_str()
-        .unwrap_or_else(|| panic!("decimal as string, got {v}"))
-        .parse()
-        .unwrap()
-}
+use crate::helpers::{Registered, TestApp, TestDb, api_id, at, dec, error_code, scalar_i64};
 
 /// An app whose clock stands at `now`; the automatic close is pushed far
 /// out so only the test closes periods.

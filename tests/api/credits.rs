@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use payg::domain::ManualClock;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -13,20 +12,9 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Registered, TestApp, api_id, error_code};
+use crate::helpers::{Registered, TestApp, api_id, at, dec, error_code};
 
 const SECRET: &str = "whsec_test_credits_0123456789abcdef";
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
-fn dec(v: &Value) -> Decimal {
-    v.as_str()
-        .unwrap_or_else(|| panic!("a decimal string, got {v}"))
-        .parse()
-        .unwrap()
-}
 
 async fn app_at(now: &str) -> (TestApp, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(at(now)));

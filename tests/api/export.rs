@@ -2,20 +2,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use payg::domain::ManualClock;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Value, json};
 
-use crate::helpers::{TEST_JWT_SECRET, TestApp, scalar_i64};
+use crate::helpers::{TEST_JWT_SECRET, TestApp, at, scalar_i64};
 
 const USERS: i64 = 10_000;
 /// Set for the test's app, so the due date is the test's own expectation.
 const DUE_DAYS: i64 = 14;
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
 
 /// 2026-03 prices: (slug, unit price, free calls a month). Free calls make
 /// charged calls (calls − failed − free) differ from billable ones.

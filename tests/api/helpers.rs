@@ -644,6 +644,21 @@ pub fn this_period() -> String {
 /// Polls `check` every 20 ms until it holds or `deadline` passes, and says
 /// whether it held: for what reaches another instance asynchronously (a
 /// push), asserted with a generous deadline rather than timed.
+/// An RFC 3339 instant, as the tests write them.
+pub fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+/// A decimal string of a JSON body, as a `Decimal`.
+pub fn dec(v: &Value) -> rust_decimal::Decimal {
+    v.as_str()
+        .unwrap_or_else(|| panic!("a decimal string, got {v}"))
+        .parse()
+        .unwrap()
+}
+
 pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,

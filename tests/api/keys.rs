@@ -552,8 +552,18 @@ async fn with_redis_down_calls_are_still_served_logins_wait_and_everything_resum
     let (leaving, leaving_refresh) = login_pair(&app, &user.email).await;
 
     redis.stop();
-    // Outside metered calls access tokens fail closed: a logged-out session
-    // could not be told apart. API keys never needed Redis.
+    // Outside metered calls access tokens fail closed — once the instance
+    // has noticed (the dropped subscription, or at the latest
+    // HEARING_BOUND without a word from Redis): a logged-out session could
+    // not be told apart. API keys never needed Redis.
+    let noticed = eventually(HEARING_BOUND + Duration::from_secs(1), || async {
+        app.get_auth("/api/v1/finance/invoices", &finance.token).await.status() == 503
+    })
+    .await;
+    assert!(
+        noticed,
+        "access tokens still accepted {HEARING_BOUND:?} after Redis went away"
+    );
     for (path, token) in [
         ("/api/v1/finance/invoices", &finance.token),
         ("/api/v1/me", &user.token),

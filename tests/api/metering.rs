@@ -2,14 +2,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use payg::billing::usage_cost::{self, BatchOutcome};
 use payg::domain::{Day, ManualClock, Period};
 use payg::models::usage::{FlushId, UsageDelta, UsageKey};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Registered, TestApp, TestDb, api_id, error_code, total_calls, usage_of};
+use crate::helpers::{Registered, TestApp, TestDb, api_id, at, error_code, total_calls, usage_of};
 
 pub(crate) fn this_period() -> String {
     Period::containing(Utc::now(), chrono_tz::Tz::UTC)
@@ -269,10 +269,6 @@ async fn graceful_shutdown_flushes_everything_pending() {
     assert_eq!(total_calls(&app.db).await, 0, "nothing flushed before shutdown");
     app.shutdown().await;
     assert_records_match(&app.db, &users, &tally).await;
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,14 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use payg::domain::ManualClock;
 use payg::routes::tools::TOOL_ROUTES;
 use payg::routes::{API_PREFIX, API_ROUTES, ROOT_ROUTES, TOOLS_PREFIX};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{PASSWORD, TestApp, api_id};
+use crate::helpers::{PASSWORD, TestApp, api_id, at};
 
 /// Routes whose answers are not the error envelope's business.
 const PROBES: &[(&str, &str)] = &[("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/api/v1/openapi.json")];
@@ -419,10 +418,6 @@ impl<'a> Coverage<'a> {
         assert!((200..300).contains(&status));
         self.checked.insert((method.to_owned(), path.to_owned()));
     }
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
 const WEBHOOK_SECRET: &str = "whsec_spec_0123456789abcdef0123456789";

@@ -5,15 +5,11 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
 use payg::domain::ManualClock;
 use serde_json::{Value, json};
 
-use crate::helpers::{Registered, TestApp, TestDb, api_id, error_code};
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
+use crate::helpers::{Registered, TestApp, TestDb, api_id, at, error_code};
 
 async fn calls(app: &TestApp, user: &Registered, times: usize) {
     for _ in 0..times {

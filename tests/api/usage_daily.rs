@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use chrono_tz::Tz;
 use payg::billing::usage_cost::{self, BatchOutcome, Settlement};
 use payg::domain::{Currency, Day, ManualClock};
@@ -18,13 +18,9 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Registered, TestApp, TestDb, api_id, error_code, scalar_i64, usage_of};
+use crate::helpers::{Registered, TestApp, TestDb, api_id, at, error_code, scalar_i64, usage_of};
 
 const OSLO: Tz = chrono_tz::Europe::Oslo;
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
 
 /// An app billing in Oslo on a clock the test moves.
 async fn oslo_app(mode: &str, now: &str) -> (TestApp, Arc<ManualClock>) {
