@@ -22,6 +22,14 @@ use crate::models::user::{NewUser, Role, User};
 use crate::redis_store::{DeniedId, LoginLimits};
 
 /// A database connection from the pool, or 503.
+/// The paging every listing takes: `page` from 1, `per_page` from 1 to 500.
+pub fn check_paging(page: i64, per_page: i64) -> Result<(), ApiError> {
+    if page < 1 || !(1..=500).contains(&per_page) {
+        return Err(ApiError::validation("page must be ≥ 1 and per_page between 1 and 500"));
+    }
+    Ok(())
+}
+
 async fn conn(state: &AppState) -> Result<crate::db::DbConn, ApiError> {
     Ok(state.db.get().await?)
 }
@@ -342,9 +350,7 @@ pub async fn credit_ledger(
     per_page: i64,
 ) -> Result<CreditLedger, ApiError> {
     use crate::models::credit::CreditMovement;
-    if page < 1 || !(1..=500).contains(&per_page) {
-        return Err(ApiError::validation("page must be ≥ 1 and per_page between 1 and 500"));
-    }
+    check_paging(page, per_page)?;
     let mut conn = conn(state).await?;
     let (balance, movements, total) = CreditMovement::ledger_page(&mut conn, user_id, page, per_page)
         .await?
@@ -491,9 +497,7 @@ pub async fn find_users(
     page: i64,
     per_page: i64,
 ) -> Result<(Vec<crate::models::user::UserSummary>, i64), ApiError> {
-    if page < 1 || !(1..=500).contains(&per_page) {
-        return Err(ApiError::validation("page must be ≥ 1 and per_page between 1 and 500"));
-    }
+    check_paging(page, per_page)?;
     // Stored emails are lower-cased and in NFC: look for the same spelling.
     let email = email_part.map(|part| Email::canonical(part.as_str()));
     let mut conn = conn(state).await?;

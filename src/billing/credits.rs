@@ -4,6 +4,8 @@
 //! voided. Every movement is written with its balance change in its
 //! cause's transaction (`models::credit`).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -12,7 +14,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::domain::{Currency, Period};
-use crate::models::credit::{self, CreditMovement, MovementKind, MovementSource};
+use crate::models::credit::{self, CreditMovement, Drawable, MovementKind, MovementSource};
 use crate::models::invoice::{ClosedPeriod, WebhookEvent};
 
 #[derive(Debug, Clone)]
@@ -201,10 +203,12 @@ pub async fn draw_for_usage(
             closed.push(period);
         }
     }
+    let drawable: HashMap<(Uuid, Period), Drawable> =
+        drawable.into_iter().map(|d| ((d.user_id, d.period), d)).collect();
     let mut draws: Vec<(Uuid, Period, Decimal)> = Vec::new();
     let mut balance: Option<(Uuid, Decimal)> = None;
     for ((user_id, period), change) in changes {
-        let Some(found) = drawable.iter().find(|d| d.user_id == *user_id && d.period == *period) else {
+        let Some(found) = drawable.get(&(*user_id, *period)) else {
             continue;
         };
         if closed.contains(period) {
@@ -253,12 +257,6 @@ pub async fn give_back_on_void(
         updated_at: now,
     };
     CreditMovement::insert(conn, &movement).await.map(|_| ())
-}
-
-/// What `user_id`'s usage in `period` drew from credit: what its invoice
-/// applies.
-pub async fn applied_to(conn: &mut AsyncPgConnection, user_id: Uuid, period: Period) -> Result<Decimal, DieselError> {
-    CreditMovement::drawn(conn, user_id, period).await
 }
 
 #[cfg(test)]

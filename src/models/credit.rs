@@ -149,19 +149,6 @@ impl CreditMovement {
             .await
     }
 
-    /// What `user_id`'s usage in `period` drew from credit (≥ 0).
-    pub async fn drawn(conn: &mut AsyncPgConnection, user_id: Uuid, period: Period) -> QueryResult<Decimal> {
-        let amount: Option<Decimal> = credit_movements::table
-            .filter(credit_movements::user_id.eq(user_id))
-            .filter(credit_movements::kind.eq(MovementKind::Usage))
-            .filter(credit_movements::period.eq(period.first_day()))
-            .select(credit_movements::amount)
-            .first(conn)
-            .await
-            .optional()?;
-        Ok(-amount.unwrap_or_default())
-    }
-
     /// What each user's usage in `period` drew from credit (users that drew
     /// nothing are left out).
     pub async fn drawn_in_period(
@@ -281,14 +268,4 @@ pub async fn balance(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult
         .first(conn)
         .await
         .optional()
-}
-
-/// The sum of the user's ledger (what the balance must equal).
-pub async fn ledger_sum(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Decimal> {
-    let sum: Option<Decimal> = credit_movements::table
-        .filter(credit_movements::user_id.eq(user_id))
-        .select(diesel::dsl::sum(credit_movements::amount))
-        .first(conn)
-        .await?;
-    Ok(sum.unwrap_or_default())
 }

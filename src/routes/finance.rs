@@ -132,9 +132,7 @@ pub async fn list_invoices(
     }
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(50);
-    if page < 1 || !(1..=500).contains(&per_page) {
-        return Err(ApiError::validation("page must be ≥ 1 and per_page between 1 and 500"));
-    }
+    actions::check_paging(page, per_page)?;
     let mut conn = conn(&state.db).await?;
     let (invoices, total) = Invoice::search(&mut conn, &filter, page, per_page).await?;
     Ok(HttpResponse::Ok().json(json!({
