@@ -14,6 +14,10 @@
 #   limited  PAYG_METER_MODE=batched, JWT,     rate limiting on
 #   apikey   PAYG_METER_MODE=batched, API key, rate limiting on
 #   durable  PAYG_METER_MODE=durable, JWT,     rate limiting off
+#   capped   PAYG_METER_MODE=batched, JWT,     rate limiting off, every user
+#            with a spending cap too high to refuse (CAP_HIGH): every call
+#            reserves its price from budget leased from PostgreSQL (the
+#            baseline of its "cost of enforcement" is batched)
 # Every metered mode calls GET /api/v1/tools/uuid. "Rate limiting on" is a
 # limit too high to refuse anything (RATE_LIMIT_HIGH per minute and as
 # burst), so every call goes through the leased GCRA budget.
@@ -41,7 +45,7 @@
 #   CONNECTIONS=64      keep-alive connections of the load generator
 #   WARMUP=2            warm-up seconds before each measured window
 #   SCENARIOS="hot spread"  which scenarios to run
-#   MODES="healthz off batched limited apikey durable"  which modes to run
+#   MODES="healthz off batched limited apikey durable capped"  which modes to run
 #                       (off is required: the baseline of every ratio)
 #   ROUNDS=3            rounds of all modes per scenario; the table and the
 #                       ratios use the median req/s (p50, p99) over rounds
@@ -70,6 +74,9 @@ LOGOUT_SAMPLES=${LOGOUT_SAMPLES:-200}
 # high (one call per µs, payg's finest step) in healthz, limited and apikey.
 RATE_LIMIT_HIGH=60000000  # PAYG_RATE_LIMIT_PER_MINUTE and _BURST when on
 ENDPOINT=/api/v1/tools/uuid
+# The capped mode's spending cap: far above what any run can spend at the
+# seeded 0.001 a call, so nothing is refused and every call still reserves.
+CAP_HIGH=1000000000
 # A Redis of the benchmark's own, so its command count is the servers' alone.
 REDIS_HOST=127.0.0.1
 REDIS_PORT=${BENCH_REDIS_PORT:-18087}
@@ -83,19 +90,21 @@ for i in "${!SCENARIOS[@]}"; do
     *) echo "bench: error: unknown scenario ${SCENARIOS[$i]@Q} (hot, spread)" >&2; exit 1 ;;
   esac
 done
-read -r -a MODES <<<"${MODES:-healthz off batched limited apikey durable}"
+read -r -a MODES <<<"${MODES:-healthz off batched limited apikey durable capped}"
 [[ " ${MODES[*]} " == *" off "* ]] || { echo "bench: error: MODES must include off (the baseline)" >&2; exit 1; }
 # mode → PAYG_METER_MODE, loadgen --auth, PAYG_RATE_LIMIT_PER_MINUTE, path
 declare -A METER_OF=([healthz]=batched [off]=off [batched]=batched [limited]=batched [apikey]=batched
-  [durable]=durable)
-declare -A AUTH_OF=([healthz]=none [off]=jwt [batched]=jwt [limited]=jwt [apikey]=api-key [durable]=jwt)
+  [durable]=durable [capped]=batched)
+declare -A AUTH_OF=([healthz]=none [off]=jwt [batched]=jwt [limited]=jwt [apikey]=api-key [durable]=jwt
+  [capped]=jwt)
 declare -A LIMIT_OF=([healthz]=$RATE_LIMIT_HIGH [off]=0 [batched]=0 [limited]=$RATE_LIMIT_HIGH
-  [apikey]=$RATE_LIMIT_HIGH [durable]=0)
+  [apikey]=$RATE_LIMIT_HIGH [durable]=0 [capped]=0)
 declare -A PATH_OF=([healthz]=/healthz)
 declare -A DESCRIBE=([healthz]="GET /healthz (same binary)" [off]="off (JWT)" [batched]="batched (JWT)"
-  [limited]="batched + rate limit (JWT)" [apikey]="batched + rate limit (API key)" [durable]="durable (JWT)")
+  [limited]="batched + rate limit (JWT)" [apikey]="batched + rate limit (API key)" [durable]="durable (JWT)"
+  [capped]="batched + spending cap (JWT)")
 for m in "${MODES[@]}"; do
-  [ -n "${METER_OF[$m]:-}" ] || { echo "bench: error: unknown mode ${m@Q} (healthz off batched limited apikey durable)" >&2; exit 1; }
+  [ -n "${METER_OF[$m]:-}" ] || { echo "bench: error: unknown mode ${m@Q} (healthz off batched limited apikey durable capped)" >&2; exit 1; }
 done
 command -v redis-cli >/dev/null 2>&1 || die "redis-cli is required (Redis commands per call)"
 # The commands payg sent (round trips), from INFO commandstats: Redis also
@@ -210,6 +219,9 @@ FROM generate_series(1, $users) AS g
 RETURNING id;
 SQL
   [ "$(grep -c . "$dir/users.txt")" -eq "$users" ] || die "$tag: expected $users user ids"
+  if [ "$mode" = capped ]; then
+    psql_on "$db" -qc "UPDATE users SET cap_user = $CAP_HIGH" >/dev/null
+  fi
 
   # Run from $dir so no developer .env is picked up.
   (cd "$dir" && exec env DATABASE_URL="$url" JWT_SECRET="$JWT_SECRET_BENCH" RUST_LOG=warn \
@@ -381,15 +393,17 @@ label_of() { echo "$1 ($2 user$([ "$2" -eq 1 ] || echo s))"; }
 # One row per scenario and mode: median req/s, p50 and p99 over the rounds,
 # the ratios of the medians, Redis commands and PostgreSQL transactions per
 # call (medians), ok summed, exact only if every round was.
-declare -A MED_RPS MED_P99
+declare -A MED_RPS MED_P50 MED_P99
 for entry in "${SCENARIOS[@]}"; do
   scenario=${entry%%:*}
   for mode in "${MODES[@]}"; do
-    rps=() p99=()
+    rps=() p50=() p99=()
     for ((round = 1; round <= ROUNDS; round++)); do
-      rps+=("${RPS[$scenario,$mode,$round]}") p99+=("${P99[$scenario,$mode,$round]}")
+      rps+=("${RPS[$scenario,$mode,$round]}") p50+=("${P50[$scenario,$mode,$round]}")
+      p99+=("${P99[$scenario,$mode,$round]}")
     done
     MED_RPS[$scenario,$mode]=$(median "${rps[@]}")
+    MED_P50[$scenario,$mode]=$(median "${p50[@]}")
     MED_P99[$scenario,$mode]=$(median "${p99[@]}")
   done
 done
@@ -472,6 +486,11 @@ for entry in "${SCENARIOS[@]}"; do
   if has_mode durable; then
     target_ratio "$scenario" durable off 0.5
     target_p99 "$scenario" durable off 10000
+  fi
+  if has_mode capped && has_mode batched; then
+    target_ratio "$scenario" capped batched 0.9
+    added=$((MED_P50[$scenario,capped] - MED_P50[$scenario,batched]))
+    echo "$scenario: target p50 added (capped over batched) <= $(us 1000): $(us "$added"), $(verdict "$((added <= 1000))")"
   fi
 done
 if [ -n "$LOGOUT_RESULT" ]; then

@@ -339,7 +339,54 @@ pub async fn top_up_credit(
 ) -> Result<crate::billing::credits::ToppedUp, ApiError> {
     let mut conn = conn(state).await?;
     let currency = state.config.billing.currency;
-    Ok(crate::billing::credits::top_up(&mut conn, user_id, input, currency, state.now()).await?)
+    let outcome = crate::billing::credits::top_up(&mut conn, user_id, input, currency, state.now()).await?;
+    if let crate::billing::credits::ToppedUp::Created(_) = outcome {
+        // A prepaid-only user refused for want of credit is asked again.
+        state.authenticator.user_changed(user_id).await;
+    }
+    Ok(outcome)
+}
+
+/// Who changes a spending cap, and to what.
+#[derive(Debug, Clone, Copy)]
+pub enum CapChange {
+    /// The user's own cap (`None`: removed). Under finance's cap, only lower.
+    Own(Option<rust_decimal::Decimal>),
+    /// Finance's cap (`None`: removed), and prepaid-only when given.
+    Finance {
+        amount: Option<rust_decimal::Decimal>,
+        prepaid_only: Option<bool>,
+    },
+}
+
+/// Changes a spending cap, then tells every instance: a lease granted
+/// before the change is renewed on its next call there (a lowered cap
+/// applies at once), and a user who is now capped (or no longer) is read
+/// again.
+pub async fn change_spending_cap(
+    state: &AppState,
+    user_id: Uuid,
+    change: CapChange,
+) -> Result<crate::billing::caps::SpendingCap, ApiError> {
+    use crate::billing::caps;
+    let currency = state.config.billing.currency;
+    let mut conn = conn(state).await?;
+    match change {
+        CapChange::Own(amount) => caps::set_own(&mut conn, user_id, caps::check_amount(amount, currency)?).await?,
+        CapChange::Finance { amount, prepaid_only } => {
+            let amount = caps::check_amount(amount, currency)?;
+            caps::set_by_finance(&mut conn, user_id, amount, prepaid_only).await?;
+        }
+    }
+    state.authenticator.user_changed(user_id).await;
+    Ok(caps::view(&mut conn, user_id, state.current_period(), currency, state.now()).await?)
+}
+
+/// A user's spending cap and this period's charge under it.
+pub async fn spending_cap(state: &AppState, user_id: Uuid) -> Result<crate::billing::caps::SpendingCap, ApiError> {
+    let mut conn = conn(state).await?;
+    let currency = state.config.billing.currency;
+    Ok(crate::billing::caps::view(&mut conn, user_id, state.current_period(), currency, state.now()).await?)
 }
 
 /// A user's credit: balance and one page of the ledger, newest first.

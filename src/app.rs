@@ -19,6 +19,7 @@ use crate::db::{self, DbPool};
 use crate::domain::{Clock, Period};
 use crate::gateway::TlsSettings;
 use crate::metering::rate_limit::RateLimiter;
+use crate::metering::spend::SpendLimiter;
 use crate::metering::{Catalog, Meter, Metering};
 use crate::models::Api;
 use crate::redis_store::RedisStore;
@@ -91,6 +92,12 @@ impl AppState {
             meter: meter.clone(),
             authenticator: authenticator.clone(),
             rate_limits: Arc::new(RateLimiter::new(config.rate_limit, redis.clone())),
+            spend: Arc::new(SpendLimiter::new(
+                meter.instance_id(),
+                db.clone(),
+                config.billing.currency,
+                config.billing_tz,
+            )),
             clock: clock.clone(),
             billing_tz: config.billing_tz,
             rate_limit_refusals: metrics.rate_limit_refusals.clone(),

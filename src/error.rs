@@ -17,6 +17,7 @@ use crate::auth::AuthError;
 use crate::auth::accounts::ChangeError;
 use crate::auth::password::PoolBusy;
 use crate::auth::sessions::SessionError;
+use crate::billing::caps::CapError;
 use crate::billing::close::CloseError;
 use crate::billing::credits::CreditError;
 use crate::billing::export::ExportError;
@@ -26,8 +27,10 @@ use crate::domain::currency::UnknownCurrency;
 use crate::domain::gateway::PathEscape;
 use crate::domain::period::{BadDayRange, BadPeriod};
 use crate::domain::pricing::{BadPriceStart, InvalidPrice, InvalidStart};
+use crate::domain::spend::SpendRefusal;
 use crate::domain::text::InvalidText;
 use crate::gateway::{UpstreamAnswer, UpstreamError};
+use crate::metering::spend::NotAdmitted;
 use crate::models::price::CancelError;
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -468,6 +471,38 @@ impl From<CancelError> for ApiError {
             e @ CancelError::NotFound => Self::not_found(e.to_string()),
             e @ CancelError::Started => Self::conflict("price_started", e.to_string()),
             CancelError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<CapError> for ApiError {
+    fn from(err: CapError) -> Self {
+        match err {
+            e @ CapError::UserNotFound => Self::not_found(e.to_string()),
+            e @ CapError::SetByFinance { .. } => Self::conflict("cap_set_by_finance", e.to_string()),
+            e @ CapError::BadAmount(_) => Self::validation(e.to_string()),
+            CapError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// A capped user's call that did not fit: 402, with what to do about it in
+/// the code; a cap that cannot be checked: 503, as a call that cannot be
+/// metered.
+impl From<NotAdmitted> for ApiError {
+    fn from(err: NotAdmitted) -> Self {
+        match err {
+            NotAdmitted::Refused(e @ SpendRefusal::CapReached) => {
+                Self::new(StatusCode::PAYMENT_REQUIRED, "spending_cap_reached", e.to_string())
+            }
+            NotAdmitted::Refused(e @ SpendRefusal::CreditsExhausted) => {
+                Self::new(StatusCode::PAYMENT_REQUIRED, "credits_exhausted", e.to_string())
+            }
+            NotAdmitted::Unavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metering_unavailable",
+                "the spending cap cannot be checked right now; the call was not served or billed, retry shortly",
+            ),
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::auth::revocations::PING_EVERY;
 use crate::billing::close::{CloseOutcome, periods_due_for_close};
 use crate::metering::Meter;
 use crate::metering::rate_limit::{RateLimiter, SWEEP_EVERY};
+use crate::metering::spend::{self, SpendLimiter};
 use crate::redis_store::{Event, RedisStore};
 
 /// How often the listener forgets expired deny-list entries and standings.
@@ -254,17 +255,48 @@ pub fn spawn_revocation_listener(
     })
 }
 
-/// Gives expired rate-limit leases' unused calls back every `SWEEP_EVERY`,
-/// and every lease's at shutdown (another instance may serve them).
-pub fn spawn_lease_sweeper(limiter: Arc<RateLimiter>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Gives expired rate-limit leases' unused calls and idle spending budget
+/// back every `SWEEP_EVERY`, and every lease's at shutdown (another
+/// instance may serve them).
+pub fn spawn_lease_sweeper(
+    limiter: Arc<RateLimiter>,
+    spend: Arc<SpendLimiter>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(SWEEP_EVERY) => limiter.sweep(false).await,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {
+                    limiter.sweep(false).await;
+                    spend.sweep(false).await;
+                }
                 _ = shutdown.changed() => {
                     limiter.sweep(true).await;
+                    spend.sweep(true).await;
                     return;
                 }
+            }
+        }
+    })
+}
+
+/// Spending caps' upkeep: the price maxima read again every
+/// `REFRESH_PRICES_EVERY` while capped users call, and this instance's
+/// heartbeat on its leases every `HEARTBEAT_EVERY` (reclaiming those of
+/// instances long silent).
+pub fn spawn_spend_upkeep(spend: Arc<SpendLimiter>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last_heartbeat: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(spend::REFRESH_PRICES_EVERY) => {
+                    spend.refresh_prices().await;
+                    if last_heartbeat.is_none_or(|at| at.elapsed() >= spend::HEARTBEAT_EVERY) {
+                        last_heartbeat = Some(std::time::Instant::now());
+                        spend.heartbeat().await;
+                    }
+                }
+                _ = shutdown.changed() => return,
             }
         }
     })

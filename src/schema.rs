@@ -213,6 +213,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    spend_leases (user_id, period, instance_id) {
+        user_id -> Uuid,
+        period -> Date,
+        instance_id -> Uuid,
+        held -> Numeric,
+        renewed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Uuid,
         email -> Text,
@@ -231,6 +241,9 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         credit_balance -> Numeric,
+        cap_user -> Nullable<Numeric>,
+        cap_finance -> Nullable<Numeric>,
+        prepaid_only -> Bool,
     }
 }
 
@@ -253,6 +266,7 @@ diesel::joinable!(payments -> users (recorded_by));
 diesel::joinable!(price_tiers -> prices (price_id));
 diesel::joinable!(prices -> apis (api_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
+diesel::joinable!(spend_leases -> users (user_id));
 diesel::joinable!(usage_records -> apis (api_id));
 diesel::joinable!(usage_records -> users (user_id));
 
@@ -270,6 +284,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     price_tiers,
     prices,
     refresh_tokens,
+    spend_leases,
     usage_daily,
     usage_prices,
     usage_records,

@@ -181,7 +181,12 @@ impl Application {
         let (shutdown_tx, shutdown_rx) = self.shutdown;
         let meter = self.state.meter.clone();
         let state = self.state.clone().into_inner();
-        let lease_sweeper = jobs::spawn_lease_sweeper(state.metering.rate_limits.clone(), shutdown_rx.clone());
+        let lease_sweeper = jobs::spawn_lease_sweeper(
+            state.metering.rate_limits.clone(),
+            state.metering.spend.clone(),
+            shutdown_rx.clone(),
+        );
+        let spend_upkeep = jobs::spawn_spend_upkeep(state.metering.spend.clone(), shutdown_rx.clone());
         let flusher = jobs::spawn_flusher(meter.clone(), state.config.meter.flush_interval, shutdown_rx.clone());
         let committer = (state.config.meter.mode == MeterMode::Durable)
             .then(|| jobs::spawn_group_committer(meter.clone(), shutdown_rx.clone()));
@@ -203,6 +208,7 @@ impl Application {
         let _ = catalog_refresh.await;
         let _ = key_revalidation.await;
         let _ = lease_sweeper.await;
+        let _ = spend_upkeep.await;
         let _ = self.revocation_listener.await;
         let lost = meter.drain(SHUTDOWN_GRACE).await;
         if lost == 0 {

@@ -76,6 +76,8 @@ pub struct Caller {
     /// Has an invoice unpaid past its due date plus the overdue grace:
     /// metered APIs refuse such a caller with 402 until it is paid.
     pub overdue: bool,
+    /// A spending cap (or prepaid-only) applies to the caller's calls.
+    pub capped: bool,
     pub credential: Credential,
 }
 
@@ -343,6 +345,7 @@ impl Authenticator {
             // change applies on the next call rather than at token expiry.
             role: cached.standing.role,
             overdue: cached.overdue,
+            capped: cached.standing.capped,
             credential,
         })
     }

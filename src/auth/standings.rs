@@ -137,6 +137,7 @@ mod tests {
 
     fn active() -> Standing {
         Standing {
+            capped: false,
             role: Role::Consumer,
             status: UserStatus::Active,
         }

@@ -11,8 +11,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use crate::billing::credits;
 use crate::billing::statement::{VersionCalls, price_versions};
+use crate::billing::{caps, credits};
 use crate::domain::{Currency, Period};
 use crate::models::User;
 use crate::models::price::PriceBook;
@@ -46,7 +46,7 @@ pub async fn apply(
         {
             return Ok(BatchOutcome::AlreadyApplied);
         }
-        add_priced(conn, deltas, currency).await?;
+        add_priced(conn, deltas, currency, flush.map(|f| f.instance_id)).await?;
         Ok(BatchOutcome::Applied)
     })
     .await
@@ -89,23 +89,27 @@ pub async fn settle_given_up(
             let as_failed: Vec<_> = deltas
                 .iter()
                 .map(|(k, d)| {
+                    // Never counted: what the calls reserved is released now.
                     let failed = UsageDelta {
                         calls: d.calls,
                         failed_calls: d.calls,
+                        reserved: d.reserved,
                     };
                     (*k, failed)
                 })
                 .collect();
-            add_priced(conn, &as_failed, currency).await?;
+            add_priced(conn, &as_failed, currency, Some(original.instance_id)).await?;
             return Ok(Settlement::AppliedAsFailed);
         }
         let moved: Vec<_> = deltas
             .iter()
             .filter(|(_, d)| d.calls > d.failed_calls)
             .map(|(k, d)| {
+                // The group's commit released what its calls reserved.
                 let delta = UsageDelta {
                     calls: 0,
                     failed_calls: d.calls - d.failed_calls,
+                    reserved: Decimal::ZERO,
                 };
                 (*k, delta)
             })
@@ -137,18 +141,26 @@ pub async fn settle_given_up(
 /// reads: a version starts at least `PRICE_NOTICE` after it was scheduled,
 /// and a call is flushed after it arrived, so every version that could
 /// price a call of this batch is already there. Prices apply to the
-/// version rows; the period rows and the days only count.
+/// version rows; the period rows and the days only count. Last, what the
+/// calls reserved against spending caps is released from the leases of
+/// `instance` (the one that admitted them): counted usage and held budget
+/// change in the same commit.
 async fn add_priced(
     conn: &mut AsyncPgConnection,
     deltas: &[(UsageKey, UsageDelta)],
     currency: Currency,
+    instance: Option<Uuid>,
 ) -> QueryResult<()> {
     let book = book_for(conn, deltas).await?;
     UsageRecord::add(conn, &by_period(deltas)).await?;
     let priced = by_price(deltas, &book);
     UsagePrice::add(conn, &priced).await?;
     UsageDaily::add(conn, &by_day(deltas)).await?;
-    add_cost(conn, &priced, &book, currency).await
+    add_cost(conn, &priced, &book, currency).await?;
+    if let Some(instance) = instance {
+        caps::release_reserved(conn, instance, deltas).await?;
+    }
+    Ok(())
 }
 
 /// The price versions of the APIs `deltas` count calls to.

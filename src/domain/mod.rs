@@ -6,6 +6,7 @@
 //! - [`currency`]: ISO 4217 codes with their minor units;
 //! - [`clock`]: the one source of "now";
 //! - [`pricing`]: the one pricing function, usage → money;
+//! - [`spend`]: what a spending cap allows: the charge bound, a lease's size;
 //! - [`text`]: names, references, slugs, emails — each rule written once;
 //! - [`gateway`]: which path a gateway prefix matches, and payg's signature.
 
@@ -14,6 +15,7 @@ pub mod currency;
 pub mod gateway;
 pub mod period;
 pub mod pricing;
+pub mod spend;
 pub mod text;
 
 pub use clock::{Clock, ManualClock, SystemClock};

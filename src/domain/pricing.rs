@@ -229,6 +229,22 @@ pub fn price_line(calls: i64, failed_calls: i64, billable_before: i64, price: &P
     let calls = calls.max(0);
     let failed_calls = failed_calls.clamp(0, calls);
     let billable_calls = calls - failed_calls;
+    let (free_calls, exact) = exact_amount(billable_calls, billable_before, price);
+    PricedLine {
+        calls,
+        failed_calls,
+        billable_calls,
+        free_calls,
+        charged_calls: billable_calls - free_calls,
+        unit_price: price.unit_price,
+        amount: round_to_minor_unit(exact, price.currency),
+    }
+}
+
+/// The free calls and the exact (unrounded) amount of `billable_calls`
+/// under `price`, after `billable_before` (rules 2 and 3 above).
+pub fn exact_amount(billable_calls: i64, billable_before: i64, price: &PriceVersion) -> (i64, Decimal) {
+    let billable_calls = billable_calls.max(0);
     let before = billable_before.max(0);
     let through = before.saturating_add(billable_calls);
     let allowance = price.free_calls.max(0);
@@ -243,15 +259,7 @@ pub fn price_line(calls: i64, failed_calls: i64, billable_before: i64, price: &P
         let charged_through = charged_before.saturating_add(charged_calls);
         graduated(charged_through, &price.tiers).saturating_sub(graduated(charged_before, &price.tiers))
     };
-    PricedLine {
-        calls,
-        failed_calls,
-        billable_calls,
-        free_calls,
-        charged_calls,
-        unit_price: price.unit_price,
-        amount: round_to_minor_unit(exact, price.currency),
-    }
+    (free_calls, exact)
 }
 
 /// Prices the lines of one (user, API, period): `(calls, failed_calls,
@@ -292,6 +300,16 @@ fn graduated(charged_calls: i64, tiers: &[Tier]) -> Decimal {
 pub struct InvalidPrice(pub String);
 
 impl PriceVersion {
+    /// The most one call under this version can cost, whatever its number
+    /// in the month: the flat unit price, or the highest tier's.
+    pub fn max_unit_price(&self) -> Decimal {
+        if self.tiers.is_empty() {
+            self.unit_price
+        } else {
+            self.tiers.iter().map(|t| t.unit_price).max().unwrap_or_default()
+        }
+    }
+
     /// What calls cost when no version is in force: nothing.
     pub fn free(currency: Currency) -> Self {
         Self {

@@ -179,7 +179,8 @@ mod tests {
                 key,
                 UsageDelta {
                     calls: 3,
-                    failed_calls: 1
+                    failed_calls: 1,
+                    ..UsageDelta::default()
                 }
             )]
         );

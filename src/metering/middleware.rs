@@ -17,6 +17,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
+use rust_decimal::Decimal;
 
 use crate::auth::Purpose;
 use crate::config::MeterMode;
@@ -81,6 +82,24 @@ pub async fn metered_call(
         rate_limit_headers(res.headers_mut(), &rate);
         return Ok(res.map_into_right_body());
     }
+    // A capped user's call reserves the most it can cost from leased
+    // budget, before anything serves it; one that does not fit is refused
+    // (402) and not counted.
+    let reserved = if caller.capped {
+        let revocations = state.authenticator.revocations();
+        match state
+            .spend
+            .admit(caller.user_id, day.period(), api.api_id, key.second, revocations)
+            .await
+        {
+            Ok(reserved) => reserved,
+            Err(not_admitted) => {
+                return Ok(req.error_response(ApiError::from(not_admitted)).map_into_right_body());
+            }
+        }
+    } else {
+        Decimal::ZERO
+    };
     if let (Some(target), Some(rest)) = (&api.upstream, gateway_rest) {
         req.extensions_mut().insert(GatewayCall {
             target: target.clone(),
@@ -95,7 +114,7 @@ pub async fn metered_call(
         Err(err) => err.as_response_error().status_code(),
     };
     api.calls.inc();
-    if record(&state, key, UsageDelta::one(status.as_u16() >= 400))
+    if record(&state, key, UsageDelta::one_reserving(status.as_u16() >= 400, reserved))
         .await
         .is_err()
     {

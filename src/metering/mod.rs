@@ -5,6 +5,7 @@
 //!   resolve the API, call the handler, record the outcome).
 //! - [`catalog`]: method + route pattern (or gateway prefix) → API, in memory.
 //! - [`rate_limit`]: per-user rate limits leased from Redis in batches.
+//! - [`spend`]: spending caps — budget leased from PostgreSQL, reserved per call.
 //! - [`recorder`]: in-memory pending deltas (batched mode).
 //! - [`group`]: the calls waiting for the next group commit (durable mode).
 //! - [`Meter`] (here): the mode switch; the flush that moves pending
@@ -18,6 +19,7 @@ pub mod group;
 pub mod middleware;
 pub mod rate_limit;
 pub mod recorder;
+pub mod spend;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -58,6 +60,8 @@ pub struct Metering {
     pub authenticator: Arc<crate::auth::Authenticator>,
     /// Per-user limits, leased from Redis.
     pub rate_limits: Arc<rate_limit::RateLimiter>,
+    /// Spending caps, leased from PostgreSQL.
+    pub spend: Arc<spend::SpendLimiter>,
     pub clock: Arc<dyn crate::domain::Clock>,
     pub billing_tz: chrono_tz::Tz,
     /// `payg_rate_limit_refusals_total`.
@@ -159,6 +163,11 @@ impl Meter {
 
     pub fn mode(&self) -> MeterMode {
         self.mode
+    }
+
+    /// The id this instance's flushes carry (and its spending leases).
+    pub fn instance_id(&self) -> Uuid {
+        self.instance_id
     }
 
     /// Batched mode: count the call in memory. Never awaits.

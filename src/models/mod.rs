@@ -56,6 +56,7 @@ pub mod credit;
 pub mod invoice;
 pub mod price;
 pub mod refresh_token;
+pub mod spend;
 pub mod usage;
 pub mod user;
 

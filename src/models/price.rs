@@ -115,6 +115,11 @@ impl PriceBook {
         Ok(book)
     }
 
+    /// Each API's versions, oldest first.
+    pub fn apis(&self) -> impl Iterator<Item = (i32, &[PriceEntry])> {
+        self.versions.iter().map(|(api, versions)| (*api, versions.as_slice()))
+    }
+
     /// The version in force at `instant`: the latest that starts at or before it.
     pub fn in_force_at(&self, api_id: i32, instant: DateTime<Utc>) -> Option<&PriceEntry> {
         let versions = self.versions.get(&api_id)?;

@@ -7,6 +7,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -130,6 +131,10 @@ pub fn by_day(deltas: &[(UsageKey, UsageDelta)]) -> Vec<(DailyKey, UsageDelta)> 
 pub struct UsageDelta {
     pub calls: i64,
     pub failed_calls: i64,
+    /// What the calls reserved against their user's spending cap when they
+    /// were admitted: released from the instance's lease in the transaction
+    /// that counts them (0 for users without a cap).
+    pub reserved: Decimal,
 }
 
 impl UsageDelta {
@@ -137,12 +142,22 @@ impl UsageDelta {
         Self {
             calls: 1,
             failed_calls: i64::from(failed),
+            reserved: Decimal::ZERO,
+        }
+    }
+
+    /// One call that reserved `reserved` of its user's cap.
+    pub fn one_reserving(failed: bool, reserved: Decimal) -> Self {
+        Self {
+            reserved,
+            ..Self::one(failed)
         }
     }
 
     pub fn add(&mut self, other: UsageDelta) {
         self.calls += other.calls;
         self.failed_calls += other.failed_calls;
+        self.reserved += other.reserved;
     }
 }
 
@@ -496,6 +511,24 @@ impl UsagePrice {
         .await
     }
 
+    /// A user's version rows in `periods` (what a spending cap's bound is
+    /// computed from).
+    pub async fn of_user_periods(
+        conn: &mut AsyncPgConnection,
+        user_id: Uuid,
+        periods: &[Period],
+    ) -> QueryResult<Vec<VersionCounters>> {
+        use diesel::sql_types::{Array, Date};
+        diesel::sql_query(
+            "SELECT user_id, api_id, period, price_id, calls, failed_calls FROM usage_prices \
+             WHERE user_id = $1 AND period = ANY($2::date[]) ORDER BY period, api_id, price_id",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(user_id)
+        .bind::<Array<Date>, _>(periods.iter().map(|p| p.first_day()).collect::<Vec<_>>())
+        .load(conn)
+        .await
+    }
+
     /// The caller's usage for one period, one row per API and version.
     pub async fn for_user_period(
         conn: &mut AsyncPgConnection,
@@ -674,7 +707,11 @@ mod tests {
             day: day.parse().unwrap(),
             second: 7,
         };
-        let d = |calls, failed_calls| UsageDelta { calls, failed_calls };
+        let d = |calls, failed_calls| UsageDelta {
+            calls,
+            failed_calls,
+            ..UsageDelta::default()
+        };
         let mut deltas = vec![
             (key(b, 1, "2026-10-31"), d(1, 0)),
             (

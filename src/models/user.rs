@@ -87,6 +87,11 @@ impl ProfileChanges {
 pub struct Standing {
     pub role: Role,
     pub status: UserStatus,
+    /// A spending cap or prepaid-only applies: metered calls must be
+    /// admitted against leased budget (`metering/spend.rs`).
+    #[diesel(select_expression = users::cap_user.is_not_null().or(users::cap_finance.is_not_null()).or(users::prepaid_only))]
+    #[diesel(select_expression_type = diesel::dsl::Or<diesel::dsl::Or<diesel::dsl::IsNotNull<users::cap_user>, diesel::dsl::IsNotNull<users::cap_finance>>, users::prepaid_only>)]
+    pub capped: bool,
 }
 
 /// A change of role and/or status (`None` leaves it alone): what

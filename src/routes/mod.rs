@@ -56,6 +56,7 @@ pub mod api_keys;
 pub mod apis;
 pub mod auth;
 pub mod billing;
+pub mod caps;
 pub mod credits;
 pub mod extract;
 pub mod finance;
@@ -106,6 +107,7 @@ route_table! {
     // Consumers: their own cost and invoices.
     "/billing/current" => get: billing::current_cost;
     "/billing/periods/{period}" => get: billing::period_cost;
+    "/billing/cap" => get: caps::my_cap, put: caps::set_my_cap;
     "/credits" => get: credits::my_credits;
     "/invoices" => get: invoices::list_invoices;
     "/invoices/{id}" => get: invoices::get_invoice;
@@ -119,6 +121,7 @@ route_table! {
     "/finance/invoices/{id}/payments" => post: finance::record_payment;
     "/finance/invoices/{id}/void" => post: finance::void_invoice;
     "/finance/users/{id}/credits" => get: credits::user_credits, post: credits::top_up;
+    "/finance/users/{id}/cap" => get: caps::user_cap, put: caps::set_user_cap;
     // Admin: the catalog and prices.
     "/admin/apis" => get: admin::list_apis, post: admin::create_api;
     "/admin/apis/{id}" => patch: admin::update_api;

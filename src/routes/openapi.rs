@@ -30,7 +30,8 @@ use crate::domain::text::{
 use crate::domain::{Currency, Day, Period};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    admin, admin_users, api_keys, apis, auth, billing, credits, finance, health, invoices, me, tools, usage, webhooks,
+    admin, admin_users, api_keys, apis, auth, billing, caps, credits, finance, health, invoices, me, tools, usage,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -59,6 +60,8 @@ use crate::routes::{
         billing::current_cost,
         billing::period_cost,
         credits::my_credits,
+        caps::my_cap,
+        caps::set_my_cap,
         invoices::list_invoices,
         invoices::get_invoice,
         finance::close_period,
@@ -70,6 +73,8 @@ use crate::routes::{
         finance::void_invoice,
         credits::user_credits,
         credits::top_up,
+        caps::user_cap,
+        caps::set_user_cap,
         admin::list_apis,
         admin::create_api,
         admin::update_api,
@@ -287,7 +292,10 @@ fn add_common_responses(op: &mut Operation, metered: bool) {
         add(
             op,
             402,
-            "`payment_required`: an invoice is overdue; metered APIs are blocked until it is paid.",
+            "`payment_required`: an invoice is overdue; metered APIs are blocked until it is paid. \
+             `spending_cap_reached`: the call could take this period's charge past the caller's spending \
+             cap; `credits_exhausted`: the caller is prepaid-only and their credit does not cover it. \
+             Refused before it is served; never counted or billed.",
             &[],
         );
         add(op, 404, "`not_found`: an admin has switched this API off.", &[]);
@@ -309,7 +317,9 @@ fn add_common_responses(op: &mut Operation, metered: bool) {
         add(
             op,
             503,
-            "`metering_unavailable`: in durable metering mode the call's count could not be committed, so it was not served (and is never billed).",
+            "`metering_unavailable`: in durable metering mode the call's count could not be committed, or \
+             the caller's spending cap could not be checked (the database is unavailable), so it was not \
+             served (and is never billed).",
             &[],
         );
     }

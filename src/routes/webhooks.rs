@@ -199,6 +199,10 @@ async fn credits_purchased(state: &AppState, id: EventId, event: PaymentEvent) -
         state.now(),
     )
     .await?;
+    if let Some(ToppedUp::Created(_)) = outcome {
+        // A prepaid-only user refused for want of credit is asked again.
+        state.authenticator.user_changed(user_id).await;
+    }
     Ok(match outcome {
         None => HttpResponse::Ok().json(json!({"status": "duplicate"})),
         Some(ToppedUp::Created(top_up)) => HttpResponse::Created().json(top_up),

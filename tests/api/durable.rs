@@ -180,6 +180,7 @@ async fn a_given_up_group_ends_up_failed_whether_or_not_its_commit_landed() {
         UsageDelta {
             calls: 5000,
             failed_calls: 1000,
+            ..UsageDelta::default()
         },
     )];
     let id = || FlushId {
@@ -250,6 +251,7 @@ async fn a_given_up_group_spanning_two_price_versions_is_failed_under_each() {
             UsageDelta {
                 calls: 3000,
                 failed_calls: 0,
+                ..UsageDelta::default()
             },
         ),
         (
@@ -257,6 +259,7 @@ async fn a_given_up_group_spanning_two_price_versions_is_failed_under_each() {
             UsageDelta {
                 calls: 1000,
                 failed_calls: 0,
+                ..UsageDelta::default()
             },
         ),
     ];

@@ -5,6 +5,7 @@
 mod admin_users;
 mod auth;
 mod billing;
+mod caps;
 mod cli;
 mod console;
 mod credits;

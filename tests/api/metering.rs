@@ -202,6 +202,7 @@ async fn a_retried_flush_whose_commit_already_landed_is_not_applied_twice() {
         UsageDelta {
             calls: 7,
             failed_calls: 2,
+            ..UsageDelta::default()
         },
     )];
     let flush = FlushId {

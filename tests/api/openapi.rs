@@ -249,9 +249,14 @@ async fn security_schemes_are_declared_and_each_route_names_what_it_accepts() {
             Value::Null
         } else if path.starts_with("/api/v1/finance/") || path.starts_with("/api/v1/admin/") {
             bearer.clone()
-        } else if path == "/api/v1/auth/logout" || path == "/api/v1/me" || path.starts_with("/api/v1/api-keys") {
-            // Sessions, the profile and keys need an access token (an API
-            // key gets 401 `access_token_required`).
+        } else if path == "/api/v1/auth/logout"
+            || path == "/api/v1/me"
+            || path.starts_with("/api/v1/api-keys")
+            || (path == "/api/v1/billing/cap" && method == "PUT")
+        {
+            // Sessions, the profile, keys and the spending cap's setting
+            // need an access token (an API key gets 401
+            // `access_token_required`).
             bearer.clone()
         } else {
             either.clone()
@@ -769,6 +774,43 @@ async fn invoices_and_finance(app: &TestApp, clock: &ManualClock, cov: &mut Cove
     assert_eq!(ledger["balance"], "6.00", "{ledger}");
     let res = app.get_auth("/api/v1/credits", token).await;
     cov.json("GET", "/api/v1/credits", 200, res).await;
+
+    // Spending caps: finance's (with prepaid-only), the user's own under it.
+    let put = |path: String, token: String, body: Value| {
+        let request = app.client.put(app.url(&path)).bearer_auth(token).json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let cap_path = format!("/api/v1/finance/users/{user_id}/cap");
+    let res = put(
+        cap_path.clone(),
+        finance.token.clone(),
+        json!({"amount": "100.00", "prepaid_only": false}),
+    )
+    .await;
+    let cap = cov.json("PUT", "/api/v1/finance/users/{id}/cap", 200, res).await;
+    assert_eq!(cap["finance_cap"], "100.00", "{cap}");
+    let res = app.get_auth(&cap_path, &finance.token).await;
+    cov.json("GET", "/api/v1/finance/users/{id}/cap", 200, res).await;
+    let res = put(
+        "/api/v1/billing/cap".to_owned(),
+        token.to_owned(),
+        json!({"amount": "50"}),
+    )
+    .await;
+    let cap = cov.json("PUT", "/api/v1/billing/cap", 200, res).await;
+    assert_eq!(
+        (cap["amount"].as_str(), cap["user_cap"].as_str()),
+        (Some("50.00"), Some("50.00"))
+    );
+    let res = app.get_auth("/api/v1/billing/cap", token).await;
+    cov.json("GET", "/api/v1/billing/cap", 200, res).await;
+    let res = put(
+        "/api/v1/billing/cap".to_owned(),
+        token.to_owned(),
+        json!({"amount": null}),
+    )
+    .await;
+    cov.json("PUT", "/api/v1/billing/cap", 409, res).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

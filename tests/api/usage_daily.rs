@@ -331,6 +331,7 @@ async fn retried_flushes_and_given_up_settlements_apply_their_days_exactly_once(
             UsageDelta {
                 calls: 3000,
                 failed_calls: 1000,
+                ..UsageDelta::default()
             },
         ),
         (
@@ -338,6 +339,7 @@ async fn retried_flushes_and_given_up_settlements_apply_their_days_exactly_once(
             UsageDelta {
                 calls: 2000,
                 failed_calls: 0,
+                ..UsageDelta::default()
             },
         ),
         (
@@ -345,6 +347,7 @@ async fn retried_flushes_and_given_up_settlements_apply_their_days_exactly_once(
             UsageDelta {
                 calls: 7,
                 failed_calls: 7,
+                ..UsageDelta::default()
             },
         ),
     ];
