@@ -101,6 +101,7 @@ impl AppState {
             clock: clock.clone(),
             billing_tz: config.billing_tz,
             rate_limit_refusals: metrics.rate_limit_refusals.clone(),
+            spending_refusals: metrics.spending_refusals.clone(),
         });
         let upstream_tls = TlsSettings::new(config.upstream_ca_file.as_deref())?;
         let passwords = PasswordPool::new(config.password_threads, config.password_queue)

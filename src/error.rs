@@ -27,10 +27,9 @@ use crate::domain::currency::UnknownCurrency;
 use crate::domain::gateway::PathEscape;
 use crate::domain::period::{BadDayRange, BadPeriod};
 use crate::domain::pricing::{BadPriceStart, InvalidPrice, InvalidStart};
-use crate::domain::spend::SpendRefusal;
+use crate::domain::spend::{NotAdmitted, SpendRefusal};
 use crate::domain::text::InvalidText;
 use crate::gateway::{UpstreamAnswer, UpstreamError};
-use crate::metering::spend::NotAdmitted;
 use crate::models::price::CancelError;
 
 pub type ApiResult<T> = Result<T, ApiError>;

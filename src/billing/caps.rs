@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::billing::credits::MAX_TOP_UP;
 use crate::billing::statement::Statement;
+use crate::domain::pricing::round_to_minor_unit;
 use crate::domain::spend::{BoundLine, SpendRefusal, charge_bound, lease_size, reservation};
 use crate::domain::{Currency, Period};
 use crate::models::price::{PriceBook, UNPRICED};
@@ -105,16 +106,18 @@ pub async fn view(
     let settings = CapSettings::find(conn, user_id).await?.ok_or(CapError::UserNotFound)?;
     let statement = Statement::for_user(conn, user_id, period, currency, now).await?;
     let amount = settings.effective_cap();
+    // Every amount with the currency's decimals ("0.00", not "0").
+    let shown = |a: Decimal| round_to_minor_unit(a, currency);
     Ok(SpendingCap {
-        amount,
-        user_cap: settings.cap_user,
-        finance_cap: settings.cap_finance,
+        amount: amount.map(shown),
+        user_cap: settings.cap_user.map(shown),
+        finance_cap: settings.cap_finance.map(shown),
         prepaid_only: settings.prepaid_only,
-        credit_balance: settings.credit_balance,
+        credit_balance: shown(settings.credit_balance),
         currency,
         period,
-        charged: statement.total,
-        remaining: amount.map(|cap| (cap - statement.total).max(Decimal::ZERO)),
+        charged: shown(statement.total),
+        remaining: amount.map(|cap| shown((cap - statement.total).max(Decimal::ZERO))),
     })
 }
 

@@ -35,6 +35,15 @@ pub enum SpendRefusal {
     CreditsExhausted,
 }
 
+/// Why a capped user's call was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAdmitted {
+    #[error(transparent)]
+    Refused(#[from] SpendRefusal),
+    #[error("the spending cap cannot be checked: the database is unavailable")]
+    Unavailable,
+}
+
 /// One line of a (user, API, period) as the bound sees it.
 pub struct BoundLine<'a> {
     pub billable_calls: i64,

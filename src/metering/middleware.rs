@@ -84,8 +84,8 @@ pub async fn metered_call(
     }
     // A capped user's call reserves the most it can cost from leased
     // budget, before anything serves it; one that does not fit is refused
-    // (402) and not counted.
-    let reserved = if caller.capped {
+    // (402) and not counted. (Unmetered, `off`, nothing is charged.)
+    let reserved = if caller.capped && state.meter.mode() != MeterMode::Off {
         let revocations = state.authenticator.revocations();
         match state
             .spend
@@ -94,7 +94,9 @@ pub async fn metered_call(
         {
             Ok(reserved) => reserved,
             Err(not_admitted) => {
-                return Ok(req.error_response(ApiError::from(not_admitted)).map_into_right_body());
+                let err = ApiError::from(not_admitted);
+                state.spending_refusals.with_label_values(&[err.code()]).inc();
+                return Ok(req.error_response(err).map_into_right_body());
             }
         }
     } else {

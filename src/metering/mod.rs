@@ -66,6 +66,8 @@ pub struct Metering {
     pub billing_tz: chrono_tz::Tz,
     /// `payg_rate_limit_refusals_total`.
     pub rate_limit_refusals: prometheus::IntCounter,
+    /// `payg_spending_refusals_total{code}`.
+    pub spending_refusals: prometheus::IntCounterVec,
 }
 
 /// A drained batch waiting to be written, with the id it keeps across retries.

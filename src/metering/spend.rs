@@ -38,7 +38,7 @@ use uuid::Uuid;
 use crate::auth::revocations::{ReadMark, Revocations};
 use crate::billing::caps::{self, LeaseAnswer, LeaseRequest};
 use crate::db::DbPool;
-use crate::domain::spend::{SpendRefusal, reservation};
+use crate::domain::spend::{NotAdmitted, SpendRefusal, reservation};
 use crate::domain::{Currency, Period};
 use crate::models::price::{PriceBook, UNPRICED};
 use crate::models::spend::SpendLease;
@@ -75,13 +75,12 @@ const REFUSAL_MEMORY: Duration = Duration::from_millis(250);
 /// A lease with nothing left, idle this long, is forgotten.
 const FORGET_IDLE: Duration = Duration::from_secs(10);
 
-/// Why a capped user's call was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NotAdmitted {
-    #[error(transparent)]
-    Refused(#[from] SpendRefusal),
-    #[error("the spending cap cannot be checked: the database is unavailable")]
-    Unavailable,
+/// Whether a failed request to the authority could have committed.
+enum Sent {
+    /// No connection: nothing was sent.
+    No(String),
+    /// Sent: its commit may have landed with its answer lost.
+    Maybe(String),
 }
 
 /// Per API, its versions' starts (Unix seconds), ids and highest unit
@@ -295,20 +294,28 @@ impl SpendLimiter {
                 want: state.want(per_call, asked_at),
             }
         };
-        let answer = async {
-            let mut conn = self.db.get().await.map_err(|_| NotAdmitted::Unavailable)?;
-            caps::lease(&mut conn, request, self.billing_tz, self.currency)
+        let answer = match self.db.get().await {
+            Ok(mut conn) => caps::lease(&mut conn, request, self.billing_tz, self.currency)
                 .await
-                .map_err(|_| NotAdmitted::Unavailable)
-        }
-        .await;
+                .map_err(|e| Sent::Maybe(e.to_string())),
+            Err(e) => Err(Sent::No(e.to_string())),
+        };
         let now = Instant::now();
         let mut state = lease.state.lock().unwrap_or_else(|e| e.into_inner());
         match answer {
-            Err(not_admitted) => {
-                // The transaction rolled back: the budget is still held here.
+            Err(Sent::No(e)) => {
+                // Never sent: the budget is still held here.
+                tracing::debug!(error = %e, "no connection to lease spending budget");
                 state.left += request.returning;
-                Err(not_admitted)
+                Err(NotAdmitted::Unavailable)
+            }
+            Err(Sent::Maybe(e)) => {
+                // The transaction may have committed (its answer lost): the
+                // budget it gave back is not spent here. If it did not, that
+                // budget stays held for this instance — refused early by
+                // it, never late.
+                tracing::warn!(error = %e, "leasing spending budget failed");
+                Err(NotAdmitted::Unavailable)
             }
             Ok(LeaseAnswer::Granted { amount, lines }) => {
                 state.left = amount;
@@ -451,22 +458,34 @@ impl SpendLimiter {
             return;
         }
         returns.sort_unstable_by_key(|(u, p, _)| (*u, *p));
-        let given = async {
-            let mut conn = self.db.get().await.map_err(|e| anyhow::anyhow!(e))?;
-            anyhow::Ok(caps::give_back(&mut conn, self.instance_id, &returns).await?)
-        }
-        .await;
-        if let Err(e) = given {
-            // Still held by the authority: keep it here, to spend or to
-            // give back on the next sweep.
-            tracing::debug!(error = %e, "giving spending budget back failed; kept");
-            for (user, period, amount) in returns {
-                self.lease_of(user, period)
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .left += amount;
+        let given = match self.db.get().await {
+            Ok(mut conn) => caps::give_back(&mut conn, self.instance_id, &returns)
+                .await
+                .map_err(|e| Sent::Maybe(e.to_string())),
+            Err(e) => Err(Sent::No(e.to_string())),
+        };
+        match given {
+            Ok(()) => {}
+            // It may have committed: never spent here again (held there
+            // until this instance's rows are reclaimed, if it did not).
+            Err(Sent::Maybe(e)) => tracing::warn!(error = %e, "giving spending budget back failed"),
+            // Never sent: still held by the authority; kept here, to spend
+            // or to give back on the next sweep.
+            Err(Sent::No(e)) => {
+                tracing::debug!(error = %e, "no connection to give spending budget back; kept");
+                self.keep(returns);
             }
+        }
+    }
+
+    /// Puts budget that could not be given back into its leases again.
+    fn keep(&self, returns: Vec<(Uuid, Period, Decimal)>) {
+        for (user, period, amount) in returns {
+            self.lease_of(user, period)
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .left += amount;
         }
     }
 

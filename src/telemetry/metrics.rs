@@ -25,6 +25,8 @@ pub struct Metrics {
     pub db_pool_waiting: IntGauge,
     pub redis_errors: IntCounter,
     pub rate_limit_refusals: IntCounter,
+    /// Capped users' calls refused (402) or not admitted (503), by error code.
+    pub spending_refusals: IntCounterVec,
     pub invoices_issued: IntCounter,
     pub payments_recorded: IntCounter,
     pub upstream_responses: IntCounterVec,
@@ -121,6 +123,14 @@ impl Metrics {
         let db_pool_waiting = IntGauge::new("db_pool_waiting", "Tasks waiting for a PostgreSQL connection")?;
         let redis_errors = IntCounter::new("redis_errors_total", "Redis operations that failed or timed out")?;
         let rate_limit_refusals = IntCounter::new("rate_limit_refusals_total", "Metered calls refused with 429")?;
+        let spending_refusals = IntCounterVec::new(
+            Opts::new(
+                "spending_refusals_total",
+                "Capped users' metered calls refused before they were served, by error code \
+                 (spending_cap_reached, credits_exhausted, metering_unavailable)",
+            ),
+            &["code"],
+        )?;
         let invoices_issued = IntCounter::new("invoices_issued_total", "Invoices issued by month close")?;
         let payments_recorded = IntCounter::new("payments_recorded_total", "Payments recorded (finance or webhook)")?;
         let upstream_responses = IntCounterVec::new(
@@ -168,6 +178,7 @@ impl Metrics {
             Box::new(db_pool_waiting.clone()),
             Box::new(redis_errors.clone()),
             Box::new(rate_limit_refusals.clone()),
+            Box::new(spending_refusals.clone()),
             Box::new(invoices_issued.clone()),
             Box::new(payments_recorded.clone()),
             Box::new(upstream_responses.clone()),
@@ -192,6 +203,7 @@ impl Metrics {
             db_pool_waiting,
             redis_errors,
             rate_limit_refusals,
+            spending_refusals,
             invoices_issued,
             payments_recorded,
             upstream_responses,

@@ -268,6 +268,12 @@ async fn refused_calls_are_not_billed_and_a_finance_cap_can_be_lowered_not_raise
     assert!(exact <= dec!(0.01) && total <= dec!(0.01), "{exact} / {total}");
     assert!(dec!(0.01) - exact <= dec!(0.006), "{exact}: refused far too early");
 
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("payg_spending_refusals_total{code=\"spending_cap_reached\"} 1"),
+        "the refusal is counted"
+    );
+
     // Raised (by finance's own cap going up and the user's removed): calls
     // are admitted again at once.
     let res = put(&app, &cap_path, &finance.token, &json!({"amount": "0.05"})).await;

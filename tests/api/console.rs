@@ -602,6 +602,153 @@ async fn finance_adds_credit_in_the_console_and_the_consumer_sees_it_drawn() {
 }
 
 #[tokio::test]
+async fn a_consumer_sets_and_removes_their_spending_cap_in_the_console() {
+    let app = TestApp::spawn().await;
+    let consumer = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&consumer.email).await;
+    let (status, page) = browser.get_text("/console/credit").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Spending cap") && page.contains("no cap"), "{page}");
+
+    let res = browser
+        .submit("/console/credit", "/console/credit/cap", &[("amount", "12.5")])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/console/credit?done=cap-set");
+    let cap = app.get_json("/api/v1/billing/cap", &consumer.token).await;
+    assert_eq!(cap["user_cap"], "12.50", "{cap}");
+    assert_eq!(cap["amount"], "12.50", "{cap}");
+    assert_eq!(cap["finance_cap"], Value::Null, "{cap}");
+    let (_, page) = browser.get_text("/console/credit?done=cap-set").await;
+    assert!(page.contains("Your spending cap is set."), "{page}");
+    assert!(page.contains("12.50 USD"), "the cap in force: {page}");
+    assert!(page.contains("<dd id=\"cap-set-by\">you</dd>"), "{page}");
+
+    // Not a decimal as the API reads one: refused, shown, nothing changes.
+    for bad in ["1e1", "-1", "3.999"] {
+        let res = browser
+            .submit("/console/credit", "/console/credit/cap", &[("amount", bad)])
+            .await;
+        assert_eq!(res.status(), 400, "{bad}");
+        let body = res.text().await.expect("body");
+        assert!(
+            body.contains("Spending cap") && body.contains("notice error"),
+            "{bad}: {body}"
+        );
+    }
+    let cap = app.get_json("/api/v1/billing/cap", &consumer.token).await;
+    assert_eq!(cap["user_cap"], "12.50", "{cap}");
+
+    let res = browser
+        .submit("/console/credit", "/console/credit/cap", &[("amount", "")])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/console/credit?done=cap-removed");
+    let cap = app.get_json("/api/v1/billing/cap", &consumer.token).await;
+    assert_eq!(cap["user_cap"], Value::Null, "{cap}");
+    assert_eq!(cap["amount"], Value::Null, "{cap}");
+}
+
+#[tokio::test]
+async fn finance_caps_a_user_prepaid_only_in_the_console_and_the_user_cannot_raise_it() {
+    let app = TestApp::spawn().await;
+    let finance = app.user_with_role("finance").await;
+    let consumer = app.new_user().await;
+    let mut as_finance = Browser::new(&app);
+    as_finance.sign_in(&finance.email).await;
+    let find = format!("/console/finance/credit?user={}", consumer.email);
+    let (status, page) = as_finance.get_text(&find).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Spending cap") && page.contains("Prepaid only"), "{page}");
+    let action = format!("/console/finance/credit/{}/cap", consumer.id);
+    let res = as_finance
+        .submit(&find, &action, &[("amount", "5"), ("prepaid_only", "yes")])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert!(location(&res).ends_with("done=cap"), "{}", location(&res));
+    let cap = app.get_json("/api/v1/billing/cap", &consumer.token).await;
+    assert_eq!(cap["finance_cap"], "5.00", "{cap}");
+    assert_eq!(cap["amount"], "5.00", "{cap}");
+    assert_eq!(cap["prepaid_only"], true, "{cap}");
+    let (_, page) = as_finance.get_text(&location(&res)).await;
+    assert!(page.contains("Spending cap saved."), "{page}");
+    assert!(
+        page.contains("<dd id=\"cap-finance\"><span class=\"money\">5.00 USD"),
+        "{page}"
+    );
+
+    // The user may not raise finance's cap, nor remove it.
+    let mut as_consumer = Browser::new(&app);
+    as_consumer.sign_in(&consumer.email).await;
+    let (_, mine) = as_consumer.get_text("/console/credit").await;
+    assert!(mine.contains("<dd id=\"cap-set-by\">finance</dd>"), "{mine}");
+    assert!(mine.contains("yes: calls stop"), "prepaid-only is shown: {mine}");
+    for amount in ["6", ""] {
+        let res = as_consumer
+            .submit("/console/credit", "/console/credit/cap", &[("amount", amount)])
+            .await;
+        assert_eq!(res.status(), 409, "{amount:?}");
+        let body = res.text().await.expect("body");
+        assert!(body.contains("notice error"), "{body}");
+        assert!(body.contains("finance set a cap of 5.00"), "{body}");
+    }
+    let cap = app.get_json("/api/v1/billing/cap", &consumer.token).await;
+    assert_eq!(cap["user_cap"], Value::Null, "{cap}");
+    assert_eq!(cap["amount"], "5.00", "{cap}");
+    // Lowering it is theirs to do.
+    let res = as_consumer
+        .submit("/console/credit", "/console/credit/cap", &[("amount", "4")])
+        .await;
+    assert_eq!(res.status(), 303);
+    let cap = app.get_json("/api/v1/billing/cap", &consumer.token).await;
+    assert_eq!(
+        (&cap["user_cap"], &cap["amount"]),
+        (&"4.00".into(), &"4.00".into()),
+        "{cap}"
+    );
+
+    // Finance removes its cap and prepaid-only (the box unticked).
+    let res = as_finance.submit(&find, &action, &[("amount", "")]).await;
+    assert_eq!(res.status(), 303);
+    let cap = app.get_json("/api/v1/billing/cap", &consumer.token).await;
+    assert_eq!(cap["finance_cap"], Value::Null, "{cap}");
+    assert_eq!(cap["prepaid_only"], false, "{cap}");
+    assert_eq!(cap["amount"], "4.00", "the user's own cap stays: {cap}");
+}
+
+#[tokio::test]
+async fn cap_forms_without_their_csrf_token_or_from_a_consumer_change_nothing() {
+    let app = TestApp::spawn().await;
+    let consumer = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&consumer.email).await;
+    let _ = browser.csrf("/console/credit").await;
+
+    let none = browser.post_form("/console/credit/cap", &[("amount", "1")]).await;
+    assert_eq!(none.status(), 403);
+    assert!(none.text().await.expect("body").contains("csrf_failed"));
+    let action = format!("/console/finance/credit/{}/cap", consumer.id);
+    let none = browser
+        .post_form(&action, &[("amount", "1"), ("prepaid_only", "yes")])
+        .await;
+    assert_eq!(none.status(), 403);
+
+    // With the token: a consumer is not finance.
+    let res = browser
+        .submit("/console/credit", &action, &[("amount", "1"), ("prepaid_only", "yes")])
+        .await;
+    assert_eq!(res.status(), 403);
+    let body = res.text().await.expect("body");
+    assert!(body.contains("forbidden"), "{body}");
+
+    let cap = app.get_json("/api/v1/billing/cap", &consumer.token).await;
+    assert_eq!(cap["user_cap"], Value::Null, "{cap}");
+    assert_eq!(cap["finance_cap"], Value::Null, "{cap}");
+    assert_eq!(cap["prepaid_only"], false, "{cap}");
+}
+
+#[tokio::test]
 async fn signing_out_on_one_instance_ends_the_console_session_on_another() {
     let db = TestDb::new().await;
     let prefix = format!("payg-test-{}:", uuid::Uuid::new_v4().simple());
