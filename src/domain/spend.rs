@@ -90,15 +90,18 @@ pub fn charge_bound<'a>(lines: impl IntoIterator<Item = BoundLine<'a>>, currency
 }
 
 /// How much a lease may take: nothing when `available` does not cover the
-/// call that asks (`need`); otherwise what it wants, but no more than half
-/// of what is available (so the last budget spreads over instances rather
-/// than sitting in one), and never less than `need`.
+/// call that asks (`need`); otherwise what its pace wants, or an eighth of
+/// what is available if that is more (far from the cap, one lease lasts:
+/// every grant is a transaction), but no more than half of it (so the
+/// last budget spreads over instances rather than sitting in one), and
+/// never less than `need`.
 pub fn lease_size(available: Decimal, need: Decimal, want: Decimal) -> Option<Decimal> {
     if available < need {
         return None;
     }
     let half = (available / Decimal::TWO).max(need);
-    Some(want.max(need).min(half))
+    let eighth = available / Decimal::from(8);
+    Some(want.max(eighth).max(need).min(half))
 }
 
 #[cfg(test)]
@@ -190,10 +193,11 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_takes_what_it_wants_up_to_half_of_what_is_left() {
+    fn a_lease_takes_what_it_wants_or_an_eighth_of_what_is_left_up_to_half() {
         assert_eq!(lease_size(dec!(0.009), dec!(0.01), dec!(1)), None);
         assert_eq!(lease_size(dec!(0.01), dec!(0.01), dec!(1)), Some(dec!(0.01)));
-        assert_eq!(lease_size(dec!(100), dec!(0.01), dec!(1)), Some(dec!(1)));
+        assert_eq!(lease_size(dec!(100), dec!(0.01), dec!(1)), Some(dec!(12.5)));
+        assert_eq!(lease_size(dec!(100), dec!(0.01), dec!(20)), Some(dec!(20)));
         assert_eq!(lease_size(dec!(1), dec!(0.01), dec!(5)), Some(dec!(0.5)));
         assert_eq!(lease_size(dec!(0.015), dec!(0.01), dec!(5)), Some(dec!(0.01)));
     }

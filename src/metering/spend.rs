@@ -16,10 +16,12 @@
 //!   by the transaction that counts the call. A call that cannot be covered
 //!   is answered 402 before the handler or upstream runs, and not counted.
 //! - **Leases follow demand,** as the rate limits' do: a lease used up within
-//!   [`LEASE_TARGET`] doubles the next, a slower one halves it; budget a user
+//!   [`LEASE_TARGET`] doubles the next, a slower one halves it — but far from
+//!   the cap a grant is at least an eighth of what is left, so a user with
+//!   headroom costs about one transaction per [`LEASE_VALID`]; budget a user
 //!   left unused for [`GIVE_BACK_IDLE`] goes back to the authority, and a
 //!   lease is renewed after [`LEASE_VALID`] or as soon as a change to the
-//!   user (a lowered cap) is heard.
+//!   user (a lowered cap, a top-up) is heard.
 //! - **Refused slightly early, bounded:** near the cap, budget another
 //!   instance holds is not available here until it is spent or given back.
 //! - **Fails closed:** without the database (no lease, or maxima too old) a
@@ -47,12 +49,19 @@ use crate::models::spend::SpendLease;
 /// large; later, half.
 pub const LEASE_TARGET: Duration = Duration::from_secs(2);
 
-/// Budget a user has not used here for this long is given back.
-pub const GIVE_BACK_IDLE: Duration = Duration::from_secs(1);
+/// Budget a user has not used here for this long is given back (longer
+/// than the rate limits' second: a grant is a PostgreSQL transaction).
+pub const GIVE_BACK_IDLE: Duration = Duration::from_secs(2);
 
 /// A lease is renewed (its rest given back in the same step) at least this
 /// often, so a change missed while Redis was not heard applies within it.
-pub const LEASE_VALID: Duration = Duration::from_secs(10);
+/// Shorter than `Revocations` remembers a change (a minute at least), so a
+/// heard change always voids the leases granted before it.
+pub const LEASE_VALID: Duration = Duration::from_secs(30);
+
+/// How long a lease is trusted while this instance cannot hear Redis (as a
+/// cached standing is): a cap lowered meanwhile applies within it.
+pub const UNHEARD_VALID: Duration = Duration::from_secs(1);
 
 /// Price maxima older than this admit nothing: versions unknown to them may
 /// start `PRICE_NOTICE` after they were read; one second of that is left
@@ -77,10 +86,24 @@ const FORGET_IDLE: Duration = Duration::from_secs(10);
 
 /// Whether a failed request to the authority could have committed.
 enum Sent {
-    /// No connection: nothing was sent.
+    /// Nothing was sent, or the transaction was rolled back.
     No(String),
-    /// Sent: its commit may have landed with its answer lost.
+    /// The connection broke: its commit may have landed with its answer lost.
     Maybe(String),
+}
+
+impl Sent {
+    /// An error a statement returned means the transaction rolled back; only
+    /// a connection that broke leaves its commit in doubt.
+    fn from_db(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) | Error::BrokenTransactionManager => {
+                Sent::Maybe(e.to_string())
+            }
+            other => Sent::No(other.to_string()),
+        }
+    }
 }
 
 /// Per API, its versions' starts (Unix seconds), ids and highest unit
@@ -155,8 +178,12 @@ impl LeaseState {
 
     /// No change to the user (a cap, prepaid-only, a top-up) was heard
     /// since the last grant or refusal was asked for.
-    fn current(&self, user: Uuid, revocations: &Revocations) -> bool {
-        self.mark.is_some_and(|mark| revocations.unchanged_since(user, mark))
+    /// While Redis is not heard a change may be missed: a lease is then
+    /// trusted for [`UNHEARD_VALID`] only, and never across a resync (what
+    /// changed meanwhile is unknown).
+    fn current(&self, user: Uuid, revocations: &Revocations, now: Instant) -> bool {
+        self.mark.is_some_and(|mark| revocations.still_current(user, mark))
+            && (revocations.hearing() || now.saturating_duration_since(self.granted_at) < UNHEARD_VALID)
     }
 
     fn need(&self, line: (i32, i32), per_call: Decimal, currency: Currency) -> Decimal {
@@ -268,7 +295,7 @@ impl SpendLimiter {
         let try_spend = |lease: &UserLease| {
             let now = Instant::now();
             let mut state = lease.state.lock().unwrap_or_else(|e| e.into_inner());
-            let current = state.current(user_id, revocations);
+            let current = state.current(user_id, revocations, now);
             state.spend(line, per_call, self.currency, current, now)
         };
         if let Some(answer) = try_spend(&lease) {
@@ -297,15 +324,15 @@ impl SpendLimiter {
         let answer = match self.db.get().await {
             Ok(mut conn) => caps::lease(&mut conn, request, self.billing_tz, self.currency)
                 .await
-                .map_err(|e| Sent::Maybe(e.to_string())),
+                .map_err(Sent::from_db),
             Err(e) => Err(Sent::No(e.to_string())),
         };
         let now = Instant::now();
         let mut state = lease.state.lock().unwrap_or_else(|e| e.into_inner());
         match answer {
             Err(Sent::No(e)) => {
-                // Never sent: the budget is still held here.
-                tracing::debug!(error = %e, "no connection to lease spending budget");
+                // Not committed: the budget is still held here.
+                tracing::debug!(error = %e, "leasing spending budget failed; nothing changed");
                 state.left += request.returning;
                 Err(NotAdmitted::Unavailable)
             }
@@ -318,7 +345,8 @@ impl SpendLimiter {
                 Err(NotAdmitted::Unavailable)
             }
             Ok(LeaseAnswer::Granted { amount, lines }) => {
-                state.left = amount;
+                // `+=`: budget a failed give-back kept may have come back meanwhile.
+                state.left += amount;
                 state.granted = amount;
                 state.granted_at = asked_at;
                 state.mark = Some(mark);
@@ -366,8 +394,11 @@ impl SpendLimiter {
     /// be in force then (read again here when they are not).
     async fn price_at(&self, api_id: i32, second: i64) -> Result<(i32, Decimal), NotAdmitted> {
         let now = Instant::now();
-        self.last_capped_call_ms
-            .store(self.ms_since_start(now), Ordering::Relaxed);
+        let now_ms = self.ms_since_start(now);
+        // Written only when it moved: every capped call passes here.
+        if now_ms.saturating_sub(self.last_capped_call_ms.load(Ordering::Relaxed)) >= 100 {
+            self.last_capped_call_ms.store(now_ms, Ordering::Relaxed);
+        }
         {
             let maxima = self.prices.read().unwrap_or_else(|e| e.into_inner());
             if maxima.fresh(now) {
@@ -392,14 +423,16 @@ impl SpendLimiter {
         if current.read_at.is_some_and(|at| at >= waited_since) {
             return;
         }
-        let read_at = Instant::now();
         let book = async {
             let mut conn = self.db.get().await.map_err(|e| anyhow::anyhow!(e))?;
-            anyhow::Ok(PriceBook::load(&mut conn, None).await?)
+            // Read once the connection is ours: waiting for the pool must
+            // not age the maxima before they are even read.
+            let read_at = Instant::now();
+            anyhow::Ok((PriceBook::load(&mut conn, None).await?, read_at))
         }
         .await;
         match book {
-            Ok(book) => {
+            Ok((book, read_at)) => {
                 *self.prices.write().unwrap_or_else(|e| e.into_inner()) =
                     Arc::new(PriceMaxima::from_book(&book, read_at));
             }
@@ -461,7 +494,7 @@ impl SpendLimiter {
         let given = match self.db.get().await {
             Ok(mut conn) => caps::give_back(&mut conn, self.instance_id, &returns)
                 .await
-                .map_err(|e| Sent::Maybe(e.to_string())),
+                .map_err(Sent::from_db),
             Err(e) => Err(Sent::No(e.to_string())),
         };
         match given {

@@ -49,13 +49,14 @@ impl CapSettings {
             .optional()
     }
 
-    /// The user's settings, the row locked (`FOR UPDATE`): leases of one user
-    /// are granted one at a time, and wait for a flush that holds the row.
+    /// The user's settings, the row locked (`FOR NO KEY UPDATE`): leases of
+    /// one user are granted one at a time, and wait for a flush that holds
+    /// the row — but not for the key checks of usage rows being inserted.
     pub async fn lock(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<Option<CapSettings>> {
         users::table
             .find(user_id)
             .select(CapSettings::as_select())
-            .for_update()
+            .for_no_key_update()
             .first(conn)
             .await
             .optional()
@@ -178,12 +179,17 @@ impl SpendLease {
         Ok(())
     }
 
-    /// This instance is alive: its rows are not reclaimed.
+    /// This instance is alive: its rows that hold budget are not reclaimed
+    /// (empty ones are, after a minute).
     pub async fn heartbeat(conn: &mut AsyncPgConnection, instance_id: Uuid) -> QueryResult<usize> {
-        diesel::update(spend_leases::table.filter(spend_leases::instance_id.eq(instance_id)))
-            .set(spend_leases::renewed_at.eq(diesel::dsl::now))
-            .execute(conn)
-            .await
+        diesel::update(
+            spend_leases::table
+                .filter(spend_leases::instance_id.eq(instance_id))
+                .filter(spend_leases::held.gt(Decimal::ZERO)),
+        )
+        .set(spend_leases::renewed_at.eq(diesel::dsl::now))
+        .execute(conn)
+        .await
     }
 
     /// Deletes the rows of instances silent for `abandoned_after` (their
