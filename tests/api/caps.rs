@@ -265,7 +265,10 @@ async fn refused_calls_are_not_billed_and_a_finance_cap_can_be_lowered_not_raise
     assert_eq!((calls, failed), (1 + served, 0), "the refused call is not counted");
     let (exact, total) = charged(&app, &user).await;
     println!("cap 0.01: {served} calls served after the uncapped one, charged {exact} ({total} rounded)");
-    assert!(exact <= dec!(0.01) && total <= dec!(0.01), "{exact} / {total}");
+    assert!(
+        exact <= dec!(0.01) && total <= dec!(0.01),
+        "{served} more served: {exact} / {total}"
+    );
     assert!(dec!(0.01) - exact <= dec!(0.006), "{exact}: refused far too early");
 
     let metrics = app.metrics_text().await;
@@ -365,14 +368,15 @@ async fn a_lowered_cap_applies_at_once_to_budget_already_leased() {
     let user = app.new_user().await;
     let res = put(&app, "/api/v1/billing/cap", &user.token, &json!({"amount": "10.00"})).await;
     assert_eq!(res.status(), 200);
-    // Far from the cap: the lease holds at least an eighth of it.
+    // Far from the cap: the lease took at least an eighth of it (less what
+    // a flush of the three calls has released since).
     for _ in 0..3 {
         assert_eq!(call(&app, "/api/v1/tools/uuid", &user).await.0, 200);
     }
     let held = app
         .sql_row("SELECT coalesce(sum(held), 0)::text AS a, '' AS b FROM spend_leases")
         .await;
-    assert!(held[0].parse::<Decimal>().unwrap() >= dec!(1.25), "held {}", held[0]);
+    assert!(held[0].parse::<Decimal>().unwrap() >= dec!(1.2), "held {}", held[0]);
 
     let res = put(&app, "/api/v1/billing/cap", &user.token, &json!({"amount": "0.01"})).await;
     assert_eq!(res.status(), 200);
@@ -384,5 +388,8 @@ async fn a_lowered_cap_applies_at_once_to_budget_already_leased() {
     app.flush_meter().await;
     let (exact, total) = charged(&app, &user).await;
     println!("cap lowered to 0.01 after 3 calls: {served} more served, charged {exact} ({total} rounded)");
-    assert!(exact <= dec!(0.01) && total <= dec!(0.01), "{exact} / {total}");
+    assert!(
+        exact <= dec!(0.01) && total <= dec!(0.01),
+        "{served} more served: {exact} / {total}"
+    );
 }
