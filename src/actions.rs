@@ -620,3 +620,100 @@ pub async fn export_download(
             tracing::error!(error = %e, "export failed midway; aborting the transfer");
         })))
 }
+
+/// The caller's usage alerts.
+pub async fn alerts(state: &AppState, user_id: Uuid) -> Result<crate::billing::alerts::Alerts, ApiError> {
+    let mut conn = conn(state).await?;
+    Ok(crate::billing::alerts::get(&mut conn, user_id, state.config.billing.currency).await?)
+}
+
+/// Replaces the caller's usage alerts.
+pub async fn set_alerts(
+    state: &AppState,
+    user_id: Uuid,
+    thresholds: &[rust_decimal::Decimal],
+    credits_low_below: Option<rust_decimal::Decimal>,
+) -> Result<crate::billing::alerts::Alerts, ApiError> {
+    let mut conn = conn(state).await?;
+    let currency = state.config.billing.currency;
+    Ok(crate::billing::alerts::set(&mut conn, user_id, thresholds, credits_low_below, currency).await?)
+}
+
+/// Registers a webhook endpoint; its secret is in the answer, once.
+pub async fn create_webhook(
+    state: &AppState,
+    owner: crate::webhooks::Owner,
+    new: crate::webhooks::endpoints::NewEndpoint,
+) -> Result<crate::webhooks::endpoints::EndpointWithSecret, ApiError> {
+    let mut conn = conn(state).await?;
+    let policy = state.webhooks.policy();
+    Ok(crate::webhooks::endpoints::create(&mut conn, policy, owner, new, state.now()).await?)
+}
+
+pub async fn webhooks(
+    state: &AppState,
+    owner: crate::webhooks::Owner,
+) -> Result<Vec<crate::webhooks::endpoints::EndpointView>, ApiError> {
+    let mut conn = conn(state).await?;
+    Ok(crate::webhooks::endpoints::list(&mut conn, owner, state.now()).await?)
+}
+
+pub async fn webhook(
+    state: &AppState,
+    owner: crate::webhooks::Owner,
+    id: Uuid,
+) -> Result<crate::webhooks::endpoints::EndpointView, ApiError> {
+    let mut conn = conn(state).await?;
+    Ok(crate::webhooks::endpoints::get(&mut conn, owner, id, state.now()).await?)
+}
+
+/// Disables an endpoint (its deliveries wait) or enables it (they resume).
+pub async fn set_webhook_enabled(
+    state: &AppState,
+    owner: crate::webhooks::Owner,
+    id: Uuid,
+    enabled: bool,
+) -> Result<crate::webhooks::endpoints::EndpointView, ApiError> {
+    let mut conn = conn(state).await?;
+    let view = crate::webhooks::endpoints::set_enabled(&mut conn, owner, id, enabled, state.now()).await?;
+    if enabled {
+        state.webhooks.wake();
+    }
+    Ok(view)
+}
+
+/// A new signing secret; the old one signs beside it for the grace.
+pub async fn rotate_webhook_secret(
+    state: &AppState,
+    owner: crate::webhooks::Owner,
+    id: Uuid,
+) -> Result<crate::webhooks::endpoints::EndpointWithSecret, ApiError> {
+    let mut conn = conn(state).await?;
+    Ok(crate::webhooks::endpoints::rotate(&mut conn, owner, id, state.now()).await?)
+}
+
+/// One page of an endpoint's delivery log.
+pub async fn webhook_deliveries(
+    state: &AppState,
+    owner: crate::webhooks::Owner,
+    id: Uuid,
+    page: i64,
+    per_page: i64,
+) -> Result<crate::webhooks::endpoints::DeliveryPage, ApiError> {
+    check_paging(page, per_page)?;
+    let mut conn = conn(state).await?;
+    Ok(crate::webhooks::endpoints::deliveries(&mut conn, owner, id, page, per_page).await?)
+}
+
+/// Sends a delivery again now.
+pub async fn redeliver_webhook(
+    state: &AppState,
+    owner: crate::webhooks::Owner,
+    id: Uuid,
+    delivery_id: Uuid,
+) -> Result<crate::webhooks::endpoints::DeliveryView, ApiError> {
+    let mut conn = conn(state).await?;
+    let view = crate::webhooks::endpoints::redeliver(&mut conn, owner, id, delivery_id, state.now()).await?;
+    state.webhooks.wake();
+    Ok(view)
+}

@@ -24,6 +24,7 @@ use crate::metering::{Catalog, Meter, Metering};
 use crate::models::Api;
 use crate::redis_store::RedisStore;
 use crate::telemetry::Metrics;
+use crate::webhooks::Dispatcher;
 
 pub struct AppState {
     pub config: Config,
@@ -42,6 +43,8 @@ pub struct AppState {
     pub clients: Arc<Clients>,
     /// TLS for https upstreams (each worker builds its clients from it).
     pub upstream_tls: TlsSettings,
+    /// Sends the webhook outbox (`jobs::spawn_webhook_dispatcher` runs it).
+    pub webhooks: Arc<Dispatcher>,
     /// One catalog reload at a time, so an older read never replaces a
     /// newer one (the refresh loop and an admin change can overlap).
     catalog_reload: tokio::sync::Mutex<()>,
@@ -104,11 +107,21 @@ impl AppState {
             spending_refusals: metrics.spending_refusals.clone(),
         });
         let upstream_tls = TlsSettings::new(config.upstream_ca_file.as_deref())?;
+        let webhooks = Arc::new(Dispatcher::new(
+            db.clone(),
+            crate::domain::webhook::UrlPolicy {
+                allowed_hosts: config.webhook_allowed_hosts.clone(),
+            },
+            &upstream_tls,
+            metrics.webhooks.clone(),
+            chrono::TimeDelta::days(i64::from(config.billing.overdue_days)),
+        )?);
         let passwords = PasswordPool::new(config.password_threads, config.password_queue)
             .map_err(|e| anyhow::anyhow!("starting the password hashing threads: {e}"))?;
         Ok(Self {
             catalog_reload: tokio::sync::Mutex::new(()),
             upstream_tls,
+            webhooks,
             clients,
             passwords,
             catalog,
@@ -147,6 +160,7 @@ impl AppState {
             self.metrics
                 .invoices_issued
                 .inc_by(u64::try_from(outcome.invoices_issued).unwrap_or(0));
+            self.webhooks.wake();
         }
         Ok(outcome)
     }
@@ -156,6 +170,7 @@ impl AppState {
     pub async fn payment_recorded(&self, recorded: &Recorded) {
         if recorded.is_new() {
             self.metrics.payments_recorded.inc();
+            self.webhooks.wake();
         }
         let invoice = recorded.invoice();
         if invoice.status == crate::models::InvoiceStatus::Paid {

@@ -96,6 +96,10 @@ pub struct Config {
     /// How often each instance re-reads the catalog, picking up changes
     /// made through others (`PAYG_CATALOG_REFRESH_MS`, default 1000).
     pub catalog_refresh: Duration,
+    /// Hosts webhook endpoints may point at (`PAYG_WEBHOOK_ALLOWED_HOSTS`,
+    /// comma-separated; default none: an admin's endpoint may be anywhere,
+    /// a consumer's only on public addresses).
+    pub webhook_allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +326,20 @@ impl Config {
                     })?,
             },
             upstream_ca_file: var("PAYG_UPSTREAM_CA_FILE").map(std::path::PathBuf::from),
+            webhook_allowed_hosts: var("PAYG_WEBHOOK_ALLOWED_HOSTS")
+                .map(|hosts| {
+                    hosts
+                        .split(',')
+                        .map(|h| {
+                            h.trim()
+                                .trim_start_matches('[')
+                                .trim_end_matches(']')
+                                .to_ascii_lowercase()
+                        })
+                        .filter(|h| !h.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             catalog_refresh: Duration::from_millis(parse_or(
                 "PAYG_CATALOG_REFRESH_MS",
                 var("PAYG_CATALOG_REFRESH_MS"),

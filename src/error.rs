@@ -17,6 +17,7 @@ use crate::auth::AuthError;
 use crate::auth::accounts::ChangeError;
 use crate::auth::password::PoolBusy;
 use crate::auth::sessions::SessionError;
+use crate::billing::alerts::AlertError;
 use crate::billing::caps::CapError;
 use crate::billing::close::CloseError;
 use crate::billing::credits::CreditError;
@@ -31,6 +32,7 @@ use crate::domain::spend::{NotAdmitted, SpendRefusal};
 use crate::domain::text::InvalidText;
 use crate::gateway::{UpstreamAnswer, UpstreamError};
 use crate::models::price::CancelError;
+use crate::webhooks::WebhookError;
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -502,6 +504,26 @@ impl From<NotAdmitted> for ApiError {
                 "metering_unavailable",
                 "the spending cap cannot be checked right now; the call was not served or billed, retry shortly",
             ),
+        }
+    }
+}
+
+impl From<AlertError> for ApiError {
+    fn from(err: AlertError) -> Self {
+        match err {
+            e @ AlertError::Invalid(_) => Self::validation(e.to_string()),
+            AlertError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(err: WebhookError) -> Self {
+        match err {
+            WebhookError::BadUrl(e) => Self::validation(e.to_string()),
+            e @ (WebhookError::NotFound | WebhookError::DeliveryNotFound) => Self::not_found(e.to_string()),
+            e @ WebhookError::TooMany => Self::conflict("too_many_endpoints", e.to_string()),
+            WebhookError::Database(e) => e.into(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The background loops, all in one place: the meter flush (in durable mode:
 //! the group commit, and the settlement of given-up groups), the scheduled
 //! month close, the catalog refresh, the API-key revalidation, the listener
-//! for pushed revocations and the rate-limit lease sweeper. Each runs
+//! for pushed revocations, the rate-limit lease sweeper and the webhook
+//! dispatcher. Each runs
 //! until `shutdown` flips; `startup::Application::run_until_stopped` starts
 //! and joins them.
 
@@ -21,6 +22,7 @@ use crate::metering::Meter;
 use crate::metering::rate_limit::{RateLimiter, SWEEP_EVERY};
 use crate::metering::spend::{self, SpendLimiter};
 use crate::redis_store::{Event, RedisStore};
+use crate::webhooks::Dispatcher;
 
 /// How often the listener forgets expired deny-list entries and standings.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -300,4 +302,9 @@ pub fn spawn_spend_upkeep(spend: Arc<SpendLimiter>, mut shutdown: watch::Receive
             }
         }
     })
+}
+
+/// Sends the webhook outbox until `shutdown` flips (`webhooks::dispatch`).
+pub fn spawn_webhook_dispatcher(dispatcher: Arc<Dispatcher>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(dispatcher.run(shutdown))
 }

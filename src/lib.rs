@@ -32,3 +32,4 @@ pub mod routes;
 pub mod schema;
 pub mod startup;
 pub mod telemetry;
+pub mod webhooks;

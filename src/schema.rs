@@ -255,6 +255,71 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    usage_alerts (user_id) {
+        user_id -> Uuid,
+        thresholds -> Array<Numeric>,
+        credits_low_below -> Nullable<Numeric>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Uuid,
+        user_id -> Nullable<Uuid>,
+        url -> Text,
+        event_types -> Array<Text>,
+        description -> Text,
+        secret -> Text,
+        previous_secret -> Nullable<Text>,
+        previous_secret_expires_at -> Nullable<Timestamptz>,
+        disabled_at -> Nullable<Timestamptz>,
+        created_by -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbound_events (id) {
+        id -> Uuid,
+        event_type -> Text,
+        user_id -> Uuid,
+        dedupe_key -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Uuid,
+        event_id -> Uuid,
+        endpoint_id -> Uuid,
+        event_type -> Text,
+        state -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        locked_until -> Nullable<Timestamptz>,
+        last_attempt_at -> Nullable<Timestamptz>,
+        last_status -> Nullable<Int4>,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_attempts (delivery_id, attempt) {
+        delivery_id -> Uuid,
+        attempt -> Int4,
+        attempted_at -> Timestamptz,
+        status -> Nullable<Int4>,
+        error -> Nullable<Text>,
+        duration_ms -> Int4,
+    }
+}
+
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(api_upstreams -> apis (api_id));
 diesel::joinable!(credit_movements -> users (user_id));
@@ -269,6 +334,9 @@ diesel::joinable!(refresh_tokens -> users (user_id));
 diesel::joinable!(spend_leases -> users (user_id));
 diesel::joinable!(usage_records -> apis (api_id));
 diesel::joinable!(usage_records -> users (user_id));
+diesel::joinable!(webhook_deliveries -> outbound_events (event_id));
+diesel::joinable!(webhook_deliveries -> webhook_endpoints (endpoint_id));
+diesel::joinable!(webhook_attempts -> webhook_deliveries (delivery_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
@@ -290,4 +358,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     usage_records,
     users,
     webhook_events,
+    usage_alerts,
+    webhook_endpoints,
+    outbound_events,
+    webhook_deliveries,
+    webhook_attempts,
 );

@@ -192,6 +192,7 @@ impl Application {
             .then(|| jobs::spawn_group_committer(meter.clone(), shutdown_rx.clone()));
         let scheduler = jobs::spawn_close_scheduler(state.clone(), shutdown_rx.clone());
         let catalog_refresh = jobs::spawn_catalog_refresh(state.clone(), shutdown_rx.clone());
+        let webhooks = jobs::spawn_webhook_dispatcher(state.webhooks.clone(), shutdown_rx.clone());
         let key_revalidation = jobs::spawn_key_revalidation(state, shutdown_rx.clone());
         let metrics_handle = self.metrics_server.handle();
         let metrics_server = tokio::spawn(self.metrics_server);
@@ -209,6 +210,7 @@ impl Application {
         let _ = key_revalidation.await;
         let _ = lease_sweeper.await;
         let _ = spend_upkeep.await;
+        let _ = webhooks.await;
         let _ = self.revocation_listener.await;
         let lost = meter.drain(SHUTDOWN_GRACE).await;
         if lost == 0 {

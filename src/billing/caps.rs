@@ -29,10 +29,12 @@ use crate::billing::credits::MAX_TOP_UP;
 use crate::billing::statement::Statement;
 use crate::domain::pricing::round_to_minor_unit;
 use crate::domain::spend::{BoundLine, SpendRefusal, charge_bound, lease_size, reservation};
+use crate::domain::webhook::NewEvent;
 use crate::domain::{Currency, Period};
 use crate::models::price::{PriceBook, UNPRICED};
 use crate::models::spend::{CapSettings, SpendLease};
 use crate::models::usage::{UsageDelta, UsageKey, UsagePrice, VersionCounters};
+use crate::models::webhook::{Outbox, latest_top_ups};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapError {
@@ -268,6 +270,15 @@ pub async fn lease(
                 if !returning.is_zero() {
                     SpendLease::add_held(conn, user_id, period, instance_id, -returning).await?;
                 }
+                // Heard once per period and cap (credit: once per top-up).
+                let event = match (refusal, settings.effective_cap()) {
+                    (SpendRefusal::CapReached, Some(cap)) => NewEvent::cap_reached(user_id, period, cap, currency),
+                    _ => {
+                        let since = latest_top_ups(conn, &[user_id]).await?.first().map(|(_, id)| *id);
+                        NewEvent::credits_exhausted(user_id, since, settings.credit_balance, currency)
+                    }
+                };
+                Outbox::emit(conn, &[event], Utc::now()).await?;
                 Ok(LeaseAnswer::Refused(refusal))
             }
         }

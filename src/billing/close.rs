@@ -16,12 +16,14 @@ use uuid::Uuid;
 use crate::billing::statement::Statement;
 use crate::config::BillingSettings;
 use crate::domain::pricing::PricedLine;
+use crate::domain::webhook::{EventType, NewEvent};
 use crate::domain::{Currency, Period};
 use crate::models::User;
 use crate::models::credit::CreditMovement;
 use crate::models::invoice::{ClosedPeriod, Invoice, InvoiceLine, InvoiceStatus};
 use crate::models::price::PriceBook;
 use crate::models::usage::{UsagePrice, UsageRecord, VersionUsage};
+use crate::models::webhook::{Outbox, invoice_facts};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CloseOutcome {
@@ -147,6 +149,18 @@ pub async fn close_period(
                 }
             }
             Invoice::insert_all(conn, &new_invoices, &new_lines).await?;
+            // Each invoice's events in the close's transaction: issued, and
+            // paid at once when credit (or rounding to zero) settled it.
+            let events: Vec<NewEvent> = new_invoices
+                .iter()
+                .flat_map(|invoice| {
+                    let facts = invoice_facts(invoice);
+                    let paid = (invoice.status == InvoiceStatus::Paid)
+                        .then(|| NewEvent::invoice(EventType::InvoicePaid, &facts));
+                    std::iter::once(NewEvent::invoice(EventType::InvoiceIssued, &facts)).chain(paid)
+                })
+                .collect();
+            Outbox::emit(conn, &events, now).await?;
             let issued = i32::try_from(new_invoices.len()).unwrap_or(i32::MAX);
             ClosedPeriod::insert(
                 conn,

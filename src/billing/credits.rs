@@ -178,16 +178,17 @@ pub fn draw(change: Decimal, balance: Decimal, drawn: Decimal) -> Decimal {
 /// (`changes`: sorted by user, then period), inside the flush's transaction,
 /// after the users' rows were locked and their `total_cost` moved. Periods
 /// already closed draw nothing: their invoices are issued, with the credit
-/// they applied.
+/// they applied. Returns each user whose balance moved, with the balance
+/// after.
 pub async fn draw_for_usage(
     conn: &mut AsyncPgConnection,
     changes: &[((Uuid, Period), Decimal)],
     currency: Currency,
-) -> Result<(), DieselError> {
+) -> Result<Vec<(Uuid, Decimal)>, DieselError> {
     let keys: Vec<(Uuid, Period)> = changes.iter().map(|(k, _)| *k).collect();
     let drawable = CreditMovement::drawable(conn, &keys).await?;
     if drawable.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut periods: Vec<Period> = drawable.iter().map(|d| d.period).collect();
     periods.sort_unstable();
@@ -206,6 +207,8 @@ pub async fn draw_for_usage(
     let drawable: HashMap<(Uuid, Period), Drawable> =
         drawable.into_iter().map(|d| ((d.user_id, d.period), d)).collect();
     let mut draws: Vec<(Uuid, Period, Decimal)> = Vec::new();
+    // Each user whose balance moved, and their balance after.
+    let mut drawn_down: Vec<(Uuid, Decimal)> = Vec::new();
     let mut balance: Option<(Uuid, Decimal)> = None;
     for ((user_id, period), change) in changes {
         let Some(found) = drawable.get(&(*user_id, *period)) else {
@@ -223,9 +226,14 @@ pub async fn draw_for_usage(
         balance = Some((*user_id, left - drawn));
         if !drawn.is_zero() {
             draws.push((*user_id, *period, drawn));
+            match drawn_down.last_mut() {
+                Some((id, after)) if id == user_id => *after = left - drawn,
+                _ => drawn_down.push((*user_id, left - drawn)),
+            }
         }
     }
-    CreditMovement::record_draws(conn, &draws, currency.code()).await
+    CreditMovement::record_draws(conn, &draws, currency.code()).await?;
+    Ok(drawn_down)
 }
 
 /// Gives back the credit a voided invoice had applied, in the void's

@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 use crate::billing::credits;
 use crate::domain::Currency;
+use crate::domain::webhook::{EventType, NewEvent};
 use crate::models::invoice::{Invoice, InvoiceStatus, Payment, WebhookEvent};
+use crate::models::webhook::{Outbox, invoice_facts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentSource {
@@ -166,6 +168,10 @@ pub async fn record_payment(
         let paid = invoice.amount_paid + input.amount;
         let settled = paid + invoice.credit_applied == invoice.total;
         let invoice = Invoice::set_paid(conn, invoice.id, paid, settled, now).await?;
+        if settled {
+            let event = NewEvent::invoice(EventType::InvoicePaid, &invoice_facts(&invoice));
+            Outbox::emit(conn, &[event], now).await?;
+        }
         Ok(Recorded::Created { payment, invoice })
     })
     .await

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::billing::statement::{VersionCalls, price_versions};
-use crate::billing::{caps, credits};
+use crate::billing::{alerts, caps, credits};
 use crate::domain::{Currency, Period};
 use crate::models::User;
 use crate::models::price::PriceBook;
@@ -189,7 +189,7 @@ fn by_price(deltas: &[(UsageKey, UsageDelta)], book: &PriceBook) -> Vec<(PricedK
 
 /// Adds what `deltas` changed in the price of their (user, API, period)s to
 /// each user's `total_cost`, inside the caller's transaction, after the
-/// upserts.
+/// upserts; draws on credit, and emits the alerts the changes set off.
 async fn add_cost(
     conn: &mut AsyncPgConnection,
     deltas: &[(PricedKey, UsageDelta)],
@@ -212,10 +212,12 @@ async fn add_cost(
     // further statement for them.
     let may_draw = balances.iter().any(|(_, balance)| *balance > Decimal::ZERO)
         || changes.iter().any(|(_, change)| *change < Decimal::ZERO);
-    if may_draw {
-        credits::draw_for_usage(conn, &changes, currency).await?;
-    }
-    Ok(())
+    let drawn_down = if may_draw {
+        credits::draw_for_usage(conn, &changes, currency).await?
+    } else {
+        Vec::new()
+    };
+    alerts::after_flush(conn, &changes, &drawn_down, currency).await
 }
 
 /// Per (user, period), what the batch added to its cost: for each touched

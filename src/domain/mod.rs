@@ -8,7 +8,8 @@
 //! - [`pricing`]: the one pricing function, usage → money;
 //! - [`spend`]: what a spending cap allows: the charge bound, a lease's size;
 //! - [`text`]: names, references, slugs, emails — each rule written once;
-//! - [`gateway`]: which path a gateway prefix matches, and payg's signature.
+//! - [`gateway`]: which path a gateway prefix matches, and payg's signature;
+//! - [`webhook`]: outbound events, their Standard Webhooks signature, retries.
 
 pub mod clock;
 pub mod currency;
@@ -17,6 +18,7 @@ pub mod period;
 pub mod pricing;
 pub mod spend;
 pub mod text;
+pub mod webhook;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use currency::Currency;

@@ -54,6 +54,11 @@ impl TlsSettings {
             config: Arc::new(config),
         })
     }
+
+    /// The rustls settings, for the webhook dispatcher's client.
+    pub fn client_config(&self) -> ClientConfig {
+        (*self.config).clone()
+    }
 }
 
 /// One worker's clients, one per connect timeout in use (awc sets the

@@ -59,6 +59,7 @@ pub mod refresh_token;
 pub mod spend;
 pub mod usage;
 pub mod user;
+pub mod webhook;
 
 pub use api::Api;
 pub use invoice::{Invoice, InvoiceStatus};

@@ -68,6 +68,7 @@ pub mod me;
 pub mod openapi;
 pub mod tools;
 pub mod usage;
+pub mod webhook_endpoints;
 pub mod webhooks;
 
 use crate::error::ApiError;
@@ -108,6 +109,7 @@ route_table! {
     "/billing/current" => get: billing::current_cost;
     "/billing/periods/{period}" => get: billing::period_cost;
     "/billing/cap" => get: caps::my_cap, put: caps::set_my_cap;
+    "/billing/alerts" => get: webhook_endpoints::my_alerts, put: webhook_endpoints::set_my_alerts;
     "/credits" => get: credits::my_credits;
     "/invoices" => get: invoices::list_invoices;
     "/invoices/{id}" => get: invoices::get_invoice;
@@ -133,6 +135,18 @@ route_table! {
     "/admin/users/{id}" => patch: admin_users::update_user;
     // Payment provider callbacks (signed, no user).
     "/webhooks/payments" => post: webhooks::payment_webhook;
+    // Outbound webhooks: a consumer's endpoints (after `/webhooks/payments`,
+    // so "payments" is not taken for an id), and the admins'.
+    "/webhooks" => get: webhook_endpoints::list_my_webhooks, post: webhook_endpoints::create_my_webhook;
+    "/webhooks/{id}" => get: webhook_endpoints::get_my_webhook, patch: webhook_endpoints::update_my_webhook;
+    "/webhooks/{id}/rotate" => post: webhook_endpoints::rotate_my_webhook;
+    "/webhooks/{id}/deliveries" => get: webhook_endpoints::my_webhook_deliveries;
+    "/webhooks/{id}/deliveries/{delivery_id}/redeliver" => post: webhook_endpoints::redeliver_mine;
+    "/admin/webhooks" => get: webhook_endpoints::list_admin_webhooks, post: webhook_endpoints::create_admin_webhook;
+    "/admin/webhooks/{id}" => get: webhook_endpoints::get_admin_webhook, patch: webhook_endpoints::update_admin_webhook;
+    "/admin/webhooks/{id}/rotate" => post: webhook_endpoints::rotate_admin_webhook;
+    "/admin/webhooks/{id}/deliveries" => get: webhook_endpoints::admin_webhook_deliveries;
+    "/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver" => post: webhook_endpoints::redeliver_admin;
     // This API's own description (public, not metered).
     "/openapi.json" => get: openapi::openapi_spec;
 }

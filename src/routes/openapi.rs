@@ -31,7 +31,7 @@ use crate::domain::{Currency, Day, Period};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
     admin, admin_users, api_keys, apis, auth, billing, caps, credits, finance, health, invoices, me, tools, usage,
-    webhooks,
+    webhook_endpoints, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -85,6 +85,22 @@ use crate::routes::{
         admin_users::list_users,
         admin_users::update_user,
         webhooks::payment_webhook,
+        webhook_endpoints::my_alerts,
+        webhook_endpoints::set_my_alerts,
+        webhook_endpoints::list_my_webhooks,
+        webhook_endpoints::create_my_webhook,
+        webhook_endpoints::get_my_webhook,
+        webhook_endpoints::update_my_webhook,
+        webhook_endpoints::rotate_my_webhook,
+        webhook_endpoints::my_webhook_deliveries,
+        webhook_endpoints::redeliver_mine,
+        webhook_endpoints::list_admin_webhooks,
+        webhook_endpoints::create_admin_webhook,
+        webhook_endpoints::get_admin_webhook,
+        webhook_endpoints::update_admin_webhook,
+        webhook_endpoints::rotate_admin_webhook,
+        webhook_endpoints::admin_webhook_deliveries,
+        webhook_endpoints::redeliver_admin,
         tools::uuid,
         tools::random,
         tools::random_up_to,
@@ -109,7 +125,8 @@ use crate::routes::{
         (name = "billing", description = "The caller's own cost and invoices"),
         (name = "finance", description = "Closing periods, invoices, exports and payments (finance or admin role)"),
         (name = "admin", description = "The API catalog, prices and users' roles and statuses (admin role)"),
-        (name = "webhooks", description = "Signed payment-provider callbacks"),
+        (name = "webhooks", description = "Signed payment-provider callbacks in; usage alerts and signed \
+                                           outbound webhooks (Standard Webhooks) out"),
         (name = "tools", description = "The metered demo APIs: every authenticated call is counted and priced"),
     )
 )]

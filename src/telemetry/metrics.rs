@@ -6,8 +6,11 @@
 //! slugs — never raw paths, emails or ids.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+use crate::webhooks::DeliveryMetrics;
 
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +36,7 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub upstream_connect_errors: IntCounterVec,
     pub upstream_timeouts: IntCounterVec,
+    pub webhooks: DeliveryMetrics,
 }
 
 /// `/random/{max}` → `/random/:max`: the pattern, in a form every
@@ -164,8 +168,42 @@ impl Metrics {
             ),
             &["api"],
         )?;
+        let webhooks = DeliveryMetrics {
+            attempts: IntCounterVec::new(
+                Opts::new(
+                    "webhook_attempts_total",
+                    "Webhook delivery attempts by event type and outcome (delivered, failed)",
+                ),
+                &["event_type", "outcome"],
+            )?,
+            given_up: IntCounterVec::new(
+                Opts::new(
+                    "webhook_deliveries_given_up_total",
+                    "Webhook deliveries given up after every retry, by event type",
+                ),
+                &["event_type"],
+            )?,
+            backlog: IntGaugeVec::new(
+                Opts::new(
+                    "webhook_backlog",
+                    "Webhook deliveries waiting to be delivered, by event type",
+                ),
+                &["event_type"],
+            )?,
+            backlog_age: IntGaugeVec::new(
+                Opts::new(
+                    "webhook_backlog_age_seconds",
+                    "Age of the oldest webhook delivery waiting, by event type (0: none)",
+                ),
+                &["event_type"],
+            )?,
+        };
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhooks.attempts.clone()),
+            Box::new(webhooks.given_up.clone()),
+            Box::new(webhooks.backlog.clone()),
+            Box::new(webhooks.backlog_age.clone()),
             Box::new(http_duration.clone()),
             Box::new(metered_calls.clone()),
             Box::new(meter_pending_calls.clone()),
@@ -210,6 +248,7 @@ impl Metrics {
             upstream_duration,
             upstream_connect_errors,
             upstream_timeouts,
+            webhooks,
         })
     }
 
