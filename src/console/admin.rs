@@ -56,7 +56,7 @@ pub async fn show_catalog(signed: Signed, query: web::Query<Done>) -> PageResult
         main {
             h1 { "Admin" }
             (page::notice((query.done.as_deref() == Some("added")).then_some("API added."), "ok"))
-            p { a href="/console/admin/users" { "Users →" } }
+            p.actions { a href="/console/admin/users" { "Users →" } a href="/console/admin/webhooks" { "Webhooks →" } }
             h2 { "Catalog" }
             div.scroll { table #catalog {
                 thead { tr {

@@ -1,7 +1,7 @@
 //! The web console: server-rendered pages under `/console` for consumers
-//! (their month, usage, invoices, keys, profile, the catalog), finance
-//! (periods, invoices, payments, exports) and admins (the catalog, prices,
-//! users), served by payg itself.
+//! (their month, usage, invoices, keys, usage alerts and webhooks, profile,
+//! the catalog), finance (periods, invoices, payments, exports) and admins
+//! (the catalog, prices, users, admin webhooks), served by payg itself.
 //!
 //! A door like `routes/`, beside it: handlers parse a form into checked
 //! types, authorise by extractor ([`page::Signed`], then the caller's role
@@ -25,6 +25,7 @@ mod guard;
 mod invoice;
 pub mod page;
 pub mod session;
+mod webhooks;
 
 use actix_web::{HttpResponse, web};
 
@@ -63,6 +64,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/keys", web::post().to(consumer::create_key))
                 .route("/keys/{id}/revoke", web::post().to(consumer::revoke_key))
                 .route("/apis", web::get().to(consumer::list_apis))
+                .route("/webhooks", web::get().to(webhooks::my_webhooks))
+                .route("/webhooks", web::post().to(webhooks::create_my_webhook))
+                .route("/webhooks/alerts", web::post().to(webhooks::set_my_alerts))
+                .route("/webhooks/{id}", web::get().to(webhooks::show_my_webhook))
+                .route(
+                    "/webhooks/{id}/enabled",
+                    web::post().to(webhooks::set_my_webhook_enabled),
+                )
+                .route("/webhooks/{id}/rotate", web::post().to(webhooks::rotate_my_webhook))
+                .route(
+                    "/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+                    web::post().to(webhooks::redeliver_mine),
+                )
                 .route("/credit", web::get().to(credit::my_credit))
                 .route("/credit/cap", web::post().to(credit::set_my_cap))
                 .route("/finance/credit", web::get().to(credit::user_credit))
@@ -95,6 +109,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/admin/users", web::get().to(admin::list_users))
                 .route("/admin/users/{id}", web::post().to(admin::update_user))
+                .route("/admin/webhooks", web::get().to(webhooks::admin_webhooks))
+                .route("/admin/webhooks", web::post().to(webhooks::create_admin_webhook))
+                .route("/admin/webhooks/{id}", web::get().to(webhooks::show_admin_webhook))
+                .route(
+                    "/admin/webhooks/{id}/enabled",
+                    web::post().to(webhooks::set_admin_webhook_enabled),
+                )
+                .route(
+                    "/admin/webhooks/{id}/rotate",
+                    web::post().to(webhooks::rotate_admin_webhook),
+                )
+                .route(
+                    "/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+                    web::post().to(webhooks::redeliver_admin),
+                )
                 .default_service(web::to(not_found)),
         );
 }

@@ -135,6 +135,7 @@ pub fn document(title: &str, chrome: Option<(&Viewer, &str, &str, &str)>, main: 
                             (nav_link("/console/invoices", "Invoices", active))
                             (nav_link("/console/credit", "Credit", active))
                             (nav_link("/console/keys", "API keys", active))
+                            (nav_link("/console/webhooks", "Webhooks", active))
                             (nav_link("/console/apis", "APIs", active))
                             (nav_link("/console/profile", "Profile", active))
                             @if viewer.role.can_do_finance() {
@@ -142,6 +143,7 @@ pub fn document(title: &str, chrome: Option<(&Viewer, &str, &str, &str)>, main: 
                             }
                             @if viewer.role == Role::Admin {
                                 (nav_link("/console/admin", "Admin", active))
+                                (nav_link("/console/admin/webhooks", "Admin webhooks", active))
                             }
                         }
                         form.signout method="post" action="/console/sign-out" {

@@ -324,6 +324,17 @@ pub fn parse_url(url: &str) -> Result<EndpointUrl, BadUrl> {
     {
         return Err(BadUrl::Malformed);
     }
+    // A host whose last label starts with a digit is an IPv4 address to
+    // an HTTP client ("127.1", "2130706433", "0x7f.1" all mean 127.0.0.1):
+    // only the canonical dotted quad is taken, so the address checked is
+    // the address connected to.
+    let last_label = host.trim_end_matches('.').rsplit('.').next().unwrap_or_default();
+    if !host.contains(':')
+        && last_label.starts_with(|c: char| c.is_ascii_digit())
+        && host.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        return Err(BadUrl::Malformed);
+    }
     let host_ok = !host.is_empty()
         && host
             .chars()
@@ -425,9 +436,6 @@ fn is_local_name(host: &str) -> bool {
 /// currency's decimals, at most 10, distinct; sorted.
 pub fn check_thresholds(thresholds: &[Decimal], currency: Currency) -> Result<Vec<Decimal>, String> {
     let decimals = currency.minor_units();
-    if thresholds.len() > 10 {
-        return Err("at most 10 thresholds".to_owned());
-    }
     let mut out = Vec::with_capacity(thresholds.len());
     for t in thresholds {
         if *t <= Decimal::ZERO || t.normalize().scale() > decimals || *t > Decimal::from(1_000_000_000_000_i64) {
@@ -441,6 +449,9 @@ pub fn check_thresholds(thresholds: &[Decimal], currency: Currency) -> Result<Ve
     }
     out.sort_unstable();
     out.dedup();
+    if out.len() > 10 {
+        return Err("at most 10 distinct thresholds".to_owned());
+    }
     Ok(out)
 }
 
@@ -496,6 +507,11 @@ mod tests {
             "https://example.com:99999/",
             "javascript:alert(1)",
             "https://example.com:/x",
+            "http://127.1/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://127.0.0.1./",
+            "http://010.0.0.1/",
         ] {
             assert_eq!(open.check(bad, true), Err(BadUrl::Malformed), "{bad}");
         }

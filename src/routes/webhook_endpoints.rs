@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::actions;
 use crate::app::AppState;
 use crate::billing::alerts::Alerts;
-use crate::domain::currency::DecimalString;
+use crate::domain::currency::{DecimalString, parse_decimal_string};
 use crate::domain::text::Description;
 use crate::domain::webhook::EventType;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -70,9 +70,9 @@ pub async fn set_my_alerts(
     let thresholds: Vec<Decimal> = body
         .thresholds
         .iter()
-        .map(|t| t.parse::<Decimal>())
+        .map(|t| parse_decimal_string(t))
         .collect::<Result<_, _>>()
-        .map_err(|_| ApiError::validation("each threshold must be a decimal string such as \"5.00\""))?;
+        .map_err(ApiError::validation)?;
     let alerts = actions::set_alerts(&state, user.id(), &thresholds, body.credits_low_below).await?;
     Ok(HttpResponse::Ok().json(alerts))
 }

@@ -298,18 +298,18 @@ impl Dispatcher {
         }
     }
 
-    /// Emits `invoice.overdue` for invoices that became overdue (in the
-    /// transaction that finds them; the dedupe key makes it once, whichever
+    /// Emits `invoice.overdue` for invoices overdue `as_of` (the job: now)
+    /// and not yet announced (the dedupe key makes it once, whichever
     /// instance finds them first).
-    pub async fn emit_overdue(&self, now: DateTime<Utc>) {
+    pub async fn emit_overdue(&self, as_of: DateTime<Utc>) {
         let emitted = async {
             let mut conn = self.db.get().await.map_err(|e| anyhow::anyhow!(e))?;
-            let invoices = Outbox::newly_overdue(&mut conn, now - self.overdue_after, 500).await?;
+            let invoices = Outbox::newly_overdue(&mut conn, as_of - self.overdue_after, 500).await?;
             let events: Vec<NewEvent> = invoices
                 .iter()
                 .map(|i| NewEvent::invoice(EventType::InvoiceOverdue, &invoice_facts(i)))
                 .collect();
-            anyhow::Ok(Outbox::emit(&mut conn, &events, now).await?)
+            anyhow::Ok(Outbox::emit(&mut conn, &events, Utc::now()).await?)
         }
         .await;
         match emitted {

@@ -166,8 +166,9 @@ pub async fn get(
     Ok(EndpointView::of(&endpoint, now))
 }
 
-/// Disables (nothing is sent to it; its pending deliveries wait) or
-/// enables it again (they resume).
+/// Disables (nothing is sent to it: its pending deliveries wait, and events
+/// emitted meanwhile are not queued for it) or enables it again (the
+/// pending ones resume).
 pub async fn set_enabled(
     conn: &mut AsyncPgConnection,
     owner: Owner,

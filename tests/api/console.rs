@@ -184,7 +184,13 @@ async fn console_cookies_are_httponly_strict_and_scoped_and_every_page_carries_t
         "signing in replaces the CSRF value"
     );
 
-    for path in ["/console", "/console/keys", "/console/sign-in", "/console/no-such-page"] {
+    for path in [
+        "/console",
+        "/console/keys",
+        "/console/webhooks",
+        "/console/sign-in",
+        "/console/no-such-page",
+    ] {
         let res = browser.get(path).await;
         let h = res.headers();
         let csp = h
@@ -1255,4 +1261,409 @@ async fn a_page_asked_for_without_a_session_is_where_signing_in_leads() {
         .await;
     assert_eq!(res.status(), 303);
     assert_eq!(location(&res), wanted);
+}
+
+/// The app the webhook pages are tested on: consumers may point endpoints
+/// at 127.0.0.1 (nothing listens on port 9; no event is sent in these
+/// tests).
+async fn webhook_app() -> TestApp {
+    TestApp::builder()
+        .env("PAYG_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
+        .spawn()
+        .await
+}
+
+const HOOK_URL: &str = "http://127.0.0.1:9/hook";
+
+/// The signing secret a page shows (the value of its read-only field).
+fn secret_in(body: &str) -> String {
+    let marker = "id=\"webhook-secret\" type=\"text\" readonly value=\"";
+    let start = body.find(marker).expect("the secret is shown") + marker.len();
+    let secret = body[start..].split('"').next().expect("value").to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    secret
+}
+
+#[tokio::test]
+async fn a_consumer_sets_alerts_and_adds_disables_enables_and_rotates_a_webhook_endpoint_in_the_console() {
+    let app = webhook_app().await;
+    let user = app.new_user().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    let (status, page) = browser.get_text("/console/webhooks").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(r#"<a href="/console/webhooks" aria-current="page">Webhooks</a>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains("Usage alerts") && page.contains("No endpoints yet."),
+        "{page}"
+    );
+    assert!(
+        !page.contains("/console/admin/webhooks"),
+        "no admin link for a consumer"
+    );
+
+    // Alerts: a list by commas and new lines, saved lowest first.
+    let res = browser
+        .submit(
+            "/console/webhooks",
+            "/console/webhooks/alerts",
+            &[("thresholds", "20, 5\r\n100.5\n"), ("credits_low_below", "2")],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/console/webhooks?done=alerts");
+    let alerts = app.get_json("/api/v1/billing/alerts", &user.token).await;
+    assert_eq!(
+        alerts["thresholds"],
+        serde_json::json!(["5.00", "20.00", "100.50"]),
+        "{alerts}"
+    );
+    assert_eq!(alerts["credits_low_below"], "2.00", "{alerts}");
+    let (_, page) = browser.get_text(&location(&res)).await;
+    assert!(page.contains("Your alerts are saved."), "{page}");
+    assert!(page.contains("100.50 USD") && page.contains("2.00 USD"), "{page}");
+
+    // Refused as the API refuses it: shown again as sent, nothing changes.
+    for (thresholds, below) in [("5, abc", ""), ("0", ""), ("5", "-1"), ("1.005", "")] {
+        let res = browser
+            .submit(
+                "/console/webhooks",
+                "/console/webhooks/alerts",
+                &[("thresholds", thresholds), ("credits_low_below", below)],
+            )
+            .await;
+        assert_eq!(res.status(), 400, "{thresholds:?} {below:?}");
+        let body = res.text().await.expect("body");
+        assert!(body.contains("notice error"), "{body}");
+        assert!(body.contains(&format!(">{thresholds}</textarea>")), "{body}");
+    }
+    let unchanged = app.get_json("/api/v1/billing/alerts", &user.token).await;
+    assert_eq!(unchanged, alerts);
+
+    // Empty removes them.
+    let res = browser
+        .submit(
+            "/console/webhooks",
+            "/console/webhooks/alerts",
+            &[("thresholds", ""), ("credits_low_below", "")],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let alerts = app.get_json("/api/v1/billing/alerts", &user.token).await;
+    assert_eq!(alerts["thresholds"], serde_json::json!([]), "{alerts}");
+    assert_eq!(alerts["credits_low_below"], Value::Null, "{alerts}");
+
+    // An endpoint: its secret on the answer, once.
+    let res = browser
+        .submit(
+            "/console/webhooks",
+            "/console/webhooks",
+            &[
+                ("url", HOOK_URL),
+                ("event_types", "invoice.paid"),
+                ("event_types", "invoice.issued"),
+                ("description", "billing system"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get(header::CACHE_CONTROL).expect("cache"), "no-store");
+    assert!(res.headers().get(header::LOCATION).is_none());
+    let body = res.text().await.expect("body");
+    assert!(body.contains("Copy it now: it is not shown again."), "{body}");
+    let secret = secret_in(&body);
+    let hooks = app.get_json("/api/v1/webhooks", &user.token).await;
+    let hooks = hooks.as_array().expect("endpoints");
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["url"], HOOK_URL);
+    assert_eq!(
+        hooks[0]["event_types"],
+        serde_json::json!(["invoice.issued", "invoice.paid"])
+    );
+    assert_eq!(hooks[0]["description"], "billing system");
+    assert_eq!(hooks[0]["enabled"], true);
+    let id = hooks[0]["id"].as_str().expect("id").to_owned();
+    let (_, list) = browser.get_text("/console/webhooks").await;
+    assert!(
+        !list.contains(&secret) && !list.contains("whsec_"),
+        "shown once: {list}"
+    );
+    assert!(list.contains(HOOK_URL) && list.contains("invoice.issued"), "{list}");
+    assert!(list.contains(r#"<span class="badge paid">enabled</span>"#), "{list}");
+
+    // A URL the consumer may not use: refused, the form kept, nothing added.
+    let res = browser
+        .submit(
+            "/console/webhooks",
+            "/console/webhooks",
+            &[
+                ("url", "https://hooks.example.com/payg"),
+                ("event_types", "credits.low"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let body = res.text().await.expect("body");
+    assert!(body.contains("notice error") && !body.contains("whsec_"), "{body}");
+    assert!(body.contains(r#"value="https://hooks.example.com/payg""#), "{body}");
+    assert!(
+        body.contains(r#"value="credits.low" checked"#),
+        "the ticked box stays ticked: {body}"
+    );
+    let hooks = app.get_json("/api/v1/webhooks", &user.token).await;
+    assert_eq!(hooks.as_array().expect("endpoints").len(), 1);
+
+    // Disabled from the list, enabled again from its own page.
+    let enabled = format!("/console/webhooks/{id}/enabled");
+    let res = browser
+        .submit("/console/webhooks", &enabled, &[("enabled", "no"), ("back", "list")])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/console/webhooks?done=disabled");
+    let hook = app.get_json(&format!("/api/v1/webhooks/{id}"), &user.token).await;
+    assert_eq!(hook["enabled"], false, "{hook}");
+    let (_, list) = browser.get_text(&location(&res)).await;
+    assert!(list.contains(r#"<span class="badge issued">disabled</span>"#), "{list}");
+    let endpoint_page = format!("/console/webhooks/{id}");
+    let res = browser
+        .submit(&endpoint_page, &enabled, &[("enabled", "yes"), ("back", "endpoint")])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), format!("{endpoint_page}?done=enabled"));
+    let hook = app.get_json(&format!("/api/v1/webhooks/{id}"), &user.token).await;
+    assert_eq!(hook["enabled"], true, "{hook}");
+    assert_eq!(hook["previous_secret_expires_at"], Value::Null, "{hook}");
+
+    // Rotated: a new secret, shown once; the old one signs for a while.
+    let res = browser
+        .submit(&endpoint_page, &format!("{endpoint_page}/rotate"), &[])
+        .await;
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.expect("body");
+    assert!(body.contains("Copy it now: it is not shown again."), "{body}");
+    let rotated = secret_in(&body);
+    assert_ne!(rotated, secret);
+    let hook = app.get_json(&format!("/api/v1/webhooks/{id}"), &user.token).await;
+    assert!(hook["previous_secret_expires_at"].is_string(), "{hook}");
+    for path in ["/console/webhooks", endpoint_page.as_str()] {
+        let (status, body) = browser.get_text(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.contains("whsec_"), "{path}: {body}");
+    }
+    let (_, log) = browser.get_text(&endpoint_page).await;
+    assert!(log.contains("No deliveries yet."), "{log}");
+    assert!(log.contains("Previous secret"), "{log}");
+}
+
+#[tokio::test]
+async fn a_consumer_cannot_open_the_admin_webhooks_and_webhook_forms_without_their_csrf_token_change_nothing() {
+    let app = webhook_app().await;
+    let user = app.new_user().await;
+    let admin = app.user_with_role("admin").await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    // One endpoint of the user's, made through the API.
+    let res = app
+        .post_auth("/api/v1/webhooks", &user.token, &serde_json::json!({"url": HOOK_URL}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let made: Value = res.json().await.expect("json");
+    let id = made["id"].as_str().expect("id").to_owned();
+
+    assert_eq!(browser.get("/console/admin/webhooks").await.status(), 403);
+    assert_eq!(
+        browser.get(&format!("/console/admin/webhooks/{id}")).await.status(),
+        403
+    );
+    let res = browser
+        .submit("/console/webhooks", "/console/admin/webhooks", &[("url", HOOK_URL)])
+        .await;
+    assert_eq!(res.status(), 403, "admins only, token or not");
+
+    let _ = browser.csrf("/console/webhooks").await;
+    let forged: [(String, Vec<(&str, &str)>); 5] = [
+        ("/console/webhooks".to_owned(), vec![("url", HOOK_URL)]),
+        (
+            "/console/webhooks/alerts".to_owned(),
+            vec![("thresholds", "5"), ("credits_low_below", "1")],
+        ),
+        (format!("/console/webhooks/{id}/enabled"), vec![("enabled", "no")]),
+        (format!("/console/webhooks/{id}/rotate"), vec![]),
+        ("/console/admin/webhooks".to_owned(), vec![("url", HOOK_URL)]),
+    ];
+    for (action, fields) in &forged {
+        let res = browser.post_form(action, fields).await;
+        assert_eq!(res.status(), 403, "{action}");
+        let body = res.text().await.expect("body");
+        assert!(
+            body.contains("csrf_failed") && !body.contains("whsec_"),
+            "{action}: {body}"
+        );
+    }
+
+    let hooks = app.get_json("/api/v1/webhooks", &user.token).await;
+    let hooks = hooks.as_array().expect("endpoints");
+    assert_eq!(hooks.len(), 1, "nothing added: {hooks:?}");
+    assert_eq!(hooks[0]["enabled"], true, "not disabled");
+    assert_eq!(hooks[0]["previous_secret_expires_at"], Value::Null, "not rotated");
+    let alerts = app.get_json("/api/v1/billing/alerts", &user.token).await;
+    assert_eq!(alerts["thresholds"], serde_json::json!([]), "{alerts}");
+    assert_eq!(alerts["credits_low_below"], Value::Null, "{alerts}");
+    let admin_hooks = app.get_json("/api/v1/admin/webhooks", &admin.token).await;
+    assert_eq!(admin_hooks, serde_json::json!([]), "no admin endpoint");
+
+    // Another user's endpoint is not found, its page or its forms.
+    let mut stranger = Browser::new(&app);
+    let other = app.new_user().await;
+    stranger.sign_in(&other.email).await;
+    assert_eq!(stranger.get(&format!("/console/webhooks/{id}")).await.status(), 404);
+    let res = stranger
+        .submit(
+            "/console/webhooks",
+            &format!("/console/webhooks/{id}/enabled"),
+            &[("enabled", "no")],
+        )
+        .await;
+    assert_eq!(res.status(), 404);
+    let res = stranger
+        .submit("/console/webhooks", &format!("/console/webhooks/{id}/rotate"), &[])
+        .await;
+    assert_eq!(res.status(), 404);
+    let hook = app.get_json(&format!("/api/v1/webhooks/{id}"), &user.token).await;
+    assert_eq!(hook["enabled"], true, "{hook}");
+    assert_eq!(hook["previous_secret_expires_at"], Value::Null, "{hook}");
+}
+
+#[tokio::test]
+async fn an_admin_adds_an_admin_webhook_endpoint_and_sees_its_empty_delivery_log() {
+    let app = webhook_app().await;
+    let admin = app.user_with_role("admin").await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&admin.email).await;
+    let (status, page) = browser.get_text("/console/admin/webhooks").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(r#"<a href="/console/admin/webhooks" aria-current="page">Admin webhooks</a>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains("No endpoints yet.") && !page.contains("Usage alerts"),
+        "{page}"
+    );
+
+    // No event type ticked: every type.
+    let res = browser
+        .submit(
+            "/console/admin/webhooks",
+            "/console/admin/webhooks",
+            &[("url", HOOK_URL), ("description", "CRM")],
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.expect("body");
+    let secret = secret_in(&body);
+    let hooks = app.get_json("/api/v1/admin/webhooks", &admin.token).await;
+    let hooks = hooks.as_array().expect("endpoints");
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["url"], HOOK_URL);
+    assert_eq!(hooks[0]["event_types"], serde_json::json!([]));
+    let id = hooks[0]["id"].as_str().expect("id").to_owned();
+
+    let (_, list) = browser.get_text("/console/admin/webhooks").await;
+    assert!(!list.contains(&secret), "shown once");
+    assert!(
+        list.contains(&format!(r#"href="/console/admin/webhooks/{id}""#)) && list.contains(">all<"),
+        "{list}"
+    );
+    let (status, log) = browser.get_text(&format!("/console/admin/webhooks/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(log.contains(HOOK_URL) && log.contains("CRM"), "{log}");
+    assert!(
+        log.contains("0 deliveries") && log.contains("No deliveries yet."),
+        "{log}"
+    );
+
+    // An admin endpoint is not among the admin's own, nor under their pages.
+    let (_, own) = browser.get_text("/console/webhooks").await;
+    assert!(own.contains("No endpoints yet."), "{own}");
+    assert_eq!(browser.get(&format!("/console/webhooks/{id}")).await.status(), 404);
+    let res = browser
+        .submit(
+            &format!("/console/admin/webhooks/{id}"),
+            &format!(
+                "/console/admin/webhooks/{id}/deliveries/{}/redeliver",
+                uuid::Uuid::new_v4()
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status(), 404, "no such delivery");
+}
+
+#[tokio::test]
+async fn a_failed_delivery_shows_its_last_attempt_in_the_log_and_is_redelivered_from_there() {
+    let app = webhook_app().await;
+    let user = app.new_user().await;
+    let res = app
+        .post_auth("/api/v1/webhooks", &user.token, &serde_json::json!({"url": HOOK_URL}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let made: Value = res.json().await.expect("json");
+    let id = made["id"].as_str().expect("id").to_owned();
+    // A delivery given up after three attempts (the dispatcher only takes
+    // pending ones, so nothing moves it until it is redelivered).
+    let (event, delivery) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    app.sql(&format!(
+        "INSERT INTO outbound_events (id, event_type, user_id, dedupe_key, payload, created_at) \
+           VALUES ('{event}', 'invoice.issued', '{user}', 'test:{event}', '{{}}', now()); \
+         INSERT INTO webhook_deliveries (id, event_id, endpoint_id, event_type, state, attempts, \
+           next_attempt_at, last_attempt_at, last_status, created_at) \
+           VALUES ('{delivery}', '{event}', '{id}', 'invoice.issued', 'failed', 3, now(), now(), 500, now()); \
+         INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status, error, duration_ms) VALUES \
+           ('{delivery}', 1, now(), NULL, 'connection refused', 2), \
+           ('{delivery}', 2, now(), 503, NULL, 40), \
+           ('{delivery}', 3, now(), 500, NULL, 35);",
+        user = user.id,
+    ))
+    .await;
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&user.email).await;
+    let page = format!("/console/webhooks/{id}");
+    let (status, log) = browser.get_text(&page).await;
+    assert_eq!(status, 200);
+    assert!(log.contains("1 delivery."), "{log}");
+    assert!(log.contains(r#"<span class="badge failed">failed</span>"#), "{log}");
+    assert!(
+        log.contains(&event.to_string()) && log.contains("invoice.issued"),
+        "{log}"
+    );
+    assert!(
+        log.contains("HTTP 500") && !log.contains("HTTP 503"),
+        "the last attempt: {log}"
+    );
+    let redeliver = format!("{page}/deliveries/{delivery}/redeliver");
+    assert!(log.contains(&format!(r#"action="{redeliver}""#)), "{log}");
+
+    // Another user cannot redeliver it.
+    let other = app.new_user().await;
+    let mut stranger = Browser::new(&app);
+    stranger.sign_in(&other.email).await;
+    let res = stranger.submit("/console/webhooks", &redeliver, &[]).await;
+    assert_eq!(res.status(), 404);
+    let [state, _] = app
+        .sql_row(&format!(
+            "SELECT state AS a, '' AS b FROM webhook_deliveries WHERE id = '{delivery}'"
+        ))
+        .await;
+    assert_eq!(state, "failed");
+
+    let res = browser.submit(&page, &redeliver, &[]).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), format!("{page}?done=redelivered"));
+    let (_, after) = browser.get_text(&location(&res)).await;
+    assert!(after.contains("Queued to be sent again now"), "{after}");
 }

@@ -23,5 +23,7 @@ mod outage;
 mod prices;
 mod profile;
 mod push;
+mod receiver;
 mod upstream;
 mod usage_daily;
+mod webhooks;
