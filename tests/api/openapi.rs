@@ -253,6 +253,9 @@ async fn security_schemes_are_declared_and_each_route_names_what_it_accepts() {
             || path == "/api/v1/me"
             || path.starts_with("/api/v1/api-keys")
             || (path == "/api/v1/billing/cap" && method == "PUT")
+            || (path == "/api/v1/billing/alerts" && method == "PUT")
+            || (path.starts_with("/api/v1/webhooks/") && method != "GET")
+            || (path == "/api/v1/webhooks" && method == "POST")
         {
             // Sessions, the profile, keys and the spending cap's setting
             // need an access token (an API key gets 401
@@ -832,6 +835,7 @@ async fn real_responses_have_exactly_the_fields_of_their_schemas() {
     tools(&app, &mut cov, &token).await;
     usage_and_cost(&app, &mut cov, &token).await;
     invoices_and_finance(&app, &clock, &mut cov, &token).await;
+    webhooks(&app, &mut cov, &token).await;
 
     // Failures have the error body.
     let res = app.client.get(app.url("/api/v1/me")).send().await.unwrap();
@@ -927,4 +931,82 @@ async fn no_schema_is_unsatisfiable_by_an_all_of_with_an_empty_object() {
     let mut found = Vec::new();
     walk(&spec, "", &mut found);
     assert!(found.is_empty(), "{found:#?}");
+}
+
+/// Alerts and webhook endpoints, a consumer's and an admin's, with one
+/// delivery (written as the outbox would) to log and redeliver.
+async fn webhooks(app: &TestApp, cov: &mut Coverage<'_>, token: &str) {
+    let res = app
+        .client
+        .put(app.url("/api/v1/billing/alerts"))
+        .bearer_auth(token)
+        .json(&json!({"thresholds": ["5.00"], "credits_low_below": "1.00"}))
+        .send()
+        .await
+        .unwrap();
+    cov.json("PUT", "/api/v1/billing/alerts", 200, res).await;
+    let res = app.get_auth("/api/v1/billing/alerts", token).await;
+    cov.json("GET", "/api/v1/billing/alerts", 200, res).await;
+
+    let admin = app.user_with_role("admin").await;
+    for (base, token) in [
+        ("/api/v1/webhooks", token),
+        ("/api/v1/admin/webhooks", admin.token.as_str()),
+    ] {
+        let res = app
+            .post_auth(
+                base,
+                token,
+                &json!({"url": "https://hooks.example.com/payg", "event_types": ["invoice.paid"]}),
+            )
+            .await;
+        let created = cov.json("POST", base, 201, res).await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        let one = format!("{base}/{{id}}");
+        let res = app.get_auth(base, token).await;
+        cov.json("GET", base, 200, res).await;
+        let res = app.get_auth(&format!("{base}/{id}"), token).await;
+        cov.json("GET", &one, 200, res).await;
+        let res = app
+            .client
+            .patch(app.url(&format!("{base}/{id}")))
+            .bearer_auth(token)
+            .json(&json!({"enabled": false}))
+            .send()
+            .await
+            .unwrap();
+        cov.json("PATCH", &one, 200, res).await;
+        let res = app.post_auth(&format!("{base}/{id}/rotate"), token, &json!({})).await;
+        cov.json("POST", &format!("{base}/{{id}}/rotate"), 200, res).await;
+        // One failed delivery, as the outbox and the dispatcher leave it.
+        let event = Uuid::new_v4();
+        let delivery = Uuid::new_v4();
+        app.sql(&format!(
+            "INSERT INTO outbound_events (id, event_type, user_id, dedupe_key, payload, created_at) \
+             SELECT '{event}', 'invoice.paid', id, 'test:{event}', '{{\"type\": \"invoice.paid\"}}', now() FROM users LIMIT 1; \
+             INSERT INTO webhook_deliveries (id, event_id, endpoint_id, event_type, state, attempts, next_attempt_at, \
+               last_attempt_at, last_status, last_error, created_at) \
+             VALUES ('{delivery}', '{event}', '{id}', 'invoice.paid', 'failed', 1, now(), now(), 500, 'the endpoint answered 500', now()); \
+             INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status, error, duration_ms) \
+             VALUES ('{delivery}', 1, now(), 500, 'the endpoint answered 500', 12)"
+        ))
+        .await;
+        let res = app.get_auth(&format!("{base}/{id}/deliveries"), token).await;
+        let page = cov.json("GET", &format!("{base}/{{id}}/deliveries"), 200, res).await;
+        assert_eq!(page["items"][0]["attempt_log"][0]["status"], 500, "{page}");
+        let res = app
+            .post_auth(
+                &format!("{base}/{id}/deliveries/{delivery}/redeliver"),
+                token,
+                &json!({}),
+            )
+            .await;
+        cov.json(
+            "POST",
+            &format!("{base}/{{id}}/deliveries/{{delivery_id}}/redeliver"),
+            202,
+            res,
+        )
+        .await;
+    }
 }
