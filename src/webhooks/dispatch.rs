@@ -98,6 +98,9 @@ fn client(tls: &TlsSettings, resolver: Option<PublicOnly>) -> anyhow::Result<req
     let mut builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls.client_config())
         .redirect(reqwest::redirect::Policy::none())
+        // Never through a proxy from the environment: it would resolve the
+        // host itself, past the public-only resolver.
+        .no_proxy()
         .timeout(ATTEMPT_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(30))
