@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use diesel::QueryResult;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
@@ -87,8 +87,7 @@ pub async fn set(
         thresholds,
         credits_low_below,
     };
-    conn.transaction(async |conn| AlertSettings::save(conn, user_id, &settings).await)
-        .await?;
+    AlertSettings::save(conn, user_id, &settings).await?;
     Ok(view(&settings, currency))
 }
 

@@ -272,8 +272,9 @@ impl Endpoint {
     }
 }
 
-/// One event's delivery to one endpoint, as the log shows it.
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+/// One event's delivery to one endpoint, as stored (`webhooks::endpoints`
+/// shows it).
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = webhook_deliveries, check_for_backend(diesel::pg::Pg))]
 pub struct Delivery {
     pub id: Uuid,
