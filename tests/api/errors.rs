@@ -85,20 +85,22 @@ async fn health_and_readiness_report_their_dependencies() {
             .unwrap()
     };
     use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-    admin()
-        .await
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
-        ))
+    // The ALTER commits before any backend is ended: in one batch (one
+    // implicit transaction) a connection opened between the two would still
+    // be let in. A background job (the flusher, the webhook dispatcher) may
+    // have opened one just before the ALTER, so the ending is repeated.
+    let mut pg = admin().await;
+    pg.batch_execute(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"))
         .await
         .unwrap();
-    // pg_terminate_backend only signals; give the backends a moment to go.
+    let terminate = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'");
     let mut res = app.client.get(app.url("/readyz")).send().await.unwrap();
-    for _ in 0..20 {
+    for _ in 0..50 {
         if res.status() == 503 {
             break;
         }
+        pg.batch_execute(&terminate).await.unwrap();
+        // pg_terminate_backend only signals; give the backends a moment to go.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         res = app.client.get(app.url("/readyz")).send().await.unwrap();
     }
@@ -106,9 +108,7 @@ async fn health_and_readiness_report_their_dependencies() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["checks"]["postgres"], "down");
     assert!(body["error"]["message"].as_str().unwrap().contains("postgres"));
-    admin()
-        .await
-        .batch_execute(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+    pg.batch_execute(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
         .await
         .unwrap();
 }
