@@ -350,7 +350,9 @@ pub fn parse_url(url: &str) -> Result<EndpointUrl, BadUrl> {
 
 /// Whether an address is on the public internet: not loopback, private,
 /// link-local (cloud metadata lives there), shared, documentation,
-/// multicast or unspecified.
+/// benchmarking, reserved, multicast or unspecified. An IPv6 address that
+/// carries an IPv4 one (mapped, compatible, NAT64, 6to4) is judged by the
+/// IPv4 address it reaches: `64:ff9b::7f00:1` is loopback behind a NAT64.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -363,20 +365,47 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || a == 0
+                || a >= 240 // reserved (class E)
                 || (a == 100 && (64..128).contains(&b)) // shared address space
+                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
                 || (a == 198 && (b == 18 || b == 19))) // benchmarking
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let [first, second, ..] = v6.segments();
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80) // link-local
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || (first & 0xffc0) == 0xfec0 // site-local (deprecated, still routed by some)
+                || (first == 0x2001 && second == 0x0db8) // documentation
+                || (first == 0x0100 && v6.segments()[1..4] == [0, 0, 0]) // discard-only
+                || first == 0) // the rest of ::/16 (compatible addresses handled above)
         }
+    }
+}
+
+/// The IPv4 address an IPv6 one leads to, for the forms that carry one:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64
+/// (`64:ff9b::/96` and the local-use `64:ff9b:1::/48`) and 6to4
+/// (`2002:AABB:CCDD::/48`). Teredo (`2001::/32`) is not unwrapped: its
+/// client address is obfuscated and only reachable through a relay.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let low = |hi: u16, lo: u16| std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match s {
+        // IPv4-compatible; `::` and `::1` are left to the IPv6 checks.
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(low(hi, lo)),
+        [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),
+        [0x0064, 0xff9b, 0x0001, ..] => Some(low(s[6], s[7])),
+        [0x2002, hi, lo, ..] => Some(low(hi, lo)),
+        _ => None,
     }
 }
 
@@ -536,6 +565,37 @@ mod tests {
         assert!(is_public("8.8.8.8".parse().unwrap()));
         assert!(!is_public("::ffff:10.0.0.1".parse().unwrap()));
         assert!(!is_public("100.64.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn addresses_that_carry_a_private_ipv4_one_are_not_public() {
+        for private in [
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "::127.0.0.1",
+            "::ffff:169.254.169.254",
+            "fec0::1",
+            "2001:db8::1",
+            "100::1",
+            "::2",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.0.8",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "2002:808:808::",
+            "64:ff9b::808:808",
+            "::ffff:1.1.1.1",
+            "2606:4700::1111",
+            "192.0.2.0",
+        ] {
+            let public_ip: IpAddr = public.parse().unwrap();
+            assert_eq!(is_public(public_ip), public != "192.0.2.0", "{public}");
+        }
     }
 
     #[test]
