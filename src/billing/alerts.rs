@@ -4,7 +4,8 @@
 //!
 //! Each event happens once (`domain::webhook::NewEvent`'s dedupe keys): a
 //! threshold once per period, `credits.low` and `credits.exhausted` once per
-//! top-up. A threshold set below what the period was already charged is
+//! credit added (a top-up, an adjustment in the user's favour, voided usage
+//! given back). A threshold set below what the period was already charged is
 //! reached on the next flush that charges the user.
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use crate::billing::statement::Statement;
 use crate::domain::pricing::round_to_minor_unit;
 use crate::domain::webhook::{NewEvent, check_thresholds};
 use crate::domain::{Currency, Period};
-use crate::models::webhook::{AlertSettings, Outbox, latest_top_ups};
+use crate::models::webhook::{AlertSettings, Outbox, latest_credit_added};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
@@ -37,7 +38,7 @@ pub struct Alerts {
     /// first: crossing one emits `usage.threshold_reached` once per period.
     #[schema(value_type = Vec<String>, example = json!(["5.00", "20.00"]))]
     pub thresholds: Vec<String>,
-    /// `credits.low` is emitted (once per top-up) when usage takes the
+    /// `credits.low` is emitted (once per credit added) when usage takes the
     /// credit balance below this; `null`: never.
     #[serde(with = "rust_decimal::serde::str_option")]
     #[schema(value_type = Option<String>, example = "2.00")]
@@ -138,16 +139,16 @@ pub async fn after_flush(
         .collect();
     if !alerting.is_empty() {
         let ids: Vec<Uuid> = alerting.iter().map(|(user, _)| *user).collect();
-        let since: HashMap<Uuid, Uuid> = latest_top_ups(conn, &ids).await?.into_iter().collect();
+        let since: HashMap<Uuid, Uuid> = latest_credit_added(conn, &ids).await?.into_iter().collect();
         for (user, balance) in alerting {
-            let top_up = since.get(&user).copied();
+            let since_credit = since.get(&user).copied();
             if let Some(mark) = below(&user)
                 && balance < mark
             {
-                events.push(NewEvent::credits_low(user, top_up, balance, mark, currency));
+                events.push(NewEvent::credits_low(user, since_credit, balance, mark, currency));
             }
             if balance <= Decimal::ZERO {
-                events.push(NewEvent::credits_exhausted(user, top_up, balance, currency));
+                events.push(NewEvent::credits_exhausted(user, since_credit, balance, currency));
             }
         }
     }

@@ -34,7 +34,7 @@ use crate::domain::{Currency, Period};
 use crate::models::price::{PriceBook, UNPRICED};
 use crate::models::spend::{CapSettings, SpendLease};
 use crate::models::usage::{UsageDelta, UsageKey, UsagePrice, VersionCounters};
-use crate::models::webhook::{Outbox, latest_top_ups};
+use crate::models::webhook::{Outbox, latest_credit_added};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapError {
@@ -270,11 +270,11 @@ pub async fn lease(
                 if !returning.is_zero() {
                     SpendLease::add_held(conn, user_id, period, instance_id, -returning).await?;
                 }
-                // Heard once per period and cap (credit: once per top-up).
+                // Heard once per period and cap (credit: once per credit added).
                 let event = match (refusal, settings.effective_cap()) {
                     (SpendRefusal::CapReached, Some(cap)) => NewEvent::cap_reached(user_id, period, cap, currency),
                     _ => {
-                        let since = latest_top_ups(conn, &[user_id]).await?.first().map(|(_, id)| *id);
+                        let since = latest_credit_added(conn, &[user_id]).await?.first().map(|(_, id)| *id);
                         NewEvent::credits_exhausted(user_id, since, settings.credit_balance, currency)
                     }
                 };

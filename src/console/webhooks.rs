@@ -159,7 +159,7 @@ fn alerts_section(signed: &Signed, alerts: &Alerts, draft: Option<&AlertsDraft<'
             h2 { "Usage alerts" }
             (page::notice(error, "error"))
             p.muted { "Your endpoints receive " code { "usage.threshold_reached" } " once a month for each threshold the month's charge reaches, and "
-                code { "credits.low" } " when your calls take your prepaid credit below the amount set (once per top-up)." }
+                code { "credits.low" } " when your calls take your prepaid credit below the amount set (once per credit added)." }
             dl.facts {
                 dt { "Thresholds" } dd #alert-thresholds {
                     @if alerts.thresholds.is_empty() { span.muted { "none" } } @else {

@@ -5,7 +5,7 @@
 //! An event is written to the outbox in the transaction of its cause
 //! (`models::webhook::Outbox::emit`) under a `dedupe_key` that makes it
 //! happen once: one threshold per period, one invoice issued, one credit
-//! exhaustion per top-up.
+//! exhaustion per credit added (a top-up, an adjustment in the user's favour, voided usage given back).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -134,8 +134,8 @@ impl NewEvent {
         }
     }
 
-    /// The balance fell below the user's `below` (once per top-up: `since`
-    /// is the latest top-up's id).
+    /// The balance fell below the user's `below` (once per credit added: `since`
+    /// is the latest such movement's id).
     pub fn credits_low(
         user_id: Uuid,
         since: Option<Uuid>,
@@ -158,7 +158,7 @@ impl NewEvent {
     }
 
     /// The balance is used up: usage drew the last of it, or a prepaid-only
-    /// call was refused (once per top-up).
+    /// call was refused (once per credit added).
     pub fn credits_exhausted(user_id: Uuid, since: Option<Uuid>, balance: Decimal, currency: Currency) -> Self {
         let since = since.map_or_else(|| "never".to_owned(), |id| id.to_string());
         Self {

@@ -302,10 +302,15 @@ pub struct Claimed {
     pub endpoint_id: Uuid,
     #[diesel(sql_type = Text)]
     pub event_type: String,
+    /// Attempts since it was queued or last redelivered, this one included.
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
     #[diesel(sql_type = Jsonb)]
     pub payload: serde_json::Value,
+    /// The claim: finishing the attempt changes the delivery only while it
+    /// still holds (a redelivery or another instance may have taken it).
+    #[diesel(sql_type = Timestamptz)]
+    pub locked_until: DateTime<Utc>,
 }
 
 /// How one attempt ended.
@@ -358,7 +363,7 @@ impl Delivery {
              FROM picked, outbound_events e \
              WHERE d.id = picked.id AND e.id = d.event_id AND d.state = 'pending' \
                AND (d.locked_until IS NULL OR d.locked_until <= $1) \
-             RETURNING d.id, d.event_id, d.endpoint_id, d.event_type, d.attempts, e.payload",
+             RETURNING d.id, d.event_id, d.endpoint_id, d.event_type, d.attempts, e.payload, d.locked_until",
         )
         .bind::<Timestamptz, _>(now)
         .bind::<Timestamptz, _>(now + hold)
@@ -368,7 +373,8 @@ impl Delivery {
         .await
     }
 
-    /// Records one attempt and what follows it, releasing the claim.
+    /// Records one attempt (numbered after every earlier one, redeliveries
+    /// included) and, while the claim still holds, what follows it.
     pub async fn finish_attempt(
         conn: &mut AsyncPgConnection,
         delivery: &Claimed,
@@ -378,35 +384,39 @@ impl Delivery {
             .error
             .as_deref()
             .map(|e| e.chars().take(500).collect::<String>());
-        diesel::insert_into(webhook_attempts::table)
-            .values((
-                webhook_attempts::delivery_id.eq(delivery.id),
-                webhook_attempts::attempt.eq(delivery.attempts),
-                webhook_attempts::attempted_at.eq(outcome.at),
-                webhook_attempts::status.eq(outcome.status),
-                webhook_attempts::error.eq(&error),
-                webhook_attempts::duration_ms.eq(outcome.duration_ms),
-            ))
-            .on_conflict_do_nothing()
-            .execute(conn)
-            .await?;
+        diesel::sql_query(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status, error, duration_ms) \
+             SELECT $1, coalesce(max(attempt), 0) + 1, $2, $3, $4, $5 FROM webhook_attempts WHERE delivery_id = $1 \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(delivery.id)
+        .bind::<Timestamptz, _>(outcome.at)
+        .bind::<Nullable<Integer>, _>(outcome.status)
+        .bind::<Nullable<Text>, _>(&error)
+        .bind::<Integer, _>(outcome.duration_ms)
+        .execute(conn)
+        .await?;
         let (state, next, delivered_at) = match outcome.retry {
             None => ("delivered", outcome.at, Some(outcome.at)),
             Some(Some(at)) => ("pending", at, None),
             Some(None) => ("failed", outcome.at, None),
         };
-        diesel::update(webhook_deliveries::table.find(delivery.id))
-            .set((
-                webhook_deliveries::state.eq(state),
-                webhook_deliveries::next_attempt_at.eq(next),
-                webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>),
-                webhook_deliveries::last_attempt_at.eq(Some(outcome.at)),
-                webhook_deliveries::last_status.eq(outcome.status),
-                webhook_deliveries::last_error.eq(&error),
-                webhook_deliveries::delivered_at.eq(delivered_at),
-            ))
-            .execute(conn)
-            .await?;
+        diesel::update(
+            webhook_deliveries::table
+                .find(delivery.id)
+                .filter(webhook_deliveries::locked_until.eq(delivery.locked_until)),
+        )
+        .set((
+            webhook_deliveries::state.eq(state),
+            webhook_deliveries::next_attempt_at.eq(next),
+            webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>),
+            webhook_deliveries::last_attempt_at.eq(Some(outcome.at)),
+            webhook_deliveries::last_status.eq(outcome.status),
+            webhook_deliveries::last_error.eq(&error),
+            webhook_deliveries::delivered_at.eq(delivered_at),
+        ))
+        .execute(conn)
+        .await?;
         Ok(())
     }
 
@@ -447,7 +457,9 @@ impl Delivery {
     }
 
     /// Sends a delivery again now, whatever became of it (delivered,
-    /// failed, or waiting for a retry), with the same event id.
+    /// failed, or waiting for a retry), with the same event id and a fresh
+    /// retry schedule. An attempt in flight keeps its place in the log but
+    /// no longer decides what becomes of the delivery.
     pub async fn redeliver(
         conn: &mut AsyncPgConnection,
         endpoint_id: Uuid,
@@ -461,7 +473,9 @@ impl Delivery {
         )
         .set((
             webhook_deliveries::state.eq("pending"),
+            webhook_deliveries::attempts.eq(0),
             webhook_deliveries::next_attempt_at.eq(now),
+            webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>),
             webhook_deliveries::delivered_at.eq(None::<DateTime<Utc>>),
         ))
         .returning(Delivery::as_returning())
@@ -488,11 +502,13 @@ impl Delivery {
         Ok(out)
     }
 
-    /// What waits to be delivered, per event type.
+    /// What waits to be delivered to an enabled endpoint, per event type
+    /// (a disabled endpoint's deliveries wait for it, not for payg).
     pub async fn backlog(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Backlog>> {
         diesel::sql_query(
-            "SELECT event_type, count(*) AS pending, min(created_at) AS oldest \
-             FROM webhook_deliveries WHERE state = 'pending' GROUP BY event_type",
+            "SELECT d.event_type, count(*) AS pending, min(d.created_at) AS oldest \
+             FROM webhook_deliveries d JOIN webhook_endpoints ep ON ep.id = d.endpoint_id AND ep.disabled_at IS NULL \
+             WHERE d.state = 'pending' GROUP BY d.event_type",
         )
         .load(conn)
         .await
@@ -512,13 +528,15 @@ pub struct Attempt {
     pub duration_ms: i32,
 }
 
-/// The latest top-up of each of `users` (`credits.low` and
-/// `credits.exhausted` happen once per top-up).
-pub async fn latest_top_ups(conn: &mut AsyncPgConnection, users: &[Uuid]) -> QueryResult<Vec<(Uuid, Uuid)>> {
+/// The latest movement that added credit to each of `users`: a top-up, an
+/// adjustment in the user's favour, or drawn usage given back when its
+/// invoice was voided (`credits.low` and `credits.exhausted` happen once
+/// per credit added).
+pub async fn latest_credit_added(conn: &mut AsyncPgConnection, users: &[Uuid]) -> QueryResult<Vec<(Uuid, Uuid)>> {
     use crate::schema::credit_movements;
     credit_movements::table
         .filter(credit_movements::user_id.eq_any(users))
-        .filter(credit_movements::kind.eq("top_up"))
+        .filter(credit_movements::amount.gt(Decimal::ZERO))
         .distinct_on(credit_movements::user_id)
         .order((
             credit_movements::user_id,

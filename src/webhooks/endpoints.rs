@@ -216,6 +216,8 @@ pub struct DeliveryView {
     /// `pending` (waiting for its next attempt), `delivered`, or `failed`
     /// (given up after every retry).
     pub state: String,
+    /// Attempts since it was queued or last redelivered (the retry schedule
+    /// counts them); `attempt_log` has every one.
     pub attempts: i32,
     /// When it is tried next (while pending).
     pub next_attempt_at: Option<DateTime<Utc>>,

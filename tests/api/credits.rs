@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Registered, TestApp, api_id, at, dec, error_code};
+use crate::helpers::{Registered, TestApp, api_id, at, dec, error_code, scalar_i64};
 
 const SECRET: &str = "whsec_test_credits_0123456789abcdef";
 
@@ -342,6 +342,19 @@ async fn a_voided_invoice_gives_back_the_credit_it_applied() {
     assert_eq!(ledger["balance"], "0.07", "{ledger}");
     let (balance, sum) = balance_and_ledger_sum(&app, user.id).await;
     assert_eq!(balance, sum);
+
+    // Credit given back is credit added: using it up is news again
+    // (`credits.exhausted` once per credit added, not per top-up).
+    let exhausted = format!(
+        "SELECT count(*) AS n FROM outbound_events WHERE event_type = 'credits.exhausted' AND user_id = '{}'",
+        user.id
+    );
+    assert_eq!(scalar_i64(&app.db, &exhausted).await, 1);
+    calls(&app, &user, 7).await;
+    calls(&app, &user, 2).await;
+    let ledger: Value = app.get_json("/api/v1/credits", &user.token).await;
+    assert_eq!(ledger["balance"], "0.00", "{ledger}");
+    assert_eq!(scalar_i64(&app.db, &exhausted).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
