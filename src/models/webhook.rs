@@ -335,13 +335,38 @@ pub struct Backlog {
     pub oldest: Option<DateTime<Utc>>,
 }
 
+/// Serialises claiming deliveries across instances (held for the claiming
+/// transaction).
+const CLAIM_LOCK_KEY: i64 = 0x7061_7967_7768_636c; // "paygwhcl"
+
 impl Delivery {
     /// Claims up to `limit` due deliveries for `hold` (a killed instance's
     /// claims lapse then), at most `per_endpoint` in flight per endpoint
     /// counting those already claimed: one slow endpoint cannot take every
-    /// slot. The re-check in the `UPDATE` makes two instances never claim
-    /// the same delivery. The attempt is counted as it is claimed.
+    /// slot. Claims are taken one instance at a time (an advisory lock held
+    /// for the claiming transaction), so each sees the others' claims and
+    /// the per-endpoint limit holds across instances; the re-check in the
+    /// `UPDATE` makes two claims never take the same delivery whatever
+    /// happens. The attempt is counted as it is claimed.
     pub async fn claim_due(
+        conn: &mut AsyncPgConnection,
+        now: DateTime<Utc>,
+        hold: chrono::TimeDelta,
+        limit: i64,
+        per_endpoint: i64,
+    ) -> QueryResult<Vec<Claimed>> {
+        use diesel_async::AsyncConnection;
+        conn.transaction(async |conn| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                .bind::<BigInt, _>(CLAIM_LOCK_KEY)
+                .execute(conn)
+                .await?;
+            Self::claim_due_locked(conn, now, hold, limit, per_endpoint).await
+        })
+        .await
+    }
+
+    async fn claim_due_locked(
         conn: &mut AsyncPgConnection,
         now: DateTime<Utc>,
         hold: chrono::TimeDelta,

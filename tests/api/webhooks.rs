@@ -437,6 +437,8 @@ async fn a_delivery_pending_across_a_restart_is_delivered_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_endpoint_does_not_delay_another() {
     let app = TestApp::spawn().await;
+    // A second instance sends too: the per-endpoint limit holds across both.
+    let _second = TestApp::builder().database(app.db.clone()).spawn().await;
     let admin = app.user_with_role("admin").await;
     let finance = app.user_with_role("finance").await;
     let slow = Receiver::start().await;
@@ -453,7 +455,7 @@ async fn a_slow_endpoint_does_not_delay_another() {
     invoice_last_month(&app, &finance, &refs).await;
 
     // All eight reach the fast endpoint while the slow one is still
-    // answering its first (at most four at a time).
+    // answering its first (at most four at a time, both instances together).
     let fast_done = eventually(Duration::from_secs(6), || async { fast.seen().len() >= 8 }).await;
     assert!(fast_done, "the fast endpoint got {} of 8", fast.seen().len());
     let slow_seen = slow.seen().len();
