@@ -116,18 +116,33 @@ pub async fn after_flush(
     users.dedup();
     let now = Utc::now();
     let settings: HashMap<Uuid, AlertSettings> = AlertSettings::of_users(conn, &users).await?.into_iter().collect();
+    // A period whose every threshold has fired needs no statement: one
+    // lookup of the events' keys for all of them spares a read per user.
+    let watched: Vec<(Uuid, Period, &[Decimal])> = changes
+        .iter()
+        .filter(|(_, change)| *change > Decimal::ZERO)
+        .filter_map(|((user, period), _)| {
+            let thresholds = &settings.get(user)?.thresholds;
+            (!thresholds.is_empty()).then_some((*user, *period, thresholds.as_slice()))
+        })
+        .collect();
+    let keys: Vec<String> = watched
+        .iter()
+        .flat_map(|(user, period, thresholds)| thresholds.iter().map(|t| NewEvent::threshold_key(*user, *period, *t)))
+        .collect();
+    let fired = Outbox::existing_keys(conn, &keys).await?;
     let mut events = Vec::new();
-    for ((user, period), change) in changes {
-        let Some(alerts) = settings.get(user) else { continue };
-        if *change <= Decimal::ZERO || alerts.thresholds.is_empty() {
+    for (user, period, thresholds) in watched {
+        if thresholds
+            .iter()
+            .all(|t| fired.contains(&NewEvent::threshold_key(user, period, *t)))
+        {
             continue;
         }
         // What the user sees charged: the statement's total of rounded lines.
-        let charged = Statement::for_user(conn, *user, *period, currency, now).await?.total;
-        for threshold in alerts.thresholds.iter().filter(|t| **t <= charged) {
-            events.push(NewEvent::threshold_reached(
-                *user, *period, *threshold, charged, currency,
-            ));
+        let charged = Statement::for_user(conn, user, period, currency, now).await?.total;
+        for threshold in thresholds.iter().filter(|t| **t <= charged) {
+            events.push(NewEvent::threshold_reached(user, period, *threshold, charged, currency));
         }
     }
     // Exhausted: the balance is used up; low: below the user's mark.

@@ -95,6 +95,11 @@ fn money(amount: Decimal) -> String {
 }
 
 impl NewEvent {
+    /// What makes a threshold's event happen once per period.
+    pub fn threshold_key(user_id: Uuid, period: Period, threshold: Decimal) -> String {
+        format!("usage.threshold_reached:{user_id}:{period}:{}", threshold.normalize())
+    }
+
     /// The period's charge reached `threshold` (once per threshold and
     /// period).
     pub fn threshold_reached(
@@ -107,7 +112,7 @@ impl NewEvent {
         Self {
             event_type: EventType::UsageThresholdReached,
             user_id,
-            dedupe_key: format!("usage.threshold_reached:{user_id}:{period}:{}", threshold.normalize()),
+            dedupe_key: Self::threshold_key(user_id, period, threshold),
             data: json!({
                 "user_id": user_id,
                 "period": period.to_string(),

@@ -85,6 +85,23 @@ pub fn invoice_facts(invoice: &Invoice) -> InvoiceFacts {
 pub struct Outbox;
 
 impl Outbox {
+    /// Which of `keys` are events already emitted.
+    pub async fn existing_keys(
+        conn: &mut AsyncPgConnection,
+        keys: &[String],
+    ) -> QueryResult<std::collections::HashSet<String>> {
+        use crate::schema::outbound_events;
+        if keys.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let found: Vec<String> = outbound_events::table
+            .filter(outbound_events::dedupe_key.eq_any(keys))
+            .select(outbound_events::dedupe_key)
+            .load(conn)
+            .await?;
+        Ok(found.into_iter().collect())
+    }
+
     /// Writes `events` and, in the same statement, one pending delivery per
     /// enabled endpoint that wants each: the user's own, and every
     /// admin's. An event whose `dedupe_key` is already there is skipped
