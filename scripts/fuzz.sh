@@ -4,8 +4,9 @@
 #
 #   scripts/fuzz.sh http://127.0.0.1:8080
 #
-# Runs, in order: anonymous; a consumer with a JWT; the same consumer with an
-# API key; a finance user; an admin. Every check schemathesis has is on (no
+# Runs, in order: anonymous; the metered tools as a consumer with a JWT and
+# with an API key; everything else as that consumer (JWT, then API key), as
+# a finance user and as an admin. Every check schemathesis has is on (no
 # 5xx, status codes, content types, headers and bodies as the spec says, bad
 # input refused, good input accepted, auth not ignored, …) except where
 # schemathesis.toml says why not. Exits non-zero on any failure.
@@ -91,12 +92,22 @@ run() { # name, extra schemathesis arguments…
 # /admin/users returns into PATCH /admin/users/{id}, so it changes other
 # users' roles and statuses (the consumer and finance accounts above
 # included). Its own account cannot be demoted or suspended (409 own_account).
+# The metered tools are fuzzed first, and only then: the runs after them
+# may cap their own caller (PUT /billing/cap), make a user prepaid-only
+# (PUT /finance/users/{id}/cap) or close months into overdue invoices, and
+# a capped, prepaid-only or blocked caller is refused 402 whatever it sends,
+# before its request is read. Fuzzing the tools first keeps every check on
+# for them.
 AUTHED=(--exclude-path /api/v1/auth/logout)
+TOOLS=(--include-path-regex '^/api/v1/tools/')
+NOT_TOOLS=(--exclude-path-regex '^/api/v1/tools/')
 run anonymous
-run consumer-jwt "${AUTHED[@]}" -H "Authorization: Bearer $CONSUMER_TOKEN"
-run consumer-api-key "${AUTHED[@]}" -H "X-API-Key: $CONSUMER_KEY"
-run finance "${AUTHED[@]}" -H "Authorization: Bearer $FINANCE_TOKEN"
-run admin "${AUTHED[@]}" -H "Authorization: Bearer $ADMIN_TOKEN"
+run tools-jwt "${TOOLS[@]}" -H "Authorization: Bearer $CONSUMER_TOKEN"
+run tools-api-key "${TOOLS[@]}" -H "X-API-Key: $CONSUMER_KEY"
+run consumer-jwt "${AUTHED[@]}" "${NOT_TOOLS[@]}" -H "Authorization: Bearer $CONSUMER_TOKEN"
+run consumer-api-key "${AUTHED[@]}" "${NOT_TOOLS[@]}" -H "X-API-Key: $CONSUMER_KEY"
+run finance "${AUTHED[@]}" "${NOT_TOOLS[@]}" -H "Authorization: Bearer $FINANCE_TOKEN"
+run admin "${AUTHED[@]}" "${NOT_TOOLS[@]}" -H "Authorization: Bearer $ADMIN_TOKEN"
 
 if [ "${#failed[@]}" -gt 0 ]; then
   die "schemathesis found failures in: ${failed[*]} (JUnit reports in $REPORT_DIR)"
