@@ -387,17 +387,22 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (first & 0xffc0) == 0xfe80 // link-local
                 || (first & 0xffc0) == 0xfec0 // site-local (deprecated, still routed by some)
                 || (first == 0x2001 && second == 0x0db8) // documentation
+                || (first & 0xfff0) == 0x3ff0 // documentation (3fff::/20)
+                || (first == 0x2001 && second == 0) // Teredo: reaches an obfuscated IPv4 address
+                || (first == 0x2001 && second == 0x0002 && v6.segments()[2] == 0) // benchmarking
+                || (first == 0x0064 && second == 0xff9b && v6.segments()[2] == 1) // local-use NAT64: the IPv4 address may sit anywhere in it
                 || (first == 0x0100 && v6.segments()[1..4] == [0, 0, 0]) // discard-only
                 || first == 0) // the rest of ::/16 (compatible addresses handled above)
         }
     }
 }
 
-/// The IPv4 address an IPv6 one leads to, for the forms that carry one:
-/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64
-/// (`64:ff9b::/96` and the local-use `64:ff9b:1::/48`) and 6to4
-/// (`2002:AABB:CCDD::/48`). Teredo (`2001::/32`) is not unwrapped: its
-/// client address is obfuscated and only reachable through a relay.
+/// The IPv4 address an IPv6 one leads to, for the forms that carry one at
+/// a fixed place: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`), the well-known NAT64 prefix (`64:ff9b::/96`) and 6to4
+/// (`2002:AABB:CCDD::/48`). The local-use NAT64 block `64:ff9b:1::/48`
+/// may carry it at any of several places (RFC 6052), and Teredo obfuscates
+/// it: `is_public` refuses both outright.
 fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     let s = v6.segments();
     let low = |hi: u16, lo: u16| std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
@@ -408,7 +413,6 @@ fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
         // IPv4-compatible; `::` and `::1` are left to the IPv6 checks.
         [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(low(hi, lo)),
         [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),
-        [0x0064, 0xff9b, 0x0001, ..] => Some(low(s[6], s[7])),
         [0x2002, hi, lo, ..] => Some(low(hi, lo)),
         _ => None,
     }
@@ -577,6 +581,10 @@ mod tests {
         for private in [
             "64:ff9b::7f00:1",
             "64:ff9b:1::a00:1",
+            "64:ff9b:1:7f00:0:100:808:808",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "3fff::1",
+            "2001:2::1",
             "2002:7f00:1::",
             "2002:a9fe:a9fe::1",
             "::127.0.0.1",

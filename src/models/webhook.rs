@@ -416,60 +416,89 @@ impl Delivery {
     }
 
     /// Records one attempt (numbered after every earlier one, redeliveries
-    /// included) and, while the claim still holds, what follows it.
+    /// included) and, while the claim still holds, what follows it. If a
+    /// redelivery was asked for meanwhile (the count of attempts was reset),
+    /// the attempt only gives the claim back, so the redelivery goes out
+    /// next. Returns whether the attempt decided the delivery's state.
     pub async fn finish_attempt(
         conn: &mut AsyncPgConnection,
         delivery: &Claimed,
         outcome: &AttemptOutcome,
-    ) -> QueryResult<()> {
+    ) -> QueryResult<bool> {
+        use diesel_async::AsyncConnection;
         let error = outcome
             .error
             .as_deref()
             .map(|e| e.chars().take(500).collect::<String>());
-        diesel::sql_query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status, error, duration_ms) \
-             SELECT $1, coalesce(max(attempt), 0) + 1, $2, $3, $4, $5 FROM webhook_attempts WHERE delivery_id = $1 \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(delivery.id)
-        .bind::<Timestamptz, _>(outcome.at)
-        .bind::<Nullable<Integer>, _>(outcome.status)
-        .bind::<Nullable<Text>, _>(&error)
-        .bind::<Integer, _>(outcome.duration_ms)
-        .execute(conn)
-        .await?;
-        let (state, next, delivered_at) = match outcome.retry {
-            None => ("delivered", outcome.at, Some(outcome.at)),
-            Some(Some(at)) => ("pending", at, None),
-            Some(None) => ("failed", outcome.at, None),
-        };
-        diesel::update(
-            webhook_deliveries::table
+        conn.transaction(async |conn| {
+            // The row lock orders two finishes of one delivery (a lapsed
+            // claim's and its successor's): neither loses its log entry.
+            let now: Option<(i32, Option<DateTime<Utc>>)> = webhook_deliveries::table
                 .find(delivery.id)
-                .filter(webhook_deliveries::locked_until.eq(delivery.locked_until)),
-        )
-        .set((
-            webhook_deliveries::state.eq(state),
-            webhook_deliveries::next_attempt_at.eq(next),
-            webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>),
-            webhook_deliveries::last_attempt_at.eq(Some(outcome.at)),
-            webhook_deliveries::last_status.eq(outcome.status),
-            webhook_deliveries::last_error.eq(&error),
-            webhook_deliveries::delivered_at.eq(delivered_at),
-        ))
-        .execute(conn)
-        .await?;
-        Ok(())
+                .select((webhook_deliveries::attempts, webhook_deliveries::locked_until))
+                .for_update()
+                .first(conn)
+                .await
+                .optional()?;
+            diesel::sql_query(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status, error, duration_ms) \
+                 SELECT $1, coalesce(max(attempt), 0) + 1, $2, $3, $4, $5 FROM webhook_attempts WHERE delivery_id = $1",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(delivery.id)
+            .bind::<Timestamptz, _>(outcome.at)
+            .bind::<Nullable<Integer>, _>(outcome.status)
+            .bind::<Nullable<Text>, _>(&error)
+            .bind::<Integer, _>(outcome.duration_ms)
+            .execute(conn)
+            .await?;
+            let Some((attempts, Some(locked_until))) = now else {
+                return Ok(false);
+            };
+            if locked_until != delivery.locked_until {
+                return Ok(false); // the claim lapsed and another holds it
+            }
+            let held = webhook_deliveries::table.find(delivery.id);
+            if attempts != delivery.attempts {
+                diesel::update(held)
+                    .set(webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>))
+                    .execute(conn)
+                    .await?;
+                return Ok(false);
+            }
+            let (state, next, delivered_at) = match outcome.retry {
+                None => ("delivered", outcome.at, Some(outcome.at)),
+                Some(Some(at)) => ("pending", at, None),
+                Some(None) => ("failed", outcome.at, None),
+            };
+            diesel::update(held)
+                .set((
+                    webhook_deliveries::state.eq(state),
+                    webhook_deliveries::next_attempt_at.eq(next),
+                    webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>),
+                    webhook_deliveries::last_attempt_at.eq(Some(outcome.at)),
+                    webhook_deliveries::last_status.eq(outcome.status),
+                    webhook_deliveries::last_error.eq(&error),
+                    webhook_deliveries::delivered_at.eq(delivered_at),
+                ))
+                .execute(conn)
+                .await?;
+            Ok(true)
+        })
+        .await
     }
 
-    /// Gives claims back (at shutdown: another instance may send them at once).
-    pub async fn release(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<()> {
-        diesel::update(
-            webhook_deliveries::table
-                .filter(webhook_deliveries::id.eq_any(ids))
-                .filter(webhook_deliveries::state.eq("pending")),
+    /// Gives claims back (at shutdown: another instance may send them at
+    /// once), each only while it is still this claim.
+    pub async fn release(conn: &mut AsyncPgConnection, claims: &[(Uuid, DateTime<Utc>)]) -> QueryResult<()> {
+        let ids: Vec<Uuid> = claims.iter().map(|(id, _)| *id).collect();
+        let until: Vec<DateTime<Utc>> = claims.iter().map(|(_, until)| *until).collect();
+        diesel::sql_query(
+            "UPDATE webhook_deliveries d SET locked_until = NULL \
+             FROM unnest($1::uuid[], $2::timestamptz[]) AS c(id, until) \
+             WHERE d.id = c.id AND d.locked_until = c.until AND d.state = 'pending'",
         )
-        .set(webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>))
+        .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
+        .bind::<Array<Timestamptz>, _>(&until)
         .execute(conn)
         .await?;
         Ok(())
@@ -500,8 +529,9 @@ impl Delivery {
 
     /// Sends a delivery again now, whatever became of it (delivered,
     /// failed, or waiting for a retry), with the same event id and a fresh
-    /// retry schedule. An attempt in flight keeps its place in the log but
-    /// no longer decides what becomes of the delivery.
+    /// retry schedule. An attempt in flight keeps its claim (the endpoint's
+    /// limit counts it) and its place in the log, but no longer decides
+    /// what becomes of the delivery: the redelivery goes out once it ends.
     pub async fn redeliver(
         conn: &mut AsyncPgConnection,
         endpoint_id: Uuid,
@@ -517,7 +547,6 @@ impl Delivery {
             webhook_deliveries::state.eq("pending"),
             webhook_deliveries::attempts.eq(0),
             webhook_deliveries::next_attempt_at.eq(now),
-            webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>),
             webhook_deliveries::delivered_at.eq(None::<DateTime<Utc>>),
         ))
         .returning(Delivery::as_returning())

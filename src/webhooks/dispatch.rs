@@ -67,8 +67,9 @@ pub struct Dispatcher {
     metrics: DeliveryMetrics,
     /// Invoices unpaid this long past their due date are overdue.
     overdue_after: chrono::TimeDelta,
-    /// Claims this instance holds, given back at shutdown.
-    in_flight: Mutex<Vec<Uuid>>,
+    /// Claims this instance holds (delivery, claimed until), given back at
+    /// shutdown.
+    in_flight: Mutex<Vec<(Uuid, DateTime<Utc>)>>,
 }
 
 /// Resolves a consumer endpoint's host to its public addresses only (or
@@ -173,7 +174,8 @@ impl Dispatcher {
         }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        let held: Vec<Uuid> = std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()));
+        let held: Vec<(Uuid, DateTime<Utc>)> =
+            std::mem::take(&mut *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()));
         if !held.is_empty()
             && let Ok(mut conn) = self.db.get().await
             && let Err(e) = Delivery::release(&mut conn, &held).await
@@ -206,7 +208,7 @@ impl Dispatcher {
         match claimed {
             Ok((claimed, endpoints)) => {
                 let mut held = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                held.extend(claimed.iter().map(|c| c.id));
+                held.extend(claimed.iter().map(|c| (c.id, c.locked_until)));
                 drop(held);
                 claimed
                     .into_iter()
@@ -227,23 +229,28 @@ impl Dispatcher {
         let label = claimed.event_type.as_str();
         let result = if outcome.retry.is_none() { "delivered" } else { "failed" };
         self.metrics.attempts.with_label_values(&[label, result]).inc();
-        if matches!(outcome.retry, Some(None)) {
-            self.metrics.given_up.with_label_values(&[label]).inc();
-            tracing::warn!(delivery = %claimed.id, endpoint = %endpoint.id, event_type = label,
-                "webhook delivery given up after {} attempts", claimed.attempts);
-        }
         let recorded = async {
             let mut conn = self.db.get().await.map_err(|e| anyhow::anyhow!(e))?;
             anyhow::Ok(Delivery::finish_attempt(&mut conn, &claimed, &outcome).await?)
         }
         .await;
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, delivery = %claimed.id, "recording a webhook attempt failed; it is retried");
+        match recorded {
+            // Given up only when this attempt decided it (not one a
+            // redelivery superseded).
+            Ok(true) if matches!(outcome.retry, Some(None)) => {
+                self.metrics.given_up.with_label_values(&[label]).inc();
+                tracing::warn!(delivery = %claimed.id, endpoint = %endpoint.id, event_type = label,
+                    "webhook delivery given up after {} attempts", claimed.attempts);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, delivery = %claimed.id, "recording a webhook attempt failed; it is retried");
+            }
         }
         self.in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|id| *id != claimed.id);
+            .retain(|held| *held != (claimed.id, claimed.locked_until));
     }
 
     async fn attempt(&self, claimed: &Claimed, endpoint: &Endpoint) -> AttemptOutcome {
