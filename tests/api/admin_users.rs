@@ -44,13 +44,7 @@ fn emails(page: &Value) -> Vec<String> {
 }
 
 async fn patch(app: &TestApp, token: &str, id: impl std::fmt::Display, body: &Value) -> reqwest::Response {
-    app.client
-        .patch(app.url(&format!("/api/v1/admin/users/{id}")))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    app.patch_auth(&format!("/api/v1/admin/users/{id}"), token, body).await
 }
 
 /// Registers `email` (any spelling) and returns its id.

@@ -15,16 +15,6 @@ use uuid::Uuid;
 
 use crate::helpers::{OwnRedis, Registered, TestApp, TestDb, dec, error_code, free_port, this_period, usage_of};
 
-async fn put(app: &TestApp, path: &str, token: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .put(app.url(path))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .expect("request")
-}
-
 /// Every API's price from the start of time, in place of the seeded one
 /// (no call has been counted yet).
 async fn price_every_call(app: &TestApp, slug: &str, unit_price: &str) {
@@ -86,7 +76,9 @@ async fn a_cap_is_never_exceeded_by_64_clients_on_three_instances_across_a_redis
     price_every_call(first, "tools-uuid", "0.0037").await;
     price_every_call(first, "tools-time", "0.0051").await;
     let user = first.new_user().await;
-    let res = put(first, "/api/v1/billing/cap", &user.token, &json!({"amount": "3"})).await;
+    let res = first
+        .put_auth("/api/v1/billing/cap", &user.token, &json!({"amount": "3"}))
+        .await;
     assert_eq!(res.status(), 200);
     let set: Value = res.json().await.unwrap();
     assert_eq!(set["amount"], "3.00");
@@ -206,7 +198,9 @@ async fn refused_calls_are_not_billed_and_a_finance_cap_can_be_lowered_not_raise
     // Not capped: nothing reserved, nothing leased.
     assert_eq!(call(&app, "/api/v1/tools/uuid", &user).await.0, 200);
 
-    let res = put(&app, &cap_path, &finance.token, &json!({"amount": "0.02"})).await;
+    let res = app
+        .put_auth(&cap_path, &finance.token, &json!({"amount": "0.02"}))
+        .await;
     assert_eq!(res.status(), 200);
     let view: Value = res.json().await.unwrap();
     assert_eq!(
@@ -214,14 +208,14 @@ async fn refused_calls_are_not_billed_and_a_finance_cap_can_be_lowered_not_raise
         (Some("0.02"), Some("0.02"))
     );
     assert_eq!(
-        put(&app, &cap_path, &user.token, &json!({"amount": "1"}))
+        app.put_auth(&cap_path, &user.token, &json!({"amount": "1"}))
             .await
             .status(),
         403
     );
 
     for raise in [json!({"amount": "0.03"}), json!({"amount": null})] {
-        let res = put(&app, "/api/v1/billing/cap", &user.token, &raise).await;
+        let res = app.put_auth("/api/v1/billing/cap", &user.token, &raise).await;
         assert_eq!(res.status(), 409, "{raise}");
         assert_eq!(error_code(res).await, "cap_set_by_finance");
     }
@@ -232,10 +226,12 @@ async fn refused_calls_are_not_billed_and_a_finance_cap_can_be_lowered_not_raise
         json!({}),
         json!({"amount": "1", "extra": true}),
     ] {
-        let res = put(&app, "/api/v1/billing/cap", &user.token, &bad).await;
+        let res = app.put_auth("/api/v1/billing/cap", &user.token, &bad).await;
         assert_eq!(res.status(), 400, "{bad}");
     }
-    let res = put(&app, "/api/v1/billing/cap", &user.token, &json!({"amount": "0.01"})).await;
+    let res = app
+        .put_auth("/api/v1/billing/cap", &user.token, &json!({"amount": "0.01"}))
+        .await;
     assert_eq!(res.status(), 200);
     let view: Value = res.json().await.unwrap();
     assert_eq!(
@@ -279,15 +275,21 @@ async fn refused_calls_are_not_billed_and_a_finance_cap_can_be_lowered_not_raise
 
     // Raised (by finance's own cap going up and the user's removed): calls
     // are admitted again at once.
-    let res = put(&app, &cap_path, &finance.token, &json!({"amount": "0.05"})).await;
+    let res = app
+        .put_auth(&cap_path, &finance.token, &json!({"amount": "0.05"}))
+        .await;
     assert_eq!(res.status(), 200);
-    let res = put(&app, "/api/v1/billing/cap", &user.token, &json!({"amount": "0.05"})).await;
+    let res = app
+        .put_auth("/api/v1/billing/cap", &user.token, &json!({"amount": "0.05"}))
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(call(&app, "/api/v1/tools/uuid", &user).await.0, 200);
     // Finance removes its cap; the user may then remove theirs.
-    let res = put(&app, &cap_path, &finance.token, &json!({"amount": null})).await;
+    let res = app.put_auth(&cap_path, &finance.token, &json!({"amount": null})).await;
     assert_eq!(res.status(), 200);
-    let res = put(&app, "/api/v1/billing/cap", &user.token, &json!({"amount": null})).await;
+    let res = app
+        .put_auth("/api/v1/billing/cap", &user.token, &json!({"amount": null}))
+        .await;
     assert_eq!(res.status(), 200);
     let view = app.get_json(&cap_path, &finance.token).await;
     assert_eq!(view["amount"], Value::Null);
@@ -303,13 +305,13 @@ async fn a_prepaid_only_user_never_spends_past_their_balance() {
     let cap_path = format!("/api/v1/finance/users/{}/cap", user.id);
     price_every_call(&app, "tools-uuid", "0.003").await;
 
-    let res = put(
-        &app,
-        &cap_path,
-        &finance.token,
-        &json!({"amount": null, "prepaid_only": true}),
-    )
-    .await;
+    let res = app
+        .put_auth(
+            &cap_path,
+            &finance.token,
+            &json!({"amount": null, "prepaid_only": true}),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     let view: Value = res.json().await.unwrap();
     assert_eq!(
@@ -351,13 +353,13 @@ async fn a_prepaid_only_user_never_spends_past_their_balance() {
     assert_eq!(balance, dec!(0.10) - total, "the credit paid for all of it");
     assert!(total >= dec!(0.09), "{total}: refused far too early");
     // Prepaid-only lifted: the user may spend on account again.
-    let res = put(
-        &app,
-        &cap_path,
-        &finance.token,
-        &json!({"amount": null, "prepaid_only": false}),
-    )
-    .await;
+    let res = app
+        .put_auth(
+            &cap_path,
+            &finance.token,
+            &json!({"amount": null, "prepaid_only": false}),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(call(&app, "/api/v1/tools/uuid", &user).await.0, 200);
 }
@@ -366,7 +368,9 @@ async fn a_prepaid_only_user_never_spends_past_their_balance() {
 async fn a_lowered_cap_applies_at_once_to_budget_already_leased() {
     let app = TestApp::spawn().await;
     let user = app.new_user().await;
-    let res = put(&app, "/api/v1/billing/cap", &user.token, &json!({"amount": "10.00"})).await;
+    let res = app
+        .put_auth("/api/v1/billing/cap", &user.token, &json!({"amount": "10.00"}))
+        .await;
     assert_eq!(res.status(), 200);
     // Far from the cap: the lease took at least an eighth of it (less what
     // a flush of the three calls has released since).
@@ -378,7 +382,9 @@ async fn a_lowered_cap_applies_at_once_to_budget_already_leased() {
         .await;
     assert!(held[0].parse::<Decimal>().unwrap() >= dec!(1.2), "held {}", held[0]);
 
-    let res = put(&app, "/api/v1/billing/cap", &user.token, &json!({"amount": "0.01"})).await;
+    let res = app
+        .put_auth("/api/v1/billing/cap", &user.token, &json!({"amount": "0.01"}))
+        .await;
     assert_eq!(res.status(), 200);
     let mut served = 0;
     while call(&app, "/api/v1/tools/uuid", &user).await.0 == 200 {

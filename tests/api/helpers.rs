@@ -327,8 +327,21 @@ impl TestApp {
     }
 
     pub async fn post_auth(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.send_auth(reqwest::Method::POST, path, token, body).await
+    }
+
+    pub async fn put_auth(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.send_auth(reqwest::Method::PUT, path, token, body).await
+    }
+
+    pub async fn patch_auth(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.send_auth(reqwest::Method::PATCH, path, token, body).await
+    }
+
+    /// A JSON body sent with a bearer token.
+    async fn send_auth(&self, method: reqwest::Method, path: &str, token: &str, body: &Value) -> reqwest::Response {
         self.client
-            .post(self.url(path))
+            .request(method, self.url(path))
             .bearer_auth(token)
             .json(body)
             .send()

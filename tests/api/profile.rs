@@ -3,13 +3,7 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, error_code};
 
 async fn patch_me(app: &TestApp, token: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .patch(app.url("/api/v1/me"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    app.patch_auth("/api/v1/me", token, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

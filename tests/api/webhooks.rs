@@ -24,26 +24,6 @@ async fn app_allowing_loopback() -> TestApp {
         .await
 }
 
-async fn put(app: &TestApp, path: &str, token: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .put(app.url(path))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn patch(app: &TestApp, path: &str, token: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .patch(app.url(path))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Registers an endpoint at `base` (`/api/v1/webhooks` or
 /// `/api/v1/admin/webhooks`); returns (id, secret).
 async fn register(app: &TestApp, base: &str, token: &str, url: &str, types: &[&str]) -> (String, String) {
@@ -108,13 +88,13 @@ async fn every_event_type_arrives_signed_and_verifies_with_the_standard_webhooks
     let (my_id, my_secret) = register(&app, "/api/v1/webhooks", &user.token, &mine.url("/mine"), &[]).await;
 
     // Alerts at 0.01 and 0.02 of charge, credit low below 0.05, a cap of 0.12.
-    let res = put(
-        &app,
-        "/api/v1/billing/alerts",
-        &user.token,
-        &json!({"thresholds": ["0.02", "0.01", "100.00"], "credits_low_below": "0.05"}),
-    )
-    .await;
+    let res = app
+        .put_auth(
+            "/api/v1/billing/alerts",
+            &user.token,
+            &json!({"thresholds": ["0.02", "0.01", "100.00"], "credits_low_below": "0.05"}),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     let alerts: Value = res.json().await.unwrap();
     assert_eq!(alerts["thresholds"], json!(["0.01", "0.02", "100.00"]));
@@ -126,7 +106,9 @@ async fn every_event_type_arrives_signed_and_verifies_with_the_standard_webhooks
         )
         .await;
     assert_eq!(res.status(), 201);
-    let res = put(&app, "/api/v1/billing/cap", &user.token, &json!({"amount": "0.12"})).await;
+    let res = app
+        .put_auth("/api/v1/billing/cap", &user.token, &json!({"amount": "0.12"}))
+        .await;
     assert_eq!(res.status(), 200);
 
     // One call at a time, each flushed: every flush sees the charge so far
@@ -548,13 +530,13 @@ async fn endpoints_are_checked_scoped_disabled_and_enabled() {
             .status(),
         404
     );
-    let res = patch(
-        &app,
-        &format!("/api/v1/webhooks/{mine}"),
-        &other.token,
-        &json!({"enabled": false}),
-    )
-    .await;
+    let res = app
+        .patch_auth(
+            &format!("/api/v1/webhooks/{mine}"),
+            &other.token,
+            &json!({"enabled": false}),
+        )
+        .await;
     assert_eq!(res.status(), 404);
     assert_eq!(
         app.post_auth(base, &user.token, &json!({"url": "http://x.example/"}))
@@ -566,18 +548,16 @@ async fn endpoints_are_checked_scoped_disabled_and_enabled() {
     // A delivery that failed waits while its endpoint is disabled, and
     // goes on once it is enabled.
     receiver.plan(&[(503, Duration::ZERO)]);
-    let res = put(
-        &app,
-        "/api/v1/billing/alerts",
-        &user.token,
-        &json!({"thresholds": ["0.01"]}),
-    )
-    .await;
+    let res = app
+        .put_auth("/api/v1/billing/alerts", &user.token, &json!({"thresholds": ["0.01"]}))
+        .await;
     assert_eq!(res.status(), 200);
     calls(&app, &user, 10).await;
     app.flush_meter().await;
     assert!(eventually(Duration::from_secs(5), || async { receiver.seen().len() == 1 }).await);
-    let res = patch(&app, &format!("{base}/{id}"), &admin.token, &json!({"enabled": false})).await;
+    let res = app
+        .patch_auth(&format!("{base}/{id}"), &admin.token, &json!({"enabled": false}))
+        .await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["enabled"], false);
@@ -595,7 +575,9 @@ async fn endpoints_are_checked_scoped_disabled_and_enabled() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let res = patch(&app, &format!("{base}/{id}"), &admin.token, &json!({"enabled": true})).await;
+    let res = app
+        .patch_auth(&format!("{base}/{id}"), &admin.token, &json!({"enabled": true}))
+        .await;
     assert_eq!(res.status(), 200);
     assert!(eventually(Duration::from_secs(5), || async { receiver.seen().len() == 2 }).await);
     assert_eq!(receiver.types(), ["usage.threshold_reached", "usage.threshold_reached"]);
@@ -623,7 +605,7 @@ async fn endpoints_are_checked_scoped_disabled_and_enabled() {
         json!({"thresholds": [], "credits_low_below": "0"}),
         json!({"thresholds": [], "extra": 1}),
     ] {
-        let res = put(&app, "/api/v1/billing/alerts", &user.token, &body).await;
+        let res = app.put_auth("/api/v1/billing/alerts", &user.token, &body).await;
         assert_eq!(res.status(), 400, "{body}");
     }
     let alerts: Value = app.get_json("/api/v1/billing/alerts", &user.token).await;
@@ -635,13 +617,13 @@ async fn endpoints_are_checked_scoped_disabled_and_enabled() {
     // more.
     calls(&app, &user, 5).await;
     app.flush_meter().await;
-    let res = put(
-        &app,
-        "/api/v1/billing/alerts",
-        &user.token,
-        &json!({"thresholds": ["0.01", "0.02"]}),
-    )
-    .await;
+    let res = app
+        .put_auth(
+            "/api/v1/billing/alerts",
+            &user.token,
+            &json!({"thresholds": ["0.01", "0.02"]}),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     let thresholds_emitted = "SELECT count(*) AS n FROM outbound_events WHERE event_type = 'usage.threshold_reached'";
     assert_eq!(scalar_i64(&app.db, thresholds_emitted).await, 1);
