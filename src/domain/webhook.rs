@@ -387,7 +387,7 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (first & 0xffc0) == 0xfe80 // link-local
                 || (first & 0xffc0) == 0xfec0 // site-local (deprecated, still routed by some)
                 || (first == 0x2001 && second == 0x0db8) // documentation
-                || (first & 0xfff0) == 0x3ff0 // documentation (3fff::/20)
+                || (first == 0x3fff && second < 0x1000) // documentation (3fff::/20)
                 || (first == 0x2001 && second == 0) // Teredo: reaches an obfuscated IPv4 address
                 || (first == 0x2001 && second == 0x0002 && v6.segments()[2] == 0) // benchmarking
                 || (first == 0x0064 && second == 0xff9b && v6.segments()[2] == 1) // local-use NAT64: the IPv4 address may sit anywhere in it
@@ -584,6 +584,7 @@ mod tests {
             "64:ff9b:1:7f00:0:100:808:808",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "3fff::1",
+            "3fff:fff::1",
             "2001:2::1",
             "2002:7f00:1::",
             "2002:a9fe:a9fe::1",
@@ -605,6 +606,8 @@ mod tests {
             "64:ff9b::808:808",
             "::ffff:1.1.1.1",
             "2606:4700::1111",
+            "2001:4860:4860::8888",
+            "3fff:1000::1",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }

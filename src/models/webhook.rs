@@ -403,7 +403,7 @@ impl Delivery {
                WHERE due.rn + coalesce(busy.n, 0) <= $4 LIMIT $3) \
              UPDATE webhook_deliveries d SET locked_until = $2, attempts = d.attempts + 1 \
              FROM picked, outbound_events e \
-             WHERE d.id = picked.id AND e.id = d.event_id AND d.state = 'pending' \
+             WHERE d.id = picked.id AND e.id = d.event_id AND d.state = 'pending' AND d.next_attempt_at <= $1 \
                AND (d.locked_until IS NULL OR d.locked_until <= $1) \
              RETURNING d.id, d.event_id, d.endpoint_id, d.event_type, d.attempts, e.payload, d.locked_until",
         )
@@ -440,6 +440,9 @@ impl Delivery {
                 .first(conn)
                 .await
                 .optional()?;
+            let Some((attempts, locked_until)) = now else {
+                return Ok(false); // gone with its endpoint
+            };
             diesel::sql_query(
                 "INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status, error, duration_ms) \
                  SELECT $1, coalesce(max(attempt), 0) + 1, $2, $3, $4, $5 FROM webhook_attempts WHERE delivery_id = $1",
@@ -451,16 +454,20 @@ impl Delivery {
             .bind::<Integer, _>(outcome.duration_ms)
             .execute(conn)
             .await?;
-            let Some((attempts, Some(locked_until))) = now else {
-                return Ok(false);
-            };
-            if locked_until != delivery.locked_until {
+            if locked_until != Some(delivery.locked_until) {
                 return Ok(false); // the claim lapsed and another holds it
             }
             let held = webhook_deliveries::table.find(delivery.id);
             if attempts != delivery.attempts {
+                // Redelivered meanwhile: the last attempt is still what the
+                // log's summary shows, but the state waits for the redelivery.
                 diesel::update(held)
-                    .set(webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>))
+                    .set((
+                        webhook_deliveries::locked_until.eq(None::<DateTime<Utc>>),
+                        webhook_deliveries::last_attempt_at.eq(Some(outcome.at)),
+                        webhook_deliveries::last_status.eq(outcome.status),
+                        webhook_deliveries::last_error.eq(&error),
+                    ))
                     .execute(conn)
                     .await?;
                 return Ok(false);
