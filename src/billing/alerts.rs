@@ -21,7 +21,8 @@ use crate::billing::statement::Statement;
 use crate::domain::pricing::round_to_minor_unit;
 use crate::domain::webhook::{NewEvent, check_thresholds};
 use crate::domain::{Currency, Period};
-use crate::models::webhook::{AlertSettings, Outbox, latest_credit_added};
+use crate::models::credit::CreditMovement;
+use crate::models::webhook::{AlertSettings, Outbox};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
@@ -118,25 +119,23 @@ pub async fn after_flush(
     let settings: HashMap<Uuid, AlertSettings> = AlertSettings::of_users(conn, &users).await?.into_iter().collect();
     // A period whose every threshold has fired needs no statement: one
     // lookup of the events' keys for all of them spares a read per user.
-    let watched: Vec<(Uuid, Period, &[Decimal])> = changes
+    let watched: Vec<(Uuid, Period, &[Decimal], Vec<String>)> = changes
         .iter()
         .filter(|(_, change)| *change > Decimal::ZERO)
         .filter_map(|((user, period), _)| {
             let thresholds = &settings.get(user)?.thresholds;
-            (!thresholds.is_empty()).then_some((*user, *period, thresholds.as_slice()))
+            let keys = thresholds
+                .iter()
+                .map(|t| NewEvent::threshold_key(*user, *period, *t))
+                .collect();
+            (!thresholds.is_empty()).then_some((*user, *period, thresholds.as_slice(), keys))
         })
         .collect();
-    let keys: Vec<String> = watched
-        .iter()
-        .flat_map(|(user, period, thresholds)| thresholds.iter().map(|t| NewEvent::threshold_key(*user, *period, *t)))
-        .collect();
+    let keys: Vec<&str> = watched.iter().flat_map(|w| w.3.iter().map(String::as_str)).collect();
     let fired = Outbox::existing_keys(conn, &keys).await?;
     let mut events = Vec::new();
-    for (user, period, thresholds) in watched {
-        if thresholds
-            .iter()
-            .all(|t| fired.contains(&NewEvent::threshold_key(user, period, *t)))
-        {
+    for (user, period, thresholds, keys) in watched {
+        if keys.iter().all(|k| fired.contains(k)) {
             continue;
         }
         // What the user sees charged: the statement's total of rounded lines.
@@ -154,7 +153,7 @@ pub async fn after_flush(
         .collect();
     if !alerting.is_empty() {
         let ids: Vec<Uuid> = alerting.iter().map(|(user, _)| *user).collect();
-        let since: HashMap<Uuid, Uuid> = latest_credit_added(conn, &ids).await?.into_iter().collect();
+        let since: HashMap<Uuid, Uuid> = CreditMovement::latest_added(conn, &ids).await?.into_iter().collect();
         for (user, balance) in alerting {
             let since_credit = since.get(&user).copied();
             if let Some(mark) = below(&user)

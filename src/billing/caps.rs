@@ -31,10 +31,11 @@ use crate::domain::pricing::round_to_minor_unit;
 use crate::domain::spend::{BoundLine, SpendRefusal, charge_bound, lease_size, reservation};
 use crate::domain::webhook::NewEvent;
 use crate::domain::{Currency, Period};
+use crate::models::credit::CreditMovement;
 use crate::models::price::{PriceBook, UNPRICED};
 use crate::models::spend::{CapSettings, SpendLease};
 use crate::models::usage::{UsageDelta, UsageKey, UsagePrice, VersionCounters};
-use crate::models::webhook::{Outbox, latest_credit_added};
+use crate::models::webhook::Outbox;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapError {
@@ -274,7 +275,10 @@ pub async fn lease(
                 let event = match (refusal, settings.effective_cap()) {
                     (SpendRefusal::CapReached, Some(cap)) => NewEvent::cap_reached(user_id, period, cap, currency),
                     _ => {
-                        let since = latest_credit_added(conn, &[user_id]).await?.first().map(|(_, id)| *id);
+                        let since = CreditMovement::latest_added(conn, &[user_id])
+                            .await?
+                            .first()
+                            .map(|(_, id)| *id);
                         NewEvent::credits_exhausted(user_id, since, settings.credit_balance, currency)
                     }
                 };

@@ -5,7 +5,8 @@
 //! An event is written to the outbox in the transaction of its cause
 //! (`models::webhook::Outbox::emit`) under a `dedupe_key` that makes it
 //! happen once: one threshold per period, one invoice issued, one credit
-//! exhaustion per credit added (a top-up, an adjustment in the user's favour, voided usage given back).
+//! exhaustion per credit added (a top-up, an adjustment in the user's
+//! favour, voided usage given back).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -379,7 +380,7 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = embedded_ipv4(v6) {
                 return is_public(IpAddr::V4(v4));
             }
-            let [first, second, ..] = v6.segments();
+            let [first, second, third, fourth, ..] = v6.segments();
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -389,9 +390,9 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (first == 0x2001 && second == 0x0db8) // documentation
                 || (first == 0x3fff && second < 0x1000) // documentation (3fff::/20)
                 || (first == 0x2001 && second == 0) // Teredo: reaches an obfuscated IPv4 address
-                || (first == 0x2001 && second == 0x0002 && v6.segments()[2] == 0) // benchmarking
-                || (first == 0x0064 && second == 0xff9b && v6.segments()[2] == 1) // local-use NAT64: the IPv4 address may sit anywhere in it
-                || (first == 0x0100 && v6.segments()[1..4] == [0, 0, 0]) // discard-only
+                || (first == 0x2001 && second == 0x0002 && third == 0) // benchmarking
+                || (first == 0x0064 && second == 0xff9b && third == 1) // local-use NAT64: the IPv4 address may sit anywhere in it
+                || (first == 0x0100 && [second, third, fourth] == [0, 0, 0]) // discard-only
                 || first == 0) // the rest of ::/16 (compatible addresses handled above)
         }
     }
@@ -404,12 +405,11 @@ pub fn is_public(ip: IpAddr) -> bool {
 /// may carry it at any of several places (RFC 6052), and Teredo obfuscates
 /// it: `is_public` refuses both outright.
 fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
-    let s = v6.segments();
-    let low = |hi: u16, lo: u16| std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    let low = |hi: u16, lo: u16| std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
     }
-    match s {
+    match v6.segments() {
         // IPv4-compatible; `::` and `::1` are left to the IPv6 checks.
         [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(low(hi, lo)),
         [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),

@@ -149,6 +149,25 @@ impl CreditMovement {
             .await
     }
 
+    /// The latest movement that added credit to each of `users` (its id): a
+    /// top-up, an adjustment in the user's favour, or drawn usage given back
+    /// when its invoice was voided. `credits.low` and `credits.exhausted`
+    /// happen once per such movement.
+    pub async fn latest_added(conn: &mut AsyncPgConnection, users: &[Uuid]) -> QueryResult<Vec<(Uuid, Uuid)>> {
+        credit_movements::table
+            .filter(credit_movements::user_id.eq_any(users))
+            .filter(credit_movements::amount.gt(Decimal::ZERO))
+            .distinct_on(credit_movements::user_id)
+            .order((
+                credit_movements::user_id,
+                credit_movements::created_at.desc(),
+                credit_movements::id.desc(),
+            ))
+            .select((credit_movements::user_id, credit_movements::id))
+            .load(conn)
+            .await
+    }
+
     /// What each user's usage in `period` drew from credit (users that drew
     /// nothing are left out).
     pub async fn drawn_in_period(

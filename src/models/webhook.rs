@@ -88,7 +88,7 @@ impl Outbox {
     /// Which of `keys` are events already emitted.
     pub async fn existing_keys(
         conn: &mut AsyncPgConnection,
-        keys: &[String],
+        keys: &[&str],
     ) -> QueryResult<std::collections::HashSet<String>> {
         use crate::schema::outbound_events;
         if keys.is_empty() {
@@ -604,24 +604,4 @@ pub struct Attempt {
     /// Why it failed, when it did.
     pub error: Option<String>,
     pub duration_ms: i32,
-}
-
-/// The latest movement that added credit to each of `users`: a top-up, an
-/// adjustment in the user's favour, or drawn usage given back when its
-/// invoice was voided (`credits.low` and `credits.exhausted` happen once
-/// per credit added).
-pub async fn latest_credit_added(conn: &mut AsyncPgConnection, users: &[Uuid]) -> QueryResult<Vec<(Uuid, Uuid)>> {
-    use crate::schema::credit_movements;
-    credit_movements::table
-        .filter(credit_movements::user_id.eq_any(users))
-        .filter(credit_movements::amount.gt(Decimal::ZERO))
-        .distinct_on(credit_movements::user_id)
-        .order((
-            credit_movements::user_id,
-            credit_movements::created_at.desc(),
-            credit_movements::id.desc(),
-        ))
-        .select((credit_movements::user_id, credit_movements::id))
-        .load(conn)
-        .await
 }

@@ -350,6 +350,7 @@ async fn a_voided_invoice_gives_back_the_credit_it_applied() {
         user.id
     );
     assert_eq!(scalar_i64(&app.db, &exhausted).await, 1);
+    // 7 calls use the 0.07 up; 2 more at a zero balance say nothing new.
     calls(&app, &user, 7).await;
     calls(&app, &user, 2).await;
     let ledger: Value = app.get_json("/api/v1/credits", &user.token).await;
